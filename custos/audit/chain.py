@@ -1,0 +1,256 @@
+"""The hash chain: payload construction, row hashing and verification, independent of any database.
+
+``row_hash = SHA-256(bytes.fromhex(prev_hash) || payload)`` where ``payload`` is the canonical JSON of the
+record's fields and the first record links to :data:`GENESIS_HASH`. Because ``prev_hash`` is part of the hash
+input, changing, removing, inserting or reordering any record breaks every later link; only the tail can be
+cut or extended undetected, which signed checkpoints (outside the database) cover.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from custos.audit.canonical import canonical_json, format_timestamp
+from custos.audit.errors import CanonicalizationError
+from custos.audit.events import AuditEvent, Phase
+
+__all__ = [
+    "GENESIS_HASH",
+    "SCHEMA_VERSION",
+    "TYPED_FIELDS",
+    "ChainHead",
+    "ChainRow",
+    "ChainVerifier",
+    "VerifyReport",
+    "build_payload",
+    "compute_row_hash",
+]
+
+SCHEMA_VERSION = 1
+"""Version of the payload layout written now. Old versions stay verifiable: payloads are never rewritten."""
+
+GENESIS_HASH = "0" * 64
+"""``prev_hash`` of the first record."""
+
+TYPED_FIELDS: tuple[str, ...] = (
+    "event_type",
+    "phase",
+    "request_id",
+    "start_time",
+    "end_time",
+    "actor",
+    "rpc",
+    "status",
+    "model",
+    "conversation_ref",
+    "subject_ref",
+    "transcript_id",
+)
+"""Event fields stored both in the payload and as typed columns; verification checks that they agree."""
+
+_PAYLOAD_KEYS_V1 = frozenset((*TYPED_FIELDS, "id", "seq", "schema_version", "details"))
+
+
+def build_payload(event: AuditEvent, *, record_id: str, request_id: str, seq: int) -> bytes:
+    """Return the canonical payload bytes of ``event`` as record ``record_id`` at position ``seq``.
+
+    ``request_id`` is the resolved value (the record's own id for request records and single events).
+
+    Raises:
+        CanonicalizationError: when ``details`` holds a type canonical JSON does not allow.
+
+    """
+    body: dict[str, object] = {name: getattr(event, name) for name in TYPED_FIELDS}
+    body.update(
+        request_id=request_id,
+        id=record_id,
+        seq=seq,
+        schema_version=SCHEMA_VERSION,
+        details=event.details,
+    )
+    return canonical_json(body)
+
+
+def compute_row_hash(prev_hash: str, payload: bytes) -> str:
+    """Return the lowercase hex SHA-256 of the previous hash's bytes followed by ``payload``."""
+    return hashlib.sha256(bytes.fromhex(prev_hash) + payload).hexdigest()
+
+
+class ChainRow(Protocol):
+    """What verification reads from a stored record (a row or a :class:`StoredRecord` both fit)."""
+
+    @property
+    def seq(self) -> int: ...  # noqa: D102
+    @property
+    def id(self) -> str: ...  # noqa: D102
+    @property
+    def prev_hash(self) -> str: ...  # noqa: D102
+    @property
+    def row_hash(self) -> str: ...  # noqa: D102
+    @property
+    def schema_version(self) -> int: ...  # noqa: D102
+    @property
+    def event_type(self) -> str: ...  # noqa: D102
+    @property
+    def phase(self) -> str: ...  # noqa: D102
+    @property
+    def request_id(self) -> str: ...  # noqa: D102
+    @property
+    def start_time(self) -> datetime: ...  # noqa: D102
+    @property
+    def end_time(self) -> datetime: ...  # noqa: D102
+    @property
+    def actor(self) -> str: ...  # noqa: D102
+    @property
+    def rpc(self) -> str: ...  # noqa: D102
+    @property
+    def status(self) -> str: ...  # noqa: D102
+    @property
+    def model(self) -> str | None: ...  # noqa: D102
+    @property
+    def conversation_ref(self) -> str | None: ...  # noqa: D102
+    @property
+    def subject_ref(self) -> str | None: ...  # noqa: D102
+    @property
+    def transcript_id(self) -> str | None: ...  # noqa: D102
+    @property
+    def payload(self) -> bytes: ...  # noqa: D102
+
+
+@dataclass(frozen=True)
+class ChainHead:
+    """Position of a record in the chain; the head is the last one (seq 0 and genesis hash when empty)."""
+
+    seq: int
+    row_hash: str
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """Outcome of a full chain verification.
+
+    ``count`` is the number of records that verified before the first failure (all of them when ``ok``);
+    ``head_hash``/``head_seq`` describe the last good record. ``incomplete`` counts request records without a
+    completion record among them: a crash mid-stream leaves one, and so does a request still in flight; it
+    is reported, not a failure.
+    """
+
+    ok: bool
+    count: int
+    head_hash: str
+    first_bad_seq: int | None
+    reason: str
+    incomplete: int
+    head_seq: int = 0
+
+
+def _column_text(value: object) -> object:
+    return format_timestamp(value) if isinstance(value, datetime) else value
+
+
+class ChainVerifier:
+    """Checks records fed in ``seq`` order and remembers the first failure.
+
+    Per record, in this order: seq continuity (``gap``), link to the previous hash (``broken link``), the hash
+    of the stored bytes (``row_hash mismatch``), that the payload is canonical JSON of the known layout, and
+    that every typed column equals its payload field (``column 'status' disagrees with payload``).
+    """
+
+    def __init__(self, *, checkpoint: ChainHead | None = None) -> None:
+        """Start at genesis.
+
+        With ``checkpoint`` (from a signed checkpoint), also require that record to exist with that hash,
+        which catches a truncated or rolled-back chain.
+        """
+        self._checkpoint = checkpoint
+        self._checkpoint_seen = checkpoint is None or checkpoint.seq == 0
+        self._count = 0
+        self._head = ChainHead(0, GENESIS_HASH)
+        self._first_bad_seq: int | None = None
+        self._reason = ""
+        self._open_requests: set[str] = set()
+
+    @property
+    def failed(self) -> bool:
+        """Whether a failure has been found (later records are then ignored)."""
+        return self._first_bad_seq is not None
+
+    def _fail(self, seq: int, reason: str) -> bool:
+        self._first_bad_seq = seq
+        self._reason = reason
+        return False
+
+    def feed(self, row: ChainRow) -> bool:
+        """Check the next record; return ``False`` once the chain has failed."""
+        if self.failed:
+            return False
+        expected = self._head.seq + 1
+        if row.seq > expected:
+            return self._fail(expected, "gap")
+        if row.seq < expected:
+            return self._fail(row.seq, "unexpected seq")
+        if row.prev_hash != self._head.row_hash:
+            return self._fail(row.seq, "broken link")
+        if compute_row_hash(row.prev_hash, row.payload) != row.row_hash:
+            return self._fail(row.seq, "row_hash mismatch")
+        reason = self._check_payload(row)
+        if reason:
+            return self._fail(row.seq, reason)
+
+        if self._checkpoint is not None and row.seq == self._checkpoint.seq:
+            if row.row_hash != self._checkpoint.row_hash:
+                return self._fail(row.seq, "checkpoint hash mismatch")
+            self._checkpoint_seen = True
+        if row.phase == Phase.REQUEST:
+            self._open_requests.add(row.id)
+        elif row.phase == Phase.COMPLETION:
+            self._open_requests.discard(row.request_id)
+        self._count += 1
+        self._head = ChainHead(row.seq, row.row_hash)
+        return True
+
+    def _check_payload(self, row: ChainRow) -> str:
+        try:
+            body = json.loads(row.payload.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return "payload is not valid JSON"
+        if not isinstance(body, Mapping):
+            return "payload is not a JSON object"
+        if row.schema_version != body.get("schema_version"):
+            return "column 'schema_version' disagrees with payload"
+        if row.schema_version != SCHEMA_VERSION:
+            return "unsupported schema_version"
+        if set(body) != _PAYLOAD_KEYS_V1:
+            return "payload fields do not match the schema"
+        try:
+            if canonical_json(body) != row.payload:
+                return "payload is not canonical JSON"
+        except CanonicalizationError:
+            return "payload is not canonical JSON"
+        for name, value in (("seq", row.seq), ("id", row.id)):
+            if body[name] != value:
+                return f"column '{name}' disagrees with payload"
+        for name in TYPED_FIELDS:
+            if _column_text(getattr(row, name)) != body[name]:
+                return f"column '{name}' disagrees with payload"
+        return ""
+
+    def report(self) -> VerifyReport:
+        """Return the report for everything fed so far (call after the last record)."""
+        first_bad_seq, reason = self._first_bad_seq, self._reason
+        if first_bad_seq is None and not self._checkpoint_seen and self._checkpoint is not None:
+            first_bad_seq, reason = self._head.seq + 1, "chain shorter than checkpoint"
+        return VerifyReport(
+            ok=first_bad_seq is None,
+            count=self._count,
+            head_hash=self._head.row_hash,
+            first_bad_seq=first_bad_seq,
+            reason=reason,
+            incomplete=len(self._open_requests),
+            head_seq=self._head.seq,
+        )

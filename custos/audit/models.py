@@ -1,0 +1,119 @@
+"""SQLAlchemy models of the audit database.
+
+The Alembic revisions under ``migrations/versions`` create exactly these tables; a unit test compares the
+migrated schema with this metadata. Chain positions (``seq``) are assigned by the appender under the append
+lock, never by a database sequence, so ``seq`` is a plain primary key and ``prev_hash`` is unique: two writers
+that somehow raced past the lock cannot both extend the same head (fork guard).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    TypeDecorator,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from custos.audit.events import MAX_LENGTHS
+
+__all__ = ["AuditRecordRow", "Base", "TranscriptRow", "UTCDateTime"]
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware timestamps stored in UTC on every backend.
+
+    SQLite has no timezone type: values are stored as naive UTC text (which also sorts correctly) and come
+    back tagged UTC. PostgreSQL stores ``timestamptz``. Naive datetimes are refused on the way in.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Convert to UTC; SQLite gets the naive UTC value."""
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("naive datetime cannot be stored; use a timezone-aware datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Return an aware UTC datetime."""
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the audit tables, with a constraint naming convention for stable migrations."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _str(name: str) -> String:
+    return String(MAX_LENGTHS[name])
+
+
+class AuditRecordRow(Base):
+    """One record of the hash chain: typed columns for querying plus the exact hashed payload bytes."""
+
+    __tablename__ = "audit_records"
+    __table_args__ = (
+        CheckConstraint("phase IN ('request', 'completion', 'event')", name="phase"),
+        CheckConstraint("seq > 0", name="seq_positive"),
+    )
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    id: Mapped[str] = mapped_column(_str("id"), unique=True)
+    prev_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    row_hash: Mapped[str] = mapped_column(String(64))
+    schema_version: Mapped[int] = mapped_column(Integer)
+    event_type: Mapped[str] = mapped_column(_str("event_type"), index=True)
+    phase: Mapped[str] = mapped_column(_str("phase"))
+    request_id: Mapped[str] = mapped_column(_str("request_id"), index=True)
+    start_time: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    end_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    actor: Mapped[str] = mapped_column(_str("actor"), index=True)
+    rpc: Mapped[str] = mapped_column(_str("rpc"))
+    status: Mapped[str] = mapped_column(_str("status"))
+    model: Mapped[str | None] = mapped_column(_str("model"))
+    conversation_ref: Mapped[str | None] = mapped_column(_str("conversation_ref"), index=True)
+    subject_ref: Mapped[str | None] = mapped_column(_str("subject_ref"), index=True)
+    transcript_id: Mapped[str | None] = mapped_column(_str("transcript_id"), index=True)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class TranscriptRow(Base):
+    """A sealed (already encrypted) transcript.
+
+    The audit chain refers to it by ``id`` without a foreign key, so purging a transcript leaves the chain
+    verifiable.
+    """
+
+    __tablename__ = "transcripts"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    conversation_ref: Mapped[str | None] = mapped_column(_str("conversation_ref"), index=True)
+    subject_ref: Mapped[str | None] = mapped_column(_str("subject_ref"), index=True)
+    key_version: Mapped[int] = mapped_column(Integer)
+    format_version: Mapped[int] = mapped_column(Integer)
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)

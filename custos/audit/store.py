@@ -1,0 +1,496 @@
+"""The audit store: appends to the hash chain, reads, queries, verifies; and the sealed-transcript store.
+
+Appends are serialised twice: a process-local lock keeps this process's threads from queueing on the
+database lock, and the database lock (SQLite ``BEGIN IMMEDIATE``; PostgreSQL ``pg_advisory_xact_lock``)
+serialises processes and replicas. Under that lock the head is read, the next record is built from it and
+inserted, all in one transaction, so the chain stays linear; ``UNIQUE(prev_hash)`` and the ``seq`` primary
+key refuse a fork should anything bypass the lock.
+
+:func:`append_in` takes a :class:`~sqlalchemy.Connection` whose transaction the caller owns, for callers
+that must commit audit records together with other rows (group commit); it assumes the append lock is held
+(see :func:`lock_chain`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any, cast
+
+from sqlalchemy import Connection, Engine, Row, delete, insert, select, text
+from sqlalchemy.exc import IntegrityError
+
+from custos.audit.canonical import canonical_json
+from custos.audit.chain import (
+    GENESIS_HASH,
+    SCHEMA_VERSION,
+    ChainHead,
+    ChainRow,
+    ChainVerifier,
+    VerifyReport,
+    build_payload,
+    compute_row_hash,
+)
+from custos.audit.db import DEFERRED_READ, translate_db_errors
+from custos.audit.errors import ChainConflict, DuplicateId, InvalidQuery, RecordNotFound
+from custos.audit.events import AuditEvent, EventType, Phase, StoredRecord, check_aware, check_text
+from custos.audit.models import AuditRecordRow, TranscriptRow
+
+__all__ = [
+    "APPEND_LOCK_KEY",
+    "MAX_PAGE_SIZE",
+    "AuditStore",
+    "SealedTranscript",
+    "TranscriptStore",
+    "VerifyReport",
+    "append_in",
+    "lock_chain",
+    "read_head",
+]
+
+APPEND_LOCK_KEY = 0x637573746F736175  # "custosau"; the PostgreSQL advisory lock held while appending
+MAX_PAGE_SIZE = 1000
+_APPEND_ATTEMPTS = 3
+_VERIFY_BATCH = 1000
+_PAGE_TOKEN_PREFIX = "s"  # noqa: S105 - a format marker, not a secret
+
+_RECORD_COLUMNS = tuple(AuditRecordRow.__table__.columns)
+_EVENT_TYPE_VALUES = frozenset(e.value for e in EventType)
+_PHASE_VALUES = frozenset(p.value for p in Phase)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SealedTranscript:
+    """An encrypted transcript as stored; the caller encrypts it (bound to its id) and decrypts it."""
+
+    id: str
+    created_at: datetime
+    conversation_ref: str | None
+    subject_ref: str | None
+    key_version: int
+    format_version: int
+    ciphertext: bytes
+
+    def __post_init__(self) -> None:
+        check_text("id", self.id, optional=False)
+        check_text("conversation_ref", self.conversation_ref, optional=True)
+        check_text("subject_ref", self.subject_ref, optional=True)
+        check_aware("created_at", self.created_at)
+        for name in ("key_version", "format_version"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a non-negative int")
+        if not isinstance(self.ciphertext, bytes):
+            raise TypeError("ciphertext must be bytes")
+
+
+def _record_from_row(row: Row[Any]) -> StoredRecord:
+    # Reading must still work on a tampered row, so that an investigator can look at it: undecodable bytes
+    # are replaced and unparsable details read as empty. verify() is what judges integrity, never this.
+    payload = bytes(row.payload)
+    payload_json = payload.decode("utf-8", errors="replace")
+    try:
+        body = json.loads(payload_json)
+    except ValueError:
+        body = None
+    details = body.get("details") if isinstance(body, dict) else None
+    return StoredRecord(
+        seq=row.seq,
+        id=row.id,
+        prev_hash=row.prev_hash,
+        row_hash=row.row_hash,
+        schema_version=row.schema_version,
+        event_type=row.event_type,
+        phase=row.phase,
+        request_id=row.request_id,
+        start_time=row.start_time,
+        end_time=row.end_time,
+        actor=row.actor,
+        rpc=row.rpc,
+        status=row.status,
+        model=row.model,
+        conversation_ref=row.conversation_ref,
+        subject_ref=row.subject_ref,
+        transcript_id=row.transcript_id,
+        payload=payload,
+        payload_json=payload_json,
+        details=MappingProxyType(details if isinstance(details, dict) else {}),
+    )
+
+
+def _transcript_from_row(row: Row[Any]) -> SealedTranscript:
+    return SealedTranscript(
+        id=row.id,
+        created_at=row.created_at,
+        conversation_ref=row.conversation_ref,
+        subject_ref=row.subject_ref,
+        key_version=row.key_version,
+        format_version=row.format_version,
+        ciphertext=bytes(row.ciphertext),
+    )
+
+
+def _encode_page_token(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"{_PAGE_TOKEN_PREFIX}{seq}".encode()).decode("ascii").rstrip("=")
+
+
+_MALFORMED_PAGE = "page_token is malformed; pass back a token returned by a previous query"
+
+
+def _decode_page_token(token: str) -> int:
+    """Return the seq a page token continues below; InvalidQuery when it was not made by :meth:`query`."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii")
+        if not raw.startswith(_PAGE_TOKEN_PREFIX) or not raw[1:].isdigit():
+            raise ValueError
+        seq = int(raw[1:])
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidQuery("page_token", _MALFORMED_PAGE) from None
+    if seq < 1:
+        raise InvalidQuery("page_token", _MALFORMED_PAGE)
+    return seq
+
+
+def _require_aware(name: str, value: datetime | None) -> None:
+    if value is not None and (value.tzinfo is None or value.utcoffset() is None):
+        raise InvalidQuery(name, f"{name} must be timezone-aware")
+
+
+def lock_chain(conn: Connection) -> None:
+    """Take the cross-process append lock for the rest of ``conn``'s transaction.
+
+    On PostgreSQL this is ``pg_advisory_xact_lock`` (released at commit or rollback; bounded by the engine's
+    ``lock_timeout``). On SQLite the engine's ``BEGIN IMMEDIATE`` already holds the write lock, so nothing is
+    emitted.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": APPEND_LOCK_KEY})
+
+
+def read_head(conn: Connection) -> ChainHead:
+    """Return the last record's position and hash (seq 0 and the genesis hash for an empty chain)."""
+    row = conn.execute(
+        select(AuditRecordRow.seq, AuditRecordRow.row_hash).order_by(AuditRecordRow.seq.desc()).limit(1)
+    ).first()
+    return ChainHead(0, GENESIS_HASH) if row is None else ChainHead(row.seq, row.row_hash)
+
+
+def _exists(conn: Connection, column: Any, value: str) -> bool:
+    return conn.execute(select(column).where(column == value).limit(1)).first() is not None
+
+
+def append_in(conn: Connection, events: Sequence[AuditEvent]) -> list[StoredRecord]:
+    """Append ``events`` in order inside the caller's transaction, which must hold :func:`lock_chain`.
+
+    Nothing is durable until the caller commits. Raises :class:`DuplicateId` for a caller-chosen record id
+    that already exists, :class:`~custos.audit.errors.CanonicalizationError` for unserialisable ``details``.
+    """
+    head = read_head(conn)
+    stored: list[StoredRecord] = []
+    for event in events:
+        if event.record_id is not None and _exists(conn, AuditRecordRow.id, event.record_id):
+            raise DuplicateId("audit record id already exists")
+        record_id = event.record_id if event.record_id is not None else str(uuid.uuid4())
+        request_id = event.request_id if event.request_id is not None else record_id
+        seq = head.seq + 1
+        payload = build_payload(event, record_id=record_id, request_id=request_id, seq=seq)
+        row_hash = compute_row_hash(head.row_hash, payload)
+        values: dict[str, Any] = {
+            "seq": seq,
+            "id": record_id,
+            "prev_hash": head.row_hash,
+            "row_hash": row_hash,
+            "schema_version": SCHEMA_VERSION,
+            "event_type": str(event.event_type),
+            "phase": str(event.phase),
+            "request_id": request_id,
+            "start_time": event.start_time.astimezone(UTC),
+            "end_time": event.end_time.astimezone(UTC),
+            "actor": event.actor,
+            "rpc": event.rpc,
+            "status": event.status,
+            "model": event.model,
+            "conversation_ref": event.conversation_ref,
+            "subject_ref": event.subject_ref,
+            "transcript_id": event.transcript_id,
+            "payload": payload,
+        }
+        conn.execute(insert(AuditRecordRow), values)
+        body = json.loads(payload)
+        stored.append(
+            StoredRecord(
+                **values,
+                payload_json=payload.decode("utf-8"),
+                details=MappingProxyType(body["details"]),
+            )
+        )
+        head = ChainHead(seq, row_hash)
+    return stored
+
+
+def _insert_transcript(conn: Connection, transcript: SealedTranscript) -> None:
+    conn.execute(
+        insert(TranscriptRow),
+        {
+            "id": transcript.id,
+            "created_at": transcript.created_at,
+            "conversation_ref": transcript.conversation_ref,
+            "subject_ref": transcript.subject_ref,
+            "key_version": transcript.key_version,
+            "format_version": transcript.format_version,
+            "ciphertext": transcript.ciphertext,
+        },
+    )
+
+
+class _ReadTransaction:
+    """Context manager: a read-only transaction, rolled back and closed on exit (reads never commit).
+
+    It begins with a deferred ``BEGIN`` on SQLite so reads neither take nor wait for the write lock (WAL gives
+    them a snapshot). Enter it inside :func:`translate_db_errors`: connecting may fail.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._conn: Connection | None = None
+
+    def __enter__(self) -> Connection:
+        conn = self._engine.connect()
+        self._conn = conn
+        try:
+            conn.execution_options(**{DEFERRED_READ: True})
+            conn.begin()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def __exit__(self, *exc_info: object) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.rollback()
+        finally:
+            conn.close()
+
+
+class AuditStore:
+    """Thread-safe access to the audit chain; every method is one short transaction on ``engine``.
+
+    Methods raise :class:`~custos.audit.errors.AuditUnavailable` when the database cannot be reached or its
+    lock is not obtained within the engine's lock timeout. ``ValueError``/``TypeError`` mean a bad argument.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._append_lock = threading.Lock()
+
+    @property
+    def engine(self) -> Engine:
+        """The engine this store writes to (for the transcript store and health checks)."""
+        return self._engine
+
+    def append(self, event: AuditEvent) -> StoredRecord:
+        """Append one record; when this returns, the record is committed (fail-closed callers rely on it)."""
+        return self.append_many([event])[0]
+
+    def append_with(self, event: AuditEvent, *, transcript: SealedTranscript | None = None) -> StoredRecord:
+        """Append ``event`` and insert ``transcript`` in the same transaction: both commit or neither does.
+
+        ``event.transcript_id`` must equal ``transcript.id``. Raises :class:`DuplicateId` if the transcript id
+        is taken.
+        """
+        if transcript is None:
+            return self.append(event)
+        if event.transcript_id != transcript.id:
+            raise ValueError("event.transcript_id must equal transcript.id")
+        return self.append_many([event], transcripts=[transcript])[0]
+
+    def append_many(
+        self, events: Sequence[AuditEvent], *, transcripts: Sequence[SealedTranscript] = ()
+    ) -> list[StoredRecord]:
+        """Append several records (and transcripts) in one transaction, in order (group commit).
+
+        Either all are committed when this returns or none is.
+        """
+        if not events:
+            return []
+        for event in events:
+            if not isinstance(event, AuditEvent):
+                raise TypeError("events must be AuditEvent instances")
+            canonical_json(event.details)  # fail before taking any lock
+        chosen = [e.record_id for e in events if e.record_id is not None]
+        if len(chosen) != len(set(chosen)):
+            raise ValueError("record ids within one append must be distinct")
+        transcript_ids = [t.id for t in transcripts]
+        if len(transcript_ids) != len(set(transcript_ids)):
+            raise ValueError("transcript ids within one append must be distinct")
+        for attempt in range(_APPEND_ATTEMPTS):
+            try:
+                with self._append_lock, translate_db_errors(), self._engine.begin() as conn:
+                    lock_chain(conn)
+                    for transcript in transcripts:
+                        if _exists(conn, TranscriptRow.id, transcript.id):
+                            raise DuplicateId("transcript id already exists")
+                        _insert_transcript(conn, transcript)
+                    return append_in(conn, events)
+            except IntegrityError as err:
+                # Ids were checked under the lock, so this is the fork guard: someone appended without the
+                # lock. Re-read the head and try again; persistently failing means a misbehaving writer.
+                if attempt == _APPEND_ATTEMPTS - 1:
+                    raise ChainConflict(
+                        "the chain head moved during append; another writer bypasses the lock"
+                    ) from err
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def head(self) -> ChainHead:
+        """Return the current head (for signed checkpoints and health checks)."""
+        with translate_db_errors(), self._read() as conn:
+            return read_head(conn)
+
+    def get(self, record_id: str) -> StoredRecord:
+        """Return the record with ``record_id``; :class:`RecordNotFound` if there is none."""
+        with translate_db_errors(), self._read() as conn:
+            row = conn.execute(select(*_RECORD_COLUMNS).where(AuditRecordRow.id == record_id)).first()
+        if row is None:
+            raise RecordNotFound("audit record not found")
+        return _record_from_row(row)
+
+    def query(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        event_type: str | None = None,
+        actor: str | None = None,
+        status: str | None = None,
+        request_id: str | None = None,
+        phase: str | None = None,
+        conversation_ref: str | None = None,
+        subject_ref: str | None = None,
+        transcript_id: str | None = None,
+        page_size: int = 50,
+        page_token: str | None = None,
+    ) -> tuple[list[StoredRecord], str | None]:
+        """Return one page of records matching every given filter, newest (highest seq) first.
+
+        ``since`` is inclusive and ``until`` exclusive, on ``start_time``. The second element is the token for
+        the next page, ``None`` on the last one. Pagination is by ``seq``, so records appended meanwhile never
+        shift pages. Raises :class:`InvalidQuery` (a ``ValueError`` naming the argument in ``field``) for a
+        malformed token, an unknown event type or phase, a naive datetime or a page size outside
+        1..:data:`MAX_PAGE_SIZE`.
+        """
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise InvalidQuery("page_size", f"page_size must be between 1 and {MAX_PAGE_SIZE}")
+        _require_aware("since", since)
+        _require_aware("until", until)
+        if event_type is not None and event_type not in _EVENT_TYPE_VALUES:
+            raise InvalidQuery("event_type", "event_type is not a known audit event type")
+        if phase is not None and phase not in _PHASE_VALUES:
+            raise InvalidQuery("phase", "phase must be one of: request, completion, event")
+        stmt = select(*_RECORD_COLUMNS)
+        if page_token is not None:
+            stmt = stmt.where(AuditRecordRow.seq < _decode_page_token(page_token))
+        if since is not None:
+            stmt = stmt.where(AuditRecordRow.start_time >= since)
+        if until is not None:
+            stmt = stmt.where(AuditRecordRow.start_time < until)
+        filters: Mapping[Any, str | None] = {
+            AuditRecordRow.event_type: event_type,
+            AuditRecordRow.actor: actor,
+            AuditRecordRow.status: status,
+            AuditRecordRow.request_id: request_id,
+            AuditRecordRow.phase: phase,
+            AuditRecordRow.conversation_ref: conversation_ref,
+            AuditRecordRow.subject_ref: subject_ref,
+            AuditRecordRow.transcript_id: transcript_id,
+        }
+        for column, value in filters.items():
+            if value is not None:
+                stmt = stmt.where(column == value)
+        stmt = stmt.order_by(AuditRecordRow.seq.desc()).limit(page_size + 1)
+        with translate_db_errors(), self._read() as conn:
+            rows = conn.execute(stmt).all()
+        records = [_record_from_row(row) for row in rows[:page_size]]
+        next_token = _encode_page_token(records[-1].seq) if len(rows) > page_size else None
+        return records, next_token
+
+    def verify(self, *, checkpoint: ChainHead | None = None) -> VerifyReport:
+        """Re-verify the whole chain from genesis, streaming rows in ``seq`` order.
+
+        Re-hashes each stored payload, checks the links, seq continuity and that typed columns agree with the
+        payload; stops at the first bad record and names it. With ``checkpoint`` (a head recorded earlier,
+        e.g. in a signed checkpoint), a chain that no longer contains it fails too (truncation, rollback).
+        """
+        verifier = ChainVerifier(checkpoint=checkpoint)
+        stmt = select(*_RECORD_COLUMNS).order_by(AuditRecordRow.seq)
+        with translate_db_errors(), self._read() as conn:
+            result = conn.execution_options(yield_per=_VERIFY_BATCH).execute(stmt)
+            for row in result:
+                if not verifier.feed(cast(ChainRow, row)):
+                    break
+            result.close()
+        return verifier.report()
+
+    def _read(self) -> _ReadTransaction:
+        return _ReadTransaction(self._engine)
+
+
+class TranscriptStore:
+    """Sealed transcripts: stores and returns ciphertext by id; encryption is the caller's job."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def put(
+        self,
+        *,
+        transcript_id: str,
+        conversation_ref: str | None,
+        subject_ref: str | None,
+        key_version: int,
+        format_version: int,
+        ciphertext: bytes,
+        created_at: datetime | None = None,
+    ) -> None:
+        """Insert a transcript (``created_at`` defaults to now); :class:`DuplicateId` if the id exists.
+
+        To commit a transcript atomically with its completion record use :meth:`AuditStore.append_with`.
+        """
+        transcript = SealedTranscript(
+            id=transcript_id,
+            created_at=created_at if created_at is not None else datetime.now(UTC),
+            conversation_ref=conversation_ref,
+            subject_ref=subject_ref,
+            key_version=key_version,
+            format_version=format_version,
+            ciphertext=ciphertext,
+        )
+        try:
+            with translate_db_errors(), self._engine.begin() as conn:
+                _insert_transcript(conn, transcript)
+        except IntegrityError as err:
+            raise DuplicateId("transcript id already exists") from err
+
+    def get(self, transcript_id: str) -> SealedTranscript:
+        """Return the sealed transcript; :class:`RecordNotFound` if absent (never stored, or purged)."""
+        columns = tuple(TranscriptRow.__table__.columns)
+        with translate_db_errors(), _ReadTransaction(self._engine) as conn:
+            row = conn.execute(select(*columns).where(TranscriptRow.id == transcript_id)).first()
+        if row is None:
+            raise RecordNotFound("transcript not found")
+        return _transcript_from_row(row)
+
+    def delete(self, transcript_id: str) -> bool:
+        """Delete a transcript (purge); return whether it existed. The audit chain is unaffected."""
+        with translate_db_errors(), self._engine.begin() as conn:
+            deleted = conn.execute(delete(TranscriptRow).where(TranscriptRow.id == transcript_id)).rowcount
+        return bool(deleted)
