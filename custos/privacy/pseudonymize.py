@@ -1,0 +1,462 @@
+"""Pseudonymization: personal data in a conversation becomes numbered placeholders, and back.
+
+Contract:
+
+* The same value (per entity type, normalised by case, whitespace and, for numbers, separators) gets the same
+  placeholder in every message of a call, and in every call that passes the same ``PlaceholderMap``.
+* Replacement and restoration work on positions, never on ``str.replace`` of values.
+* Overlapping detections are merged, never trimmed: the union of the overlapping spans is masked, so no
+  character any recognizer flagged reaches the model. The merged span takes the entity type, score and
+  explanation of the winning detection: the highest score, then the longest span, then the earliest start,
+  then the entity type name alphabetically (so ties are deterministic).
+* Anything in the input that looks like a placeholder (``<PERSON_1>`` typed by a user) is neutralised before
+  analysis by turning its angle brackets into U+2039/U+203A single guillemets (same length, so offsets stay
+  valid), so restore can never turn user text into another value. ``restore(anonymized, mapping)`` yields
+  the neutralised input.
+* ``restore`` replaces only exact, known placeholders; unknown or malformed ones stay masked (fail closed).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from presidio_analyzer import AnalyzerEngine, RecognizerResult
+
+from custos.privacy.errors import PrivacyError, UnsupportedEntity, UnsupportedLanguage
+
+#: A placeholder as Custos issues it: ``<TYPE_N>``, TYPE upper-case, N a positive number without leading zero.
+PLACEHOLDER_PATTERN = re.compile(r"<([A-Z][A-Z0-9_]*)_([1-9][0-9]*)>")
+
+# Everything a reader (model, restore, a later output guard) could take for a placeholder, in any case and
+# with leading zeros; such tokens in the input are neutralised. A superset of PLACEHOLDER_PATTERN.
+_PLACEHOLDER_LIKE = re.compile(r"<([A-Za-z][A-Za-z0-9_]*_[0-9]+)>")
+_NEUTRAL_OPEN = "\u2039"  # single left-pointing angle quotation mark
+_NEUTRAL_CLOSE = "\u203a"  # single right-pointing angle quotation mark
+
+_ENTITY_TYPE = re.compile(r"[A-Z][A-Z0-9_]*")
+_WHITESPACE = re.compile(r"\s+")
+_NUMBER_SEPARATORS = re.compile(r"[\s\-./()]+")
+
+_MAP_FORMAT = 1
+
+
+def _strip_number_separators(value: str) -> str:
+    return _NUMBER_SEPARATORS.sub("", value)
+
+
+#: Extra normalisation per entity type, applied before the generic one (NFKC, case, whitespace); numbers
+#: written with different separators ("4111 1111 ..." and "4111-1111-...") are the same value.
+VALUE_NORMALIZERS: Mapping[str, Callable[[str], str]] = {
+    "CREDIT_CARD": _strip_number_separators,
+    "IBAN_CODE": _strip_number_separators,
+    "US_SSN": _strip_number_separators,
+    "PHONE_NUMBER": _strip_number_separators,
+}
+
+
+def normalize_value(entity_type: str, value: str) -> str:
+    """Return the key under which two spellings of a value count as the same value."""
+    specific = VALUE_NORMALIZERS.get(entity_type)
+    if specific is not None:
+        value = specific(value)
+    value = unicodedata.normalize("NFKC", value)
+    return _WHITESPACE.sub(" ", value).strip().casefold()
+
+
+def neutralize_placeholders(text: str) -> tuple[str, int]:
+    """Return ``text`` with every placeholder-like token defused and how many there were.
+
+    ``<X_1>`` becomes ``\u2039X_1\u203a``: still readable, no longer a placeholder to ``restore`` or a model.
+
+    The result has the same length as ``text``, so analyzer offsets apply to both.
+    """
+    count = 0
+
+    def _defuse(match: re.Match[str]) -> str:
+        nonlocal count
+        count += 1
+        return f"{_NEUTRAL_OPEN}{match.group(1)}{_NEUTRAL_CLOSE}"
+
+    return _PLACEHOLDER_LIKE.sub(_defuse, text), count
+
+
+class PlaceholderMap:
+    """Placeholder ↔ value map of one conversation; it holds personal data, so it is stored only encrypted.
+
+    Not thread-safe: one request (or one conversation's vault row) owns it at a time. Its ``repr`` shows no
+    values.
+    """
+
+    def __init__(self) -> None:
+        self._placeholder_by_key: dict[tuple[str, str], str] = {}
+        self._value_by_placeholder: dict[str, str] = {}
+        self._type_by_placeholder: dict[str, str] = {}
+        self._counters: dict[str, int] = {}
+
+    def placeholder_for(self, entity_type: str, value: str) -> str:
+        """Return the placeholder for this value, issuing the next number of its entity type if it is new."""
+        if not _ENTITY_TYPE.fullmatch(entity_type):
+            raise ValueError(f"entity type must match [A-Z][A-Z0-9_]*, got {entity_type!r}")
+        if not value.strip():
+            raise ValueError("cannot issue a placeholder for an empty value")
+        key = (entity_type, normalize_value(entity_type, value))
+        existing = self._placeholder_by_key.get(key)
+        if existing is not None:
+            return existing
+        number = self._counters.get(entity_type, 0) + 1
+        placeholder = f"<{entity_type}_{number}>"
+        self._counters[entity_type] = number
+        self._placeholder_by_key[key] = placeholder
+        self._value_by_placeholder[placeholder] = value
+        self._type_by_placeholder[placeholder] = entity_type
+        return placeholder
+
+    def value_of(self, placeholder: str) -> str | None:
+        """Return the value behind an exact placeholder (the first spelling seen), or None if unknown."""
+        return self._value_by_placeholder.get(placeholder)
+
+    def entity_type_of(self, placeholder: str) -> str | None:
+        """Return the entity type of an issued placeholder, or None if unknown."""
+        return self._type_by_placeholder.get(placeholder)
+
+    def placeholders(self) -> Iterator[str]:
+        """Iterate over issued placeholders in the order they were issued."""
+        return iter(self._value_by_placeholder)
+
+    def __len__(self) -> int:
+        return len(self._value_by_placeholder)
+
+    def __contains__(self, placeholder: object) -> bool:
+        return placeholder in self._value_by_placeholder
+
+    def __repr__(self) -> str:
+        return f"PlaceholderMap(<{len(self)} entries>)"
+
+    def to_dict(self) -> dict[str, object]:
+        """Serialise for the encrypted vault: JSON-safe, entries in issue order."""
+        return {
+            "format": _MAP_FORMAT,
+            "entries": [
+                {
+                    "placeholder": placeholder,
+                    "entity_type": self._type_by_placeholder[placeholder],
+                    "value": value,
+                }
+                for placeholder, value in self._value_by_placeholder.items()
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> PlaceholderMap:
+        """Rebuild a map from ``to_dict`` output; raises PrivacyError on anything inconsistent."""
+        if data.get("format") != _MAP_FORMAT:
+            raise PrivacyError(f"placeholder map: unsupported format {data.get('format')!r}")
+        entries = data.get("entries")
+        if not isinstance(entries, list):
+            raise PrivacyError("placeholder map: 'entries' must be a list")
+        mapping = cls()
+        for index, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                raise PrivacyError(f"placeholder map: entry {index} is not an object")
+            placeholder, entity_type, value = (
+                entry.get("placeholder"),
+                entry.get("entity_type"),
+                entry.get("value"),
+            )
+            if not (isinstance(placeholder, str) and isinstance(entity_type, str) and isinstance(value, str)):
+                raise PrivacyError(
+                    f"placeholder map: entry {index} needs string placeholder, entity_type, value"
+                )
+            try:
+                issued = mapping.placeholder_for(entity_type, value)
+            except ValueError as err:
+                raise PrivacyError(f"placeholder map: entry {index} is invalid ({err})") from None
+            if issued != placeholder:
+                # Entries must be in issue order, without gaps or duplicate values; otherwise numbering would
+                # drift and the same value could map to two placeholders.
+                raise PrivacyError(f"placeholder map: entry {index} is out of order or duplicated")
+        return mapping
+
+
+def _json_safe(value: object) -> object:
+    """Return a JSON-safe copy; raise on types that have no canonical JSON form (canonical-JSON habit)."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("non-finite float in audit data")
+        return value
+    if isinstance(value, Mapping):
+        return {str(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    raise TypeError(f"type {type(value).__name__} is not JSON-safe")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One masked span: where it was (offsets in the original message), what it was, why; never the value."""
+
+    message_index: int
+    entity_type: str
+    start: int
+    end: int
+    score: float
+    recognizer: str
+    placeholder: str
+    explanation: dict[str, object] = field(default_factory=dict, hash=False)
+
+    def to_audit(self) -> dict[str, object]:
+        """Return the JSON-safe audit form: types, offsets, scores, recognizer and explanation, no value."""
+        return {
+            "message_index": self.message_index,
+            "entity_type": self.entity_type,
+            "start": self.start,
+            "end": self.end,
+            "score": self.score,
+            "recognizer": self.recognizer,
+            "placeholder": self.placeholder,
+            "explanation": _json_safe(self.explanation),
+        }
+
+
+@dataclass(frozen=True)
+class Pseudonymized:
+    """Result of one ``pseudonymize`` call: anonymized messages, findings, the (updated) placeholder map."""
+
+    texts: list[str]
+    findings: list[Finding]
+    mapping: PlaceholderMap
+    #: How many placeholder-like tokens in the input were neutralised (see ``neutralize_placeholders``).
+    neutralized: int = 0
+
+    def counts(self) -> dict[str, int]:
+        """Return entity type → number of findings, e.g. for metrics and the audit record."""
+        return dict(Counter(finding.entity_type for finding in self.findings))
+
+
+@dataclass(frozen=True)
+class MergedSpan:
+    """A group of overlapping detections: the masked range (their union) and the detection that names it."""
+
+    start: int
+    end: int
+    winner: RecognizerResult
+    others: tuple[RecognizerResult, ...]
+
+
+def _recognizer_name(result: RecognizerResult) -> str:
+    metadata = result.recognition_metadata or {}
+    name = metadata.get(RecognizerResult.RECOGNIZER_NAME_KEY)
+    if isinstance(name, str):
+        return name
+    explanation = result.analysis_explanation
+    return explanation.recognizer if explanation is not None else "unknown"
+
+
+def _winner_key(result: RecognizerResult) -> tuple[float, int, int, str, str]:
+    # min() picks: highest score, longest span, earliest start, then entity type and recognizer name
+    # alphabetically, so the choice never depends on the order recognizers ran in.
+    return (
+        -result.score,
+        -(result.end - result.start),
+        result.start,
+        result.entity_type,
+        _recognizer_name(result),
+    )
+
+
+def merge_overlaps(results: Sequence[RecognizerResult]) -> list[MergedSpan]:
+    """Group overlapping detections and mask each group's union under its winning detection's type."""
+    ordered = sorted(results, key=lambda r: (r.start, r.end, r.entity_type, _recognizer_name(r)))
+    groups: list[list[RecognizerResult]] = []
+    group_end = -1
+    for result in ordered:
+        if result.start >= result.end:
+            continue
+        if groups and result.start < group_end:
+            groups[-1].append(result)
+            group_end = max(group_end, result.end)
+        else:
+            groups.append([result])
+            group_end = result.end
+    spans = []
+    for group in groups:
+        winner = min(group, key=_winner_key)
+        others = tuple(r for r in group if r is not winner)
+        spans.append(MergedSpan(min(r.start for r in group), max(r.end for r in group), winner, others))
+    return spans
+
+
+_EXPLANATION_FIELDS = (
+    "pattern_name",
+    "textual_explanation",
+    "original_score",
+    "score",
+    "score_context_improvement",
+    "supportive_context_word",
+    "validation_result",
+)
+
+
+def _explanation(span: MergedSpan, value: str) -> dict[str, object]:
+    """Return Presidio's decision process for the winning detection, without the regex or the value."""
+    explanation = span.winner.analysis_explanation
+    data: dict[str, object] = {"recognizer": _recognizer_name(span.winner)}
+    if explanation is not None:
+        for name in _EXPLANATION_FIELDS:
+            item = getattr(explanation, name, None)
+            if item is not None and item != "":
+                data[name] = item
+    if span.others:
+        data["merged"] = [
+            {"entity_type": other.entity_type, "recognizer": _recognizer_name(other), "score": other.score}
+            for other in span.others
+        ]
+    if span.start != span.winner.start or span.end != span.winner.end:
+        data["span_widened_by_overlap"] = True
+    return _scrub(data, value)
+
+
+def _scrub(data: dict[str, object], value: str) -> dict[str, object]:
+    """Defend against a recognizer that writes the matched text into its explanation."""
+    needle = value.strip()
+    if not needle:
+        return data
+    pattern = re.compile(re.escape(needle), re.IGNORECASE)
+
+    def clean(item: object) -> object:
+        if isinstance(item, str):
+            return pattern.sub("[redacted]", item)
+        if isinstance(item, dict):
+            return {key: clean(sub) for key, sub in item.items()}
+        if isinstance(item, list):
+            return [clean(sub) for sub in item]
+        return item
+
+    return {key: clean(item) for key, item in data.items()}
+
+
+class Pseudonymizer:
+    """Detect personal data with a shared AnalyzerEngine and replace it by placeholders, by position."""
+
+    def __init__(
+        self,
+        analyzer: AnalyzerEngine,
+        *,
+        language: str = "en",
+        score_threshold: float = 0.4,
+        entities: Sequence[str] | None = None,
+        allow_list: Sequence[str] = (),
+    ) -> None:
+        """Validate the configuration against the analyzer now, so a bad setting stops start-up.
+
+        ``allow_list`` holds exact strings that are never masked (e.g. the company's own name or hotline).
+        """
+        if language not in analyzer.supported_languages:
+            raise UnsupportedLanguage(
+                f"no analyzer pipeline for language {language!r}; configured: {analyzer.supported_languages}"
+            )
+        if not 0.0 <= score_threshold <= 1.0:
+            raise ValueError(f"score_threshold must be within [0, 1], got {score_threshold}")
+        supported = set(analyzer.get_supported_entities(language=language))
+        if entities is not None:
+            unknown = sorted(set(entities) - supported)
+            if unknown:
+                raise UnsupportedEntity(
+                    f"analyzer has no recognizer for {unknown}; supported: {sorted(supported)}"
+                )
+            if not entities:
+                raise UnsupportedEntity("entities must not be empty (None means all supported)")
+        self._analyzer = analyzer
+        self._language = language
+        self._score_threshold = score_threshold
+        self._entities = list(entities) if entities is not None else None
+        self._allow_list = list(allow_list)
+
+    @property
+    def entities(self) -> list[str]:
+        """Entity types this pseudonymizer masks."""
+        if self._entities is not None:
+            return list(self._entities)
+        return sorted(self._analyzer.get_supported_entities(language=self._language))
+
+    def pseudonymize(self, texts: Sequence[str], mapping: PlaceholderMap | None = None) -> Pseudonymized:
+        """Mask every message of a call; ``mapping`` (the conversation's vault) is extended in place.
+
+        Placeholders are numbered in reading order: messages in order, positions within a message.
+        """
+        if isinstance(texts, str):
+            raise TypeError("texts must be a sequence of messages, not a single string")
+        for index, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"message {index} is {type(text).__name__}, not str")
+        mapping = mapping if mapping is not None else PlaceholderMap()
+
+        neutralized_total = 0
+        safe_texts: list[str] = []
+        for text in texts:
+            safe, count = neutralize_placeholders(text)
+            safe_texts.append(safe)
+            neutralized_total += count
+
+        anonymized: list[str] = []
+        findings: list[Finding] = []
+        nlp_engine = self._analyzer.nlp_engine
+        # spaCy's pipe() processes the messages of a call as one batch; each is then analysed on its own.
+        artifacts = nlp_engine.process_batch(safe_texts, language=self._language)
+        for index, (safe, (_, nlp_artifacts)) in enumerate(zip(safe_texts, artifacts, strict=True)):
+            results = self._analyzer.analyze(
+                text=safe,
+                language=self._language,
+                entities=self._entities,
+                score_threshold=self._score_threshold,
+                return_decision_process=True,
+                allow_list=self._allow_list or None,
+                nlp_artifacts=nlp_artifacts,
+            )
+            pieces: list[str] = []
+            cursor = 0
+            for span in merge_overlaps(results):
+                value = safe[span.start : span.end]
+                placeholder = mapping.placeholder_for(span.winner.entity_type, value)
+                pieces.append(safe[cursor : span.start])
+                pieces.append(placeholder)
+                cursor = span.end
+                findings.append(
+                    Finding(
+                        message_index=index,
+                        entity_type=span.winner.entity_type,
+                        start=span.start,
+                        end=span.end,
+                        score=float(span.winner.score),
+                        recognizer=_recognizer_name(span.winner),
+                        placeholder=placeholder,
+                        explanation=_explanation(span, value),
+                    )
+                )
+            pieces.append(safe[cursor:])
+            anonymized.append("".join(pieces))
+        return Pseudonymized(
+            texts=anonymized, findings=findings, mapping=mapping, neutralized=neutralized_total
+        )
+
+
+def restore(text: str, mapping: PlaceholderMap) -> str:
+    """Re-identify ``text`` by position: exact known placeholders become values; all else stays as is."""
+    pieces: list[str] = []
+    cursor = 0
+    for match in PLACEHOLDER_PATTERN.finditer(text):
+        value = mapping.value_of(match.group(0))
+        if value is None:
+            continue  # unknown: stays masked (fail closed)
+        pieces.append(text[cursor : match.start()])
+        pieces.append(value)
+        cursor = match.end()
+    pieces.append(text[cursor:])
+    return "".join(pieces)

@@ -1,0 +1,124 @@
+"""The analyzer is built offline, with exactly the named entity set, and refuses bad configuration."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import tldextract
+from presidio_analyzer import AnalyzerEngine
+
+from custos.privacy.analyzer import DISABLED_ENTITIES, ENABLED_ENTITIES, build_analyzer
+from custos.privacy.errors import PrivacyError, UnsupportedEntity
+from custos.privacy.pseudonymize import Pseudonymizer
+from custos.privacy.testing import BuiltAnalyzer, no_network
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_building_the_analyzer_made_no_network_attempt(built_analyzer: BuiltAnalyzer) -> None:
+    assert built_analyzer.network_attempts == []
+
+
+def test_analysing_text_with_emails_and_urls_makes_no_network_attempt(pseudonymizer: Pseudonymizer) -> None:
+    # E-mail validation calls tldextract; a fresh domain makes sure the suffix data is really consulted.
+    attempts: list[str] = []
+    with no_network(attempts):
+        result = pseudonymizer.pseudonymize(
+            ["Write to ops@service.example.co.uk or see https://portal.example.net, IP 10.1.2.3."]
+        )
+    assert attempts == []
+    assert "EMAIL_ADDRESS" in result.counts()
+
+
+def test_network_guard_catches_tldextract_default_fetch() -> None:
+    # Control: without the offline setting tldextract does reach for the network (and then quietly falls back
+    # to its snapshot), so the two tests above could fail.
+    attempts: list[str] = []
+    with no_network(attempts):
+        online = tldextract.TLDExtract(cache_dir=None)
+        assert online("mail.example.co.uk").suffix == "co.uk"
+    assert attempts, "the guard saw no network attempt from a default TLDExtract"
+
+
+def test_build_switches_tldextract_to_the_offline_snapshot(built_analyzer: BuiltAnalyzer) -> None:
+    extractor = tldextract.tldextract.TLD_EXTRACTOR
+    assert extractor.suffix_list_urls == ()
+    assert extractor.extract_str("a.b.example.co.uk").suffix == "co.uk"
+
+
+def test_importing_the_package_has_no_side_effects() -> None:
+    code = textwrap.dedent(
+        """
+        import sys, tldextract
+        before = tldextract.tldextract.TLD_EXTRACTOR
+        import custos.privacy.analyzer, custos.privacy.pseudonymize
+        import custos.privacy.envelope, custos.privacy.keys, custos.privacy.recognizers
+        assert tldextract.tldextract.TLD_EXTRACTOR is before, "tldextract changed at import"
+        assert before.suffix_list_urls, "default extractor expected"
+        loaded = [m for m in sys.modules if m.startswith("en_core_web")]
+        assert not loaded, f"spaCy model imported at import time: {loaded}"
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+
+
+def test_analyzer_detects_exactly_the_enabled_entities(analyzer: AnalyzerEngine) -> None:
+    assert sorted(analyzer.get_supported_entities(language="en")) == sorted(ENABLED_ENTITIES)
+
+
+def test_enabled_and_disabled_sets_are_disjoint_and_required_types_are_on() -> None:
+    assert not set(ENABLED_ENTITIES) & set(DISABLED_ENTITIES)
+    required = {"PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS"}
+    assert required <= set(ENABLED_ENTITIES)
+    assert {"LOCATION"} <= set(ENABLED_ENTITIES)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("See you on Monday at 10am next week.", id="date-time"),
+        pytest.param("Our help page is https://www.example.com/help.", id="url"),
+        pytest.param("We are American customers and like the European plan.", id="nrp"),
+        pytest.param("The number 4010232137 is on the box.", id="uk-nhs-on-10-digits"),
+        pytest.param("Acme Corp shipped it with DHL.", id="organization"),
+        pytest.param("Order 3 units of item AB12 please.", id="no-labelled-id"),
+        pytest.param("Card 4111 1111 1111 1112 was declined.", id="card-failing-luhn"),
+        pytest.param("IBAN DE89 3704 0044 0532 0130 01 bounced.", id="iban-failing-checksum"),
+    ],
+)
+def test_noisy_or_invalid_text_is_left_alone(pseudonymizer: Pseudonymizer, text: str) -> None:
+    result = pseudonymizer.pseudonymize([text])
+    assert result.findings == []
+    assert result.texts == [text]
+
+
+def test_disabled_entity_types_are_never_reported(analyzer: AnalyzerEngine) -> None:
+    text = (
+        "On 2024-03-01 the Dutch customer visited https://example.com, NHS 4010232137, MAC 00:1B:44:11:3A:B7."
+    )
+    found = {result.entity_type for result in analyzer.analyze(text, language="en")}
+    assert not found & set(DISABLED_ENTITIES)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        pytest.param({"entities": ["PERSON", "DATE_TIME"]}, UnsupportedEntity, id="unknown-entity"),
+        pytest.param({"entities": []}, UnsupportedEntity, id="empty-entity-set"),
+        pytest.param({"spacy_model": "xx_not_installed_model"}, PrivacyError, id="model-not-installed"),
+    ],
+)
+def test_build_refuses_bad_configuration_without_downloading(kwargs: dict[str, object], error: type) -> None:
+    attempts: list[str] = []
+    with no_network(attempts), pytest.raises(error):
+        build_analyzer(**kwargs)  # type: ignore[arg-type]
+    assert attempts == []
