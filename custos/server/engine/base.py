@@ -1,0 +1,44 @@
+"""The engine interface the server is written against."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+
+from custos.server.engine.types import ChatTurn, GenerationResult, ModelInfo, SamplingParams
+
+
+class Engine(ABC):
+    """Runs one model. ``generate`` blocks; the server calls it from a worker thread."""
+
+    info: ModelInfo
+
+    @abstractmethod
+    def render_prompt(self, turns: Sequence[ChatTurn]) -> str:
+        """The prompt text the model sees for ``turns`` (for display and auditing)."""
+
+    @abstractmethod
+    def count_tokens(self, text: str) -> int:
+        """How many tokens ``text`` takes as content (no special tokens added)."""
+
+    def count_prompt_tokens(self, turns: Sequence[ChatTurn]) -> int:
+        """How many tokens the full prompt for ``turns`` takes; engines override this with the exact count."""
+        return self.count_tokens(self.render_prompt(turns))
+
+    @abstractmethod
+    def generate(
+        self,
+        turns: Sequence[ChatTurn],
+        params: SamplingParams,
+        *,
+        on_text: Callable[[str], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> GenerationResult:
+        """Answer the conversation, blocking until done.
+
+        ``on_text`` receives text deltas as soon as they are final (never a partial character, never text
+        that may still turn out to be part of a stop sequence); the result's text is exactly their
+        concatenation. ``cancelled`` is polled before every model step; when it returns true, generation
+        stops with finish reason ``cancelled``. Raises :class:`PromptTooLong` when the prompt plus
+        ``params.max_new_tokens`` exceeds :attr:`context_tokens`.
+        """

@@ -1,0 +1,141 @@
+"""Domain types of the model engine: conversation turns, sampling parameters, results and errors.
+
+Nothing here imports torch or transformers, so the server and its tests can use these types cheaply.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+Role = Literal["system", "user", "assistant"]
+FinishReason = Literal["stop", "length", "stop_sequence", "cancelled"]
+"""Why generation ended.
+
+``stop``: the model ended its answer (end-of-sequence token, or the prompt format's end-of-turn marker);
+``length``: ``max_new_tokens`` reached; ``stop_sequence``: one of the request's stop strings appeared;
+``cancelled``: the caller's ``cancelled`` callback returned true.
+"""
+
+
+class EngineError(Exception):
+    """Base of the engine's errors."""
+
+
+class ModelCacheError(EngineError):
+    """The model cache is missing, incomplete or altered; the message names the path and the fix."""
+
+
+class InvalidSamplingParams(EngineError, ValueError):
+    """A sampling parameter is out of range; ``field`` names it so the server can report it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class PromptTooLong(EngineError):
+    """The prompt plus the requested new tokens do not fit the model's context.
+
+    The message carries only counts, so it is safe to return to a caller.
+    """
+
+    def __init__(self, *, prompt_tokens: int, max_new_tokens: int, context_tokens: int) -> None:
+        super().__init__(
+            f"the prompt is {prompt_tokens} tokens; with max_new_tokens={max_new_tokens} it exceeds "
+            f"the model's context of {context_tokens} tokens"
+        )
+        self.prompt_tokens = prompt_tokens
+        self.max_new_tokens = max_new_tokens
+        self.context_tokens = context_tokens
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    """One message of a conversation, already anonymized when it reaches the engine."""
+
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens. ``temperature == 0`` means greedy; ``seed`` makes sampling reproducible.
+
+    Invalid values raise :class:`InvalidSamplingParams` at construction.
+    """
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_new_tokens, bool) or self.max_new_tokens < 1:
+            raise InvalidSamplingParams("max_new_tokens", "must be at least 1")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise InvalidSamplingParams("temperature", "must be a finite number >= 0")
+        if not math.isfinite(self.top_p) or not 0 < self.top_p <= 1:
+            raise InvalidSamplingParams("top_p", "must be in (0, 1]")
+        if self.seed is not None and not 0 <= self.seed < 2**64:
+            raise InvalidSamplingParams("seed", "must be in [0, 2**64)")
+        if not isinstance(self.stop, tuple):
+            raise InvalidSamplingParams("stop", "must be a tuple of strings")
+        if any(not s for s in self.stop):
+            raise InvalidSamplingParams("stop", "stop sequences must not be empty")
+
+    @property
+    def greedy(self) -> bool:
+        """Whether tokens are chosen by argmax rather than sampled."""
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the audit log records about the model that produced an answer."""
+
+    name: str
+    source_sha256: str
+    cache_digest: str
+    quantization: str
+    precision: str
+    device: str
+    prompt_format: str
+    prompt_format_version: int
+    prompt_format_sha256: str
+
+    def to_audit(self) -> dict[str, object]:
+        """The audit record's model fields (plain JSON types, stable keys)."""
+        return {
+            "name": self.name,
+            "source_sha256": self.source_sha256,
+            "cache_digest": self.cache_digest,
+            "quantization": self.quantization,
+            "precision": self.precision,
+            "device": self.device,
+            "prompt_format": self.prompt_format,
+            "prompt_format_version": self.prompt_format_version,
+            "prompt_format_sha256": self.prompt_format_sha256,
+        }
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """The outcome of one generation.
+
+    ``text`` is exactly the concatenation of the deltas passed to ``on_text``. ``completion_tokens``
+    counts every token the model produced (including an end-of-sequence token or the tokens of a stop
+    sequence); the log-probs are those tokens' natural-log probabilities under the model's unmodified
+    distribution, ``None`` when no token was produced.
+    """
+
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    mean_logprob: float | None
+    min_logprob: float | None
+    prefill_seconds: float
+    decode_seconds: float
