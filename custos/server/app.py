@@ -169,8 +169,13 @@ def build_components(settings: Settings, *, progress: ProgressFn | None = None) 
 
     cache_root = ensure_private_dir(settings.resolved_model_cache_dir)
     cache_dir = prepare_model(
-        source=settings.model_source, cache_root=cache_root, precision=settings.precision, progress=progress
+        source=settings.model_source,
+        cache_root=cache_root,
+        precision=settings.precision,
+        prompt_format=settings.prompt_format,
+        progress=progress,
     )
-    engine = TransformersEngine.from_cache(cache_dir, device=settings.device)
+    # prepare_model has just verified the cache digest.
+    engine = TransformersEngine.from_cache(cache_dir, device=settings.device, verify=False)
     analyzer = build_analyzer(spacy_model=settings.spacy_model)
     return Components(analyzer=analyzer, engine=engine)

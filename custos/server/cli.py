@@ -118,6 +118,7 @@ def model_prepare(
     settings = _settings(config, data_dir=data_dir, model_source=source, precision=precision)
     with _progress() as report:
         path = prepare_model(
+            prompt_format=settings.prompt_format,
             source=settings.model_source,
             cache_root=ensure_private_dir(settings.resolved_model_cache_dir),
             precision=settings.precision,
