@@ -8,28 +8,22 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from custos.privacy.testing import no_network
 from custos.server.engine.cache import prepare_model
 from custos.server.engine.hf import TransformersEngine
 
 
 @contextlib.contextmanager
-def no_network() -> Iterator[None]:
-    """Fail loudly if anything tries to open a network connection (nothing may come from a hub)."""
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError(f"network access attempted: {args!r}")
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(socket.socket, "connect", refuse)
-        patch.setattr(socket.socket, "connect_ex", refuse)
-        patch.setattr(socket, "getaddrinfo", refuse)
+def offline() -> Iterator[None]:
+    """Refuse, and fail on, any connection to a non-loopback address (nothing may come from a hub)."""
+    with no_network([]) as attempts:
         yield
+    assert attempts == [], f"network access attempted: {attempts}"
 
 
 @pytest.fixture(scope="session")
@@ -37,18 +31,18 @@ def bundled_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundled Gemma 3 270M prepared in bf16 (under CUSTOS_TEST_MODEL_CACHE or pytest's basetemp)."""
     configured = os.environ.get("CUSTOS_TEST_MODEL_CACHE")
     root = Path(configured) if configured else tmp_path_factory.mktemp("model-cache")
-    with no_network():
+    with offline():
         return prepare_model(source="bundled", cache_root=root, precision="bf16")
 
 
 @pytest.fixture(scope="session")
 def bundled_engine(bundled_cache: Path) -> TransformersEngine:
     """The bundled model loaded from its verified cache."""
-    with no_network():
+    with offline():
         return TransformersEngine.from_cache(bundled_cache)
 
 
 @pytest.fixture(autouse=True)
 def _guard_network() -> Iterator[None]:
-    with no_network():
+    with offline():
         yield
