@@ -76,6 +76,7 @@ class CustosServer:
         self._executor = ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix="custos")
         self.keys: MasterKeyProvider | None = None
         self.audit: AuditStore | None = None
+        self.pipeline: Pipeline | None = None
         self.transcripts: TranscriptStore | None = None
 
     async def start(self) -> None:
@@ -89,7 +90,7 @@ class CustosServer:
         self.audit = AuditStore(db)
         self.transcripts = TranscriptStore(db)
 
-        pipeline = Pipeline(
+        self.pipeline = pipeline = Pipeline(
             pseudonymizer=Pseudonymizer(
                 self.components.analyzer, score_threshold=settings.pii_score_threshold
             ),

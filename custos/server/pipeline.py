@@ -6,6 +6,7 @@ Blocking work (analysis, database, the model) runs on the executor, never on the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from custos.audit.errors import AuditUnavailable
 from custos.audit.events import AuditEvent, StoredRecord
 from custos.audit.store import AuditStore, SealedTranscript
 from custos.privacy.envelope import read_header, seal
@@ -123,7 +125,12 @@ class Pipeline:
         subject_ref = self._subject_ref(caller, call)
 
         # 1 privacy: detect and pseudonymize the whole conversation.
-        anon = await self._timed(timings, "privacy", self._pseudonymize, [t.content for t in call.turns])
+        try:
+            anon = await self._timed(timings, "privacy", self._pseudonymize, [t.content for t in call.turns])
+        except Exception as exc:
+            # No request record exists yet: the failure gets a record of its own (if the database allows).
+            await self._record_failure(caller, rpc, start_time, stage="privacy", error=exc)
+            raise
         for entity_type, count in anon.counts().items():
             self._metrics.pii_entities.labels(entity_type=entity_type).inc(count)
 
@@ -197,11 +204,20 @@ class Pipeline:
             completion_tokens=result.completion_tokens,
         )
 
-    async def record_failure(self, caller: Caller, rpc: str, *, event_type: str, status: str) -> StoredRecord:
-        """Audit a request that failed before its request record existed (e.g. the privacy stage broke)."""
-        now = datetime.now(UTC)
-        event = self._event("event", caller, rpc, now, status=status, event_type=event_type, details={})
-        return await self._run(self._audit.append, event)
+    async def _record_failure(
+        self, caller: Caller, rpc: str, start_time: datetime, *, stage: str, error: BaseException
+    ) -> None:
+        """Audit a request that failed before its request record existed; the error's text is never kept."""
+        event = self._event(
+            "event",
+            caller,
+            rpc,
+            start_time,
+            status="INTERNAL",
+            details={"failed_stage": stage, "error_type": type(error).__name__},
+        )
+        with contextlib.suppress(AuditUnavailable):  # the caller gets an error either way
+            await self._run(self._audit.append, event)
 
     async def record_invalid(
         self, caller: Caller, rpc: str, *, status: str, field: str, problem: str

@@ -346,3 +346,35 @@ def test_audit_query_get_and_cli(tiny_server: ServerHarness) -> None:
     result = CliRunner().invoke(cli_app, ["audit", "verify", "--data-dir", data_dir])
     assert result.exit_code == 0, result.output
     assert "intact" in result.output
+
+
+def test_a_failing_stage_is_audited_and_reported_without_its_text(
+    tiny_server: ServerHarness, spy: SpyEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline_privacy = tiny_server.server.pipeline
+
+    def broken(texts: list[str]) -> object:
+        raise RuntimeError(f"analyzer crashed on {texts[0]}")
+
+    monkeypatch.setattr(pipeline_privacy, "_pseudonymize", broken)
+    with pytest.raises(grpc.RpcError) as info:
+        tiny_server.inference.Generate(request())
+    assert _code(info.value) == grpc.StatusCode.INTERNAL
+    details = info.value.details()  # type: ignore[attr-defined]
+    assert details.startswith("internal error (request id ") and contains_any(details, PII) == []
+    assert spy.prompts == []
+    failures = [r for r in db_rows(tiny_server, "audit_records") if r["status"] == "INTERNAL"]
+    assert len(failures) == 1
+    payload = json.loads(failures[0]["payload"])  # type: ignore[arg-type]
+    assert payload["event_type"] == "generate" and payload["details"]["failed_stage"] == "privacy"
+    assert contains_any(failures[0]["payload"], PII) == []
+
+
+def test_cli_help_describes_each_command() -> None:
+    result = CliRunner().invoke(cli_app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("serve", "audit", "model"):
+        assert command in result.output
+    for args, words in ((["audit", "--help"], ("query", "verify")), (["model", "--help"], ("prepare",))):
+        sub = CliRunner().invoke(cli_app, args)
+        assert sub.exit_code == 0 and all(w in sub.output for w in words)
