@@ -25,7 +25,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from custos.audit.events import MAX_LENGTHS
 
-__all__ = ["AuditRecordRow", "Base", "TranscriptRow", "UTCDateTime"]
+__all__ = ["AccessTokenRow", "AuditRecordRow", "Base", "IdempotencyRow", "TranscriptRow", "UTCDateTime"]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -117,3 +117,34 @@ class TranscriptRow(Base):
     key_version: Mapped[int] = mapped_column(Integer)
     format_version: Mapped[int] = mapped_column(Integer)
     ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class AccessTokenRow(Base):
+    """A bearer token ``id.secret``: only the SHA-256 of the secret is stored, looked up by ``id``."""
+
+    __tablename__ = "access_tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    principal: Mapped[str] = mapped_column(String(512))
+    roles: Mapped[str] = mapped_column(String(512))
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class IdempotencyRow(Base):
+    """The first answer to an idempotency key of one principal, sealed; never plaintext.
+
+    ``key_ref`` is a blind index of (principal, key), ``request_digest`` one of the request bytes, so a key
+    reused for another request is recognised without storing either.
+    """
+
+    __tablename__ = "idempotency_keys"
+
+    key_ref: Mapped[str] = mapped_column(String(128), primary_key=True)
+    request_digest: Mapped[str] = mapped_column(String(128))
+    request_id: Mapped[str | None] = mapped_column(String(36))
+    response: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -21,14 +21,20 @@ from custos.audit.db import make_engine, migrate
 from custos.audit.store import AuditStore, TranscriptStore
 from custos.privacy.keys import FileKeyProvider, MasterKeyProvider
 from custos.privacy.pseudonymize import Pseudonymizer
+from custos.server.auth import AccessInterceptor, Authenticator
+from custos.server.bootstrap import SecuritySetup, prepare_security, record_config_change
 from custos.server.compliance import ComplianceService
 from custos.server.convert import RequestLimits
 from custos.server.engine.base import Engine
+from custos.server.idempotency import IdempotencyStore
 from custos.server.interceptors import ObservingInterceptor
+from custos.server.limits import CapacityLimiter
 from custos.server.metrics import Metrics
 from custos.server.pipeline import Pipeline
 from custos.server.servicers import AuditServicer, InferenceServicer, raw_bytes_handler
 from custos.server.settings import Settings
+from custos.server.tls import ReloadingCredentials
+from custos.server.tokens import TokenStore
 from custos.v1 import admin_pb2, audit_pb2, feedback_pb2, inference_pb2, privacy_pb2
 
 log = logging.getLogger("custos.server")
@@ -78,6 +84,9 @@ class CustosServer:
         self.audit: AuditStore | None = None
         self.pipeline: Pipeline | None = None
         self.transcripts: TranscriptStore | None = None
+        self.tokens: TokenStore | None = None
+        self.security: SecuritySetup | None = None
+        self.credentials: ReloadingCredentials | None = None
 
     async def start(self) -> None:
         """Open the database and keys, then serve; ``port`` holds the bound gRPC port afterwards."""
@@ -89,6 +98,10 @@ class CustosServer:
         await asyncio.get_running_loop().run_in_executor(self._executor, migrate, db)
         self.audit = AuditStore(db)
         self.transcripts = TranscriptStore(db)
+        self.tokens = TokenStore(db, self.audit)
+        loop = asyncio.get_running_loop()
+        self.security = await loop.run_in_executor(self._executor, prepare_security, settings, self.tokens)
+        await loop.run_in_executor(self._executor, record_config_change, self.audit, settings)
 
         self.pipeline = pipeline = Pipeline(
             pseudonymizer=Pseudonymizer(
@@ -109,11 +122,29 @@ class CustosServer:
         )
         core_limit = settings.max_request_bytes * CORE_SIZE_HEADROOM
         server = grpc.aio.server(
-            interceptors=[ObservingInterceptor(self.metrics)],
+            interceptors=[
+                ObservingInterceptor(self.metrics),
+                AccessInterceptor(
+                    services=SERVICES,
+                    authenticator=Authenticator(self.tokens, settings.client_cert_roles),
+                    limiter=CapacityLimiter(
+                        rate=settings.rate_limit_per_s,
+                        burst=settings.rate_limit_burst,
+                        max_in_flight=settings.max_in_flight_per_principal,
+                    ),
+                    audit=self.audit,
+                    executor=self._executor,
+                ),
+            ],
             options=[("grpc.max_receive_message_length", core_limit)],
         )
         servicers: dict[str, Any] = {
-            "Inference": InferenceServicer(pipeline, limits, max_request_bytes=settings.max_request_bytes),
+            "Inference": InferenceServicer(
+                pipeline,
+                limits,
+                max_request_bytes=settings.max_request_bytes,
+                idempotency=IdempotencyStore(db, self.keys, self._executor),
+            ),
             "Audit": AuditServicer(ComplianceService(self.audit, self._executor)),
         }
         server.add_generic_rpc_handlers(
@@ -125,7 +156,14 @@ class CustosServer:
             + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             server,
         )
-        self.port = server.add_insecure_port(settings.listen)
+        if settings.plaintext:
+            log.warning("serving PLAINTEXT gRPC: no transport security (setting plaintext = true)")
+            self.port = server.add_insecure_port(settings.listen)
+        else:
+            self.credentials = ReloadingCredentials(
+                settings.resolved_tls_cert_file, settings.resolved_tls_key_file, settings.tls_client_ca_file
+            )
+            self.port = server.add_secure_port(settings.listen, self.credentials.server_credentials())
         if self.port == 0:
             raise OSError(f"could not bind gRPC listen address {settings.listen}")
         await server.start()

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from custos.server.cli_security import certs_app, tokens_app
 from custos.server.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(
@@ -29,6 +30,8 @@ audit_app = typer.Typer(help="Read and verify the audit trail (compliance office
 model_app = typer.Typer(help="Prepare and inspect the local model cache.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 app.add_typer(model_app, name="model")
+app.add_typer(certs_app, name="certs")
+app.add_typer(tokens_app, name="tokens")
 
 out = Console()
 err = Console(stderr=True)
@@ -92,7 +95,8 @@ async def _serve(server: Any) -> None:
         f"Custos is serving on {host}:{server.port} (model {server.components.engine.info.name}, "
         f"{server.components.engine.info.precision}); metrics on port {server.metrics_port}."
     )
-    out.print(f"Try: grpcurl -plaintext {host}:{server.port} list")
+    for line in connection_hint(settings, server.port, server.security):
+        out.print(line)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -248,6 +252,26 @@ def audit_verify(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
     out.print(json.dumps({"ok": False, "first_bad_seq": report.first_bad_seq, "reason": report.reason}))
     err.print(f"[red]audit chain broken at record seq {report.first_bad_seq}: {report.reason}[/red]")
     raise typer.Exit(1)
+
+
+def connection_hint(settings: Settings, port: int, security: Any) -> list[str]:
+    """How to connect; printed in full only on the start that created the certificates or token."""
+    host = settings.listen.rpartition(":")[0]
+    if settings.plaintext:
+        return [f"Try: grpcurl -plaintext {host}:{port} list"]
+    if security is None or not (security.created_certs or security.admin_token_file):
+        return [f"TLS on; CA {settings.tls_dir / 'ca.pem'} (development) or your own."]
+    lines = ["Created for this data directory (mode 0600):"]
+    if security.ca_file is not None:
+        lines.append(f"  CA certificate   {security.ca_file}")
+    if security.admin_token_file is not None:
+        lines.append(f"  admin token      {security.admin_token_file}")
+    ca = security.ca_file or settings.tls_dir / "ca.pem"
+    lines.append(
+        f'Try: grpcurl -cacert {ca} -H "authorization: Bearer $(cat {settings.admin_token_file})" '
+        f"localhost:{port} list custos.v1.Inference"
+    )
+    return lines
 
 
 def main() -> None:

@@ -127,6 +127,10 @@ def generate_call_from_pb(request: inference_pb2.GenerateRequest, limits: Reques
     if request.HasField("purpose"):
         _check_id(request.purpose, "purpose", required=True)
         purpose = request.purpose
+    idempotency_key: str | None = None
+    if request.HasField("idempotency_key"):
+        _check_id(request.idempotency_key, "idempotency_key", required=True)
+        idempotency_key = request.idempotency_key
 
     return GenerateCall(
         conversation_id=request.conversation_id,
@@ -141,6 +145,7 @@ def generate_call_from_pb(request: inference_pb2.GenerateRequest, limits: Reques
         subject_id=subject_id,
         reidentify=request.reidentify,
         purpose=purpose,
+        idempotency_key=idempotency_key,
     )
 
 

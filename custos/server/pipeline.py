@@ -394,7 +394,12 @@ class Pipeline:
             transcript_id=transcript_id,
             details={
                 **details,
-                "actor": {"principal": caller.principal, "role": caller.role, "peer": caller.peer},
+                "actor": {
+                    "principal": caller.principal,
+                    "role": caller.role,
+                    "peer": caller.peer,
+                    "fingerprint": caller.fingerprint,
+                },
             },
         )
 

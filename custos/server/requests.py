@@ -15,6 +15,10 @@ class Caller:
     principal: str
     peer: str
     role: str = "unauthenticated"
+    roles: tuple[str, ...] = ()
+    permissions: frozenset[str] = frozenset()
+    # SHA-256 of the client certificate when the caller authenticated with mutual TLS.
+    fingerprint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,7 @@ class GenerateCall:
     subject_id: str | None = None
     reidentify: bool = False
     purpose: str | None = None
+    idempotency_key: str | None = None
 
 
 @dataclass(frozen=True)

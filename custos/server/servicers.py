@@ -16,9 +16,11 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
 from custos.server import convert
+from custos.server.auth import current_caller
 from custos.server.compliance import ComplianceService
 from custos.server.convert import RequestLimits
 from custos.server.errors import InvalidArgument, RequestError, ResourceExhausted
+from custos.server.idempotency import IdempotencyStore
 from custos.server.pipeline import Pipeline
 from custos.server.requests import Caller, GenerateCall
 from custos.v1 import audit_pb2, inference_pb2
@@ -28,8 +30,8 @@ ANONYMOUS = "anonymous"
 
 
 def caller_from_context(context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
-    """Who is calling."""
-    return Caller(principal=ANONYMOUS, peer=context.peer() or "unknown")
+    """Who is calling, as authenticated by the access interceptor."""
+    return current_caller() or Caller(principal=ANONYMOUS, peer=context.peer() or "unknown")
 
 
 def deadline_from_context(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
@@ -41,10 +43,18 @@ def deadline_from_context(context: grpc.aio.ServicerContext[Any, Any]) -> float 
 class InferenceServicer:
     """custos.v1.Inference."""
 
-    def __init__(self, pipeline: Pipeline, limits: RequestLimits, *, max_request_bytes: int) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        limits: RequestLimits,
+        *,
+        max_request_bytes: int,
+        idempotency: IdempotencyStore | None = None,
+    ) -> None:
         self._pipeline = pipeline
         self._limits = limits
         self._max_request_bytes = max_request_bytes
+        self._idempotency = idempotency
 
     async def Generate(
         self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
@@ -52,7 +62,16 @@ class InferenceServicer:
         """Answer a conversation in one response."""
         caller = caller_from_context(context)
         call = await self._admit(raw, caller, "Generate")
-        outcome = await self._pipeline.generate(call, caller, deadline=deadline_from_context(context))
+        deadline = deadline_from_context(context)
+        if call.idempotency_key is not None and self._idempotency is not None:
+            outcome = await self._idempotency.run(
+                caller,
+                call.idempotency_key,
+                raw,
+                lambda: self._pipeline.generate(call, caller, deadline=deadline),
+            )
+        else:
+            outcome = await self._pipeline.generate(call, caller, deadline=deadline)
         return convert.generate_outcome_to_pb(outcome)
 
     async def GenerateStream(
@@ -77,7 +96,10 @@ class InferenceServicer:
                     reason="request_too_large",
                 )
             request = convert.parse_message(inference_pb2.GenerateRequest, raw)
-            return convert.generate_call_from_pb(request, self._limits)
+            call = convert.generate_call_from_pb(request, self._limits)
+            if rpc == "GenerateStream" and call.idempotency_key is not None:
+                raise InvalidArgument("idempotency_key", "only Generate accepts an idempotency key")
+            return call
         except RequestError as exc:
             field = exc.field if isinstance(exc, InvalidArgument) else "request"
             problem = exc.problem if isinstance(exc, InvalidArgument) else exc.message

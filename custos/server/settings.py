@@ -103,6 +103,35 @@ class Settings(BaseSettings):
         4, ge=1, le=256, description="Threads for blocking work (analysis, database, generation)."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    # Transport, authentication and capacity limits (custos/server/auth.py holds the permission table).
+    plaintext: bool = Field(
+        False,
+        description="Serve gRPC without TLS (logged as a warning); tokens then cross the wire in clear.",
+    )
+    tls_cert_file: Path | None = Field(
+        None,
+        description="Server certificate chain (PEM); default: tls/server.pem in data_dir, a development "
+        "certificate made on first start. Replaced files are picked up without a restart.",
+    )
+    tls_key_file: Path | None = Field(
+        None, description="Private key of tls_cert_file (PEM); default: tls/server-key.pem in data_dir."
+    )
+    tls_client_ca_file: Path | None = Field(
+        None,
+        description="CA (PEM) for client certificates; when set, every client must present a certificate "
+        "it signed (mutual TLS).",
+    )
+    client_cert_roles: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Roles of mutual-TLS principals, keyed by certificate common name (else first SAN).",
+    )
+    rate_limit_per_s: float = Field(
+        50.0, gt=0, le=1e6, description="Sustained calls per second per principal (token bucket)."
+    )
+    rate_limit_burst: int = Field(100, ge=1, le=1_000_000, description="Token-bucket size per principal.")
+    max_in_flight_per_principal: int = Field(
+        32, ge=1, le=100_000, description="Calls one principal may have running at once."
+    )
 
     @field_validator("listen")
     @classmethod
@@ -115,6 +144,24 @@ class Settings(BaseSettings):
         if value in (None, ""):
             return None
         return _check_host_port(value, "metrics_listen")
+
+    @field_validator("client_cert_roles")
+    @classmethod
+    def _roles_exist(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        from custos.server.auth import ROLES
+
+        for principal, roles in value.items():
+            unknown = sorted(set(roles) - set(ROLES))
+            if unknown:
+                raise ValueError(f"{principal}: unknown role(s) {', '.join(unknown)}")
+        return value
+
+    @field_validator("tls_key_file")
+    @classmethod
+    def _cert_and_key_together(cls, value: Path | None, info: Any) -> Path | None:
+        if (value is None) != (info.data.get("tls_cert_file") is None):
+            raise ValueError("set tls_cert_file and tls_key_file together")
+        return value
 
     @field_validator("default_max_new_tokens")
     @classmethod
@@ -151,6 +198,26 @@ class Settings(BaseSettings):
     def resolved_key_file(self) -> Path:
         """The master key file path."""
         return self.key_file or self.data_dir / "keys" / "master.json"
+
+    @property
+    def tls_dir(self) -> Path:
+        """Where the development CA and server certificate are made."""
+        return self.data_dir / "tls"
+
+    @property
+    def resolved_tls_cert_file(self) -> Path:
+        """The server certificate."""
+        return self.tls_cert_file or self.tls_dir / "server.pem"
+
+    @property
+    def resolved_tls_key_file(self) -> Path:
+        """The server certificate's key."""
+        return self.tls_key_file or self.tls_dir / "server-key.pem"
+
+    @property
+    def admin_token_file(self) -> Path:
+        """Where the first start writes the bootstrap admin token (mode 0600)."""
+        return self.data_dir / "admin.token"
 
     @property
     def resolved_model_cache_dir(self) -> Path:

@@ -115,24 +115,98 @@ class ScriptedEngine(Engine):
         )
 
 
+class _BearerInterceptor(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+):
+    """Adds ``authorization: Bearer <token>`` on a plaintext channel (call credentials need TLS)."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def _details(self, details: Any) -> Any:
+        metadata = [*(details.metadata or ()), ("authorization", f"Bearer {self._token}")]
+        return details._replace(metadata=metadata)
+
+    def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        """Add the header."""
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        """Add the header."""
+        return continuation(self._details(client_call_details), request)
+
+
 class ServerHarness:
-    """Runs a CustosServer on its own event loop in a thread; tests talk to it over a real socket."""
+    """Runs a CustosServer on its own event loop in a thread; tests talk to it over a real socket.
+
+    ``channel`` carries the bootstrap admin token (roles admin, inference, compliance) over TLS with the
+    development CA; :meth:`channel_for` and :meth:`anonymous_channel` give other callers.
+    """
 
     def __init__(self, server: CustosServer) -> None:
         self.server = server
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._channels: list[grpc.Channel] = []
 
     def __enter__(self) -> ServerHarness:
         self.thread.start()
         asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(timeout=60)
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.server.port}")
+        self.admin_token = self.server.settings.admin_token_file.read_text().strip()
+        self.channel = self.channel_with_token(self.admin_token)
         self.inference = inference_pb2_grpc.InferenceStub(self.channel)
         self.audit = audit_pb2_grpc.AuditStub(self.channel)
         return self
 
+    def create_token(self, *roles: str, principal: str | None = None) -> str:
+        """A new token ``id.secret`` for a principal holding ``roles``."""
+        assert self.server.tokens is not None
+        token, _ = self.server.tokens.create(
+            principal or "+".join(roles) or "no-roles", roles, actor="test-harness"
+        )
+        return token
+
+    def channel_for(self, *roles: str, principal: str | None = None) -> grpc.Channel:
+        """A channel whose calls carry a fresh token of a principal holding ``roles``."""
+        return self.channel_with_token(self.create_token(*roles, principal=principal))
+
+    def anonymous_channel(self) -> grpc.Channel:
+        """A channel without credentials (TLS still, unless the server is plaintext)."""
+        return self._open(None)
+
+    def channel_with_token(self, token: str) -> grpc.Channel:
+        """A channel whose calls carry ``token``."""
+        return self._open(token)
+
+    def channel_credentials(
+        self, *, certificate_chain: bytes | None = None, private_key: bytes | None = None
+    ) -> grpc.ChannelCredentials:
+        """TLS credentials trusting the development CA (optionally with a client certificate)."""
+        ca = (self.server.settings.tls_dir / "ca.pem").read_bytes()
+        return grpc.ssl_channel_credentials(
+            root_certificates=ca, private_key=private_key, certificate_chain=certificate_chain
+        )
+
+    def _open(self, token: str | None) -> grpc.Channel:
+        channel: grpc.Channel
+        if self.server.settings.plaintext:
+            channel = grpc.insecure_channel(self.target)
+            if token is not None:
+                channel = grpc.intercept_channel(channel, _BearerInterceptor(token))
+        else:
+            credentials = self.channel_credentials()
+            if token is not None:
+                credentials = grpc.composite_channel_credentials(
+                    credentials, grpc.access_token_call_credentials(token)
+                )
+            channel = grpc.secure_channel(self.target, credentials)
+        self._channels.append(channel)
+        return channel
+
     def __exit__(self, *exc: object) -> None:
-        self.channel.close()
+        for channel in self._channels:
+            channel.close()
         asyncio.run_coroutine_threadsafe(self.server.stop(grace=1.0), self.loop).result(timeout=60)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)

@@ -179,27 +179,29 @@ def test_audit_rows_hold_no_raw_values_and_transcript_decrypts(
 
 
 def test_verify_passes_then_names_the_edited_row(tiny_server: ServerHarness) -> None:
+    at_start = len(db_rows(tiny_server, "audit_records"))  # configuration and bootstrap-token records
     tiny_server.inference.Generate(request())
     tiny_server.inference.Generate(request("Where is my parcel?"))
     report = tiny_server.audit.Verify(audit_pb2.AuditVerifyRequest())
-    assert report.ok and report.count == 4 and report.incomplete == 0
+    assert report.ok and report.count == at_start + 4 and report.incomplete == 0
 
     db_path = tiny_server.server.settings.data_dir / "custos.db"
     with sqlite3.connect(db_path) as conn:
         conn.execute(
             "UPDATE audit_records SET payload = CAST(REPLACE(CAST(payload AS TEXT), '\"OK\"', "
-            "'\"NO\"') AS BLOB) WHERE seq = 2"
+            f"'\"NO\"') AS BLOB) WHERE seq = {at_start + 2}"
         )
     report = tiny_server.audit.Verify(audit_pb2.AuditVerifyRequest())
     assert not report.ok
-    assert report.first_bad_seq == 2
+    assert report.first_bad_seq == at_start + 2
     assert report.reason
 
     result = CliRunner().invoke(
         cli_app, ["audit", "verify", "--data-dir", str(tiny_server.server.settings.data_dir)]
     )
     assert result.exit_code == 1
-    assert "seq 2" in result.output or '"first_bad_seq": 2' in result.output
+    bad = at_start + 2
+    assert f"seq {bad}" in result.output or f'"first_bad_seq": {bad}' in result.output
 
 
 def _code(call: object) -> grpc.StatusCode:
