@@ -21,6 +21,12 @@ from custos.audit.db import make_engine, migrate
 from custos.audit.store import AuditStore, TranscriptStore
 from custos.privacy.keys import FileKeyProvider, MasterKeyProvider
 from custos.privacy.pseudonymize import Pseudonymizer
+from custos.server.availability import (
+    AvailabilityInterceptor,
+    DatabaseWatchdog,
+    HealthReporter,
+    flush_pending_tasks,
+)
 from custos.server.compliance import ComplianceService
 from custos.server.convert import RequestLimits
 from custos.server.engine.base import Engine
@@ -77,6 +83,7 @@ class CustosServer:
         self.keys: MasterKeyProvider | None = None
         self.audit: AuditStore | None = None
         self.transcripts: TranscriptStore | None = None
+        self.watchdog: DatabaseWatchdog | None = None
 
     async def start(self) -> None:
         """Open the database and keys, then serve; ``port`` holds the bound gRPC port afterwards."""
@@ -88,6 +95,11 @@ class CustosServer:
         await asyncio.get_running_loop().run_in_executor(self._executor, migrate, db)
         self.audit = AuditStore(db)
         self.transcripts = TranscriptStore(db)
+        self.watchdog = DatabaseWatchdog(
+            db,
+            HealthReporter(self.health, [s.full_name for s in SERVICES]),
+            interval_s=settings.db_probe_interval_s,
+        )
 
         pipeline = Pipeline(
             pseudonymizer=Pseudonymizer(
@@ -108,7 +120,7 @@ class CustosServer:
         )
         core_limit = settings.max_request_bytes * CORE_SIZE_HEADROOM
         server = grpc.aio.server(
-            interceptors=[ObservingInterceptor(self.metrics)],
+            interceptors=[ObservingInterceptor(self.metrics), AvailabilityInterceptor(self.watchdog)],
             options=[("grpc.max_receive_message_length", core_limit)],
         )
         servicers: dict[str, Any] = {
@@ -129,8 +141,7 @@ class CustosServer:
             raise OSError(f"could not bind gRPC listen address {settings.listen}")
         await server.start()
         self._server = server
-        for name in ["", *(s.full_name for s in SERVICES)]:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self.watchdog.start()
         if settings.metrics_listen:
             host, _, port = settings.metrics_listen.rpartition(":")
             self.metrics_port = self.metrics.serve(host, int(port))
@@ -151,12 +162,23 @@ class CustosServer:
         if self._server is not None:
             await self._server.wait_for_termination()
 
-    async def stop(self, grace: float | None = 5.0) -> None:
-        """Drain: report NOT_SERVING, refuse new calls, let in-flight calls finish up to ``grace`` seconds."""
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: report NOT_SERVING, refuse new calls, let in-flight calls finish up to ``grace`` seconds.
+
+        ``grace`` defaults to the ``drain_timeout_s`` setting. Audit writes still running (those of calls
+        cancelled at the deadline) finish before the worker threads stop, so every answer keeps its record.
+        """
+        if grace is None:
+            grace = self.settings.drain_timeout_s
+        if self.watchdog is not None:
+            self.watchdog.draining = True
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+        if self.watchdog is not None:
+            await self.watchdog.stop()
+        await flush_pending_tasks(timeout=max(grace, 5.0))
         self.metrics.stop()
         self._executor.shutdown(wait=True)
 
