@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -84,6 +85,7 @@ class CustosServer:
         self.audit: AuditStore | None = None
         self.transcripts: TranscriptStore | None = None
         self.watchdog: DatabaseWatchdog | None = None
+        self._availability: AvailabilityInterceptor | None = None
 
     async def start(self) -> None:
         """Open the database and keys, then serve; ``port`` holds the bound gRPC port afterwards."""
@@ -100,6 +102,7 @@ class CustosServer:
             HealthReporter(self.health, [s.full_name for s in SERVICES]),
             interval_s=settings.db_probe_interval_s,
         )
+        self._availability = AvailabilityInterceptor(self.watchdog)
 
         pipeline = Pipeline(
             pseudonymizer=Pseudonymizer(
@@ -120,7 +123,7 @@ class CustosServer:
         )
         core_limit = settings.max_request_bytes * CORE_SIZE_HEADROOM
         server = grpc.aio.server(
-            interceptors=[ObservingInterceptor(self.metrics), AvailabilityInterceptor(self.watchdog)],
+            interceptors=[ObservingInterceptor(self.metrics), self._availability],
             options=[("grpc.max_receive_message_length", core_limit)],
         )
         servicers: dict[str, Any] = {
@@ -165,16 +168,21 @@ class CustosServer:
     async def stop(self, grace: float | None = None) -> None:
         """Drain: report NOT_SERVING, refuse new calls, let in-flight calls finish up to ``grace`` seconds.
 
-        ``grace`` defaults to the ``drain_timeout_s`` setting. Audit writes still running (those of calls
+        ``grace`` defaults to the ``drain_timeout_s`` setting. The listener stays open meanwhile, so health
+        checks see NOT_SERVING and new API calls get UNAVAILABLE. Audit writes still running (those of calls
         cancelled at the deadline) finish before the worker threads stop, so every answer keeps its record.
         """
         if grace is None:
             grace = self.settings.drain_timeout_s
+        started = time.monotonic()
         if self.watchdog is not None:
             self.watchdog.draining = True
         await self.health.enter_graceful_shutdown()
+        log.info("draining", extra={"fields": {"grace_s": grace}})
+        if self._availability is not None:
+            await self._availability.wait_idle(grace)
         if self._server is not None:
-            await self._server.stop(grace)
+            await self._server.stop(max(grace - (time.monotonic() - started), 0.0))
             self._server = None
         if self.watchdog is not None:
             await self.watchdog.stop()

@@ -129,6 +129,24 @@ class AvailabilityInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, watchdog: DatabaseWatchdog) -> None:
         self._watchdog = watchdog
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until no admitted API call is running; True if none is."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout=timeout)
+        return self._idle.is_set()
+
+    def _enter(self) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+
+    def _leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._idle.set()
 
     async def intercept_service(
         self,
@@ -154,11 +172,14 @@ class AvailabilityInterceptor(grpc.aio.ServerInterceptor):
     def _wrap_unary(self, behaviour: Callable[[Any, Context], Awaitable[Any]]) -> Callable[..., Any]:
         async def unary(request: Any, context: Context) -> Any:
             self._admit()
+            self._enter()
             try:
                 return await behaviour(request, context)
             except AuditUnavailable:
                 await self._watchdog.report_unavailable()
                 raise
+            finally:
+                self._leave()
 
         return unary
 
@@ -167,12 +188,15 @@ class AvailabilityInterceptor(grpc.aio.ServerInterceptor):
     ) -> Callable[..., AsyncIterator[Any]]:
         async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
             self._admit()
+            self._enter()
             try:
                 async for response in behaviour(request, context):
                     yield response
             except AuditUnavailable:
                 await self._watchdog.report_unavailable()
                 raise
+            finally:
+                self._leave()
 
         return stream
 
