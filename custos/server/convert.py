@@ -200,7 +200,10 @@ def timestamp_from_pb(message: audit_pb2.AuditQueryRequest, field: str) -> datet
     if not message.HasField(field):  # type: ignore[arg-type]
         return None
     stamp: Timestamp = getattr(message, field)
-    return stamp.ToDatetime(tzinfo=UTC)
+    try:
+        return stamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):  # outside 0001-01-01 .. 9999-12-31, or nanos out of range
+        raise InvalidArgument(field, "timestamp out of range") from None
 
 
 def audit_record_to_pb(record: StoredRecord) -> audit_pb2.AuditRecord:
