@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,6 +41,9 @@ MAX_ID_CHARS = 256
 M = TypeVar("M")
 MAX_STOP_SEQUENCES = 8
 MAX_STOP_CHARS = 64
+# The purpose goes into audit records verbatim, so it must be a label, never free text (or personal data).
+PURPOSE_PATTERN = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
+PURPOSE_RULE = "must be a label: 1..64 of a-z, 0-9, '_', '.', '-', starting with a letter"
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,8 @@ def generate_call_from_pb(request: inference_pb2.GenerateRequest, limits: Reques
         subject_id = request.subject_id
     purpose: str | None = None
     if request.HasField("purpose"):
-        _check_id(request.purpose, "purpose", required=True)
+        if not PURPOSE_PATTERN.fullmatch(request.purpose):
+            raise InvalidArgument("purpose", PURPOSE_RULE)
         purpose = request.purpose
 
     return GenerateCall(
