@@ -20,7 +20,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 from sqlalchemy import Engine, text
 
-from custos.audit.db import translate_db_errors
+from custos.audit.db import DEFERRED_READ, translate_db_errors
 from custos.audit.errors import AuditUnavailable
 from custos.server.errors import RequestError
 
@@ -74,7 +74,8 @@ class DatabaseWatchdog:
     def probe_once(self) -> None:
         """One cheap round trip (``SELECT 1``); raises AuditUnavailable when the database cannot answer."""
         with translate_db_errors(), self._engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+            # A deferred read: on SQLite the probe must not take the write lock that appends need.
+            conn.execution_options(**{DEFERRED_READ: True}).execute(text("SELECT 1"))
 
     async def start(self) -> None:
         """Report SERVING and start probing."""
