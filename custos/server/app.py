@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,6 +23,12 @@ from custos.audit.store import AuditStore, TranscriptStore
 from custos.privacy.keys import FileKeyProvider, MasterKeyProvider
 from custos.privacy.pseudonymize import Pseudonymizer
 from custos.server.auth import AccessInterceptor, Authenticator
+from custos.server.availability import (
+    AvailabilityInterceptor,
+    DatabaseWatchdog,
+    HealthReporter,
+    flush_pending_tasks,
+)
 from custos.server.bootstrap import SecuritySetup, prepare_security, record_config_change
 from custos.server.compliance import ComplianceService
 from custos.server.convert import RequestLimits
@@ -87,6 +94,8 @@ class CustosServer:
         self.tokens: TokenStore | None = None
         self.security: SecuritySetup | None = None
         self.credentials: ReloadingCredentials | None = None
+        self.watchdog: DatabaseWatchdog | None = None
+        self._availability: AvailabilityInterceptor | None = None
 
     async def start(self) -> None:
         """Open the database and keys, then serve; ``port`` holds the bound gRPC port afterwards."""
@@ -102,6 +111,12 @@ class CustosServer:
         loop = asyncio.get_running_loop()
         self.security = await loop.run_in_executor(self._executor, prepare_security, settings, self.tokens)
         await loop.run_in_executor(self._executor, record_config_change, self.audit, settings)
+        self.watchdog = DatabaseWatchdog(
+            db,
+            HealthReporter(self.health, [s.full_name for s in SERVICES]),
+            interval_s=settings.db_probe_interval_s,
+        )
+        self._availability = AvailabilityInterceptor(self.watchdog)
 
         self.pipeline = pipeline = Pipeline(
             pseudonymizer=Pseudonymizer(
@@ -124,6 +139,7 @@ class CustosServer:
         server = grpc.aio.server(
             interceptors=[
                 ObservingInterceptor(self.metrics),
+                self._availability,
                 AccessInterceptor(
                     services=SERVICES,
                     authenticator=Authenticator(self.tokens, settings.client_cert_roles),
@@ -168,8 +184,7 @@ class CustosServer:
             raise OSError(f"could not bind gRPC listen address {settings.listen}")
         await server.start()
         self._server = server
-        for name in ["", *(s.full_name for s in SERVICES)]:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self.watchdog.start()
         if settings.metrics_listen:
             host, _, port = settings.metrics_listen.rpartition(":")
             self.metrics_port = self.metrics.serve(host, int(port))
@@ -190,12 +205,28 @@ class CustosServer:
         if self._server is not None:
             await self._server.wait_for_termination()
 
-    async def stop(self, grace: float | None = 5.0) -> None:
-        """Drain: report NOT_SERVING, refuse new calls, let in-flight calls finish up to ``grace`` seconds."""
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: report NOT_SERVING, refuse new calls, let in-flight calls finish up to ``grace`` seconds.
+
+        ``grace`` defaults to the ``drain_timeout_s`` setting. The listener stays open meanwhile, so health
+        checks see NOT_SERVING and new API calls get UNAVAILABLE. Audit writes still running (those of calls
+        cancelled at the deadline) finish before the worker threads stop, so every answer keeps its record.
+        """
+        if grace is None:
+            grace = self.settings.drain_timeout_s
+        started = time.monotonic()
+        if self.watchdog is not None:
+            self.watchdog.draining = True
         await self.health.enter_graceful_shutdown()
+        log.info("draining", extra={"fields": {"grace_s": grace}})
+        if self._availability is not None:
+            await self._availability.wait_idle(grace)
         if self._server is not None:
-            await self._server.stop(grace)
+            await self._server.stop(max(grace - (time.monotonic() - started), 0.0))
             self._server = None
+        if self.watchdog is not None:
+            await self.watchdog.stop()
+        await flush_pending_tasks(timeout=max(grace, 5.0))
         self.metrics.stop()
         self._executor.shutdown(wait=True)
 

@@ -103,7 +103,7 @@ async def _serve(server: Any) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     out.print("draining ...")
-    await server.stop(grace=30.0)
+    await server.stop(grace=settings.drain_timeout_s)
 
 
 @model_app.command("prepare")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,6 +41,9 @@ MAX_ID_CHARS = 256
 M = TypeVar("M")
 MAX_STOP_SEQUENCES = 8
 MAX_STOP_CHARS = 64
+# The purpose goes into audit records verbatim, so it must be a label, never free text (or personal data).
+PURPOSE_PATTERN = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
+PURPOSE_RULE = "must be a label: 1..64 of a-z, 0-9, '_', '.', '-', starting with a letter"
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,8 @@ def generate_call_from_pb(request: inference_pb2.GenerateRequest, limits: Reques
         subject_id = request.subject_id
     purpose: str | None = None
     if request.HasField("purpose"):
-        _check_id(request.purpose, "purpose", required=True)
+        if not PURPOSE_PATTERN.fullmatch(request.purpose):
+            raise InvalidArgument("purpose", PURPOSE_RULE)
         purpose = request.purpose
     idempotency_key: str | None = None
     if request.HasField("idempotency_key"):
@@ -205,7 +210,10 @@ def timestamp_from_pb(message: audit_pb2.AuditQueryRequest, field: str) -> datet
     if not message.HasField(field):  # type: ignore[arg-type]
         return None
     stamp: Timestamp = getattr(message, field)
-    return stamp.ToDatetime(tzinfo=UTC)
+    try:
+        return stamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):  # outside 0001-01-01 .. 9999-12-31, or nanos out of range
+        raise InvalidArgument(field, "timestamp out of range") from None
 
 
 def audit_record_to_pb(record: StoredRecord) -> audit_pb2.AuditRecord:

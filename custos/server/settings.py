@@ -102,6 +102,18 @@ class Settings(BaseSettings):
     worker_threads: int = Field(
         4, ge=1, le=256, description="Threads for blocking work (analysis, database, generation)."
     )
+    drain_timeout_s: float = Field(
+        30.0,
+        ge=0.0,
+        le=3600.0,
+        description="On SIGTERM, how long in-flight calls may run before they are cancelled (and audited).",
+    )
+    db_probe_interval_s: float = Field(
+        2.0,
+        gt=0.0,
+        le=300.0,
+        description="Seconds between audit-database probes; health is NOT_SERVING while a probe fails.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     # Transport, authentication and capacity limits (custos/server/auth.py holds the permission table).
     plaintext: bool = Field(

@@ -61,6 +61,9 @@ def _msg(role: int, content: str) -> common_pb2.ChatMessage:
         ({"params": {"stop": ["a"] * 9}}, "parameters.stop"),
         ({"subject_id": ""}, "subject_id"),
         ({"purpose": "x" * 257}, "purpose"),
+        ({"purpose": "x" * 65}, "purpose"),
+        ({"purpose": "Refund for Jane Doe"}, "purpose"),
+        ({"purpose": "jane.doe@example.com"}, "purpose"),
     ],
 )
 def test_invalid_requests_name_the_field(overrides: dict[str, object], field: str) -> None:
