@@ -20,9 +20,9 @@ from custos.audit.errors import CanonicalizationError
 from custos.audit.events import AuditEvent, Phase
 
 __all__ = [
+    "DERIVED_FIELDS",
     "GENESIS_HASH",
     "SCHEMA_VERSION",
-    "DERIVED_FIELDS",
     "TYPED_FIELDS",
     "ChainHead",
     "ChainRow",
@@ -277,8 +277,8 @@ class ChainVerifier:
         for name in TYPED_FIELDS:
             if _column_text(getattr(row, name)) != body[name]:
                 return f"column '{name}' disagrees with payload"
-        for name, value in derived_columns(row.payload).items():
-            if getattr(row, name, None) != value:
+        for name, derived in derived_columns(row.payload).items():
+            if getattr(row, name, None) != derived:
                 return f"column '{name}' disagrees with payload"
         return ""
 

@@ -161,7 +161,9 @@ def export_jsonl(
         progress(count)
 
 
-def _chain(first: list[tuple[int, str, str]], rest: Iterator[tuple[int, str, str]]) -> Iterator[tuple[int, str, str]]:
+def _chain(
+    first: list[tuple[int, str, str]], rest: Iterator[tuple[int, str, str]]
+) -> Iterator[tuple[int, str, str]]:
     yield from first
     yield from rest
 
@@ -172,7 +174,7 @@ def _links(store: Any, first: int, last: int) -> Iterator[tuple[int, str, str]]:
         .where(AuditRecordRow.seq >= first, AuditRecordRow.seq <= last)
         .order_by(AuditRecordRow.seq)
     )
-    with translate_db_errors(), store._read() as conn:  # noqa: SLF001 - same package
+    with translate_db_errors(), store._read() as conn:
         result = conn.execution_options(yield_per=_BATCH).execute(stmt)
         try:
             for row in result:

@@ -56,7 +56,9 @@ def verify_live(
     return report, len(checkpoints)
 
 
-def record_restore(store: AuditStore, log: CheckpointLog, signer: CheckpointSigner, *, note: str) -> StoredRecord:
+def record_restore(
+    store: AuditStore, log: CheckpointLog, signer: CheckpointSigner, *, note: str
+) -> StoredRecord:
     """Record a legitimate restore: sign a ``restore`` checkpoint of the restored head, then a chain record.
 
     ``note`` says why (a ticket number, never personal data).
@@ -109,7 +111,7 @@ def archive(
     the ``archive`` checkpoint to the checkpoint file, then removes the rows. Nothing is removed unless the
     file and the checkpoint are durable.
     """
-    with translate_db_errors(), store._read() as conn:  # noqa: SLF001 - same package
+    with translate_db_errors(), store._read() as conn:
         first_young = conn.execute(
             select(func.min(AuditRecordRow.seq)).where(AuditRecordRow.start_time >= before)
         ).scalar_one()
@@ -120,7 +122,7 @@ def archive(
     through = (int(first_young) - 1) if first_young is not None else int(last_seq)
     if through < first:
         return ArchiveResult(None, through, 0, None)
-    with translate_db_errors(), store._read() as conn:  # noqa: SLF001
+    with translate_db_errors(), store._read() as conn:
         row_hash = conn.execute(
             select(AuditRecordRow.row_hash).where(AuditRecordRow.seq == through)
         ).scalar_one()

@@ -43,8 +43,8 @@ from custos.audit.chain import (
 )
 from custos.audit.db import DEFERRED_READ, translate_db_errors
 from custos.audit.errors import ChainConflict, DuplicateId, InvalidQuery, RecordNotFound
-from custos.audit.group import GroupCommitter
 from custos.audit.events import AuditEvent, EventType, Phase, StoredRecord, check_aware, check_text
+from custos.audit.group import GroupCommitter
 from custos.audit.models import AuditRecordRow, TranscriptRow
 
 __all__ = [
@@ -353,7 +353,7 @@ class AuditStore:
     """
 
     def __init__(self, engine: Engine, *, group_commit: bool = True, max_group: int = 256) -> None:
-        """Use ``engine``; with ``group_commit``, concurrent appends share transactions (see :mod:`.group`)."""
+        """Use ``engine``; with ``group_commit``, concurrent appends share transactions (:mod:`.group`)."""
         self._engine = engine
         self._append_lock = threading.Lock()
         self._group = GroupCommitter(self._commit_group, max_group=max_group) if group_commit else None
@@ -446,8 +446,9 @@ class AuditStore:
             # turned into an append error that would make a caller retry a record that already exists.
             try:
                 listener(len(stored))
-            except Exception:
-                log.exception("audit commit listener failed")
+            except Exception as exc:
+                fields = {"error": type(exc).__name__}
+                log.error("audit commit listener failed", extra={"fields": fields})
         out: list[list[StoredRecord]] = []
         offset = 0
         for caller_events, _ in callers:

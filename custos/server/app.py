@@ -19,6 +19,7 @@ from presidio_analyzer import AnalyzerEngine
 
 from custos.audit.db import make_engine, migrate
 from custos.audit.store import AuditStore, TranscriptStore
+from custos.audit.trail import AuditTrail
 from custos.privacy.keys import FileKeyProvider, MasterKeyProvider
 from custos.privacy.pseudonymize import Pseudonymizer
 from custos.server.compliance import ComplianceService
@@ -77,6 +78,8 @@ class CustosServer:
         self.keys: MasterKeyProvider | None = None
         self.audit: AuditStore | None = None
         self.transcripts: TranscriptStore | None = None
+        self.trail: AuditTrail | None = None
+        self._checkpoint_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Open the database and keys, then serve; ``port`` holds the bound gRPC port afterwards."""
@@ -88,6 +91,13 @@ class CustosServer:
         await asyncio.get_running_loop().run_in_executor(self._executor, migrate, db)
         self.audit = AuditStore(db)
         self.transcripts = TranscriptStore(db)
+        self.trail = AuditTrail.open(
+            self.audit,
+            settings.data_dir,
+            every_records=settings.checkpoint_every_records,
+            every_seconds=settings.checkpoint_every_seconds,
+        )
+        self._checkpoint_task = asyncio.create_task(self._checkpoint_timer())
 
         pipeline = Pipeline(
             pseudonymizer=Pseudonymizer(
@@ -113,7 +123,7 @@ class CustosServer:
         )
         servicers: dict[str, Any] = {
             "Inference": InferenceServicer(pipeline, limits, max_request_bytes=settings.max_request_bytes),
-            "Audit": AuditServicer(ComplianceService(self.audit, self._executor)),
+            "Audit": AuditServicer(ComplianceService(self.trail, self._executor)),
         }
         server.add_generic_rpc_handlers(
             tuple(raw_bytes_handler(service, servicers.get(service.name)) for service in SERVICES)
@@ -146,6 +156,18 @@ class CustosServer:
             },
         )
 
+    async def _checkpoint_timer(self) -> None:
+        """Write a signed checkpoint every ``checkpoint_every_seconds`` while the chain grows."""
+        assert self.trail is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(1.0, self.settings.checkpoint_every_seconds))
+            try:
+                await loop.run_in_executor(self._executor, self.trail.writer.maybe_write)
+            except Exception as exc:  # keep serving; the next tick retries
+                fields = {"error": type(exc).__name__}
+                log.error("writing an audit checkpoint failed", extra={"fields": fields})
+
     async def wait(self) -> None:
         """Block until the server stops."""
         if self._server is not None:
@@ -157,6 +179,14 @@ class CustosServer:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+        if self._checkpoint_task is not None:
+            self._checkpoint_task.cancel()
+            self._checkpoint_task = None
+        if self.trail is not None:
+            try:
+                self.trail.writer.maybe_write(force=True)  # seal the head on a clean shutdown
+            except Exception as exc:
+                log.error("final audit checkpoint failed", extra={"fields": {"error": type(exc).__name__}})
         self.metrics.stop()
         self._executor.shutdown(wait=True)
 

@@ -3,62 +3,99 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from custos.audit.chain import VerifyReport
 from custos.audit.errors import InvalidQuery
 from custos.audit.events import AuditEvent, StoredRecord
-from custos.audit.store import AuditStore, VerifyReport
+from custos.audit.export import FORMATS
+from custos.audit.store import AuditStore
+from custos.audit.trail import AuditTrail
 from custos.server.errors import InvalidArgument
 from custos.server.requests import Caller
 
 T = TypeVar("T")
 
+EXPORT_LINES_PER_CHUNK = 256
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    """The filters of Query and Export (all optional); references are blind indexes as stored."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    event_type: str | None = None
+    actor: str | None = None
+    status: str | None = None
+    model: str | None = None
+    entity_type: str | None = None
+    conversation_ref: str | None = None
+    subject_ref: str | None = None
+    request_id: str | None = None
+    phase: str | None = None
+    purpose: str | None = None
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The set filters, as keyword arguments of :meth:`AuditStore.query` / ``scan``."""
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    def for_audit(self) -> dict[str, Any]:
+        """The set filters as plain JSON for the ``audit_read`` record (references are already hashes)."""
+        return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in self.as_kwargs().items()}
+
 
 class ComplianceService:
-    """Query, get and verify, run off the event loop and recorded in the trail they read."""
+    """Query, get, verify and export, run off the event loop and recorded in the trail they read."""
 
-    def __init__(self, audit: AuditStore, executor: Executor) -> None:
-        self._audit = audit
+    def __init__(self, audit: AuditStore | AuditTrail, executor: Executor) -> None:
+        self._trail = audit if isinstance(audit, AuditTrail) else None
+        self._audit = audit.store if isinstance(audit, AuditTrail) else audit
         self._executor = executor
 
     async def query(
         self,
         caller: Caller,
         *,
-        since: datetime | None,
-        until: datetime | None,
-        event_type: str | None,
-        actor: str | None,
-        status: str | None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        event_type: str | None = None,
+        actor: str | None = None,
+        status: str | None = None,
         page_size: int,
         page_token: str | None,
+        filters: AuditFilter | None = None,
     ) -> tuple[list[StoredRecord], str | None]:
-        """A page of matching records, newest first."""
+        """A page of matching records, newest first (``filters`` adds to the named ones)."""
+        merged = AuditFilter(
+            **{
+                **(filters.as_kwargs() if filters else {}),
+                **{
+                    k: v
+                    for k, v in {
+                        "since": since,
+                        "until": until,
+                        "event_type": event_type,
+                        "actor": actor,
+                        "status": status,
+                    }.items()
+                    if v is not None
+                },
+            }
+        )
         try:
             records, next_token = await self._run(
-                lambda: self._audit.query(
-                    since=since,
-                    until=until,
-                    event_type=event_type,
-                    actor=actor,
-                    status=status,
-                    page_size=page_size,
-                    page_token=page_token,
-                )
+                lambda: self._audit.query(**merged.as_kwargs(), page_size=page_size, page_token=page_token)
             )
         except InvalidQuery as exc:
             raise InvalidArgument(exc.field, str(exc)) from None
-        filters = {
-            "since": since.isoformat() if since else None,
-            "until": until.isoformat() if until else None,
-            "event_type": event_type,
-            "actor": actor,
-            "status": status,
-        }
-        await self._record(caller, "Query", "query", {"filters": filters, "returned": len(records)})
+        await self._record(
+            caller, "Query", "query", {"filters": merged.for_audit(), "returned": len(records)}
+        )
         return records, next_token
 
     async def get(self, caller: Caller, record_id: str) -> StoredRecord:
@@ -68,8 +105,17 @@ class ComplianceService:
         return record
 
     async def verify(self, caller: Caller) -> VerifyReport:
-        """Verify the chain."""
-        report = await self._run(self._audit.verify)
+        """Verify the chain (against the signed checkpoints when the trail has them)."""
+        report, _ = await self.verify_with_checkpoints(caller)
+        return report
+
+    async def verify_with_checkpoints(self, caller: Caller) -> tuple[VerifyReport, int]:
+        """Verify the chain; the report and the number of signed checkpoints it was checked against."""
+        trail = self._trail
+        if trail is not None:
+            report, checkpoints = await self._run(trail.verify)
+        else:
+            report, checkpoints = await self._run(self._audit.verify), 0
         await self._record(
             caller,
             "Verify",
@@ -78,9 +124,34 @@ class ComplianceService:
                 "ok": report.ok,
                 "count": report.count,
                 "first_bad_seq": report.first_bad_seq,
+                "checkpoints": checkpoints,
             },
         )
-        return report
+        return report, checkpoints
+
+    async def export(self, caller: Caller, filters: AuditFilter, fmt: str) -> AsyncGenerator[bytes, None]:
+        """Chunks of an export; the ``audit_read`` record is committed before the first byte leaves."""
+        if fmt not in FORMATS:
+            raise InvalidArgument("format", f"must be one of: {', '.join(FORMATS)}")
+        trail = self._trail
+        if trail is None:
+            raise InvalidArgument("format", "exports need the checkpoint trail, which is not configured")
+        try:
+            await self._run(lambda: self._audit.count(**filters.as_kwargs()))  # validates the filters
+        except InvalidQuery as exc:
+            raise InvalidArgument(exc.field, str(exc)) from None
+        await self._record(caller, "Export", "export", {"filters": filters.for_audit(), "format": fmt})
+        lines: Iterator[bytes] = await self._run(lambda: trail.export(fmt, filters.as_kwargs()))
+        try:
+            while True:
+                chunk = await self._run(lambda: _take(lines, EXPORT_LINES_PER_CHUNK))
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            close = getattr(lines, "close", None)
+            if close is not None:
+                await self._run(close)
 
     async def _record(self, caller: Caller, rpc: str, kind: str, details: dict[str, Any]) -> None:
         now = datetime.now(UTC)
@@ -97,9 +168,22 @@ class ComplianceService:
             conversation_ref=None,
             subject_ref=None,
             transcript_id=None,
-            details={"kind": kind, **details, "actor": {"principal": caller.principal, "peer": caller.peer}},
+            details={
+                "kind": kind,
+                **details,
+                "actor": {"principal": caller.principal, "role": caller.role, "peer": caller.peer},
+            },
         )
         await self._run(lambda: self._audit.append(event))
 
     async def _run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+
+def _take(lines: Iterator[bytes], count: int) -> bytes:
+    parts: list[bytes] = []
+    for line in lines:
+        parts.append(line)
+        if len(parts) >= count:
+            break
+    return b"".join(parts)

@@ -13,6 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from custos.audit.events import StoredRecord
 from custos.audit.store import VerifyReport
+from custos.server.compliance import AuditFilter
 from custos.server.engine.types import ChatTurn, FinishReason, Role, SamplingParams
 from custos.server.errors import InvalidArgument
 from custos.server.requests import (
@@ -201,6 +202,24 @@ def timestamp_from_pb(message: audit_pb2.AuditQueryRequest, field: str) -> datet
         return None
     stamp: Timestamp = getattr(message, field)
     return stamp.ToDatetime(tzinfo=UTC)
+
+
+def audit_filter_from_pb(request: audit_pb2.AuditQueryRequest) -> AuditFilter:
+    """The filters of a Query (or an Export's ``filter``); empty strings mean "any"."""
+    return AuditFilter(
+        since=timestamp_from_pb(request, "since"),
+        until=timestamp_from_pb(request, "until"),
+        event_type=request.event_type or None,
+        actor=request.actor or None,
+        status=request.status or None,
+        model=request.model or None,
+        entity_type=request.entity_type or None,
+        conversation_ref=request.conversation_ref or None,
+        subject_ref=request.subject_ref or None,
+        request_id=request.request_id or None,
+        phase=request.phase or None,
+        purpose=request.purpose or None,
+    )
 
 
 def audit_record_to_pb(record: StoredRecord) -> audit_pb2.AuditRecord:

@@ -64,7 +64,9 @@ def test_time_based_checkpoint_and_no_duplicate_for_an_unmoved_head(
     store: AuditStore, signer: CheckpointSigner, log: CheckpointLog
 ) -> None:
     now = [0.0]
-    writer = CheckpointWriter(store.engine, signer, log, every_records=1000, every_seconds=10, clock=lambda: now[0])
+    writer = CheckpointWriter(
+        store.engine, signer, log, every_records=1000, every_seconds=10, clock=lambda: now[0]
+    )
     store.append(event())
     assert writer.maybe_write() is None  # not due yet
     now[0] = 11
@@ -123,11 +125,24 @@ def test_rewritten_history_is_caught_by_the_checkpoint(
             conn.execute(
                 sa.insert(AuditRecordRow),
                 {
-                    "seq": seq, "id": record_id, "prev_hash": prev, "row_hash": row_hash, "schema_version": 1,
-                    "event_type": "generate", "phase": "request", "request_id": record_id,
-                    "start_time": ev.start_time, "end_time": ev.end_time, "actor": ev.actor, "rpc": ev.rpc,
-                    "status": ev.status, "model": ev.model, "conversation_ref": ev.conversation_ref,
-                    "subject_ref": ev.subject_ref, "transcript_id": None, "payload": payload,
+                    "seq": seq,
+                    "id": record_id,
+                    "prev_hash": prev,
+                    "row_hash": row_hash,
+                    "schema_version": 1,
+                    "event_type": "generate",
+                    "phase": "request",
+                    "request_id": record_id,
+                    "start_time": ev.start_time,
+                    "end_time": ev.end_time,
+                    "actor": ev.actor,
+                    "rpc": ev.rpc,
+                    "status": ev.status,
+                    "model": ev.model,
+                    "conversation_ref": ev.conversation_ref,
+                    "subject_ref": ev.subject_ref,
+                    "transcript_id": None,
+                    "payload": payload,
                     **derived_columns(payload),
                 },
             )
@@ -217,4 +232,3 @@ def test_deleting_the_oldest_live_rows_after_an_archive_is_a_gap(
         conn.execute(sa.delete(AuditRecordRow).where(AuditRecordRow.seq == 3))
     report, _ = verify_live(store, log, signer)
     assert (report.ok, report.first_bad_seq, report.reason) == (False, 3, "gap")
-

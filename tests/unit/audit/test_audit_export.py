@@ -29,7 +29,9 @@ def exported(store: AuditStore, signer: CheckpointSigner, tmp_path: Path) -> lis
         request = store.append(event(actor=f"svc:{i % 2}"))
         store.append(completion(request, actor=f"svc:{i % 2}"))
     return list(
-        export_jsonl(store, checkpoints=log.read(), public_key_hex=signer.public_key_hex, filters={"actor": "svc:1"})
+        export_jsonl(
+            store, checkpoints=log.read(), public_key_hex=signer.public_key_hex, filters={"actor": "svc:1"}
+        )
     )
 
 

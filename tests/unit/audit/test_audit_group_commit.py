@@ -1,4 +1,4 @@
-"""Group commit: concurrent appends share transactions; each caller gets exactly its own, committed records."""
+"""Group commit: concurrent appends share transactions; each caller gets exactly its own records."""
 
 from __future__ import annotations
 
@@ -73,10 +73,13 @@ def test_a_failing_caller_does_not_fail_the_others_of_its_group() -> None:
     first.start()
     while not calls:
         time.sleep(0.001)
-    others = [threading.Thread(target=submit, args=(n, e)) for n, e in (("b", ["b"]), ("bad", ["bad"]), ("c", ["c"]))]
+    others = [
+        threading.Thread(target=submit, args=(n, e))
+        for n, e in (("b", ["b"]), ("bad", ["bad"]), ("c", ["c"]))
+    ]
     for thread in others:
         thread.start()
-    while len(group._queue) < 3:  # noqa: SLF001
+    while len(group._queue) < 3:
         time.sleep(0.001)
     gate.set()
     for thread in [first, *others]:

@@ -10,10 +10,22 @@ from custos.audit.testing import event
 
 @pytest.fixture
 def seeded(store: AuditStore) -> AuditStore:
-    store.append(event(model="m-a", details={"purpose": "support", "retention_class": "short",
-                                             "pii": {"counts": {"PERSON": 1, "EMAIL_ADDRESS": 2}}}))
-    store.append(event(model="m-b", details={"purpose": "billing", "retention_class": "long",
-                                             "pii": {"counts": {"IBAN_CODE": 1}}}))
+    store.append(
+        event(
+            model="m-a",
+            details={
+                "purpose": "support",
+                "retention_class": "short",
+                "pii": {"counts": {"PERSON": 1, "EMAIL_ADDRESS": 2}},
+            },
+        )
+    )
+    store.append(
+        event(
+            model="m-b",
+            details={"purpose": "billing", "retention_class": "long", "pii": {"counts": {"IBAN_CODE": 1}}},
+        )
+    )
     store.append(event(model="m-a", details={}))
     return store
 

@@ -66,7 +66,10 @@ def upgrade() -> None:
     last = 0
     while True:
         rows = conn.execute(
-            sa.select(table.c.seq, table.c.payload).where(table.c.seq > last).order_by(table.c.seq).limit(_BATCH)
+            sa.select(table.c.seq, table.c.payload)
+            .where(table.c.seq > last)
+            .order_by(table.c.seq)
+            .limit(_BATCH)
         ).all()
         if not rows:
             break
