@@ -511,7 +511,8 @@ def _print_verify(result: dict[str, Any], output: str) -> None:
             out.print(
                 f"audit chain intact: {result['count']} records, head seq {result['head_seq']} "
                 f"{result['head_hash']}, {result['checkpoints']} signed checkpoint(s), "
-                f"{result['incomplete']} incomplete request(s)"
+                f"{result['incomplete']} incomplete request(s)",
+                soft_wrap=True,
             )
         return
     err.print(f"[red]audit chain broken at record seq {result['first_bad_seq']}: {result['reason']}[/red]")
@@ -543,7 +544,8 @@ def _verify_export(path: Path, public_key: str | None, output: str) -> None:
         if output == "table":
             out.print(
                 f"export intact: {report.rows} rows ({report.records} records), "
-                f"{report.checkpoints} signed checkpoint(s), key {report.public_key}"
+                f"{report.checkpoints} signed checkpoint(s), key {report.public_key}",
+                soft_wrap=True,
             )
             if public_key is None:
                 err.print("note: pass --public-key to check the signing key against the operator's")

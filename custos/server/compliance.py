@@ -92,6 +92,7 @@ class ComplianceService:
                 lambda: self._audit.query(**merged.as_kwargs(), page_size=page_size, page_token=page_token)
             )
         except InvalidQuery as exc:
+            await self._refused(caller, "Query", "query", exc)
             raise InvalidArgument(exc.field, str(exc)) from None
         await self._record(
             caller, "Query", "query", {"filters": merged.for_audit(), "returned": len(records)}
@@ -132,6 +133,7 @@ class ComplianceService:
     async def export(self, caller: Caller, filters: AuditFilter, fmt: str) -> AsyncGenerator[bytes, None]:
         """Chunks of an export; the ``audit_read`` record is committed before the first byte leaves."""
         if fmt not in FORMATS:
+            await self._refused(caller, "Export", "export", InvalidQuery("format", "unknown export format"))
             raise InvalidArgument("format", f"must be one of: {', '.join(FORMATS)}")
         trail = self._trail
         if trail is None:
@@ -139,6 +141,7 @@ class ComplianceService:
         try:
             await self._run(lambda: self._audit.count(**filters.as_kwargs()))  # validates the filters
         except InvalidQuery as exc:
+            await self._refused(caller, "Export", "export", exc)
             raise InvalidArgument(exc.field, str(exc)) from None
         await self._record(caller, "Export", "export", {"filters": filters.for_audit(), "format": fmt})
         lines: Iterator[bytes] = await self._run(lambda: trail.export(fmt, filters.as_kwargs()))
@@ -153,7 +156,15 @@ class ComplianceService:
             if close is not None:
                 await self._run(close)
 
-    async def _record(self, caller: Caller, rpc: str, kind: str, details: dict[str, Any]) -> None:
+    async def _refused(self, caller: Caller, rpc: str, kind: str, exc: InvalidQuery) -> None:
+        """Audit a refused read: the field and our own message, never the caller's value."""
+        await self._record(
+            caller, rpc, kind, {"field": exc.field, "problem": str(exc)}, status="INVALID_ARGUMENT"
+        )
+
+    async def _record(
+        self, caller: Caller, rpc: str, kind: str, details: dict[str, Any], *, status: str = "OK"
+    ) -> None:
         now = datetime.now(UTC)
         event = AuditEvent(
             event_type="audit_read",
@@ -163,7 +174,7 @@ class ComplianceService:
             end_time=now,
             actor=caller.principal,
             rpc=rpc,
-            status="OK",
+            status=status,
             model=None,
             conversation_ref=None,
             subject_ref=None,
