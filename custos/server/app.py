@@ -28,6 +28,7 @@ from custos.server.engine.base import Engine
 from custos.server.interceptors import ObservingInterceptor
 from custos.server.metrics import Metrics
 from custos.server.pipeline import Pipeline
+from custos.server.purposes import PurposePolicy
 from custos.server.servicers import AuditServicer, InferenceServicer, raw_bytes_handler
 from custos.server.settings import Settings
 from custos.v1 import admin_pb2, audit_pb2, feedback_pb2, inference_pb2, privacy_pb2
@@ -122,7 +123,12 @@ class CustosServer:
             options=[("grpc.max_receive_message_length", core_limit)],
         )
         servicers: dict[str, Any] = {
-            "Inference": InferenceServicer(pipeline, limits, max_request_bytes=settings.max_request_bytes),
+            "Inference": InferenceServicer(
+                pipeline,
+                limits,
+                max_request_bytes=settings.max_request_bytes,
+                purposes=PurposePolicy(settings.purposes),
+            ),
             "Audit": AuditServicer(ComplianceService(self.trail, self._executor)),
         }
         server.add_generic_rpc_handlers(

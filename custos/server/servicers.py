@@ -20,6 +20,7 @@ from custos.server.compliance import ComplianceService
 from custos.server.convert import RequestLimits
 from custos.server.errors import InvalidArgument, RequestError, ResourceExhausted
 from custos.server.pipeline import Pipeline
+from custos.server.purposes import PurposePolicy
 from custos.server.requests import Caller, GenerateCall
 from custos.v1 import audit_pb2, inference_pb2
 
@@ -41,10 +42,18 @@ def deadline_from_context(context: grpc.aio.ServicerContext[Any, Any]) -> float 
 class InferenceServicer:
     """custos.v1.Inference."""
 
-    def __init__(self, pipeline: Pipeline, limits: RequestLimits, *, max_request_bytes: int) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        limits: RequestLimits,
+        *,
+        max_request_bytes: int,
+        purposes: PurposePolicy | None = None,
+    ) -> None:
         self._pipeline = pipeline
         self._limits = limits
         self._max_request_bytes = max_request_bytes
+        self._purposes = purposes or PurposePolicy({})
 
     async def Generate(
         self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
@@ -77,7 +86,9 @@ class InferenceServicer:
                     reason="request_too_large",
                 )
             request = convert.parse_message(inference_pb2.GenerateRequest, raw)
-            return convert.generate_call_from_pb(request, self._limits)
+            call = convert.generate_call_from_pb(request, self._limits)
+            self._purposes.check(caller.principal, call.purpose)
+            return call
         except RequestError as exc:
             field = exc.field if isinstance(exc, InvalidArgument) else "request"
             problem = exc.problem if isinstance(exc, InvalidArgument) else exc.message

@@ -177,3 +177,43 @@ def test_remote_cli_against_the_real_server(served: ServerHarness) -> None:
     result = _cli("audit", "query", "--server", served.target, "--event-type", "generate", "--format", "json")
     assert result.exit_code == 0, result.output
     assert [json.loads(x)["phase"] for x in result.stdout.splitlines()] == ["completion", "request"]
+
+
+def test_explanation_records_carry_model_parameters_findings_latency_and_confidence(
+    served: ServerHarness,
+) -> None:
+    page = served.audit.Query(audit_pb2.AuditQueryRequest(event_type="generate"))
+    completion, request = (json.loads(r.payload_json)["details"] for r in page.records)
+    assert set(request["model_info"]) >= {
+        "name", "source_sha256", "cache_digest", "quantization", "precision", "device",
+        "prompt_format", "prompt_format_version", "prompt_format_sha256",
+    }  # fmt: skip
+    assert set(request["parameters"]) >= {"max_new_tokens", "temperature", "top_p", "seed"}
+    finding = request["pii"]["findings"][0]
+    assert {"entity_type", "start", "end", "score", "recognizer", "explanation"} <= set(finding)
+    assert request["purpose"] == "support" and request["retention_class"]
+    assert set(request["actor"]) == {"principal", "role", "peer"}
+    assert set(completion["latency_ms"]) >= {"privacy", "audit", "queue", "prefill", "decode", "transcript"}
+    assert set(completion["confidence"]) == {"mean_logprob", "min_logprob"}
+    assert completion["finish_reason"] and set(completion["usage"]) == {"prompt_tokens", "completion_tokens"}
+
+
+@pytest.fixture
+def purpose_server(tmp_path: Path, analyzer: Any, spy: Any) -> Iterator[ServerHarness]:
+    from custos.server.testing import make_server
+
+    with make_server(tmp_path, analyzer, spy, purposes={"anonymous": ["support"]}) as harness:
+        yield harness
+
+
+@pytest.mark.parametrize("purpose", ["marketing", None])
+def test_purpose_outside_the_callers_configured_ones_is_refused_and_audited(
+    purpose_server: ServerHarness, purpose: str | None
+) -> None:
+    _generate(purpose_server, purpose="support")
+    with pytest.raises(grpc.RpcError) as info:
+        _generate(purpose_server, **({"purpose": purpose} if purpose else {}))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "purpose" in (info.value.details() or "")
+    invalid = purpose_server.audit.Query(audit_pb2.AuditQueryRequest(event_type="invalid")).records
+    assert [json.loads(r.payload_json)["details"]["field"] for r in invalid] == ["purpose"]
+    assert "marketing" not in invalid[0].payload_json
