@@ -107,6 +107,8 @@ def archive(
 ) -> ArchiveResult:
     """Archive the longest prefix of the live log whose records all started before ``before``.
 
+    The newest record is never archived (the chain continues from it), so an archive can end one short.
+
     Writes ``directory/audit-archive-<first>-<last>.jsonl`` (fsynced, with the closing checkpoint), appends
     the ``archive`` checkpoint to the checkpoint file, then removes the rows. Nothing is removed unless the
     file and the checkpoint are durable.
@@ -119,7 +121,8 @@ def archive(
         last_seq = conn.execute(select(func.max(AuditRecordRow.seq))).scalar_one()
     if first is None:
         return ArchiveResult(None, 0, 0, None)
-    through = (int(first_young) - 1) if first_young is not None else int(last_seq)
+    # The newest row always stays: the next append links to it, so the chain never restarts at seq 1.
+    through = min(int(first_young) - 1 if first_young is not None else int(last_seq), int(last_seq) - 1)
     if through < first:
         return ArchiveResult(None, through, 0, None)
     with translate_db_errors(), store._read() as conn:

@@ -217,3 +217,28 @@ def test_purpose_outside_the_callers_configured_ones_is_refused_and_audited(
     invalid = purpose_server.audit.Query(audit_pb2.AuditQueryRequest(event_type="invalid")).records
     assert [json.loads(r.payload_json)["details"]["field"] for r in invalid] == ["purpose"]
     assert "marketing" not in invalid[0].payload_json
+
+
+def test_report_processing_and_archive_from_the_cli(served: ServerHarness, tmp_path: Path) -> None:
+    data_dir = str(served.server.settings.data_dir)
+    report = _cli("report", "processing", "--data-dir", data_dir, "--format", "json")
+    assert report.exit_code == 0, report.output
+    body = json.loads(report.stdout)
+    assert body["purposes"] == {"support": 1}
+    assert {"PERSON", "EMAIL_ADDRESS"} <= set(body["categories_of_personal_data"])
+    assert body["recipients"] == {"anonymous": 1}
+    assert body["retention"]["configured_class"] == served.server.settings.retention_class
+
+    archived = _cli(
+        "audit", "archive", "--data-dir", data_dir, "--before", "2999-01-01", "--dir", str(tmp_path)
+    )
+    assert archived.exit_code == 0, archived.output
+    files = list(tmp_path.glob("audit-archive-*.jsonl"))
+    assert len(files) == 1 and verify_export(files[0].read_bytes().splitlines()).ok
+    _generate(served, purpose="support")
+    verify = _cli("audit", "verify", "--data-dir", data_dir, "--format", "json")
+    assert verify.exit_code == 0, verify.output
+    result = json.loads(verify.stdout)
+    assert result["ok"] and result["count"] >= 2 and result["head_seq"] > result["count"]
+    kinds = [r["details"]["kind"] for r in _reads(served) if r["rpc"].startswith("cli.")]
+    assert kinds[-2:] == ["archive", "verify"]

@@ -12,7 +12,9 @@ from custos.server.cli import app as cli_app
 
 @pytest.mark.postgres
 def test_short_benchmark_reports_each_case_with_its_baseline(pg_admin: sa.Engine) -> None:
-    rows, notes = run_audit_bench(appends=16, verify_rows=200, postgres_url=pg_admin.url.render_as_string(hide_password=False))
+    rows, notes = run_audit_bench(
+        appends=16, verify_rows=200, postgres_url=pg_admin.url.render_as_string(hide_password=False)
+    )
     assert notes == []
     by_case = {row.case: row for row in rows}
     assert set(by_case) == {

@@ -232,3 +232,15 @@ def test_deleting_the_oldest_live_rows_after_an_archive_is_a_gap(
         conn.execute(sa.delete(AuditRecordRow).where(AuditRecordRow.seq == 3))
     report, _ = verify_live(store, log, signer)
     assert (report.ok, report.first_bad_seq, report.reason) == (False, 3, "gap")
+
+
+def test_archiving_everything_keeps_the_newest_row_so_the_chain_continues(
+    store: AuditStore, signer: CheckpointSigner, log: CheckpointLog, tmp_path: Path
+) -> None:
+    for _ in range(3):
+        store.append(event())
+    result = archive(store, log, signer, before=T0 + timedelta(days=1), directory=tmp_path / "archive")
+    assert (result.through_seq, result.removed, store.first_seq()) == (2, 2, 3)
+    assert store.append(event()).seq == 4
+    report, _ = verify_live(store, log, signer)
+    assert report.ok and report.count == 2, report
