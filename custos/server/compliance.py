@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from custos.audit.chain import VerifyReport
-from custos.audit.errors import InvalidQuery
+from custos.audit.errors import InvalidQuery, RecordNotFound
 from custos.audit.events import AuditEvent, StoredRecord
 from custos.audit.export import FORMATS
 from custos.audit.store import AuditStore
@@ -45,8 +46,31 @@ class AuditFilter:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
     def for_audit(self) -> dict[str, Any]:
-        """The set filters as plain JSON for the ``audit_read`` record (references are already hashes)."""
-        return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in self.as_kwargs().items()}
+        """The set filters as plain JSON for the ``audit_read`` record.
+
+        References and ids are kept only when they have the shape we issue (hex blind indexes, uuids): a raw
+        identifier typed in by mistake must not land in the trail.
+        """
+        out: dict[str, Any] = {}
+        for key, value in self.as_kwargs().items():
+            if isinstance(value, datetime):
+                out[key] = value.isoformat()
+            elif key in ("conversation_ref", "subject_ref"):
+                out[key] = value if _HEX_REF.fullmatch(value) else "(not a reference)"
+            elif key == "request_id":
+                out[key] = safe_record_id(value)
+            else:
+                out[key] = value
+        return out
+
+
+_HEX_REF = re.compile(r"[0-9a-f]{16,128}")
+_RECORD_ID = re.compile(r"[0-9A-Fa-f-]{1,36}")
+
+
+def safe_record_id(value: str) -> str:
+    """``value`` if it looks like a record id we issue, else a fixed marker (it could be anything)."""
+    return value if _RECORD_ID.fullmatch(value) else "(not a record id)"
 
 
 class ComplianceService:
@@ -101,7 +125,13 @@ class ComplianceService:
 
     async def get(self, caller: Caller, record_id: str) -> StoredRecord:
         """One record by id."""
-        record = await self._run(lambda: self._audit.get(record_id))
+        try:
+            record = await self._run(lambda: self._audit.get(record_id))
+        except RecordNotFound:
+            await self._record(
+                caller, "Get", "get", {"record_id": safe_record_id(record_id)}, status="NOT_FOUND"
+            )
+            raise
         await self._record(caller, "Get", "get", {"record_id": record_id})
         return record
 

@@ -242,3 +242,22 @@ def test_report_processing_and_archive_from_the_cli(served: ServerHarness, tmp_p
     assert result["ok"] and result["count"] >= 2 and result["head_seq"] > result["count"]
     kinds = [r["details"]["kind"] for r in _reads(served) if r["rpc"].startswith("cli.")]
     assert kinds[-2:] == ["archive", "verify"]
+
+
+def test_seeded_values_sent_to_the_audit_rpcs_never_reach_the_trail(served: ServerHarness) -> None:
+    email, phone = "john.smith@example.com", "212-555-0187"
+    served.audit.Query(
+        audit_pb2.AuditQueryRequest(conversation_ref=email, subject_ref=phone, request_id=email)
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        served.audit.Get(audit_pb2.AuditGetRequest(id=email))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    _export(served, filter=audit_pb2.AuditQueryRequest(subject_ref=email), format="csv")
+    reads = _reads(served)
+    assert [(r["details"]["kind"], r["status"]) for r in reads] == [
+        ("query", "OK"),
+        ("get", "NOT_FOUND"),
+        ("export", "OK"),
+    ]
+    everything = _export(served).decode()
+    assert email not in everything and phone not in everything
