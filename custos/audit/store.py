@@ -256,6 +256,7 @@ def append_in(conn: Connection, events: Sequence[AuditEvent]) -> list[StoredReco
     """
     head = read_head(conn)
     stored: list[StoredRecord] = []
+    rows: list[dict[str, Any]] = []
     for event in events:
         if event.record_id is not None and _exists(conn, AuditRecordRow.id, event.record_id):
             raise DuplicateId("audit record id already exists")
@@ -285,7 +286,7 @@ def append_in(conn: Connection, events: Sequence[AuditEvent]) -> list[StoredReco
             "payload": payload,
             **derived_columns(payload),
         }
-        conn.execute(insert(AuditRecordRow), values)
+        rows.append(values)
         body = json.loads(payload)
         stored.append(
             StoredRecord(
@@ -295,6 +296,8 @@ def append_in(conn: Connection, events: Sequence[AuditEvent]) -> list[StoredReco
             )
         )
         head = ChainHead(seq, row_hash)
+    if rows:
+        conn.execute(insert(AuditRecordRow), rows)  # one executemany for a whole group
     return stored
 
 
