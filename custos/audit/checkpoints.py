@@ -32,7 +32,7 @@ from sqlalchemy import Engine, text
 
 from custos.audit.canonical import canonical_json, format_timestamp
 from custos.audit.chain import ChainHead
-from custos.audit.db import translate_db_errors
+from custos.audit.db import DEFERRED_READ, translate_db_errors
 from custos.audit.errors import AuditError
 
 __all__ = [
@@ -293,7 +293,12 @@ class CheckpointWriter:
         from custos.audit.store import read_head
 
         self._last_time = self._clock()
-        with translate_db_errors(), self._engine.begin() as conn:
+        # A read-only transaction: on SQLite a deferred BEGIN, so checkpoints never take the write lock.
+        with (
+            translate_db_errors(),
+            self._engine.connect().execution_options(**{DEFERRED_READ: True}) as conn,
+            conn.begin(),
+        ):
             if conn.dialect.name == "postgresql":
                 got = conn.execute(
                     text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": CHECKPOINT_LOCK_KEY}
