@@ -20,7 +20,13 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from custos.audit.chain import ChainHead, VerifyReport
-from custos.audit.checkpoints import Checkpoint, CheckpointLog, CheckpointSigner, effective_checkpoints
+from custos.audit.checkpoints import (
+    Checkpoint,
+    CheckpointError,
+    CheckpointLog,
+    CheckpointSigner,
+    effective_checkpoints,
+)
 from custos.audit.db import translate_db_errors
 from custos.audit.events import AuditEvent, StoredRecord
 from custos.audit.export import export_jsonl
@@ -48,9 +54,15 @@ def verify_live(
 ) -> tuple[VerifyReport, int]:
     """Verify the database chain against the signed checkpoints; return the report and checkpoints used.
 
-    A checkpoint file line with a bad signature raises :class:`~custos.audit.checkpoints.CheckpointError`.
+    A checkpoint file that is malformed or carries a bad signature fails verification (``first_bad_seq``
+    ``None``, the reason naming the line): the evidence itself was tampered with.
     """
-    checkpoints = effective_checkpoints(log.read(signer.public_key))
+    try:
+        checkpoints = effective_checkpoints(log.read(signer.public_key))
+    except CheckpointError as exc:
+        return VerifyReport(
+            ok=False, count=0, head_hash="", first_bad_seq=None, reason=str(exc), incomplete=0
+        ), 0
     start = live_start(checkpoints, store.first_seq())
     report = store.verify(checkpoints=[c.head for c in checkpoints], start=start, progress=progress)
     return report, len(checkpoints)

@@ -85,7 +85,10 @@ def test_a_forged_checkpoint_line_is_refused(
     line["seq"] = 5
     log.path.write_text(json.dumps(line) + "\n")
     with pytest.raises(CheckpointError, match="line 1 has an invalid signature"):
-        verify_live(store, log, signer)
+        log.read(signer.public_key)
+    report, used = verify_live(store, log, signer)
+    assert (report.ok, report.first_bad_seq, used) == (False, None, 0)
+    assert report.reason == "checkpoint file line 1 has an invalid signature"
     other = CheckpointSigner.load_or_create(tmp_path / "other.pem")
     assert not log.read()[0].verify(other.public_key)
 
@@ -244,3 +247,25 @@ def test_archiving_everything_keeps_the_newest_row_so_the_chain_continues(
     assert store.append(event()).seq == 4
     report, _ = verify_live(store, log, signer)
     assert report.ok and report.count == 2, report
+
+
+@pytest.mark.postgres
+def test_only_the_replica_holding_the_checkpoint_lock_writes(
+    pg_schema_url: str, signer: CheckpointSigner, log: CheckpointLog
+) -> None:
+    from custos.audit.checkpoints import CHECKPOINT_LOCK_KEY
+
+    engine = make_engine(pg_schema_url)
+    migrate(engine)
+    store = AuditStore(engine)
+    writer = CheckpointWriter(engine, signer, log, every_records=1000, every_seconds=3600)
+    store.append(event())
+    try:
+        with engine.connect() as other:  # another replica holds the lock
+            other.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": CHECKPOINT_LOCK_KEY})
+            assert writer.maybe_write(force=True) is None
+            other.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": CHECKPOINT_LOCK_KEY})
+        written = writer.maybe_write(force=True)
+        assert written is not None and [c.seq for c in log.read()] == [1]
+    finally:
+        engine.dispose()
