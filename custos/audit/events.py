@@ -73,6 +73,9 @@ MAX_LENGTHS: Mapping[str, int] = MappingProxyType(
         "model": 256,
         "conversation_ref": 128,
         "subject_ref": 128,
+        "purpose": 128,
+        "retention_class": 64,
+        "entity_types": 2048,
     }
 )
 
@@ -202,3 +205,6 @@ class StoredRecord:
     payload: bytes
     payload_json: str
     details: Mapping[str, object]
+    purpose: str | None = None
+    retention_class: str | None = None
+    entity_types: str | None = None

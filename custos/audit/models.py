@@ -99,6 +99,10 @@ class AuditRecordRow(Base):
     subject_ref: Mapped[str | None] = mapped_column(_str("subject_ref"), index=True)
     transcript_id: Mapped[str | None] = mapped_column(_str("transcript_id"), index=True)
     payload: Mapped[bytes] = mapped_column(LargeBinary)
+    # Derived from the payload's details for querying (revision 0003); verification checks they agree.
+    purpose: Mapped[str | None] = mapped_column(_str("purpose"), index=True)
+    retention_class: Mapped[str | None] = mapped_column(_str("retention_class"), index=True)
+    entity_types: Mapped[str | None] = mapped_column(_str("entity_types"))
 
 
 class TranscriptRow(Base):

@@ -16,15 +16,17 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
+import re
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Row, delete, insert, select, text
+from sqlalchemy import Connection, Engine, Row, Select, delete, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
 from custos.audit.canonical import canonical_json
@@ -37,10 +39,12 @@ from custos.audit.chain import (
     VerifyReport,
     build_payload,
     compute_row_hash,
+    derived_columns,
 )
 from custos.audit.db import DEFERRED_READ, translate_db_errors
 from custos.audit.errors import ChainConflict, DuplicateId, InvalidQuery, RecordNotFound
 from custos.audit.events import AuditEvent, EventType, Phase, StoredRecord, check_aware, check_text
+from custos.audit.group import GroupCommitter
 from custos.audit.models import AuditRecordRow, TranscriptRow
 
 __all__ = [
@@ -55,6 +59,8 @@ __all__ = [
     "read_head",
 ]
 
+log = logging.getLogger("custos.audit")
+
 APPEND_LOCK_KEY = 0x637573746F736175  # "custosau"; the PostgreSQL advisory lock held while appending
 MAX_PAGE_SIZE = 1000
 _APPEND_ATTEMPTS = 3
@@ -62,6 +68,7 @@ _VERIFY_BATCH = 1000
 _PAGE_TOKEN_PREFIX = "s"  # noqa: S105 - a format marker, not a secret
 
 _RECORD_COLUMNS = tuple(AuditRecordRow.__table__.columns)
+_ENTITY_TYPE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 _EVENT_TYPE_VALUES = frozenset(e.value for e in EventType)
 _PHASE_VALUES = frozenset(p.value for p in Phase)
 
@@ -122,6 +129,9 @@ def _record_from_row(row: Row[Any]) -> StoredRecord:
         payload=payload,
         payload_json=payload_json,
         details=MappingProxyType(details if isinstance(details, dict) else {}),
+        purpose=row.purpose,
+        retention_class=row.retention_class,
+        entity_types=row.entity_types,
     )
 
 
@@ -163,6 +173,58 @@ def _require_aware(name: str, value: datetime | None) -> None:
         raise InvalidQuery(name, f"{name} must be timezone-aware")
 
 
+def _filtered(
+    stmt: Select[Any],
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    event_type: str | None = None,
+    actor: str | None = None,
+    status: str | None = None,
+    request_id: str | None = None,
+    phase: str | None = None,
+    conversation_ref: str | None = None,
+    subject_ref: str | None = None,
+    transcript_id: str | None = None,
+    model: str | None = None,
+    entity_type: str | None = None,
+    purpose: str | None = None,
+    retention_class: str | None = None,
+) -> Select[Any]:
+    """Add the query filters to ``stmt``; :class:`InvalidQuery` names a bad argument."""
+    _require_aware("since", since)
+    _require_aware("until", until)
+    if event_type is not None and event_type not in _EVENT_TYPE_VALUES:
+        raise InvalidQuery("event_type", "event_type is not a known audit event type")
+    if phase is not None and phase not in _PHASE_VALUES:
+        raise InvalidQuery("phase", "phase must be one of: request, completion, event")
+    if entity_type is not None and not _ENTITY_TYPE.fullmatch(entity_type):
+        raise InvalidQuery("entity_type", "entity_type must be upper-case letters, digits and _")
+    if since is not None:
+        stmt = stmt.where(AuditRecordRow.start_time >= since)
+    if until is not None:
+        stmt = stmt.where(AuditRecordRow.start_time < until)
+    if entity_type is not None:
+        stmt = stmt.where(AuditRecordRow.entity_types.like(f"%,{entity_type},%"))
+    filters: Mapping[Any, str | None] = {
+        AuditRecordRow.event_type: event_type,
+        AuditRecordRow.actor: actor,
+        AuditRecordRow.status: status,
+        AuditRecordRow.request_id: request_id,
+        AuditRecordRow.phase: phase,
+        AuditRecordRow.conversation_ref: conversation_ref,
+        AuditRecordRow.subject_ref: subject_ref,
+        AuditRecordRow.transcript_id: transcript_id,
+        AuditRecordRow.model: model,
+        AuditRecordRow.purpose: purpose,
+        AuditRecordRow.retention_class: retention_class,
+    }
+    for column, value in filters.items():
+        if value is not None:
+            stmt = stmt.where(column == value)
+    return stmt
+
+
 def lock_chain(conn: Connection) -> None:
     """Take the cross-process append lock for the rest of ``conn``'s transaction.
 
@@ -194,6 +256,7 @@ def append_in(conn: Connection, events: Sequence[AuditEvent]) -> list[StoredReco
     """
     head = read_head(conn)
     stored: list[StoredRecord] = []
+    rows: list[dict[str, Any]] = []
     for event in events:
         if event.record_id is not None and _exists(conn, AuditRecordRow.id, event.record_id):
             raise DuplicateId("audit record id already exists")
@@ -221,8 +284,9 @@ def append_in(conn: Connection, events: Sequence[AuditEvent]) -> list[StoredReco
             "subject_ref": event.subject_ref,
             "transcript_id": event.transcript_id,
             "payload": payload,
+            **derived_columns(payload),
         }
-        conn.execute(insert(AuditRecordRow), values)
+        rows.append(values)
         body = json.loads(payload)
         stored.append(
             StoredRecord(
@@ -232,6 +296,8 @@ def append_in(conn: Connection, events: Sequence[AuditEvent]) -> list[StoredReco
             )
         )
         head = ChainHead(seq, row_hash)
+    if rows:
+        conn.execute(insert(AuditRecordRow), rows)  # one executemany for a whole group
     return stored
 
 
@@ -289,14 +355,26 @@ class AuditStore:
     lock is not obtained within the engine's lock timeout. ``ValueError``/``TypeError`` mean a bad argument.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, group_commit: bool = True, max_group: int = 256) -> None:
+        """Use ``engine``; with ``group_commit``, concurrent appends share transactions (:mod:`.group`)."""
         self._engine = engine
         self._append_lock = threading.Lock()
+        self._group = GroupCommitter(self._commit_group, max_group=max_group) if group_commit else None
+        self._listeners: list[Callable[[int], None]] = []
 
     @property
     def engine(self) -> Engine:
         """The engine this store writes to (for the transcript store and health checks)."""
         return self._engine
+
+    @property
+    def transactions(self) -> int | None:
+        """Append transactions committed by this store's group committer (``None`` without group commit)."""
+        return None if self._group is None else self._group.transactions
+
+    def add_commit_listener(self, listener: Callable[[int], None]) -> None:
+        """Call ``listener(number_of_records)`` after each committed append transaction (checkpoints)."""
+        self._listeners.append(listener)
 
     def append(self, event: AuditEvent) -> StoredRecord:
         """Append one record; when this returns, the record is committed (fail-closed callers rely on it)."""
@@ -317,9 +395,10 @@ class AuditStore:
     def append_many(
         self, events: Sequence[AuditEvent], *, transcripts: Sequence[SealedTranscript] = ()
     ) -> list[StoredRecord]:
-        """Append several records (and transcripts) in one transaction, in order (group commit).
+        """Append several records (and transcripts) in one transaction, in order.
 
-        Either all are committed when this returns or none is.
+        Either all are committed when this returns or none is. Concurrent callers may share the transaction
+        (group commit); each still gets exactly its own records, in its own order.
         """
         if not events:
             return []
@@ -333,6 +412,21 @@ class AuditStore:
         transcript_ids = [t.id for t in transcripts]
         if len(transcript_ids) != len(set(transcript_ids)):
             raise ValueError("transcript ids within one append must be distinct")
+        if self._group is not None:
+            return self._group.submit(events, transcripts)
+        return self._commit_group([(events, transcripts)])[0]
+
+    def _commit_group(
+        self, callers: Sequence[tuple[Sequence[AuditEvent], Sequence[SealedTranscript]]]
+    ) -> list[list[StoredRecord]]:
+        """Commit every caller's events and transcripts in one transaction; return each caller's records."""
+        events = [e for caller_events, _ in callers for e in caller_events]
+        transcripts = [t for _, caller_transcripts in callers for t in caller_transcripts]
+        chosen = [e.record_id for e in events if e.record_id is not None]
+        if len(chosen) != len(set(chosen)):
+            raise DuplicateId("audit record id already exists")
+        if len({t.id for t in transcripts}) != len(transcripts):
+            raise DuplicateId("transcript id already exists")
         for attempt in range(_APPEND_ATTEMPTS):
             try:
                 with self._append_lock, translate_db_errors(), self._engine.begin() as conn:
@@ -341,7 +435,8 @@ class AuditStore:
                         if _exists(conn, TranscriptRow.id, transcript.id):
                             raise DuplicateId("transcript id already exists")
                         _insert_transcript(conn, transcript)
-                    return append_in(conn, events)
+                    stored = append_in(conn, events)
+                break
             except IntegrityError as err:
                 # Ids were checked under the lock, so this is the fork guard: someone appended without the
                 # lock. Re-read the head and try again; persistently failing means a misbehaving writer.
@@ -349,7 +444,20 @@ class AuditStore:
                     raise ChainConflict(
                         "the chain head moved during append; another writer bypasses the lock"
                     ) from err
-        raise AssertionError("unreachable")  # pragma: no cover
+        for listener in self._listeners:
+            # Committed is committed: a failing listener (e.g. a full disk for checkpoints) is logged, never
+            # turned into an append error that would make a caller retry a record that already exists.
+            try:
+                listener(len(stored))
+            except Exception as exc:
+                fields = {"error": type(exc).__name__}
+                log.error("audit commit listener failed", extra={"fields": fields})
+        out: list[list[StoredRecord]] = []
+        offset = 0
+        for caller_events, _ in callers:
+            out.append(stored[offset : offset + len(caller_events)])
+            offset += len(caller_events)
+        return out
 
     def head(self) -> ChainHead:
         """Return the current head (for signed checkpoints and health checks)."""
@@ -377,45 +485,42 @@ class AuditStore:
         conversation_ref: str | None = None,
         subject_ref: str | None = None,
         transcript_id: str | None = None,
+        model: str | None = None,
+        entity_type: str | None = None,
+        purpose: str | None = None,
+        retention_class: str | None = None,
         page_size: int = 50,
         page_token: str | None = None,
     ) -> tuple[list[StoredRecord], str | None]:
         """Return one page of records matching every given filter, newest (highest seq) first.
 
-        ``since`` is inclusive and ``until`` exclusive, on ``start_time``. The second element is the token for
-        the next page, ``None`` on the last one. Pagination is by ``seq``, so records appended meanwhile never
-        shift pages. Raises :class:`InvalidQuery` (a ``ValueError`` naming the argument in ``field``) for a
-        malformed token, an unknown event type or phase, a naive datetime or a page size outside
-        1..:data:`MAX_PAGE_SIZE`.
+        ``since`` is inclusive and ``until`` exclusive, on ``start_time``. ``entity_type`` matches records
+        whose PII findings include that type. The second element is the token for the next page, ``None``
+        on the last one. Pagination is by ``seq``, so records appended meanwhile never shift pages. Raises
+        :class:`InvalidQuery` (a ``ValueError`` naming the argument in ``field``) for a malformed token, an
+        unknown event type or phase, a naive datetime or a page size outside 1..:data:`MAX_PAGE_SIZE`.
         """
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise InvalidQuery("page_size", f"page_size must be between 1 and {MAX_PAGE_SIZE}")
-        _require_aware("since", since)
-        _require_aware("until", until)
-        if event_type is not None and event_type not in _EVENT_TYPE_VALUES:
-            raise InvalidQuery("event_type", "event_type is not a known audit event type")
-        if phase is not None and phase not in _PHASE_VALUES:
-            raise InvalidQuery("phase", "phase must be one of: request, completion, event")
-        stmt = select(*_RECORD_COLUMNS)
+        stmt = _filtered(
+            select(*_RECORD_COLUMNS),
+            since=since,
+            until=until,
+            event_type=event_type,
+            actor=actor,
+            status=status,
+            request_id=request_id,
+            phase=phase,
+            conversation_ref=conversation_ref,
+            subject_ref=subject_ref,
+            transcript_id=transcript_id,
+            model=model,
+            entity_type=entity_type,
+            purpose=purpose,
+            retention_class=retention_class,
+        )
         if page_token is not None:
             stmt = stmt.where(AuditRecordRow.seq < _decode_page_token(page_token))
-        if since is not None:
-            stmt = stmt.where(AuditRecordRow.start_time >= since)
-        if until is not None:
-            stmt = stmt.where(AuditRecordRow.start_time < until)
-        filters: Mapping[Any, str | None] = {
-            AuditRecordRow.event_type: event_type,
-            AuditRecordRow.actor: actor,
-            AuditRecordRow.status: status,
-            AuditRecordRow.request_id: request_id,
-            AuditRecordRow.phase: phase,
-            AuditRecordRow.conversation_ref: conversation_ref,
-            AuditRecordRow.subject_ref: subject_ref,
-            AuditRecordRow.transcript_id: transcript_id,
-        }
-        for column, value in filters.items():
-            if value is not None:
-                stmt = stmt.where(column == value)
         stmt = stmt.order_by(AuditRecordRow.seq.desc()).limit(page_size + 1)
         with translate_db_errors(), self._read() as conn:
             rows = conn.execute(stmt).all()
@@ -423,22 +528,82 @@ class AuditStore:
         next_token = _encode_page_token(records[-1].seq) if len(rows) > page_size else None
         return records, next_token
 
-    def verify(self, *, checkpoint: ChainHead | None = None) -> VerifyReport:
-        """Re-verify the whole chain from genesis, streaming rows in ``seq`` order.
+    def scan(self, **filters: Any) -> Iterator[StoredRecord]:
+        """Yield every record matching ``filters`` (those of :meth:`query`), oldest first, streaming.
+
+        One read transaction (a consistent snapshot) for the whole scan; close the iterator to end it early.
+        """
+        stmt = _filtered(select(*_RECORD_COLUMNS), **filters).order_by(AuditRecordRow.seq)
+        with translate_db_errors(), self._read() as conn:
+            result = conn.execution_options(yield_per=_VERIFY_BATCH).execute(stmt)
+            try:
+                for row in result:
+                    yield _record_from_row(row)
+            finally:
+                result.close()
+
+    def count(self, **filters: Any) -> int:
+        """Number of records matching ``filters`` (those of :meth:`query`)."""
+        stmt = _filtered(select(func.count()).select_from(AuditRecordRow), **filters)
+        with translate_db_errors(), self._read() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def first_seq(self) -> int | None:
+        """The lowest seq still in the live log (above 1 after archiving), ``None`` when empty."""
+        with translate_db_errors(), self._read() as conn:
+            value = conn.execute(select(func.min(AuditRecordRow.seq))).scalar_one()
+        return None if value is None else int(value)
+
+    def verify(
+        self,
+        *,
+        checkpoint: ChainHead | None = None,
+        checkpoints: Sequence[ChainHead] = (),
+        start: ChainHead | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> VerifyReport:
+        """Re-verify the whole chain from genesis (or from ``start``), streaming rows in ``seq`` order.
 
         Re-hashes each stored payload, checks the links, seq continuity and that typed columns agree with the
-        payload; stops at the first bad record and names it. With ``checkpoint`` (a head recorded earlier,
-        e.g. in a signed checkpoint), a chain that no longer contains it fails too (truncation, rollback).
+        payload; stops at the first bad record and names it. Every head in ``checkpoint``/``checkpoints``
+        (from signed checkpoints) must be in the chain with its hash, so truncation and rollback fail too.
+        ``start`` is the closing checkpoint of archived records: the live log must continue right after it.
+        ``progress`` is called with the number of rows checked so far, every few thousand rows.
         """
-        verifier = ChainVerifier(checkpoint=checkpoint)
+        verifier = ChainVerifier(checkpoint=checkpoint, checkpoints=checkpoints, start=start)
         stmt = select(*_RECORD_COLUMNS).order_by(AuditRecordRow.seq)
+        done = 0
         with translate_db_errors(), self._read() as conn:
             result = conn.execution_options(yield_per=_VERIFY_BATCH).execute(stmt)
             for row in result:
                 if not verifier.feed(cast(ChainRow, row)):
                     break
+                done += 1
+                if progress is not None and done % _VERIFY_BATCH == 0:
+                    progress(done)
             result.close()
+        if progress is not None:
+            progress(done)
         return verifier.report()
+
+    def delete_through(self, seq: int, *, expected_hash: str) -> int:
+        """Remove records ``1..seq`` (archiving), after checking record ``seq`` still has ``expected_hash``.
+
+        Run by the maintenance role after the records were exported with a closing checkpoint. On
+        PostgreSQL the append lock is held and the ``custos.maintenance`` setting is set for the
+        transaction, which the immutability trigger (see :mod:`custos.audit.hardening`) lets through.
+        """
+        with self._append_lock, translate_db_errors(), self._engine.begin() as conn:
+            lock_chain(conn)
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT set_config('custos.maintenance', 'archive', true)"))
+            found = conn.execute(
+                select(AuditRecordRow.row_hash).where(AuditRecordRow.seq == seq)
+            ).scalar_one_or_none()
+            if found != expected_hash:
+                raise InvalidQuery("seq", "the record to archive through is not the one checkpointed")
+            deleted = conn.execute(delete(AuditRecordRow).where(AuditRecordRow.seq <= seq)).rowcount
+        return int(deleted)
 
     def _read(self) -> _ReadTransaction:
         return _ReadTransaction(self._engine)

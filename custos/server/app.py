@@ -20,6 +20,7 @@ from presidio_analyzer import AnalyzerEngine
 
 from custos.audit.db import make_engine, migrate
 from custos.audit.store import AuditStore, TranscriptStore
+from custos.audit.trail import AuditTrail
 from custos.privacy.keys import FileKeyProvider, MasterKeyProvider
 from custos.privacy.pseudonymize import Pseudonymizer
 from custos.server.auth import AccessInterceptor, Authenticator
@@ -38,6 +39,7 @@ from custos.server.interceptors import ObservingInterceptor
 from custos.server.limits import CapacityLimiter
 from custos.server.metrics import Metrics
 from custos.server.pipeline import Pipeline
+from custos.server.purposes import PurposePolicy
 from custos.server.servicers import AuditServicer, InferenceServicer, raw_bytes_handler
 from custos.server.settings import Settings
 from custos.server.tls import ReloadingCredentials
@@ -96,6 +98,8 @@ class CustosServer:
         self.credentials: ReloadingCredentials | None = None
         self.watchdog: DatabaseWatchdog | None = None
         self._availability: AvailabilityInterceptor | None = None
+        self.trail: AuditTrail | None = None
+        self._checkpoint_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Open the database and keys, then serve; ``port`` holds the bound gRPC port afterwards."""
@@ -117,6 +121,13 @@ class CustosServer:
             interval_s=settings.db_probe_interval_s,
         )
         self._availability = AvailabilityInterceptor(self.watchdog)
+        self.trail = AuditTrail.open(
+            self.audit,
+            settings.data_dir,
+            every_records=settings.checkpoint_every_records,
+            every_seconds=settings.checkpoint_every_seconds,
+        )
+        self._checkpoint_task = asyncio.create_task(self._checkpoint_timer())
 
         self.pipeline = pipeline = Pipeline(
             pseudonymizer=Pseudonymizer(
@@ -160,8 +171,9 @@ class CustosServer:
                 limits,
                 max_request_bytes=settings.max_request_bytes,
                 idempotency=IdempotencyStore(db, self.keys, self._executor),
+                purposes=PurposePolicy(settings.purposes),
             ),
-            "Audit": AuditServicer(ComplianceService(self.audit, self._executor)),
+            "Audit": AuditServicer(ComplianceService(self.trail, self._executor)),
         }
         server.add_generic_rpc_handlers(
             tuple(raw_bytes_handler(service, servicers.get(service.name)) for service in SERVICES)
@@ -200,6 +212,18 @@ class CustosServer:
             },
         )
 
+    async def _checkpoint_timer(self) -> None:
+        """Write a signed checkpoint every ``checkpoint_every_seconds`` while the chain grows."""
+        assert self.trail is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(1.0, self.settings.checkpoint_every_seconds))
+            try:
+                await loop.run_in_executor(self._executor, self.trail.writer.maybe_write)
+            except Exception as exc:  # keep serving; the next tick retries
+                fields = {"error": type(exc).__name__}
+                log.error("writing an audit checkpoint failed", extra={"fields": fields})
+
     async def wait(self) -> None:
         """Block until the server stops."""
         if self._server is not None:
@@ -227,6 +251,14 @@ class CustosServer:
         if self.watchdog is not None:
             await self.watchdog.stop()
         await flush_pending_tasks(timeout=max(grace, 5.0))
+        if self._checkpoint_task is not None:
+            self._checkpoint_task.cancel()
+            self._checkpoint_task = None
+        if self.trail is not None:
+            try:
+                self.trail.writer.maybe_write(force=True)  # seal the head on a clean shutdown
+            except Exception as exc:
+                log.error("final audit checkpoint failed", extra={"fields": {"error": type(exc).__name__}})
         self.metrics.stop()
         self._executor.shutdown(wait=True)
 

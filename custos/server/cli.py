@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import getpass
-import json
 import signal
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
+from custos.server.audit_cli import audit_app, bench_app, report_app
 from custos.server.cli_security import certs_app, tokens_app
 from custos.server.settings import Settings, SettingsError, load_settings
 
@@ -26,9 +22,10 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-audit_app = typer.Typer(help="Read and verify the audit trail (compliance officers).", no_args_is_help=True)
 model_app = typer.Typer(help="Prepare and inspect the local model cache.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+app.add_typer(report_app, name="report")
+app.add_typer(bench_app, name="bench")
 app.add_typer(model_app, name="model")
 app.add_typer(certs_app, name="certs")
 app.add_typer(tokens_app, name="tokens")
@@ -129,129 +126,6 @@ def model_prepare(
             progress=report,
         )
     out.print(f"model cache ready: {path}")
-
-
-def _open_audit(settings: Settings) -> Any:
-    from custos.audit.db import make_engine, migrate
-    from custos.audit.store import AuditStore
-
-    if settings.database_url is None and not (settings.data_dir / "custos.db").exists():
-        err.print(
-            f"[red]error:[/red] no audit database in {settings.data_dir} (start the server once, "
-            "or pass --data-dir / --config)"
-        )
-        raise typer.Exit(2)
-    engine = make_engine(settings.resolved_database_url)
-    migrate(engine)
-    return AuditStore(engine)
-
-
-def _record_cli_read(store: Any, rpc: str, details: dict[str, Any]) -> None:
-    """Local reads of the trail are audited too, with the operating-system user as actor."""
-    from custos.audit.events import AuditEvent
-
-    now = datetime.now(UTC)
-    actor = f"os:{getpass.getuser()}"
-    store.append(
-        AuditEvent(
-            event_type="audit_read",
-            phase="event",
-            request_id=None,
-            start_time=now,
-            end_time=now,
-            actor=actor,
-            rpc=rpc,
-            status="OK",
-            model=None,
-            conversation_ref=None,
-            subject_ref=None,
-            transcript_id=None,
-            details={
-                "kind": rpc.removeprefix("cli."),
-                **details,
-                "actor": {"principal": actor, "peer": "local"},
-            },
-        )
-    )
-
-
-def _parse_time(value: str | None, name: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        err.print(f"[red]error:[/red] --{name} must be an ISO-8601 time, e.g. 2026-01-31T12:00:00Z")
-        raise typer.Exit(2) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-@audit_app.command("query")
-def audit_query(
-    data_dir: DataDirOpt = None,
-    config: ConfigOpt = None,
-    limit: Annotated[int, typer.Option(min=1, max=500, help="Number of records.")] = 20,
-    event_type: Annotated[str | None, typer.Option(help="Only this event type, e.g. generate.")] = None,
-    status: Annotated[str | None, typer.Option(help="Only this status, e.g. OK, INVALID_ARGUMENT.")] = None,
-    actor: Annotated[str | None, typer.Option(help="Only this caller.")] = None,
-    since: Annotated[str | None, typer.Option(help="Records at or after this ISO-8601 time.")] = None,
-    until: Annotated[str | None, typer.Option(help="Records before this ISO-8601 time.")] = None,
-    output: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
-) -> None:
-    """Show recent audit records, newest first."""
-    if output not in ("table", "json"):
-        err.print("[red]error:[/red] --format must be table or json")
-        raise typer.Exit(2)
-    settings = _settings(config, data_dir=data_dir)
-    store = _open_audit(settings)
-    records, _ = store.query(
-        since=_parse_time(since, "since"),
-        until=_parse_time(until, "until"),
-        event_type=event_type,
-        status=status,
-        actor=actor,
-        page_size=limit,
-    )
-    _record_cli_read(store, "cli.query", {"returned": len(records)})
-    if output == "json":
-        for record in records:
-            out.print_json(record.payload_json) if sys.stdout.isatty() else print(record.payload_json)
-        return
-    table = Table("seq", "time (UTC)", "event", "phase", "rpc", "status", "actor", "model", "request id")
-    for r in records:
-        table.add_row(
-            str(r.seq),
-            r.end_time.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
-            r.event_type,
-            r.phase,
-            r.rpc,
-            r.status,
-            r.actor,
-            r.model or "",
-            r.request_id,
-        )
-    # Piped output (files, scripts, tests) gets full rows instead of a table squeezed to 80 columns.
-    (out if out.is_terminal else Console(width=240)).print(table)
-
-
-@audit_app.command("verify")
-def audit_verify(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
-    """Re-hash every record and check the chain; exit 0 when intact, 1 naming the first bad record."""
-    settings = _settings(config, data_dir=data_dir)
-    store = _open_audit(settings)
-    report = store.verify()
-    _record_cli_read(
-        store, "cli.verify", {"ok": report.ok, "count": report.count, "first_bad_seq": report.first_bad_seq}
-    )
-    if report.ok:
-        out.print(
-            f"audit chain intact: {report.count} records, head {report.head_hash}, "
-            f"{report.incomplete} incomplete request(s)"
-        )
-        return
-    out.print(json.dumps({"ok": False, "first_bad_seq": report.first_bad_seq, "reason": report.reason}))
-    err.print(f"[red]audit chain broken at record seq {report.first_bad_seq}: {report.reason}[/red]")
-    raise typer.Exit(1)
 
 
 def connection_hint(settings: Settings, port: int, security: Any) -> list[str]:

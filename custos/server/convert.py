@@ -14,6 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from custos.audit.events import StoredRecord
 from custos.audit.store import VerifyReport
+from custos.server.compliance import AuditFilter
 from custos.server.engine.types import ChatTurn, FinishReason, Role, SamplingParams
 from custos.server.errors import InvalidArgument
 from custos.server.requests import (
@@ -214,6 +215,24 @@ def timestamp_from_pb(message: audit_pb2.AuditQueryRequest, field: str) -> datet
         return stamp.ToDatetime(tzinfo=UTC)
     except (ValueError, OverflowError):  # outside 0001-01-01 .. 9999-12-31, or nanos out of range
         raise InvalidArgument(field, "timestamp out of range") from None
+
+
+def audit_filter_from_pb(request: audit_pb2.AuditQueryRequest) -> AuditFilter:
+    """The filters of a Query (or an Export's ``filter``); empty strings mean "any"."""
+    return AuditFilter(
+        since=timestamp_from_pb(request, "since"),
+        until=timestamp_from_pb(request, "until"),
+        event_type=request.event_type or None,
+        actor=request.actor or None,
+        status=request.status or None,
+        model=request.model or None,
+        entity_type=request.entity_type or None,
+        conversation_ref=request.conversation_ref or None,
+        subject_ref=request.subject_ref or None,
+        request_id=request.request_id or None,
+        phase=request.phase or None,
+        purpose=request.purpose or None,
+    )
 
 
 def audit_record_to_pb(record: StoredRecord) -> audit_pb2.AuditRecord:

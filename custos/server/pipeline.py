@@ -257,6 +257,7 @@ class Pipeline:
         subject_ref: str,
     ) -> StoredRecord:
         result = await run.settled()
+        timings.add("queue", run.queued_seconds)
         timings.add("prefill", result.prefill_seconds)
         timings.add("decode", result.decode_seconds)
         transcript_id = str(uuid.uuid4())
@@ -443,6 +444,7 @@ class _EngineRun:
         self._deadline = deadline
         self.cancel = threading.Event()
         self._future: asyncio.Future[GenerationResult] | None = None
+        self.queued_seconds = 0.0  # submitted to the executor until the engine started
 
     def _cancelled(self) -> bool:
         return self.cancel.is_set() or (self._deadline is not None and time.monotonic() > self._deadline)
@@ -455,7 +457,10 @@ class _EngineRun:
         def relay(delta: str) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, delta)
 
+        submitted = time.perf_counter()
+
         def work() -> GenerationResult:
+            self.queued_seconds = time.perf_counter() - submitted
             try:
                 return self._engine.generate(
                     self._turns,

@@ -22,6 +22,7 @@ from custos.server.convert import RequestLimits
 from custos.server.errors import InvalidArgument, RequestError, ResourceExhausted
 from custos.server.idempotency import IdempotencyStore
 from custos.server.pipeline import Pipeline
+from custos.server.purposes import PurposePolicy
 from custos.server.requests import Caller, GenerateCall
 from custos.v1 import audit_pb2, inference_pb2
 
@@ -50,11 +51,13 @@ class InferenceServicer:
         *,
         max_request_bytes: int,
         idempotency: IdempotencyStore | None = None,
+        purposes: PurposePolicy | None = None,
     ) -> None:
         self._pipeline = pipeline
         self._limits = limits
         self._max_request_bytes = max_request_bytes
         self._idempotency = idempotency
+        self._purposes = purposes or PurposePolicy({})
 
     async def Generate(
         self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
@@ -99,6 +102,7 @@ class InferenceServicer:
             call = convert.generate_call_from_pb(request, self._limits)
             if rpc == "GenerateStream" and call.idempotency_key is not None:
                 raise InvalidArgument("idempotency_key", "only Generate accepts an idempotency key")
+            self._purposes.check(caller.principal, call.purpose)
             return call
         except RequestError as exc:
             field = exc.field if isinstance(exc, InvalidArgument) else "request"
@@ -125,13 +129,9 @@ class AuditServicer:
             raise InvalidArgument("page_size", "must be between 1 and 500")
         records, next_token = await self._compliance.query(
             caller_from_context(context),
-            since=convert.timestamp_from_pb(request, "since"),
-            until=convert.timestamp_from_pb(request, "until"),
-            event_type=request.event_type or None,
-            actor=request.actor or None,
-            status=request.status or None,
             page_size=page_size,
             page_token=request.page_token or None,
+            filters=convert.audit_filter_from_pb(request),
         )
         return audit_pb2.AuditQueryResponse(
             records=[convert.audit_record_to_pb(r) for r in records], next_page_token=next_token or ""
@@ -148,10 +148,27 @@ class AuditServicer:
     async def Verify(
         self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
     ) -> audit_pb2.AuditVerifyResponse:
-        """Re-hash the whole chain."""
+        """Re-hash the whole chain and check it against the signed checkpoints."""
         convert.parse_message(audit_pb2.AuditVerifyRequest, raw)
-        report = await self._compliance.verify(caller_from_context(context))
-        return convert.verify_report_to_pb(report)
+        report, checkpoints = await self._compliance.verify_with_checkpoints(caller_from_context(context))
+        response = convert.verify_report_to_pb(report)
+        response.head_seq = report.head_seq
+        response.checkpoints = checkpoints
+        return response
+
+    async def Export(
+        self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[audit_pb2.AuditExportChunk]:
+        """Stream matching records as verifiable JSON lines or CSV."""
+        request = convert.parse_message(audit_pb2.AuditExportRequest, raw)
+        chunks = self._compliance.export(
+            caller_from_context(context),
+            convert.audit_filter_from_pb(request.filter),
+            request.format or "jsonl",
+        )
+        async with aclosing(chunks):
+            async for data in chunks:
+                yield audit_pb2.AuditExportChunk(data=data)
 
 
 def raw_bytes_handler(service: ServiceDescriptor, servicer: object) -> grpc.GenericRpcHandler:

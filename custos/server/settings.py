@@ -99,6 +99,17 @@ class Settings(BaseSettings):
     retention_class: str = Field(
         "standard", min_length=1, description="Retention class written into every audit record."
     )
+    purposes: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Purposes each caller may declare, by principal ('*' for any other caller); a "
+        "caller with a list must declare one of them. Empty: any purpose accepted.",
+    )
+    checkpoint_every_records: int = Field(
+        1000, ge=1, description="Write a signed checkpoint of the audit chain head every this many records."
+    )
+    checkpoint_every_seconds: float = Field(
+        60.0, gt=0, description="... or at least this often (seconds) while the chain grows."
+    )
     worker_threads: int = Field(
         4, ge=1, le=256, description="Threads for blocking work (analysis, database, generation)."
     )

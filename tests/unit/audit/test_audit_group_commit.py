@@ -1,0 +1,98 @@
+"""Group commit: concurrent appends share transactions; each caller gets exactly its own records."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+
+import pytest
+import sqlalchemy as sa
+
+from custos.audit import AuditStore, DuplicateId, StoredRecord
+from custos.audit.group import GroupCommitter
+from custos.audit.testing import assert_linear_chain, event
+
+THREADS = 8
+PER_THREAD = 20
+
+
+def test_concurrent_appends_are_grouped_into_fewer_transactions(engine: sa.Engine) -> None:
+    store = AuditStore(engine)
+    start = threading.Barrier(THREADS)
+    results: dict[int, list[StoredRecord]] = {}
+
+    def worker(index: int) -> None:
+        start.wait()
+        results[index] = [store.append(event(actor=f"svc:{index}")) for _ in range(PER_THREAD)]
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    records = assert_linear_chain(store, THREADS * PER_THREAD)
+    assert store.transactions is not None and store.transactions < THREADS * PER_THREAD
+    by_id = {r.id: r for r in records}
+    for index, appended in results.items():
+        assert [by_id[r.id] for r in appended] == appended  # one record per request, the one committed
+        assert {r.actor for r in appended} == {f"svc:{index}"}
+
+
+def test_without_group_commit_every_append_is_its_own_transaction(engine: sa.Engine) -> None:
+    store = AuditStore(engine, group_commit=False)
+    store.append(event())
+    assert store.transactions is None
+    assert_linear_chain(store, 1)
+
+
+def test_a_failing_caller_does_not_fail_the_others_of_its_group() -> None:
+    """A grouped commit that fails is retried caller by caller, so only the caller at fault sees the error."""
+    calls: list[int] = []
+    gate = threading.Event()
+
+    def commit(callers: Sequence[tuple[Sequence[object], Sequence[object]]]) -> list[list[StoredRecord]]:
+        calls.append(len(callers))
+        if len(calls) == 1:
+            gate.wait(5)  # hold the first transaction so the others queue up behind it
+        if any(events == ["bad"] for events, _ in callers):
+            raise DuplicateId("audit record id already exists")
+        return [[events[0]] for events, _ in callers]  # type: ignore[list-item]
+
+    group = GroupCommitter(commit)  # type: ignore[arg-type]
+    outcomes: dict[str, object] = {}
+
+    def submit(name: str, events: list[str]) -> None:
+        try:
+            outcomes[name] = group.submit(events)  # type: ignore[arg-type]
+        except DuplicateId as err:
+            outcomes[name] = err
+
+    first = threading.Thread(target=submit, args=("first", ["a"]))
+    first.start()
+    while not calls:
+        time.sleep(0.001)
+    others = [
+        threading.Thread(target=submit, args=(n, e))
+        for n, e in (("b", ["b"]), ("bad", ["bad"]), ("c", ["c"]))
+    ]
+    for thread in others:
+        thread.start()
+    while len(group._queue) < 3:
+        time.sleep(0.001)
+    gate.set()
+    for thread in [first, *others]:
+        thread.join(10)
+    assert outcomes["first"] == ["a"] and outcomes["b"] == ["b"] and outcomes["c"] == ["c"]
+    assert isinstance(outcomes["bad"], DuplicateId)
+    assert calls[:2] == [1, 3]  # the three queued callers were tried as one group first
+
+
+def test_duplicate_chosen_id_in_a_group_fails_only_its_caller(store: AuditStore) -> None:
+    chosen = str(uuid.uuid4())
+    store.append(event(record_id=chosen))
+    with pytest.raises(DuplicateId):
+        store.append(event(record_id=chosen))
+    store.append(event())
+    assert_linear_chain(store, 2)
