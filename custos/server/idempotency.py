@@ -29,6 +29,13 @@ T = TypeVar("T")
 _TABLE: Table = IdempotencyRow.__table__  # type: ignore[assignment]
 
 
+class IdempotencyConflict(InvalidArgument):
+    """The key was already used by this caller for a different request."""
+
+    def __init__(self) -> None:
+        super().__init__("idempotency_key", "already used for a different request")
+
+
 def _aad(key_ref: str) -> bytes:
     return f"custos:idempotency_keys:v1:{key_ref}".encode()
 
@@ -131,7 +138,7 @@ class IdempotencyStore:
             if row is None:  # released between our insert and read
                 continue
             if row.request_digest != digest:
-                raise InvalidArgument("idempotency_key", "already used for a different request")
+                raise IdempotencyConflict()
             if row.response is not None:
                 return _decode(open_sealed(row.response, aad=_aad(key_ref), keys=self._keys))
             if row.created_at < now - timedelta(seconds=self._wait_s):
