@@ -26,7 +26,16 @@ from custos.server.errors import InvalidArgument, ResourceExhausted
 from custos.server.requests import Caller, GenerateOutcome
 
 T = TypeVar("T")
+_CLAIMED = object()
+_PENDING = object()
 _TABLE: Table = IdempotencyRow.__table__  # type: ignore[assignment]
+
+
+class IdempotencyConflict(InvalidArgument):
+    """The key was already used by this caller for a different request."""
+
+    def __init__(self) -> None:
+        super().__init__("idempotency_key", "already used for a different request")
 
 
 def _aad(key_ref: str) -> bytes:
@@ -69,7 +78,7 @@ class IdempotencyStore:
         self._executor = executor
         self._wait_s = wait_s
         self._poll_s = poll_s
-        self._inflight: dict[str, asyncio.Future[GenerateOutcome]] = {}
+        self._inflight: dict[str, tuple[str, asyncio.Future[GenerateOutcome]]] = {}
 
     async def run(
         self,
@@ -82,26 +91,42 @@ class IdempotencyStore:
         index_key = self._keys.index_key()
         key_ref = blind_index(index_key, "idempotency", f"{caller.principal}\x00{key}")
         digest = blind_index(index_key, "idempotency-request", hashlib.sha256(raw_request).hexdigest())
-        while True:
-            running = self._inflight.get(key_ref)
-            if running is not None:
-                try:
-                    return await asyncio.shield(running)
-                except Exception:  # noqa: S112 - the first call failed and freed the key: try to claim it
-                    continue
-            replay = await self._run(self._claim, key_ref, digest)
-            if replay is not None:
-                return replay
-            break
-        future: asyncio.Future[GenerateOutcome] = asyncio.get_running_loop().create_future()
-        self._inflight[key_ref] = future
+        while (running := self._inflight.get(key_ref)) is not None:
+            first_digest, first = running
+            if first_digest != digest:
+                raise IdempotencyConflict()
+            try:
+                return await asyncio.shield(first)
+            except Exception:  # noqa: S112 - the first call failed and freed the key: try to claim it
+                continue
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[GenerateOutcome] = loop.create_future()
+        self._inflight[key_ref] = (digest, future)  # later duplicates of this process wait on the future
+        claimed = False
         try:
-            outcome = await produce()
-            await self._run(self._complete, key_ref, outcome)
+            deadline = time.monotonic() + self._wait_s
+            while True:
+                state = await self._run(self._try_claim, key_ref, digest)
+                if state is _CLAIMED:
+                    claimed = True
+                    outcome = await produce()
+                    await self._run(self._complete, key_ref, outcome)
+                    break
+                if isinstance(state, GenerateOutcome):
+                    outcome = state
+                    break
+                if time.monotonic() > deadline:  # another replica is still running the first call
+                    raise ResourceExhausted(
+                        "idempotency_key: the first call with this key is still running",
+                        reason="idempotency_pending",
+                        retry_after_s=1.0,
+                    )
+                await asyncio.sleep(self._poll_s)
         except BaseException as err:
-            await asyncio.shield(self._run(self._release, key_ref))
+            if claimed:
+                await asyncio.shield(self._run(self._release, key_ref))
             future.set_exception(err if isinstance(err, Exception) else RuntimeError("cancelled"))
-            future.exception()  # mark retrieved: waiters may be absent
+            future.exception()  # mark retrieved: there may be no waiter
             raise
         finally:
             self._inflight.pop(key_ref, None)
@@ -110,46 +135,40 @@ class IdempotencyStore:
 
     # ---- blocking steps (executor) ----------------------------------------------------------------
 
-    def _claim(self, key_ref: str, digest: str) -> GenerateOutcome | None:
-        """Insert a pending row and return None, or return the answer of a completed row.
-
-        A pending row written by another process is waited for, up to ``wait_s``.
-        """
-        deadline = time.monotonic() + self._wait_s
-        while True:
-            now = datetime.now(UTC)
-            try:
-                with translate_db_errors(), self._engine.begin() as conn:
-                    conn.execute(
-                        insert(_TABLE), {"key_ref": key_ref, "request_digest": digest, "created_at": now}
-                    )
-                return None
-            except exc.IntegrityError:
-                pass
-            with translate_db_errors(), self._engine.connect() as conn:
-                row = conn.execute(select(_TABLE).where(_TABLE.c.key_ref == key_ref)).first()
-            if row is None:  # released between our insert and read
-                continue
-            if row.request_digest != digest:
-                raise InvalidArgument("idempotency_key", "already used for a different request")
-            if row.response is not None:
-                return _decode(open_sealed(row.response, aad=_aad(key_ref), keys=self._keys))
-            if row.created_at < now - timedelta(seconds=self._wait_s):
-                # Abandoned by a process that died mid-call: take it over.
-                with translate_db_errors(), self._engine.begin() as conn:
-                    conn.execute(
-                        update(_TABLE)
-                        .where(_TABLE.c.key_ref == key_ref, _TABLE.c.response.is_(None))
-                        .values(created_at=now)
-                    )
-                return None
-            if time.monotonic() > deadline:
-                raise ResourceExhausted(
-                    "idempotency_key: the first call with this key is still running",
-                    reason="idempotency_pending",
-                    retry_after_s=1.0,
+    def _try_claim(self, key_ref: str, digest: str) -> object:
+        """Claim the key (:data:`_CLAIMED`), or return the stored answer, or :data:`_PENDING`."""
+        now = datetime.now(UTC)
+        try:
+            with translate_db_errors(), self._engine.begin() as conn:
+                conn.execute(
+                    insert(_TABLE), {"key_ref": key_ref, "request_digest": digest, "created_at": now}
                 )
-            time.sleep(self._poll_s)
+            return _CLAIMED
+        except exc.IntegrityError:
+            pass
+        with translate_db_errors(), self._engine.connect() as conn:
+            row = conn.execute(select(_TABLE).where(_TABLE.c.key_ref == key_ref)).first()
+        if row is None:  # released between our insert and read
+            return _PENDING
+        if row.request_digest != digest:
+            raise IdempotencyConflict()
+        if row.response is not None:
+            return _decode(open_sealed(row.response, aad=_aad(key_ref), keys=self._keys))
+        if row.created_at < now - timedelta(seconds=self._wait_s):
+            # Abandoned by a process that died mid-call: take it over.
+            with translate_db_errors(), self._engine.begin() as conn:
+                taken = conn.execute(
+                    update(_TABLE)
+                    .where(
+                        _TABLE.c.key_ref == key_ref,
+                        _TABLE.c.response.is_(None),
+                        _TABLE.c.created_at == row.created_at,
+                    )
+                    .values(created_at=now)
+                ).rowcount
+            if taken == 1:
+                return _CLAIMED
+        return _PENDING
 
     def _complete(self, key_ref: str, outcome: GenerateOutcome) -> None:
         sealed = seal(_encode(outcome), aad=_aad(key_ref), keys=self._keys)

@@ -20,7 +20,7 @@ from custos.server.auth import current_caller
 from custos.server.compliance import ComplianceService
 from custos.server.convert import RequestLimits
 from custos.server.errors import InvalidArgument, RequestError, ResourceExhausted
-from custos.server.idempotency import IdempotencyStore
+from custos.server.idempotency import IdempotencyConflict, IdempotencyStore
 from custos.server.pipeline import Pipeline
 from custos.server.purposes import PurposePolicy
 from custos.server.requests import Caller, GenerateCall
@@ -67,12 +67,18 @@ class InferenceServicer:
         call = await self._admit(raw, caller, "Generate")
         deadline = deadline_from_context(context)
         if call.idempotency_key is not None and self._idempotency is not None:
-            outcome = await self._idempotency.run(
-                caller,
-                call.idempotency_key,
-                raw,
-                lambda: self._pipeline.generate(call, caller, deadline=deadline),
-            )
+            try:
+                outcome = await self._idempotency.run(
+                    caller,
+                    call.idempotency_key,
+                    raw,
+                    lambda: self._pipeline.generate(call, caller, deadline=deadline),
+                )
+            except IdempotencyConflict as exc:
+                await self._pipeline.record_invalid(
+                    caller, "Generate", status=exc.code.name, field=exc.field, problem=exc.problem
+                )
+                raise
         else:
             outcome = await self._pipeline.generate(call, caller, deadline=deadline)
         return convert.generate_outcome_to_pb(outcome)

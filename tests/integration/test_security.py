@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from presidio_analyzer import AnalyzerEngine
 from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
@@ -146,6 +147,13 @@ def test_denials_are_audited_and_public_services_stay_open(
     assert denied[1]["payload"]["details"]["permission"] == "audit.read"
     health = health_pb2_grpc.HealthStub(channels[None])
     assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+    reflection = reflection_pb2_grpc.ServerReflectionStub(channels[None])
+    answer = next(
+        iter(
+            reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        )
+    )
+    assert "custos.v1.Inference" in {s.name for s in answer.list_services_response.service}
 
 
 def test_an_rpc_missing_from_the_table_is_denied(
@@ -355,6 +363,10 @@ def test_idempotent_retry_returns_the_first_answer(scripted: tuple[ServerHarness
         harness.inference.Generate(request("Another question", idempotency_key="retry-7"))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details().startswith("idempotency_key")
+    with pytest.raises(grpc.RpcError) as info:
+        list(harness.inference.GenerateStream(req))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [r["status"] for r in audit_rows(harness, "invalid")] == ["INVALID_ARGUMENT", "INVALID_ARGUMENT"]
     # The key belongs to its principal: another caller's same key is a new call.
     other = inference_pb2_grpc.InferenceStub(harness.channel_for("inference"))
     assert other.Generate(req).request_id != first.request_id
@@ -430,3 +442,15 @@ def test_certs_and_tokens_commands(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "unknown role" in bad.output
     audit = runner.invoke(cli_app, ["audit", "query", "--data-dir", data, "--event-type", "token_change"])
     assert audit.output.count("token_change") == 2
+
+
+def test_first_start_prints_how_to_connect(scripted: tuple[ServerHarness, ScriptedEngine]) -> None:
+    from custos.server.cli import connection_hint
+
+    harness, _ = scripted
+    settings = harness.server.settings
+    lines = "\n".join(connection_hint(settings, 50051, harness.server.security))
+    assert str(settings.tls_dir / "ca.pem") in lines and str(settings.admin_token_file) in lines
+    assert harness.admin_token not in lines  # the secret stays in its 0600 file
+    restarted = "\n".join(connection_hint(settings, 50051, None))
+    assert str(settings.admin_token_file) not in restarted
