@@ -6,7 +6,7 @@ covered without touching the tests. Nothing here runs in production.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,14 +114,3 @@ def fill_message(
         values[field.name] = [value, value] if is_repeated(field) else value
     return values
 
-
-def iter_fields(
-    descriptor: Descriptor, prefix: str = "", depth: int = 3
-) -> Iterator[tuple[str, FieldDescriptor]]:
-    """Every (path, field) of ``descriptor``, recursively."""
-    for field in descriptor.fields:
-        path = f"{prefix}{field.name}"
-        yield path, field
-        if field.type == FieldDescriptor.TYPE_MESSAGE and depth > 0:
-            assert field.message_type is not None
-            yield from iter_fields(field.message_type, f"{path}.", depth - 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import ipaddress
 import re
 import signal
 import socket
@@ -15,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from custos.privacy.testing import is_loopback
 from custos.server.engine.testing import save_tiny_model_dir
 from custos.server.testing_process import ServeProcess, write_config
 from custos.v1 import common_pb2, inference_pb2, inference_pb2_grpc
@@ -180,6 +183,28 @@ def test_drain_timeout_cancels_and_audits_what_is_left(tmp_path: Path, model_dir
     assert re.search(r"\b0\s+incomplete", audit_verify(cfg))
 
 
+class ConnectionSampler(threading.Thread):
+    """Samples the remote addresses of a process's TCP sockets (gRPC's C core included) until stopped."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.process = psutil.Process(pid)
+        self.remotes: collections.Counter[str] = collections.Counter()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            try:
+                for conn in self.process.net_connections(kind="inet"):
+                    if conn.raddr:
+                        address = ipaddress.ip_address(conn.raddr.ip.split("%", 1)[0])
+                        mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 (dual stack)
+                        self.remotes[str(mapped or address)] += 1
+            except psutil.Error:
+                return
+            self.done.wait(0.2)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -219,18 +244,21 @@ class LoadClient(threading.Thread):
 
 
 def test_load_with_sigkill_and_restart_keeps_every_answer_audited(
-    tmp_path: Path, model_dirs: dict[str, str]
+    tmp_path: Path, model_dirs: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     port = free_port()
     cfg = config(tmp_path, model_dirs, listen=f"127.0.0.1:{port}", drain_timeout_s=20.0)
     stop = threading.Event()
     server = ServeProcess(cfg, name="first").start()
     clients = [LoadClient(i, server.target, stop) for i in range(32)]
+    sampler = ConnectionSampler(server.process.pid)  # type: ignore[union-attr]
     restarted: ServeProcess | None = None
     try:
+        sampler.start()
         for client in clients:
             client.start()
         time.sleep(6)
+        sampler.done.set()
         answered_before_kill = sum(len(c.answered) for c in clients)
         server.kill()  # SIGKILL in the middle of the load
         restarted = ServeProcess(cfg, name="second").start()
@@ -252,12 +280,16 @@ def test_load_with_sigkill_and_restart_keeps_every_answer_audited(
         r["request_id"] for r in rows if r["phase"] == "completion"
     }
     verify = audit_verify(cfg)
-    print(
-        f"\nload: clients=32 sent={sum(c.sent for c in clients)} answered={len(answered)} "
-        f"(before kill {answered_before_kill}) rejected={dict(rejected)} audit_rows={len(rows)} "
-        f"incomplete={len(incomplete)}\nverify: {verify.strip()}"
-    )
+    with capsys.disabled():  # the counts are part of the result: always shown
+        print(
+            f"\nload: clients=32 sent={sum(c.sent for c in clients)} answered={len(answered)} "
+            f"(before kill {answered_before_kill}) rejected={dict(rejected)} audit_rows={len(rows)} "
+            f"incomplete={len(incomplete)}; audit verify: {' '.join(verify.split())}"
+        )
     assert answered_before_kill > 0 and len(answered) > answered_before_kill
+    # Offline: every connection the serving process held went to a loopback address.
+    assert sum(sampler.remotes.values()) > 0
+    assert all(is_loopback(ip) for ip in sampler.remotes), dict(sampler.remotes)
     assert incomplete, "no call was cut off by the kill"
     assert rejected["UNAVAILABLE"] > 0  # the kill was felt by the clients
     assert_audited(rows, answered)
