@@ -250,10 +250,11 @@ class CustosServer:
             self._server = None
         if self.watchdog is not None:
             await self.watchdog.stop()
-        await flush_pending_tasks(timeout=max(grace, 5.0))
+        # The checkpoint timer runs until cancelled: stop it before waiting for the audit writes to settle.
         if self._checkpoint_task is not None:
             self._checkpoint_task.cancel()
             self._checkpoint_task = None
+        await flush_pending_tasks(timeout=max(grace, 5.0))
         if self.trail is not None:
             try:
                 self.trail.writer.maybe_write(force=True)  # seal the head on a clean shutdown

@@ -115,7 +115,7 @@ class ScriptedEngine(Engine):
         )
 
 
-class _BearerInterceptor(
+class BearerInterceptor(
     grpc.UnaryUnaryClientInterceptor,
     grpc.UnaryStreamClientInterceptor,
 ):
@@ -193,7 +193,7 @@ class ServerHarness:
         if self.server.settings.plaintext:
             channel = grpc.insecure_channel(self.target)
             if token is not None:
-                channel = grpc.intercept_channel(channel, _BearerInterceptor(token))
+                channel = grpc.intercept_channel(channel, BearerInterceptor(token))
         else:
             credentials = self.channel_credentials()
             if token is not None:

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 SERVE = ("-c", "from custos.server.cli import main; main()", "serve")
 START_TIMEOUT_S = 120.0
 
@@ -64,6 +66,16 @@ class ServeProcess:
                     self.port = int(entry["port"])
             time.sleep(0.1)
         return self
+
+    def channel(self, *, options: list[tuple[str, Any]] | None = None) -> grpc.Channel:
+        """A plaintext channel carrying the bootstrap admin token (roles admin, inference, compliance)."""
+        from custos.server.settings import load_settings
+        from custos.server.testing import BearerInterceptor
+
+        token = load_settings(self.config).admin_token_file.read_text().strip()
+        return grpc.intercept_channel(
+            grpc.insecure_channel(self.target, options=options or []), BearerInterceptor(token)
+        )
 
     @property
     def target(self) -> str:

@@ -46,6 +46,8 @@ def config(tmp_path: Path, model_dirs: dict[str, str], **settings: Any) -> Path:
             "data_dir": str(tmp_path / "data"),
             "listen": "127.0.0.1:0",
             "metrics_listen": "",
+            # These clients test drain and crash recovery, not transport security.
+            "plaintext": True,
             "precision": "fp32",
             **model_dirs,
             **settings,
@@ -127,7 +129,7 @@ def test_sigterm_drains_in_flight_calls_refuses_new_ones_and_exits_zero(
     cfg = config(tmp_path, model_dirs, drain_timeout_s=60.0, max_new_tokens_limit=512)
     server = ServeProcess(cfg).start()
     try:
-        channel = grpc.insecure_channel(server.target)
+        channel = server.channel()
         stub = inference_pb2_grpc.InferenceStub(channel)
         health = health_pb2_grpc.HealthStub(channel)
         readers = [StreamReader(stub, request(f"drain-{i}", 512)) for i in range(3)]
@@ -163,7 +165,7 @@ def test_drain_timeout_cancels_and_audits_what_is_left(tmp_path: Path, model_dir
     cfg = config(tmp_path, model_dirs, drain_timeout_s=0.5, max_new_tokens_limit=2048)
     server = ServeProcess(cfg).start()
     try:
-        channel = grpc.insecure_channel(server.target)
+        channel = server.channel()
         readers = [
             StreamReader(inference_pb2_grpc.InferenceStub(channel), request(f"slow-{i}", 2048))
             for i in range(2)
@@ -214,10 +216,10 @@ def free_port() -> int:
 class LoadClient(threading.Thread):
     """Sends Generate and GenerateStream calls in a loop until stopped, counting what happens."""
 
-    def __init__(self, index: int, target: str, stop: threading.Event) -> None:
+    def __init__(self, index: int, server: ServeProcess, stop: threading.Event) -> None:
         super().__init__(daemon=True)
         self.index = index
-        self.channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self.channel = server.channel(options=CHANNEL_OPTIONS)
         self.stub = inference_pb2_grpc.InferenceStub(self.channel)
         self.stop = stop
         self.sent = 0
@@ -250,7 +252,7 @@ def test_load_with_sigkill_and_restart_keeps_every_answer_audited(
     cfg = config(tmp_path, model_dirs, listen=f"127.0.0.1:{port}", drain_timeout_s=20.0)
     stop = threading.Event()
     server = ServeProcess(cfg, name="first").start()
-    clients = [LoadClient(i, server.target, stop) for i in range(32)]
+    clients = [LoadClient(i, server, stop) for i in range(32)]
     sampler = ConnectionSampler(server.process.pid)  # type: ignore[union-attr]
     restarted: ServeProcess | None = None
     try:
