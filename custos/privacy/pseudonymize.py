@@ -120,6 +120,10 @@ class PlaceholderMap:
         """Return the value behind an exact placeholder (the first spelling seen), or None if unknown."""
         return self._value_by_placeholder.get(placeholder)
 
+    def find(self, entity_type: str, value: str) -> str | None:
+        """Return the placeholder already issued for this value (after normalisation), or None."""
+        return self._placeholder_by_key.get((entity_type, normalize_value(entity_type, value)))
+
     def entity_type_of(self, placeholder: str) -> str | None:
         """Return the entity type of an issued placeholder, or None if unknown."""
         return self._type_by_placeholder.get(placeholder)
