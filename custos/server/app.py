@@ -21,12 +21,15 @@ from custos.audit.db import make_engine, migrate
 from custos.audit.store import AuditStore, TranscriptStore
 from custos.privacy.keys import FileKeyProvider, MasterKeyProvider
 from custos.privacy.pseudonymize import Pseudonymizer
+from custos.privacy.vault import ConversationVault
 from custos.server.compliance import ComplianceService
 from custos.server.convert import RequestLimits
 from custos.server.engine.base import Engine
 from custos.server.interceptors import ObservingInterceptor
 from custos.server.metrics import Metrics
 from custos.server.pipeline import Pipeline
+from custos.server.privacy_servicer import PrivacyServicer
+from custos.server.privacy_stage import PrivacyStage, ReidentifyCheck, everyone_may_reidentify
 from custos.server.servicers import AuditServicer, InferenceServicer, raw_bytes_handler
 from custos.server.settings import Settings
 from custos.v1 import admin_pb2, audit_pb2, feedback_pb2, inference_pb2, privacy_pb2
@@ -60,6 +63,8 @@ class Components:
 
     analyzer: AnalyzerEngine
     engine: Engine
+    #: Language detector of the language policy; built at start if the setting asks for one and none is given.
+    language_detector: Callable[[str], tuple[str, float] | None] | None = None
 
 
 class CustosServer:
@@ -77,6 +82,8 @@ class CustosServer:
         self.keys: MasterKeyProvider | None = None
         self.audit: AuditStore | None = None
         self.transcripts: TranscriptStore | None = None
+        #: Who may have placeholders restored (pluggable until permissions exist; today everyone may).
+        self.may_reidentify: ReidentifyCheck = everyone_may_reidentify
 
     async def start(self) -> None:
         """Open the database and keys, then serve; ``port`` holds the bound gRPC port afterwards."""
@@ -89,10 +96,18 @@ class CustosServer:
         self.audit = AuditStore(db)
         self.transcripts = TranscriptStore(db)
 
+        pseudonymizer = build_pseudonymizer(settings, self.components)
+        privacy = PrivacyStage(
+            pseudonymizer,
+            vault=ConversationVault(db, self.keys, ttl_seconds=settings.vault_ttl_seconds),
+            may_reidentify=self.may_reidentify,
+            block_entities=settings.pii_block_entities,
+            ner_window_chars=settings.stream_ner_window_chars,
+            language_policy=settings.pii_language_policy,
+        )
         pipeline = Pipeline(
-            pseudonymizer=Pseudonymizer(
-                self.components.analyzer, score_threshold=settings.pii_score_threshold
-            ),
+            pseudonymizer=pseudonymizer,
+            privacy=privacy,
             engine=self.components.engine,
             audit=self.audit,
             keys=self.keys,
@@ -114,6 +129,7 @@ class CustosServer:
         servicers: dict[str, Any] = {
             "Inference": InferenceServicer(pipeline, limits, max_request_bytes=settings.max_request_bytes),
             "Audit": AuditServicer(ComplianceService(self.audit, self._executor)),
+            "Privacy": PrivacyServicer(pipeline, limits, max_request_bytes=settings.max_request_bytes),
         }
         server.add_generic_rpc_handlers(
             tuple(raw_bytes_handler(service, servicers.get(service.name)) for service in SERVICES)
@@ -177,5 +193,29 @@ def build_components(settings: Settings, *, progress: ProgressFn | None = None) 
     )
     # prepare_model has just verified the cache digest.
     engine = TransformersEngine.from_cache(cache_dir, device=settings.device, verify=False)
-    analyzer = build_analyzer(spacy_model=settings.spacy_model)
+    analyzer = build_analyzer(
+        spacy_model=settings.spacy_model,
+        entities=settings.pii_entities,
+        phone_regions=settings.pii_phone_regions,
+        deny_lists=settings.pii_deny_lists,
+        crm_references=settings.pii_crm_references,
+    )
     return Components(analyzer=analyzer, engine=engine)
+
+
+def build_pseudonymizer(settings: Settings, components: Components) -> Pseudonymizer:
+    """The pseudonymizer the settings describe, on the shared analyzer; bad settings raise here."""
+    detector = components.language_detector
+    if detector is None and settings.pii_language_detection:
+        from custos.privacy.language import LanguageDetector
+
+        detector = LanguageDetector()
+    return Pseudonymizer(
+        components.analyzer,
+        score_threshold=settings.pii_score_threshold,
+        entities=settings.pii_entities,
+        allow_list=settings.pii_allow_list,
+        entity_thresholds=settings.pii_entity_thresholds,
+        language_detector=detector if settings.pii_language_detection else None,
+        language_policy=settings.pii_language_policy,
+    )

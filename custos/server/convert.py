@@ -15,6 +15,7 @@ from custos.audit.events import StoredRecord
 from custos.audit.store import VerifyReport
 from custos.server.engine.types import ChatTurn, FinishReason, Role, SamplingParams
 from custos.server.errors import InvalidArgument
+from custos.server.privacy_convert import privacy_policy_from_pb
 from custos.server.requests import (
     GenerateCall,
     GenerateOutcome,
@@ -127,6 +128,7 @@ def generate_call_from_pb(request: inference_pb2.GenerateRequest, limits: Reques
     if request.HasField("purpose"):
         _check_id(request.purpose, "purpose", required=True)
         purpose = request.purpose
+    privacy_mode, block_entities = privacy_policy_from_pb(request.privacy_mode, request.block_entity_types)
 
     return GenerateCall(
         conversation_id=request.conversation_id,
@@ -141,6 +143,8 @@ def generate_call_from_pb(request: inference_pb2.GenerateRequest, limits: Reques
         subject_id=subject_id,
         reidentify=request.reidentify,
         purpose=purpose,
+        privacy_mode=privacy_mode,
+        block_entities=block_entities,
     )
 
 

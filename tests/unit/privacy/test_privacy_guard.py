@@ -56,7 +56,11 @@ def guard() -> OutputGuard:
         ("Hi <PERSON_7>.", "Hi <PERSON_7>.", "Hi <PERSON_7>."),  # maps to nothing
         ("Hi <PERSON_01>.", "Hi John Smith.", "Hi <PERSON_1>."),
         ("Use <b>bold</b> and SKU_12.", "Use <b>bold</b> and SKU_12.", "Use <b>bold</b> and SKU_12."),
-        ("You typed \u2039PERSON_1\u203a", "You typed \u2039PERSON_1\u203a", "You typed \u2039PERSON_1\u203a"),
+        (
+            "You typed \u2039PERSON_1\u203a",
+            "You typed \u2039PERSON_1\u203a",
+            "You typed \u2039PERSON_1\u203a",
+        ),
     ],
 )
 def test_placeholder_variants(
