@@ -5,9 +5,9 @@ nothing is shared across callers or conversations. The map is sealed in the enve
 data naming the table, the row and its version, so a blob copied to another row or replayed at an older
 version fails to open.
 
-Concurrent requests of one conversation stay consistent by compare-and-swap on ``version``: a writer reads
-the row, extends the map, and writes only if the version is still the one it read; otherwise it re-reads
-and repeats its (pure) update. Two requests that introduce the same new value therefore end up with the
+Concurrent requests of one conversation stay consistent: the read-extend-write runs in one transaction that
+locks the row (``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), and the write is a
+compare-and-swap on ``version`` besides; a writer that loses re-reads and repeats its (pure) update. Two requests that introduce the same new value therefore end up with the
 same placeholder, and no placeholder number is ever issued twice.
 """
 
@@ -86,33 +86,33 @@ class ConversationVault:
         ``apply`` may run more than once (after a concurrent write) and must only depend on the map it gets.
         """
         for _attempt in range(MAX_ATTEMPTS):
-            with translate_db_errors(), self._engine.connect() as conn:
-                row = conn.execute(
-                    select(ConversationVaultRow).where(
-                        ConversationVaultRow.conversation_ref == conversation_ref
-                    )
-                ).one_or_none()
-            now = self._clock()
-            expired = row is not None and row.expires_at <= now
-            if row is None or expired:
-                mapping = PlaceholderMap()
-            else:
-                mapping = self._open(conversation_ref, row.version, row.ciphertext)
-            result = apply(mapping)
-            version = 1 if row is None else row.version + 1
-            blob = seal(
-                json.dumps(mapping.to_dict(), ensure_ascii=False).encode(),
-                aad=vault_aad(conversation_ref, version),
-                keys=self._keys,
-            )
-            values = {
-                "version": version,
-                "updated_at": now,
-                "expires_at": now + self._ttl,
-                "key_version": read_header(blob).key_version,
-                "ciphertext": blob,
-            }
             with translate_db_errors(), self._engine.begin() as conn:
+                # FOR UPDATE locks the row on PostgreSQL; SQLite's BEGIN IMMEDIATE serialises writers anyway.
+                row = conn.execute(
+                    select(ConversationVaultRow)
+                    .where(ConversationVaultRow.conversation_ref == conversation_ref)
+                    .with_for_update()
+                ).one_or_none()
+                now = self._clock()
+                expired = row is not None and row.expires_at <= now
+                if row is None or expired:
+                    mapping = PlaceholderMap()
+                else:
+                    mapping = self._open(conversation_ref, row.version, row.ciphertext)
+                result = apply(mapping)
+                version = 1 if row is None else row.version + 1
+                blob = seal(
+                    json.dumps(mapping.to_dict(), ensure_ascii=False).encode(),
+                    aad=vault_aad(conversation_ref, version),
+                    keys=self._keys,
+                )
+                values = {
+                    "version": version,
+                    "updated_at": now,
+                    "expires_at": now + self._ttl,
+                    "key_version": read_header(blob).key_version,
+                    "ciphertext": blob,
+                }
                 if row is None:
                     try:
                         with conn.begin_nested():
@@ -122,8 +122,9 @@ class ConversationVault:
                                 )
                             )
                     except IntegrityError:
-                        continue  # another request created the row first
+                        continue  # another request created the row first: read it
                 else:
+                    # Compare-and-swap on the version as well, so correctness never rests on the lock alone.
                     written = conn.execute(
                         update(ConversationVaultRow)
                         .where(
@@ -133,7 +134,7 @@ class ConversationVault:
                         .values(**values)
                     )
                     if written.rowcount != 1:
-                        continue  # another request wrote in between: read again
+                        continue
             return result, VaultUpdate(version=version, expired=expired, entries=len(mapping))
         raise VaultConflict(f"conversation vault row changed {MAX_ATTEMPTS} times during one update")
 

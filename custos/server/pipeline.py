@@ -303,7 +303,7 @@ class Pipeline:
                 rpc,
                 start_time,
                 status=refusal.error.code.name,
-                event_type=event_type if refusal.event_type != "denied" else "denied",
+                event_type=event_type if refusal.event_type == "generate" else refusal.event_type,
                 conversation_ref=conversation_ref,
                 subject_ref=subject_ref,
                 details={**refusal.details, "reason": refusal.error.message},
