@@ -33,8 +33,11 @@ CRM_REFERENCE_SPECS: Mapping[str, CrmReferenceSpec] = {
     )
 }
 
-# What may sit between the label and the ID: "id", "no.", "number", "nr", "#", ":" in any combination.
-_LABEL_SUFFIX = r"(?:[ \t]*(?:id|no\.?|number|nr\.?|num\.?|reference|ref\.?))?[ \t]*[:#]?[ \t]*#?[ \t]*"
+# What may sit between the label and the ID: "id", "no.", "number", "nr", "is", "#", ":" in any combination.
+_LABEL_SUFFIX = (
+    r"(?:[ \t]*(?:id|no\.?|number|nr\.?|num\.?|reference|ref\.?))?"
+    r"(?:[ \t]+(?:is|was))?[ \t]*[:#]?[ \t]*#?[ \t]*"
+)
 # An ID: 4+ characters of letters, digits and inner hyphens/slashes, at least one digit (so "order please"
 # is not an ID), starting and ending with a letter or digit.
 _ID = r"(?=[A-Z0-9/-]*[0-9])[A-Z0-9](?:[A-Z0-9/-]{2,}[A-Z0-9])\b"

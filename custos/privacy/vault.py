@@ -7,8 +7,9 @@ version fails to open.
 
 Concurrent requests of one conversation stay consistent: the read-extend-write runs in one transaction that
 locks the row (``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), and the write is a
-compare-and-swap on ``version`` besides; a writer that loses re-reads and repeats its (pure) update. Two requests that introduce the same new value therefore end up with the
-same placeholder, and no placeholder number is ever issued twice.
+compare-and-swap on ``version`` besides; a writer that loses re-reads and repeats its (pure) update. Two
+requests that introduce the same new value therefore end up with the same placeholder, and no placeholder
+number is ever issued twice.
 """
 
 from __future__ import annotations

@@ -96,7 +96,9 @@ class CustosServer:
         self.audit = AuditStore(db)
         self.transcripts = TranscriptStore(db)
 
-        pseudonymizer = build_pseudonymizer(settings, self.components)
+        pseudonymizer = build_pseudonymizer(
+            settings, self.components.analyzer, self.components.language_detector
+        )
         privacy = PrivacyStage(
             pseudonymizer,
             vault=ConversationVault(db, self.keys, ttl_seconds=settings.vault_ttl_seconds),
@@ -203,15 +205,19 @@ def build_components(settings: Settings, *, progress: ProgressFn | None = None) 
     return Components(analyzer=analyzer, engine=engine)
 
 
-def build_pseudonymizer(settings: Settings, components: Components) -> Pseudonymizer:
+def build_pseudonymizer(
+    settings: Settings,
+    analyzer: AnalyzerEngine,
+    language_detector: Callable[[str], tuple[str, float] | None] | None = None,
+) -> Pseudonymizer:
     """The pseudonymizer the settings describe, on the shared analyzer; bad settings raise here."""
-    detector = components.language_detector
+    detector = language_detector
     if detector is None and settings.pii_language_detection:
         from custos.privacy.language import LanguageDetector
 
         detector = LanguageDetector()
     return Pseudonymizer(
-        components.analyzer,
+        analyzer,
         score_threshold=settings.pii_score_threshold,
         entities=settings.pii_entities,
         allow_list=settings.pii_allow_list,
