@@ -549,7 +549,13 @@ class Pseudonymizer:
                         score=float(span.winner.score),
                         recognizer=_recognizer_name(span.winner),
                         placeholder=placeholder,
-                        explanation=_explanation(span, value),
+                        explanation={
+                            **_explanation(span, value),
+                            # The threshold the score was held against, and what was done.
+                            "threshold": self._thresholds.get(span.winner.entity_type, self._score_threshold),
+                            "decision": "masked",
+                            **({"patterns_only": True} if analysis.patterns_only else {}),
+                        },
                     )
                 )
             pieces.append(safe[cursor:])

@@ -103,3 +103,20 @@ def test_language_policy(analyzer: AnalyzerEngine) -> None:
     analysis = patterns.analyze([GERMAN + " hans@example.de"])
     assert analysis.patterns_only and analysis.detected_language == "de"
     assert analysis.entity_types() == {"EMAIL_ADDRESS"}  # no NER on German text
+
+
+def test_explanations_carry_the_decision_process_without_values(analyzer: AnalyzerEngine) -> None:
+    pseudonymizer = Pseudonymizer(analyzer, entity_thresholds={"PHONE_NUMBER": 0.3})
+    text = "My phone number is (212) 555-0187 and my card 4111 1111 1111 1111."
+    result = pseudonymizer.pseudonymize([text])
+    by_type = {f.entity_type: f.to_audit() for f in result.findings}
+    phone = by_type["PHONE_NUMBER"]["explanation"]
+    card = by_type["CREDIT_CARD"]["explanation"]
+    assert isinstance(phone, dict) and isinstance(card, dict)
+    assert phone["threshold"] == 0.3 and card["threshold"] == 0.4
+    assert phone["decision"] == card["decision"] == "masked"
+    assert {"recognizer", "original_score", "score", "textual_explanation"} <= set(card)
+    assert card["validation_result"] is True  # Luhn checksum
+    assert phone.get("supportive_context_word") == "phone"  # context word raised the score
+    assert phone["score"] > phone["original_score"]
+    assert "555-0187" not in repr(by_type) and "4111" not in repr(by_type)
