@@ -583,4 +583,15 @@ def render(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {label} {name} | {c[key]:.1f} {unit} | {p[key]:.1f} {unit} | {ratio:.2f} |"
             )
+    lines += [
+        "",
+        "| streaming guard (hand-written answers, 4-char tokens) | first text after (p50 / max tokens) | "
+        "guard time per answer |",
+        "|---|---|---|",
+    ]
+    for item in results.get("streaming", []):
+        lines.append(
+            f"| NER window {item['window']} chars | {item['first_release_token_p50']:.0f} / "
+            f"{item['first_release_token_max']} | {item['guard_ms_per_answer']:.1f} ms |"
+        )
     return "\n".join(lines)

