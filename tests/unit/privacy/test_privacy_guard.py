@@ -162,3 +162,35 @@ def test_stream_at_tiny_tokenizer_boundaries(guard: OutputGuard, mapping: Placeh
     out.append(restorer.flush())
     assert decoded == text
     assert "".join(out) == whole
+
+
+def test_real_analyzer_stream_never_leaks_at_any_split(pseudonymizer: object) -> None:
+    from custos.privacy.pseudonymize import Pseudonymizer
+
+    assert isinstance(pseudonymizer, Pseudonymizer)
+
+    def detect(text: str) -> list[Detection]:
+        return [
+            Detection(s.winner.entity_type, s.start, s.end, float(s.winner.score), "analyzer")
+            for s in pseudonymizer.detect(text)
+        ]
+
+    guard = OutputGuard(pseudonymizer.entities, detect)
+    mapping = PlaceholderMap()
+    mapping.placeholder_for("PERSON", "John Smith")
+    text = (
+        "Thanks <PERSON_1>. I spoke with Maria Garcia and she will mail maria.garcia@example.com "
+        "or call +44 20 7946 0958."
+    )
+    secrets = ("Maria", "Garcia", "maria.garcia@example.com", "7946", "0958")
+    outputs = []
+    for cut in range(len(text) + 1):
+        restorer = StreamRestorer(mapping, guard=guard, reidentify=True, ner_window_chars=120)
+        outputs.append("".join([restorer.feed(text[:cut]), restorer.feed(text[cut:]), restorer.flush()]))
+    # Token by token (3 characters): without the sentence window "Maria" would leave before "Garcia" came.
+    restorer = StreamRestorer(mapping, guard=guard, reidentify=True, ner_window_chars=120)
+    outputs.append("".join(restorer.feed(text[i : i + 3]) for i in range(0, len(text), 3)) + restorer.flush())
+    for out in outputs:
+        assert out.startswith("Thanks John Smith."), out
+        for secret in secrets:
+            assert secret not in out, out
