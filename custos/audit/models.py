@@ -26,6 +26,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from custos.audit.events import MAX_LENGTHS
 
 __all__ = ["AccessTokenRow", "AuditRecordRow", "Base", "IdempotencyRow", "TranscriptRow", "UTCDateTime"]
+__all__ = ["AuditRecordRow", "Base", "ConversationVaultRow", "TranscriptRow", "UTCDateTime"]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -152,3 +153,18 @@ class IdempotencyRow(Base):
     response: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+class ConversationVaultRow(Base):
+    """One conversation's placeholder map, sealed in the envelope format.
+
+    Keyed by the blind index of (caller principal, conversation id); ``version`` is the compare-and-swap
+    counter of concurrent writers.
+    """
+
+    __tablename__ = "conversation_vault"
+
+    conversation_ref: Mapped[str] = mapped_column(_str("conversation_ref"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    key_version: Mapped[int] = mapped_column(Integer)
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)

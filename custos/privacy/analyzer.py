@@ -6,7 +6,8 @@ seconds) and is meant to be called once, in app wiring, and the result passed to
 Entity decisions (``ENABLED_ENTITIES`` is on, ``DISABLED_ENTITIES`` documents what is off and why):
 
 * On: names and locations (spaCy NER), e-mail, phone (by region), card numbers (Luhn), IBAN (checksum),
-  US SSN, IP address, crypto wallet (checksum), labelled CRM references (customer/account/order/ticket IDs).
+  US SSN, IP address, crypto wallet (checksum), labelled CRM references (customer/account/order/ticket IDs),
+  dates after a birth label, street addresses. ORGANIZATION (spaCy ORG) exists but is off by default.
 * Off: see ``DISABLED_ENTITIES``. They either fire on ordinary CRM text (dates, nationalities, URLs of
   the vendor's own site, US phone numbers read as UK NHS numbers) or need a use case that asks for them.
 """
@@ -35,7 +36,13 @@ from presidio_analyzer.predefined_recognizers import (
 from presidio_analyzer.recognizer_registry import RecognizerRegistry
 
 from custos.privacy.errors import PrivacyError, UnsupportedEntity, UnsupportedLanguage
-from custos.privacy.recognizers import CRM_REFERENCE_SPECS, CrmReferenceRecognizer, CrmReferenceSpec
+from custos.privacy.recognizers import (
+    CRM_REFERENCE_SPECS,
+    CrmReferenceRecognizer,
+    CrmReferenceSpec,
+    DateOfBirthRecognizer,
+    StreetAddressRecognizer,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,15 +59,20 @@ ENABLED_ENTITIES: tuple[str, ...] = (
     "US_SSN",
     "IP_ADDRESS",
     "CRYPTO",
+    "DATE_OF_BIRTH",
+    "STREET_ADDRESS",
     *CRM_REFERENCE_SPECS,
 )
+
+#: Entity types that exist but are off unless configured (``build_analyzer(entities=...)``).
+OPTIONAL_ENTITIES: tuple[str, ...] = ("ORGANIZATION",)
 
 #: Presidio entity types deliberately left off, with the reason; the list is for readers and for a test that
 #: keeps the two sets apart.
 DISABLED_ENTITIES: Mapping[str, str] = {
     "DATE_TIME": "spaCy DATE/TIME fires on 'Monday', 'next week', delivery dates the model needs to answer",
     "NRP": "spaCy NORP is noisy on CRM text (product lines, 'European' plans); no reliable signal",
-    "ORGANIZATION": "company names are not personal data and spaCy ORG has many false positives",
+    "ORGANIZATION": "off by default: company names are not personal data and spaCy ORG is noisy",
     "URL": "most URLs in tickets are the vendor's own pages; e-mail and IP cover the personal ones",
     "UK_NHS": "fires on 10-digit US phone numbers",
     "US_DRIVER_LICENSE": "matches ordinary alphanumeric codes (order and product numbers)",
@@ -68,7 +80,6 @@ DISABLED_ENTITIES: Mapping[str, str] = {
     "US_ITIN": "weak pattern, rare in CRM text",
     "US_PASSPORT": "matches any 9-digit number",
     "MEDICAL_LICENSE": "matches product codes; not a CRM entity",
-    "DATE_OF_BIRTH": "no Presidio recognizer; would need DATE_TIME, see above",
     "MAC_ADDRESS": "device identifiers of customers' hardware are rare and not CRM-relevant",
     "UUID": "request and record ids of internal systems, not personal data by themselves",
 }
@@ -84,6 +95,7 @@ SPACY_LABEL_TO_ENTITY: Mapping[str, str] = {
     "GPE": "LOCATION",
     "LOC": "LOCATION",
     "FAC": "LOCATION",
+    "ORG": "ORGANIZATION",
 }
 
 # Score spaCy's small model gets (it has no per-entity confidence); Presidio's default.
@@ -108,6 +120,8 @@ _RECOGNIZER_FACTORIES: Mapping[str, _RecognizerFactory] = {
     "US_SSN": lambda lang, _regions: UsSsnRecognizer(supported_language=lang),
     "IP_ADDRESS": lambda lang, _regions: IpRecognizer(supported_language=lang),
     "CRYPTO": lambda lang, _regions: CryptoRecognizer(supported_language=lang),
+    "DATE_OF_BIRTH": lambda lang, _regions: DateOfBirthRecognizer(supported_language=lang),
+    "STREET_ADDRESS": lambda lang, _regions: StreetAddressRecognizer(supported_language=lang),
     **{entity: _crm_factory(spec) for entity, spec in CRM_REFERENCE_SPECS.items()},
 }
 
@@ -189,16 +203,28 @@ def build_analyzer(
     entities: Sequence[str] | None = None,
     phone_regions: Sequence[str] = DEFAULT_PHONE_REGIONS,
     deny_lists: Mapping[str, Sequence[str]] | None = None,
+    crm_references: Mapping[str, Sequence[str]] | None = None,
 ) -> AnalyzerEngine:
     """Build the analyzer once, offline, with recognizers only for ``entities`` (default ENABLED_ENTITIES).
 
     ``deny_lists`` maps an entity type to terms that are always that entity (e.g. a VIP's nickname).
+    ``crm_references`` maps an extra reference entity type (e.g. ``CONTRACT_ID``) to its label words, or
+    replaces the label words of a built-in one; such types are enabled.
     Raises ``UnsupportedLanguage`` when the spaCy model is for another language, ``UnsupportedEntity`` for an
     entity type no recognizer here detects, ``PrivacyError`` when the model package is not installed.
     """
-    wanted = tuple(dict.fromkeys(entities if entities is not None else ENABLED_ENTITIES))
+    crm_specs = {
+        entity: CrmReferenceSpec(entity, tuple(labels)) for entity, labels in (crm_references or {}).items()
+    }
+    for entity, spec in crm_specs.items():
+        if not spec.labels or not entity.replace("_", "").isalnum() or not entity.isupper():
+            raise UnsupportedEntity(f"CRM reference type {entity!r} needs an upper-case name and label words")
+    base = entities if entities is not None else ENABLED_ENTITIES
+    wanted = tuple(dict.fromkeys([*base, *crm_specs]))
     deny_lists = deny_lists or {}
-    known = set(_RECOGNIZER_FACTORIES) | _NER_ENTITIES
+    factories = dict(_RECOGNIZER_FACTORIES)
+    factories.update({entity: _crm_factory(spec) for entity, spec in crm_specs.items()})
+    known = set(factories) | _NER_ENTITIES
     unknown = sorted((set(wanted) - known) - set(deny_lists))
     if unknown:
         raise UnsupportedEntity(f"no recognizer for entity types {unknown}; known: {sorted(known)}")
@@ -222,9 +248,9 @@ def build_analyzer(
     _ignore_unmapped_labels(nlp_engine, language)
 
     recognizers: list[EntityRecognizer] = [
-        _RECOGNIZER_FACTORIES[entity](language, tuple(phone_regions))
+        factories[entity](language, tuple(phone_regions))
         for entity in wanted
-        if entity in _RECOGNIZER_FACTORIES
+        if entity in factories
     ]
     recognizers.extend(
         PatternRecognizer(

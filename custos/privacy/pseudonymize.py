@@ -120,6 +120,10 @@ class PlaceholderMap:
         """Return the value behind an exact placeholder (the first spelling seen), or None if unknown."""
         return self._value_by_placeholder.get(placeholder)
 
+    def find(self, entity_type: str, value: str) -> str | None:
+        """Return the placeholder already issued for this value (after normalisation), or None."""
+        return self._placeholder_by_key.get((entity_type, normalize_value(entity_type, value)))
+
     def entity_type_of(self, placeholder: str) -> str | None:
         """Return the entity type of an issued placeholder, or None if unknown."""
         return self._type_by_placeholder.get(placeholder)
@@ -342,6 +346,38 @@ def _scrub(data: dict[str, object], value: str) -> dict[str, object]:
     return {key: clean(item) for key, item in data.items()}
 
 
+@dataclass(frozen=True)
+class Analysis:
+    """Detections of one call, before placeholders are assigned (so a vault retry need not re-analyse)."""
+
+    safe_texts: list[str]
+    spans: list[list[MergedSpan]]
+    neutralized: int
+    #: Language policy outcome: the language detected (None: not detected or too short), and whether the
+    #: text was analysed with pattern recognizers only because its language has no pipeline.
+    detected_language: str | None = None
+    patterns_only: bool = False
+
+    def entity_types(self) -> set[str]:
+        """Entity types found anywhere in the call."""
+        return {span.winner.entity_type for spans in self.spans for span in spans}
+
+    def counts(self) -> dict[str, int]:
+        """Entity type -> number of detections."""
+        return dict(Counter(span.winner.entity_type for spans in self.spans for span in spans))
+
+
+#: Entity types that come from the NLP pipeline (language-specific); the rest are patterns and checksums.
+NER_ENTITY_TYPES = frozenset({"PERSON", "LOCATION", "ORGANIZATION", "NRP"})
+
+#: Returns (language, probability) for a text, or None when it is too short to tell.
+LanguageDetectorFn = Callable[[str], "tuple[str, float] | None"]
+
+
+def _norm_term(term: str) -> str:
+    return _WHITESPACE.sub(" ", unicodedata.normalize("NFKC", term)).strip().casefold()
+
+
 class Pseudonymizer:
     """Detect personal data with a shared AnalyzerEngine and replace it by placeholders, by position."""
 
@@ -353,10 +389,18 @@ class Pseudonymizer:
         score_threshold: float = 0.4,
         entities: Sequence[str] | None = None,
         allow_list: Sequence[str] = (),
+        entity_thresholds: Mapping[str, float] | None = None,
+        language_detector: LanguageDetectorFn | None = None,
+        language_policy: str = "refuse",
+        language_min_probability: float = 0.9,
     ) -> None:
         """Validate the configuration against the analyzer now, so a bad setting stops start-up.
 
-        ``allow_list`` holds exact strings that are never masked (e.g. the company's own name or hotline).
+        ``allow_list`` holds strings that are never masked (e.g. the company's own name or hotline), compared
+        after normalising case and whitespace. ``entity_thresholds`` overrides ``score_threshold`` per
+        entity type. With a ``language_detector``, text detected as another language than ``language`` is
+        refused (``language_policy="refuse"``: ``UnsupportedLanguage``) or analysed with pattern recognizers
+        only (``"patterns"``), and the outcome is part of the ``Analysis``.
         """
         if language not in analyzer.supported_languages:
             raise UnsupportedLanguage(
@@ -373,11 +417,26 @@ class Pseudonymizer:
                 )
             if not entities:
                 raise UnsupportedEntity("entities must not be empty (None means all supported)")
+        thresholds = dict(entity_thresholds or {})
+        unknown_thresholds = sorted(set(thresholds) - supported)
+        if unknown_thresholds:
+            raise UnsupportedEntity(
+                f"score thresholds for entity types without a recognizer: {unknown_thresholds}"
+            )
+        for entity_type, value in thresholds.items():
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"score threshold of {entity_type} must be within [0, 1], got {value}")
+        if language_policy not in ("refuse", "patterns"):
+            raise ValueError(f"language_policy must be 'refuse' or 'patterns', got {language_policy!r}")
         self._analyzer = analyzer
         self._language = language
         self._score_threshold = score_threshold
+        self._thresholds = thresholds
         self._entities = list(entities) if entities is not None else None
-        self._allow_list = list(allow_list)
+        self._allow = frozenset(_norm_term(term) for term in allow_list if term.strip())
+        self._language_detector = language_detector
+        self._language_policy = language_policy
+        self._language_min_probability = language_min_probability
 
     @property
     def entities(self) -> list[str]:
@@ -391,12 +450,15 @@ class Pseudonymizer:
 
         Placeholders are numbered in reading order: messages in order, positions within a message.
         """
+        return self.apply(self.analyze(texts), mapping if mapping is not None else PlaceholderMap())
+
+    def analyze(self, texts: Sequence[str]) -> Analysis:
+        """Detect personal data in every message of a call (the expensive part; no placeholder issued)."""
         if isinstance(texts, str):
             raise TypeError("texts must be a sequence of messages, not a single string")
         for index, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"message {index} is {type(text).__name__}, not str")
-        mapping = mapping if mapping is not None else PlaceholderMap()
 
         neutralized_total = 0
         safe_texts: list[str] = []
@@ -405,24 +467,74 @@ class Pseudonymizer:
             safe_texts.append(safe)
             neutralized_total += count
 
-        anonymized: list[str] = []
-        findings: list[Finding] = []
+        detected, patterns_only = self._check_language(safe_texts)
+        entities = self._entities if self._entities is not None else self.entities
+        if patterns_only:
+            entities = [e for e in entities if e not in NER_ENTITY_TYPES]
+        spans: list[list[MergedSpan]] = []
         nlp_engine = self._analyzer.nlp_engine
         # spaCy's pipe() processes the messages of a call as one batch; each is then analysed on its own.
         artifacts = nlp_engine.process_batch(safe_texts, language=self._language)
-        for index, (safe, (_, nlp_artifacts)) in enumerate(zip(safe_texts, artifacts, strict=True)):
-            results = self._analyzer.analyze(
-                text=safe,
-                language=self._language,
-                entities=self._entities,
-                score_threshold=self._score_threshold,
-                return_decision_process=True,
-                allow_list=self._allow_list or None,
-                nlp_artifacts=nlp_artifacts,
+        for safe, (_, nlp_artifacts) in zip(safe_texts, artifacts, strict=True):
+            spans.append(merge_overlaps(self._results(safe, entities, nlp_artifacts)))
+        return Analysis(
+            safe_texts=safe_texts,
+            spans=spans,
+            neutralized=neutralized_total,
+            detected_language=detected,
+            patterns_only=patterns_only,
+        )
+
+    def detect(self, text: str) -> list[MergedSpan]:
+        """Detect personal data in one text (e.g. model output), with the same thresholds and lists."""
+        return merge_overlaps(self._results(text, self.entities, None))
+
+    def _results(self, text: str, entities: Sequence[str], nlp_artifacts: object) -> list[RecognizerResult]:
+        if not entities:
+            return []
+        floor = min([self._score_threshold, *self._thresholds.values()])
+        results = self._analyzer.analyze(
+            text=text,
+            language=self._language,
+            entities=list(entities),
+            score_threshold=floor,
+            return_decision_process=True,
+            nlp_artifacts=nlp_artifacts,  # type: ignore[arg-type]
+        )
+        kept = []
+        for result in results:
+            threshold = self._thresholds.get(result.entity_type, self._score_threshold)
+            if result.score < threshold:
+                continue
+            if self._allow and _norm_term(text[result.start : result.end]) in self._allow:
+                continue
+            kept.append(result)
+        return kept
+
+    def _check_language(self, texts: Sequence[str]) -> tuple[str | None, bool]:
+        if self._language_detector is None:
+            return None, False
+        guess = self._language_detector("\n".join(texts))
+        if guess is None:
+            return None, False
+        language, probability = guess
+        if language == self._language or probability < self._language_min_probability:
+            return language, False
+        if self._language_policy == "refuse":
+            raise UnsupportedLanguage(
+                f"text is in language {language!r}, which has no analyzer pipeline (configured: "
+                f"{self._language!r}); refused by the language policy"
             )
+        return language, True
+
+    def apply(self, analysis: Analysis, mapping: PlaceholderMap) -> Pseudonymized:
+        """Assign placeholders from ``mapping`` (extended in place) to an analysis; cheap and repeatable."""
+        anonymized: list[str] = []
+        findings: list[Finding] = []
+        for index, (safe, spans) in enumerate(zip(analysis.safe_texts, analysis.spans, strict=True)):
             pieces: list[str] = []
             cursor = 0
-            for span in merge_overlaps(results):
+            for span in spans:
                 value = safe[span.start : span.end]
                 placeholder = mapping.placeholder_for(span.winner.entity_type, value)
                 pieces.append(safe[cursor : span.start])
@@ -437,13 +549,19 @@ class Pseudonymizer:
                         score=float(span.winner.score),
                         recognizer=_recognizer_name(span.winner),
                         placeholder=placeholder,
-                        explanation=_explanation(span, value),
+                        explanation={
+                            **_explanation(span, value),
+                            # The threshold the score was held against, and what was done.
+                            "threshold": self._thresholds.get(span.winner.entity_type, self._score_threshold),
+                            "decision": "masked",
+                            **({"patterns_only": True} if analysis.patterns_only else {}),
+                        },
                     )
                 )
             pieces.append(safe[cursor:])
             anonymized.append("".join(pieces))
         return Pseudonymized(
-            texts=anonymized, findings=findings, mapping=mapping, neutralized=neutralized_total
+            texts=anonymized, findings=findings, mapping=mapping, neutralized=analysis.neutralized
         )
 
 

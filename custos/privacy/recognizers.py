@@ -33,8 +33,11 @@ CRM_REFERENCE_SPECS: Mapping[str, CrmReferenceSpec] = {
     )
 }
 
-# What may sit between the label and the ID: "id", "no.", "number", "nr", "#", ":" in any combination.
-_LABEL_SUFFIX = r"(?:[ \t]*(?:id|no\.?|number|nr\.?|num\.?|reference|ref\.?))?[ \t]*[:#]?[ \t]*#?[ \t]*"
+# What may sit between the label and the ID: "id", "no.", "number", "nr", "is", "#", ":" in any combination.
+_LABEL_SUFFIX = (
+    r"(?:[ \t]*(?:id|no\.?|number|nr\.?|num\.?|reference|ref\.?))?"
+    r"(?:[ \t]+(?:is|was))?[ \t]*[:#]?[ \t]*#?[ \t]*"
+)
 # An ID: 4+ characters of letters, digits and inner hyphens/slashes, at least one digit (so "order please"
 # is not an ID), starting and ending with a letter or digit.
 _ID = r"(?=[A-Z0-9/-]*[0-9])[A-Z0-9](?:[A-Z0-9/-]{2,}[A-Z0-9])\b"
@@ -59,4 +62,71 @@ class CrmReferenceRecognizer(PatternRecognizer):
             ],
             # The label is already part of the pattern; context words would only double-count it.
             context=[],
+        )
+
+
+class DateOfBirthRecognizer(PatternRecognizer):
+    """A date announced as a birth date ("born 12/03/1985", "DOB: 1985-03-12", "date of birth 3 March 1985").
+
+    Plain dates are not personal data in CRM text (delivery and due dates), so only a date after a birth
+    label counts; the label is a look-behind, the date alone is masked.
+    """
+
+    _LABEL = (
+        r"(?<=\b(?:born(?:[ \t]+on)?|d\.?o\.?b\.?|date[ \t]+of[ \t]+birth|birth[ \t]*date|birthday)"
+        r"(?:[ \t]+is)?[ \t]*[:\-]?[ \t]*)"
+    )
+    _MONTH = (
+        r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|"
+        r"sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)\.?"
+    )
+    _DATES = (
+        r"\d{1,2}[./\-]\d{1,2}[./\-](?:19|20)?\d{2}",
+        r"(?:19|20)\d{2}[./\-]\d{1,2}[./\-]\d{1,2}",
+        rf"\d{{1,2}}(?:st|nd|rd|th)?[ \t]+(?:of[ \t]+)?{_MONTH},?[ \t]+(?:19|20)\d{{2}}",
+        rf"{_MONTH}[ \t]+\d{{1,2}}(?:st|nd|rd|th)?,?[ \t]+(?:19|20)\d{{2}}",
+    )
+
+    def __init__(self, *, supported_language: str = "en") -> None:
+        regex = rf"{self._LABEL}(?:{'|'.join(self._DATES)})\b"
+        super().__init__(
+            supported_entity="DATE_OF_BIRTH",
+            name="DateOfBirthRecognizer",
+            supported_language=supported_language,
+            patterns=[Pattern("date after a birth label", regex, 0.85)],
+            context=[],
+        )
+
+
+class StreetAddressRecognizer(PatternRecognizer):
+    """A street address: house number, one to four street words, a street suffix; optional unit.
+
+    "221B Baker Street", "1600 Pennsylvania Ave NW", "12 rue de la Paix" are matched; a number followed by a
+    common noun ("3 items", "2 days") is not, because the street suffix is required.
+    """
+
+    _SUFFIX = (
+        r"(?:street|st|avenue|ave|road|rd|boulevard|blvd|lane|ln|drive|dr|court|ct|place|pl|square|sq|"
+        r"terrace|way|parkway|pkwy|highway|hwy|circle|cir|trail|close|crescent|row|strasse|straße|weg|"
+        r"allee|platz|gasse)\.?"
+    )
+    _STREET = rf"\b\d{{1,5}}[A-Za-z]?(?:[ \t]+[A-Z][A-Za-z'\-]*){{1,4}}[ \t]+{_SUFFIX}"
+    _STREET_FIRST = r"\b\d{1,5}[ \t]+(?:rue|via|calle|avenida|boulevard)(?:[ \t]+[A-Za-z'\-]+){1,4}"
+    _UNIT = r"(?:[ \t]*,?[ \t]*(?:apt|apartment|suite|ste|unit|flat)\.?[ \t]*#?[ \t]*\w{1,6})?"
+    _DIRECTION = r"(?:[ \t]+(?:N|S|E|W|NE|NW|SE|SW)\b)?"
+
+    def __init__(self, *, supported_language: str = "en") -> None:
+        super().__init__(
+            supported_entity="STREET_ADDRESS",
+            name="StreetAddressRecognizer",
+            supported_language=supported_language,
+            patterns=[
+                Pattern(
+                    "number, street words, suffix",
+                    rf"(?i:{self._STREET}){self._DIRECTION}{self._UNIT}\b",
+                    0.7,
+                ),
+                Pattern("number, street word first", rf"(?i:{self._STREET_FIRST})\b", 0.6),
+            ],
+            context=["address", "live", "lives", "living", "moved", "ship", "deliver", "street"],
         )

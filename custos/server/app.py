@@ -23,6 +23,7 @@ from custos.audit.store import AuditStore, TranscriptStore
 from custos.audit.trail import AuditTrail
 from custos.privacy.keys import FileKeyProvider, MasterKeyProvider
 from custos.privacy.pseudonymize import Pseudonymizer
+from custos.privacy.vault import ConversationVault
 from custos.server.auth import AccessInterceptor, Authenticator
 from custos.server.availability import (
     AvailabilityInterceptor,
@@ -39,7 +40,10 @@ from custos.server.interceptors import ObservingInterceptor
 from custos.server.limits import CapacityLimiter
 from custos.server.metrics import Metrics
 from custos.server.pipeline import Pipeline
+from custos.server.privacy_servicer import PrivacyServicer
+from custos.server.privacy_stage import PrivacyStage, ReidentifyCheck
 from custos.server.purposes import PurposePolicy
+from custos.server.requests import Caller
 from custos.server.servicers import AuditServicer, InferenceServicer, raw_bytes_handler
 from custos.server.settings import Settings
 from custos.server.tls import ReloadingCredentials
@@ -69,12 +73,19 @@ def ensure_private_dir(path: Path) -> Path:
     return path
 
 
+def holds_reidentify_permission(caller: Caller) -> bool:
+    """Restore placeholders only for holders of ``reidentify`` (the access check also guards the field)."""
+    return "reidentify" in caller.permissions
+
+
 @dataclass(frozen=True)
 class Components:
     """The heavy objects: built once per process (or once per test session) and shared."""
 
     analyzer: AnalyzerEngine
     engine: Engine
+    #: Language detector of the language policy; built at start if the setting asks for one and none is given.
+    language_detector: Callable[[str], tuple[str, float] | None] | None = None
 
 
 class CustosServer:
@@ -100,6 +111,8 @@ class CustosServer:
         self._availability: AvailabilityInterceptor | None = None
         self.trail: AuditTrail | None = None
         self._checkpoint_task: asyncio.Task[None] | None = None
+        #: Who may have placeholders restored: holders of the ``reidentify`` permission.
+        self.may_reidentify: ReidentifyCheck = holds_reidentify_permission
 
     async def start(self) -> None:
         """Open the database and keys, then serve; ``port`` holds the bound gRPC port afterwards."""
@@ -129,10 +142,20 @@ class CustosServer:
         )
         self._checkpoint_task = asyncio.create_task(self._checkpoint_timer())
 
+        pseudonymizer = build_pseudonymizer(
+            settings, self.components.analyzer, self.components.language_detector
+        )
+        privacy = PrivacyStage(
+            pseudonymizer,
+            vault=ConversationVault(db, self.keys, ttl_seconds=settings.vault_ttl_seconds),
+            may_reidentify=self.may_reidentify,
+            block_entities=settings.pii_block_entities,
+            ner_window_chars=settings.stream_ner_window_chars,
+            language_policy=settings.pii_language_policy,
+        )
         self.pipeline = pipeline = Pipeline(
-            pseudonymizer=Pseudonymizer(
-                self.components.analyzer, score_threshold=settings.pii_score_threshold
-            ),
+            pseudonymizer=pseudonymizer,
+            privacy=privacy,
             engine=self.components.engine,
             audit=self.audit,
             keys=self.keys,
@@ -174,6 +197,7 @@ class CustosServer:
                 purposes=PurposePolicy(settings.purposes),
             ),
             "Audit": AuditServicer(ComplianceService(self.trail, self._executor)),
+            "Privacy": PrivacyServicer(pipeline, limits, max_request_bytes=settings.max_request_bytes),
         }
         server.add_generic_rpc_handlers(
             tuple(raw_bytes_handler(service, servicers.get(service.name)) for service in SERVICES)
@@ -280,5 +304,33 @@ def build_components(settings: Settings, *, progress: ProgressFn | None = None) 
     )
     # prepare_model has just verified the cache digest.
     engine = TransformersEngine.from_cache(cache_dir, device=settings.device, verify=False)
-    analyzer = build_analyzer(spacy_model=settings.spacy_model)
+    analyzer = build_analyzer(
+        spacy_model=settings.spacy_model,
+        entities=settings.pii_entities,
+        phone_regions=settings.pii_phone_regions,
+        deny_lists=settings.pii_deny_lists,
+        crm_references=settings.pii_crm_references,
+    )
     return Components(analyzer=analyzer, engine=engine)
+
+
+def build_pseudonymizer(
+    settings: Settings,
+    analyzer: AnalyzerEngine,
+    language_detector: Callable[[str], tuple[str, float] | None] | None = None,
+) -> Pseudonymizer:
+    """The pseudonymizer the settings describe, on the shared analyzer; bad settings raise here."""
+    detector = language_detector
+    if detector is None and settings.pii_language_detection:
+        from custos.privacy.language import LanguageDetector
+
+        detector = LanguageDetector()
+    return Pseudonymizer(
+        analyzer,
+        score_threshold=settings.pii_score_threshold,
+        entities=settings.pii_entities,
+        allow_list=settings.pii_allow_list,
+        entity_thresholds=settings.pii_entity_thresholds,
+        language_detector=detector if settings.pii_language_detection else None,
+        language_policy=settings.pii_language_policy,
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -146,6 +147,72 @@ def connection_hint(settings: Settings, port: int, security: Any) -> list[str]:
         f"localhost:{port} list custos.v1.Inference"
     )
     return lines
+
+
+@app.command("anonymize")
+def anonymize(
+    text: Annotated[str | None, typer.Argument(help="Text to anonymize (or use --file).")] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", help='JSONL: {"text"} or {"conversation_id", "messages"} per line.'),
+    ] = None,
+    conversation_id: Annotated[str, typer.Option(help="Conversation of TEXT (scopes placeholders).")] = "cli",
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Print, as JSONL, exactly the text the model would be given and the findings; audited, no model."""
+    from custos.server.privacy_cli import AnonymizeInput, InputError, LocalAnonymizer, parse_jsonl
+
+    if (text is None) == (file is None):
+        err.print("[red]error:[/red] give TEXT or --file, not both")
+        raise typer.Exit(2)
+    settings = _settings(config, data_dir=data_dir)
+    try:
+        if file is not None:
+            items = list(parse_jsonl(file.read_text(encoding="utf-8").splitlines()))
+        else:
+            assert text is not None
+            items = [AnonymizeInput(conversation_id, [{"role": "user", "content": text}])]
+    except (InputError, OSError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    anonymizer = LocalAnonymizer(settings)
+    for item in items:
+        print(json.dumps(anonymizer.anonymize(item), ensure_ascii=False))
+
+
+@bench_app.command("privacy")
+def bench_privacy(
+    count: Annotated[int, typer.Option(min=10, help="Generated messages.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Seed of the generated dataset.")] = 7,
+    long_count: Annotated[int, typer.Option(min=1, help="~500-character messages for latency.")] = 100,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the raw results here.")] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Custos vs plain Presidio (same spaCy pipeline): P/R/F2 per type, leak rate, latency, goals."""
+    from custos.privacy import benchmark
+    from custos.privacy.analyzer import build_analyzer
+    from custos.server.app import build_pseudonymizer
+
+    settings = _settings(config, data_dir=data_dir)
+    analyzer = build_analyzer(
+        spacy_model=settings.spacy_model,
+        entities=settings.pii_entities,
+        phone_regions=settings.pii_phone_regions,
+        deny_lists=settings.pii_deny_lists,
+        crm_references=settings.pii_crm_references,
+    )
+    results = benchmark.run(
+        build_pseudonymizer(settings, analyzer),
+        benchmark.build_plain_presidio(settings.spacy_model),
+        count=count,
+        seed=seed,
+        long_count=long_count,
+    )
+    print(benchmark.render(results))
+    if json_out is not None:
+        json_out.write_text(json.dumps(results, indent=2, sort_keys=True))
 
 
 def main() -> None:

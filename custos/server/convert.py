@@ -17,6 +17,7 @@ from custos.audit.store import VerifyReport
 from custos.server.compliance import AuditFilter
 from custos.server.engine.types import ChatTurn, FinishReason, Role, SamplingParams
 from custos.server.errors import InvalidArgument
+from custos.server.privacy_convert import privacy_policy_from_pb
 from custos.server.requests import (
     GenerateCall,
     GenerateOutcome,
@@ -137,6 +138,7 @@ def generate_call_from_pb(request: inference_pb2.GenerateRequest, limits: Reques
     if request.HasField("idempotency_key"):
         _check_id(request.idempotency_key, "idempotency_key", required=True)
         idempotency_key = request.idempotency_key
+    privacy_mode, block_entities = privacy_policy_from_pb(request.privacy_mode, request.block_entity_types)
 
     return GenerateCall(
         conversation_id=request.conversation_id,
@@ -152,6 +154,8 @@ def generate_call_from_pb(request: inference_pb2.GenerateRequest, limits: Reques
         reidentify=request.reidentify,
         purpose=purpose,
         idempotency_key=idempotency_key,
+        privacy_mode=privacy_mode,
+        block_entities=block_entities,
     )
 
 

@@ -23,10 +23,11 @@ from custos.audit.store import AuditStore, SealedTranscript
 from custos.privacy.envelope import read_header, seal
 from custos.privacy.keys import MasterKeyProvider, blind_index
 from custos.privacy.pseudonymize import Pseudonymized, Pseudonymizer
-from custos.privacy.streaming import StreamRestorer
 from custos.server.engine.base import Engine
 from custos.server.engine.types import ChatTurn, GenerationResult
+from custos.server.errors import RequestError
 from custos.server.metrics import Metrics
+from custos.server.privacy_stage import AnonymizeOutcome, PrivacyDecision, PrivacyRefusal, PrivacyStage
 from custos.server.requests import (
     Caller,
     GenerateCall,
@@ -73,8 +74,10 @@ class Pipeline:
         executor: Executor,
         metrics: Metrics,
         retention_class: str,
+        privacy: PrivacyStage | None = None,
     ) -> None:
         self._pseudonymizer = pseudonymizer
+        self._privacy = privacy if privacy is not None else PrivacyStage(pseudonymizer)
         self._engine = engine
         self._audit = audit
         self._keys = keys
@@ -124,13 +127,18 @@ class Pipeline:
         conversation_ref = self._conversation_ref(caller, call.conversation_id)
         subject_ref = self._subject_ref(caller, call)
 
-        # 1 privacy: detect and pseudonymize the whole conversation.
+        # 1 privacy: detect, apply the request's policy, pseudonymize with the conversation's vault.
         try:
-            anon = await self._timed(timings, "privacy", self._pseudonymize, [t.content for t in call.turns])
+            decision = await self._privacy_step(
+                call, caller, rpc, start_time, timings, conversation_ref, subject_ref
+            )
+        except (RequestError, AuditUnavailable):
+            raise  # refusals are audited by the privacy step; an unreachable database records nothing
         except Exception as exc:
             # No request record exists yet: the failure gets a record of its own (if the database allows).
             await self._record_failure(caller, rpc, start_time, stage="privacy", error=exc)
             raise
+        anon = decision.anon
         for entity_type, count in anon.counts().items():
             self._metrics.pii_entities.labels(entity_type=entity_type).inc(count)
 
@@ -147,7 +155,7 @@ class Pipeline:
                 status="OK",
                 conversation_ref=conversation_ref,
                 subject_ref=subject_ref,
-                details=self._request_details(call, anon),
+                details={**self._request_details(call, anon), **decision.audit},
             ),
         )
         request_id = request_record.id
@@ -157,17 +165,17 @@ class Pipeline:
         anon_turns = tuple(
             ChatTurn(role=t.role, content=text) for t, text in zip(call.turns, anon.texts, strict=True)
         )
-        restorer = StreamRestorer(anon.mapping if call.reidentify else None)
+        restorer = self._privacy.restorer(anon.mapping, reidentify=call.reidentify)
         run = _EngineRun(self._engine, self._executor, anon_turns, call, deadline)
         sent: list[str] = []
         status = "INTERNAL"
         try:
             async for delta in run.deltas():
-                safe = restorer.feed(delta)
+                safe = await self._run(restorer.feed, delta)
                 if safe:
                     sent.append(safe)
                     yield StreamDelta(safe)
-            tail = restorer.flush()
+            tail = await self._run(restorer.flush)
             if tail:
                 sent.append(tail)
                 yield StreamDelta(tail)
@@ -194,6 +202,7 @@ class Pipeline:
                     status,
                     conversation_ref,
                     subject_ref,
+                    guard=restorer.report.to_audit(),
                 )
             )
             await asyncio.shield(completion)
@@ -202,6 +211,49 @@ class Pipeline:
             finish_reason=result.finish_reason,
             prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens,
+        )
+
+    async def anonymize(
+        self, call: GenerateCall, caller: Caller, *, rpc: str = "Anonymize"
+    ) -> AnonymizeOutcome:
+        """Step 1 alone: the text the model would be given and the findings; audited, no model runs."""
+        start_time = datetime.now(UTC)
+        timings = _Timings()
+        conversation_ref = self._conversation_ref(caller, call.conversation_id)
+        subject_ref = self._subject_ref(caller, call)
+        decision = await self._privacy_step(
+            call, caller, rpc, start_time, timings, conversation_ref, subject_ref, event_type="anonymize"
+        )
+        anon = decision.anon
+        turns = tuple(
+            ChatTurn(role=t.role, content=text) for t, text in zip(call.turns, anon.texts, strict=True)
+        )
+        prompt = self._engine.render_prompt(turns)
+        details = {
+            "messages": len(call.turns),
+            "purpose": call.purpose,
+            "pii": {"counts": anon.counts(), "findings": [f.to_audit() for f in anon.findings]},
+            "prompt_digest": blind_index(self._keys.index_key(), "prompt", prompt),
+            "latency_ms": timings.as_ms(),
+            "retention_class": self._retention_class,
+            **decision.audit,
+        }
+        event = self._event(
+            "event",
+            caller,
+            rpc,
+            start_time,
+            status="OK",
+            event_type="anonymize",
+            conversation_ref=conversation_ref,
+            subject_ref=subject_ref,
+            details=details,
+        )
+        record = await self._run(self._audit.append, event)
+        for entity_type, count in anon.counts().items():
+            self._metrics.pii_entities.labels(entity_type=entity_type).inc(count)
+        return AnonymizeOutcome(
+            request_id=record.id, texts=list(anon.texts), findings=list(anon.findings), prompt=prompt
         )
 
     async def _record_failure(
@@ -237,9 +289,46 @@ class Pipeline:
 
     # ---- steps ----------------------------------------------------------------------------------
 
-    def _pseudonymize(self, texts: list[str]) -> Pseudonymized:
-        with self._privacy_lock:
-            return self._pseudonymizer.pseudonymize(texts)
+    async def _privacy_step(
+        self,
+        call: GenerateCall,
+        caller: Caller,
+        rpc: str,
+        start_time: datetime,
+        timings: _Timings,
+        conversation_ref: str,
+        subject_ref: str,
+        *,
+        event_type: str = "generate",
+    ) -> PrivacyDecision:
+        """Run step 1; a refusal (permission, blocked types, language) is audited before it is raised."""
+        try:
+            self._privacy.check_reidentify(caller, call.reidentify)
+            return await self._timed(
+                timings,
+                "privacy",
+                lambda: self._privacy.run(
+                    [t.content for t in call.turns],
+                    conversation_ref,
+                    mode="block" if call.privacy_mode == "block" else "mask",
+                    block_entities=call.block_entities,
+                    reidentify=call.reidentify,
+                ),
+            )
+        except PrivacyRefusal as refusal:
+            event = self._event(
+                "event",
+                caller,
+                rpc,
+                start_time,
+                status=refusal.error.code.name,
+                event_type=event_type if refusal.event_type == "generate" else refusal.event_type,
+                conversation_ref=conversation_ref,
+                subject_ref=subject_ref,
+                details={**refusal.details, "reason": refusal.error.message},
+            )
+            await self._run(self._audit.append, event)
+            raise refusal.error from None
 
     async def _complete(
         self,
@@ -255,6 +344,8 @@ class Pipeline:
         status: str,
         conversation_ref: str,
         subject_ref: str,
+        *,
+        guard: dict[str, Any] | None = None,
     ) -> StoredRecord:
         result = await run.settled()
         timings.add("queue", run.queued_seconds)
@@ -281,6 +372,7 @@ class Pipeline:
             "confidence": {"mean_logprob": result.mean_logprob, "min_logprob": result.min_logprob},
             "answer_digest": blind_index(self._keys.index_key(), "answer", result.text),
             "reidentified": call.reidentify,
+            "output_guard": guard or {},
             "transcript": {
                 "id": transcript_id,
                 "key_version": transcript.key_version,

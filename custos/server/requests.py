@@ -32,6 +32,10 @@ class GenerateCall:
     reidentify: bool = False
     purpose: str | None = None
     idempotency_key: str | None = None
+    #: Privacy policy of the request: "mask" (default) or "block" (refuse when block types are present).
+    privacy_mode: str = "mask"
+    #: Entity types that block the request in "block" mode; empty: the configured ones.
+    block_entities: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -155,6 +155,59 @@ class Settings(BaseSettings):
     max_in_flight_per_principal: int = Field(
         32, ge=1, le=100_000, description="Calls one principal may have running at once."
     )
+    # ---- privacy (detection, policy, vault, output guard) ----
+    pii_entities: list[str] | None = Field(
+        None,
+        description="Entity types to mask; default: the analyzer's ENABLED_ENTITIES (ORGANIZATION, UK_NHS "
+        "and other noisy types are off).",
+    )
+    pii_entity_thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="Score threshold per entity type, overriding pii_score_threshold, e.g. "
+        '{"LOCATION": 0.7}.',
+    )
+    pii_allow_list: list[str] = Field(
+        default_factory=list,
+        description="Terms never masked (case and whitespace ignored), e.g. the company's name or hotline.",
+    )
+    pii_deny_lists: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='Entity type -> terms always masked as that type (e.g. {"PERSON": ["Big Joe"]}).',
+    )
+    pii_phone_regions: list[str] = Field(
+        ["US", "UK", "DE", "FE", "IL", "IN", "CA", "BR"],
+        min_length=1,
+        description="Regions whose national phone formats are detected; +country numbers are found anywhere.",
+    )
+    pii_crm_references: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Extra CRM reference types (or new labels for built-in ones) -> label words, e.g. "
+        '{"CONTRACT_ID": ["contract"]}.',
+    )
+    pii_language_detection: bool = Field(
+        True, description="Detect the language of requests; other languages follow pii_language_policy."
+    )
+    pii_language_policy: Literal["refuse", "patterns"] = Field(
+        "refuse",
+        description="Text in a language without a pipeline: 'refuse' (FAILED_PRECONDITION) or 'patterns' "
+        "(pattern recognizers only, marked in the audit record).",
+    )
+    pii_block_entities: list[str] = Field(
+        ["CREDIT_CARD", "IBAN_CODE", "US_SSN"],
+        description="Entity types that refuse a request in privacy mode 'block' unless it names its own.",
+    )
+    vault_ttl_seconds: int = Field(
+        7 * 24 * 3600,
+        ge=60,
+        description="A conversation's placeholder map is forgotten this long after its last use.",
+    )
+    stream_ner_window_chars: int = Field(
+        120,
+        ge=0,
+        le=2000,
+        description="Streaming holds back the current sentence, at most this many characters, so names are "
+        "recognised before they leave; 0 holds back only placeholders and pattern values.",
+    )
 
     @field_validator("listen")
     @classmethod

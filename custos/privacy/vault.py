@@ -1,0 +1,158 @@
+"""The conversation vault: each conversation's placeholder map, sealed at rest, with an expiry.
+
+One row per (caller principal, conversation id), addressed by the blind index the audit trail uses, so
+nothing is shared across callers or conversations. The map is sealed in the envelope format with associated
+data naming the table, the row and its version, so a blob copied to another row or replayed at an older
+version fails to open.
+
+Concurrent requests of one conversation stay consistent: the read-extend-write runs in one transaction that
+locks the row (``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), and the write is a
+compare-and-swap on ``version`` besides; a writer that loses re-reads and repeats its (pure) update. Two
+requests that introduce the same new value therefore end up with the same placeholder, and no placeholder
+number is ever issued twice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from custos.audit.db import translate_db_errors
+from custos.audit.models import ConversationVaultRow
+from custos.privacy.envelope import bind_aad, open_sealed, read_header, seal
+from custos.privacy.errors import PrivacyError
+from custos.privacy.keys import MasterKeyProvider
+from custos.privacy.pseudonymize import PlaceholderMap
+
+T = TypeVar("T")
+VAULT_TABLE = "conversation_vault"
+MAX_ATTEMPTS = 16
+
+
+class VaultConflict(PrivacyError):
+    """Concurrent writers kept changing one conversation's row; the request may be retried."""
+
+
+def vault_aad(conversation_ref: str, version: int) -> bytes:
+    """Associated data binding a sealed map to its row and version."""
+    return bind_aad(VAULT_TABLE, conversation_ref, str(version))
+
+
+@dataclass(frozen=True)
+class VaultUpdate:
+    """What ``ConversationVault.update`` did: the version written and whether the old map had expired."""
+
+    version: int
+    expired: bool
+    entries: int
+
+
+class ConversationVault:
+    """Reads and writes sealed placeholder maps; ``ttl_seconds`` after the last write, a map is forgotten."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        keys: MasterKeyProvider,
+        *,
+        ttl_seconds: int,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        if ttl_seconds <= 0:
+            raise ValueError("ttl_seconds must be positive")
+        self._engine = engine
+        self._keys = keys
+        self._ttl = timedelta(seconds=ttl_seconds)
+        self._clock = clock
+
+    def load(self, conversation_ref: str) -> PlaceholderMap:
+        """Return the conversation's current map (empty when there is none or it expired)."""
+        with translate_db_errors(), self._engine.connect() as conn:
+            row = conn.execute(
+                select(ConversationVaultRow).where(ConversationVaultRow.conversation_ref == conversation_ref)
+            ).one_or_none()
+        if row is None or row.expires_at <= self._clock():
+            return PlaceholderMap()
+        return self._open(conversation_ref, row.version, row.ciphertext)
+
+    def update(self, conversation_ref: str, apply: Callable[[PlaceholderMap], T]) -> tuple[T, VaultUpdate]:
+        """Run ``apply`` on the conversation's map and store the result atomically.
+
+        ``apply`` may run more than once (after a concurrent write) and must only depend on the map it gets.
+        """
+        for _attempt in range(MAX_ATTEMPTS):
+            with translate_db_errors(), self._engine.begin() as conn:
+                # FOR UPDATE locks the row on PostgreSQL; SQLite's BEGIN IMMEDIATE serialises writers anyway.
+                row = conn.execute(
+                    select(ConversationVaultRow)
+                    .where(ConversationVaultRow.conversation_ref == conversation_ref)
+                    .with_for_update()
+                ).one_or_none()
+                now = self._clock()
+                expired = row is not None and row.expires_at <= now
+                if row is None or expired:
+                    mapping = PlaceholderMap()
+                else:
+                    mapping = self._open(conversation_ref, row.version, row.ciphertext)
+                result = apply(mapping)
+                version = 1 if row is None else row.version + 1
+                blob = seal(
+                    json.dumps(mapping.to_dict(), ensure_ascii=False).encode(),
+                    aad=vault_aad(conversation_ref, version),
+                    keys=self._keys,
+                )
+                values = {
+                    "version": version,
+                    "updated_at": now,
+                    "expires_at": now + self._ttl,
+                    "key_version": read_header(blob).key_version,
+                    "ciphertext": blob,
+                }
+                if row is None:
+                    try:
+                        with conn.begin_nested():
+                            conn.execute(
+                                insert(ConversationVaultRow).values(
+                                    conversation_ref=conversation_ref, **values
+                                )
+                            )
+                    except IntegrityError:
+                        continue  # another request created the row first: read it
+                else:
+                    # Compare-and-swap on the version as well, so correctness never rests on the lock alone.
+                    written = conn.execute(
+                        update(ConversationVaultRow)
+                        .where(
+                            ConversationVaultRow.conversation_ref == conversation_ref,
+                            ConversationVaultRow.version == row.version,
+                        )
+                        .values(**values)
+                    )
+                    if written.rowcount != 1:
+                        continue
+            return result, VaultUpdate(version=version, expired=expired, entries=len(mapping))
+        raise VaultConflict(f"conversation vault row changed {MAX_ATTEMPTS} times during one update")
+
+    def purge_expired(self) -> int:
+        """Delete expired rows; return how many."""
+        with translate_db_errors(), self._engine.begin() as conn:
+            result = conn.execute(
+                delete(ConversationVaultRow).where(ConversationVaultRow.expires_at <= self._clock())
+            )
+        return int(result.rowcount or 0)
+
+    def _open(self, conversation_ref: str, version: int, blob: bytes) -> PlaceholderMap:
+        plaintext = open_sealed(blob, aad=vault_aad(conversation_ref, version), keys=self._keys)
+        try:
+            data = json.loads(plaintext)
+        except ValueError:
+            raise PrivacyError("conversation vault row does not hold JSON") from None
+        if not isinstance(data, dict):
+            raise PrivacyError("conversation vault row does not hold an object")
+        return PlaceholderMap.from_dict(data)
