@@ -33,13 +33,19 @@ class ProcessingSummary:
     models: dict[str, int]
 
 
-def _grouped(conn: object, column: object) -> dict[str, int]:
+# Events in which personal data of customers is processed (their callers are the recipients).
+PROCESSING_EVENTS = ("generate", "classify", "anonymize")
+
+
+def _grouped(conn: object, column: object, *, processing_only: bool = False) -> dict[str, int]:
     stmt = (
         select(column, func.count())  # type: ignore[call-overload]
         .where(column.is_not(None))  # type: ignore[attr-defined]
         .where(AuditRecordRow.phase != "completion")
         .group_by(column)
     )
+    if processing_only:
+        stmt = stmt.where(AuditRecordRow.event_type.in_(PROCESSING_EVENTS))
     return {str(value): int(count) for value, count in conn.execute(stmt)}  # type: ignore[attr-defined]
 
 
@@ -63,7 +69,7 @@ def processing_summary(store: AuditStore) -> ProcessingSummary:
             records=int(records),
             purposes=_grouped(conn, AuditRecordRow.purpose),
             entity_types=dict(entity_types.most_common()),
-            recipients=_grouped(conn, AuditRecordRow.actor),
+            recipients=_grouped(conn, AuditRecordRow.actor, processing_only=True),
             retention_classes=_grouped(conn, AuditRecordRow.retention_class),
             models=_grouped(conn, AuditRecordRow.model),
         )

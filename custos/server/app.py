@@ -62,7 +62,7 @@ SERVICES = (
 )
 # gRPC's own receive limit sits above the configured one, so oversized requests reach the servicer
 # (and get an audit record) instead of being refused by the core.
-CORE_SIZE_HEADROOM = 2
+CORE_SIZE_HEADROOM_BYTES = 16 << 20
 # Progress callback of model preparation: (step description, fraction done or None).
 ProgressFn = Callable[[str, float | None], None]
 
@@ -169,7 +169,7 @@ class CustosServer:
             max_prompt_chars=settings.max_prompt_chars,
             max_messages=settings.max_messages,
         )
-        core_limit = settings.max_request_bytes * CORE_SIZE_HEADROOM
+        core_limit = settings.max_request_bytes + CORE_SIZE_HEADROOM_BYTES
         server = grpc.aio.server(
             interceptors=[
                 ObservingInterceptor(self.metrics),

@@ -70,6 +70,8 @@ RPC_PERMISSIONS: Mapping[str, str] = MappingProxyType(
         "/custos.v1.Audit/Query": "audit.read",
         "/custos.v1.Audit/Get": "audit.read",
         "/custos.v1.Audit/Verify": "audit.read",
+        "/custos.v1.Audit/Export": "audit.read",
+        "/custos.v1.Privacy/Anonymize": "anonymize",
     }
 )
 # "message.field" -> the permission a request needs when that field is set.

@@ -49,15 +49,22 @@ def served(tiny_server: ServerHarness) -> ServerHarness:
     return tiny_server
 
 
+def _request_seq(harness: ServerHarness) -> int:
+    """Seq of the first generate request record (records written at start come before it)."""
+    records = harness.audit.Query(audit_pb2.AuditQueryRequest(event_type="generate", phase="request")).records
+    return min(r.seq for r in records)
+
+
 def test_query_filters_by_entity_type_model_and_purpose(served: ServerHarness) -> None:
     def seqs(**filters: Any) -> list[int]:
         return [r.seq for r in served.audit.Query(audit_pb2.AuditQueryRequest(**filters)).records]
 
-    assert seqs(entity_type="EMAIL_ADDRESS") == [1]  # the request record carries the findings
+    first = _request_seq(served)
+    assert seqs(entity_type="EMAIL_ADDRESS") == [first]  # the request record carries the findings
     assert seqs(entity_type="IBAN_CODE") == []
-    assert seqs(purpose="support") == [1]
+    assert seqs(purpose="support") == [first]
     model = served.audit.Query(audit_pb2.AuditQueryRequest(event_type="generate")).records[0].model
-    assert seqs(model=model, event_type="generate") == [2, 1]
+    assert seqs(model=model, event_type="generate") == [first + 1, first]
     assert seqs(model="other-model") == []
     with pytest.raises(grpc.RpcError) as info:
         served.audit.Query(audit_pb2.AuditQueryRequest(entity_type="bad type"))
@@ -82,7 +89,9 @@ def test_jsonl_export_verifies_offline_and_is_itself_audited(served: ServerHarne
 
 def test_csv_export_and_bad_format(served: ServerHarness) -> None:
     rows = list(csv.DictReader(io.StringIO(_export(served, format="csv").decode())))
-    assert [r["event_type"] for r in rows[:2]] == ["generate", "generate"]
+    generate = [r for r in rows if r["event_type"] == "generate"]
+    assert [r["phase"] for r in generate] == ["request", "completion"]
+    assert [int(r["seq"]) for r in rows] == list(range(1, len(rows) + 1))
     with pytest.raises(grpc.RpcError) as info:
         _export(served, format="xml")
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "format" in (info.value.details() or "")
@@ -111,7 +120,7 @@ def test_cli_formats_show_export_and_offline_verify(served: ServerHarness, tmp_p
     assert [r["phase"] for r in rows] == ["completion", "request"]
     as_csv = _cli("audit", "query", "--data-dir", data_dir, "--entity-type", "PERSON", "--format", "csv")
     parsed = list(csv.DictReader(io.StringIO(as_csv.stdout)))
-    assert [r["seq"] for r in parsed] == ["1"]
+    assert [r["seq"] for r in parsed] == [str(_request_seq(served))]
     table = _cli("audit", "query", "--data-dir", data_dir, "--event-type", "generate")
     assert "completion" in table.stdout and "request" in table.stdout
     show = _cli("audit", "show", rows[1]["id"], "--data-dir", data_dir, "--format", "json")
@@ -121,7 +130,7 @@ def test_cli_formats_show_export_and_offline_verify(served: ServerHarness, tmp_p
 
     target = tmp_path / "export.jsonl"
     exported = _cli(
-        "audit", "export", "--data-dir", data_dir, "--output", str(target), "--actor", "anonymous"
+        "audit", "export", "--data-dir", data_dir, "--output", str(target), "--actor", "admin"
     )
     assert exported.exit_code == 0, exported.output
     key = served.server.trail.signer.public_key_hex  # type: ignore[union-attr]
@@ -174,7 +183,11 @@ def test_remote_cli_sends_the_bearer_token(capturing: tuple[str, _CapturingAudit
 
 
 def test_remote_cli_against_the_real_server(served: ServerHarness) -> None:
-    result = _cli("audit", "query", "--server", served.target, "--event-type", "generate", "--format", "json")
+    settings = served.server.settings
+    result = _cli(
+        "audit", "query", "--server", served.target, "--ca-file", str(settings.tls_dir / "ca.pem"),
+        "--token", served.admin_token, "--event-type", "generate", "--format", "json",
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert [json.loads(x)["phase"] for x in result.stdout.splitlines()] == ["completion", "request"]
 
@@ -192,7 +205,7 @@ def test_explanation_records_carry_model_parameters_findings_latency_and_confide
     finding = request["pii"]["findings"][0]
     assert {"entity_type", "start", "end", "score", "recognizer", "explanation"} <= set(finding)
     assert request["purpose"] == "support" and request["retention_class"]
-    assert set(request["actor"]) == {"principal", "role", "peer"}
+    assert set(request["actor"]) == {"principal", "role", "peer", "fingerprint"}
     assert set(completion["latency_ms"]) >= {"privacy", "audit", "queue", "prefill", "decode", "transcript"}
     assert set(completion["confidence"]) == {"mean_logprob", "min_logprob"}
     assert completion["finish_reason"] and set(completion["usage"]) == {"prompt_tokens", "completion_tokens"}
@@ -202,7 +215,7 @@ def test_explanation_records_carry_model_parameters_findings_latency_and_confide
 def purpose_server(tmp_path: Path, analyzer: Any, spy: Any) -> Iterator[ServerHarness]:
     from custos.server.testing import make_server
 
-    with make_server(tmp_path, analyzer, spy, purposes={"anonymous": ["support"]}) as harness:
+    with make_server(tmp_path, analyzer, spy, purposes={"admin": ["support"]}) as harness:
         yield harness
 
 
@@ -226,7 +239,7 @@ def test_report_processing_and_archive_from_the_cli(served: ServerHarness, tmp_p
     body = json.loads(report.stdout)
     assert body["purposes"] == {"support": 1}
     assert {"PERSON", "EMAIL_ADDRESS"} <= set(body["categories_of_personal_data"])
-    assert body["recipients"] == {"anonymous": 1}
+    assert body["recipients"] == {"admin": 1}
     assert body["retention"]["configured_class"] == served.server.settings.retention_class
 
     archived = _cli(

@@ -353,12 +353,14 @@ def test_audit_query_get_and_cli(tiny_server: ServerHarness) -> None:
 def test_a_failing_stage_is_audited_and_reported_without_its_text(
     tiny_server: ServerHarness, spy: SpyEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pipeline_privacy = tiny_server.server.pipeline
+    pipeline = tiny_server.server.pipeline
+    assert pipeline is not None
+    pseudonymizer = pipeline._privacy._pseudonymizer
 
     def broken(texts: list[str]) -> object:
         raise RuntimeError(f"analyzer crashed on {texts[0]}")
 
-    monkeypatch.setattr(pipeline_privacy, "_pseudonymize", broken)
+    monkeypatch.setattr(pseudonymizer, "analyze", broken)
     with pytest.raises(grpc.RpcError) as info:
         tiny_server.inference.Generate(request())
     assert _code(info.value) == grpc.StatusCode.INTERNAL
