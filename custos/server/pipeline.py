@@ -23,7 +23,7 @@ from custos.privacy.keys import MasterKeyProvider, blind_index
 from custos.privacy.pseudonymize import Pseudonymized, Pseudonymizer
 from custos.privacy.streaming import StreamRestorer
 from custos.server.engine.base import Engine
-from custos.server.engine.types import ChatTurn, GenerationResult
+from custos.server.engine.types import ChatTurn, EngineBusy, GenerationResult
 from custos.server.metrics import Metrics
 from custos.server.requests import (
     Caller,
@@ -165,6 +165,9 @@ class Pipeline:
                 sent.append(tail)
                 yield StreamDelta(tail)
             status = run.status()
+        except EngineBusy:
+            status = "RESOURCE_EXHAUSTED"
+            raise
         except (asyncio.CancelledError, GeneratorExit):
             status = "CANCELLED"
             raise

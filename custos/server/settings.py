@@ -102,6 +102,12 @@ class Settings(BaseSettings):
     worker_threads: int = Field(
         4, ge=1, le=256, description="Threads for blocking work (analysis, database, generation)."
     )
+    max_batch_size: int = Field(
+        8, ge=1, le=1024, description="Sequences the model decodes together (continuous batching)."
+    )
+    max_queued_requests: int = Field(
+        32, ge=0, le=65536, description="Requests that may wait for the batch; more get RESOURCE_EXHAUSTED."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
 
     @field_validator("listen")
