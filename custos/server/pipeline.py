@@ -38,6 +38,7 @@ from custos.server.requests import (
 T = TypeVar("T")
 TRANSCRIPT_TABLE = "transcripts"
 TRANSCRIPT_FORMAT = 1
+_DEADLINE_SLACK_S = 0.05  # the caller's and our clock reading of one deadline differ by the call's transit
 
 
 def transcript_aad(transcript_id: str, conversation_ref: str) -> bytes:
@@ -169,7 +170,9 @@ class Pipeline:
             status = "RESOURCE_EXHAUSTED"
             raise
         except (asyncio.CancelledError, GeneratorExit):
-            status = "CANCELLED"
+            # gRPC cancels the handler when the caller's deadline passes; the record says which it was.
+            expired = deadline is not None and time.monotonic() >= deadline - _DEADLINE_SLACK_S
+            status = "DEADLINE_EXCEEDED" if expired else "CANCELLED"
             raise
         finally:
             if status != "OK":
