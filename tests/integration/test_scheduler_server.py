@@ -1,4 +1,4 @@
-"""The batching engine behind a real server: capacity, deadlines and cancellation reach the caller and the audit."""
+"""The batching engine behind a real server: capacity, deadline and cancellation reach caller and audit."""
 
 from __future__ import annotations
 
@@ -29,7 +29,10 @@ def _completions(harness: ServerHarness) -> list[str]:
     db = create_engine(harness.server.settings.resolved_database_url)
     with db.connect() as conn:
         rows = conn.execute(
-            text("SELECT status FROM audit_records WHERE event_type = 'generate' AND phase = 'completion' ORDER BY 1")
+            text(
+                "SELECT status FROM audit_records"
+                " WHERE event_type = 'generate' AND phase = 'completion' ORDER BY 1"
+            )
         ).all()
     db.dispose()
     return sorted(str(r[0]) for r in rows)

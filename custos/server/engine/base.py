@@ -19,8 +19,8 @@ class Engine(ABC):
     concurrency: int = 1
     """How many ``generate`` calls may usefully block at once (running plus queued); sizes the worker pool."""
 
-    def observe(self, metrics: Metrics) -> None:
-        """Report engine metrics (queue, latency, throughput) into ``metrics``; engines without any ignore it."""
+    def observe(self, metrics: Metrics) -> None:  # noqa: B027 - optional: most engines report nothing
+        """Report engine metrics (queue, latency, throughput) into ``metrics``; the default reports none."""
 
     @abstractmethod
     def render_prompt(self, turns: Sequence[ChatTurn]) -> str:

@@ -299,7 +299,7 @@ def prepare_model(
     concurrent prepare never leaves a half-written cache that looks valid; a corrupt cache is rebuilt.
     ``progress(stage, fraction)`` is called at each stage (fraction of the whole, 0.0 to 1.0).
     With ``rebuild_invalid=False`` (how ``serve`` calls it) an existing cache that fails verification is
-    refused with ModelCacheError instead of rebuilt: a changed cache is a finding, not something to paper over.
+    refused with ModelCacheError instead of rebuilt: a changed cache is a finding to look into.
     """
     _check_precision(precision)
     report: ProgressFn = progress or (lambda _stage, _fraction: None)

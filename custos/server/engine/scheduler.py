@@ -201,7 +201,7 @@ class BatchingEngine(Engine):
                         self._prefill_step(self._prefilling[0])
                     if self._batch.rows:
                         self._decode_step()
-            except Exception as exc:  # noqa: BLE001 - every waiting caller must learn of it
+            except Exception as exc:
                 self._fail_all(exc)
 
     def _admit(self) -> None:
