@@ -29,6 +29,8 @@ audit_app = typer.Typer(help="Read and verify the audit trail (compliance office
 model_app = typer.Typer(help="Prepare and inspect the local model cache.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 app.add_typer(model_app, name="model")
+bench_app = typer.Typer(help="Benchmarks with a baseline measured in the same run.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 
 out = Console()
 err = Console(stderr=True)
@@ -125,6 +127,69 @@ def model_prepare(
             progress=report,
         )
     out.print(f"model cache ready: {path}")
+
+
+@bench_app.command("serve")
+def bench_serve(
+    levels: Annotated[str, typer.Option(help="Concurrent streams to measure, comma-separated.")] = "1,4,8,32",
+    requests: Annotated[int, typer.Option(min=1, help="Requests each stream sends in turn.")] = 1,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="New tokens per answer.")] = 64,
+    bandwidth_gbps: Annotated[float, typer.Option(help="Memory bandwidth for the roofline, GB/s.")] = 30.0,
+    source: Annotated[
+        str | None, typer.Option(help="'bundled', a GGUF file or a Hugging Face directory.")
+    ] = None,
+    precision: Annotated[str | None, typer.Option(help="bf16 or fp32.")] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Serve the prepared model on a loopback port, drive it over gRPC, compare with raw ``generate``."""
+    import tempfile
+
+    from custos.server.app import CustosServer, build_components
+    from custos.server.bench import format_report, run_bench
+    from custos.server.engine.scheduler import BatchingEngine
+    from custos.server.testing import ServerHarness
+
+    try:
+        counts = tuple(int(n) for n in levels.split(","))
+    except ValueError:
+        err.print("[red]error:[/red] --levels: expected comma-separated integers such as 1,4,8,32")
+        raise typer.Exit(2) from None
+    if not counts or min(counts) < 1:
+        err.print("[red]error:[/red] --levels: every level must be at least 1")
+        raise typer.Exit(2)
+    base = _settings(config, data_dir=data_dir, model_source=source, precision=precision)
+    with tempfile.TemporaryDirectory(prefix="custos-bench-") as scratch:
+        # The audit trail of benchmark requests goes to a scratch database, not the operator's.
+        settings = _settings(
+            config,
+            data_dir=Path(scratch),
+            model_source=base.model_source,
+            precision=base.precision,
+            model_cache_dir=base.resolved_model_cache_dir,
+            listen="127.0.0.1:0",
+            metrics_listen="",
+            max_queued_requests=max(base.max_queued_requests, max(counts)),
+        )
+        with _progress() as report:
+            components = build_components(settings, progress=report)
+        engine = components.engine
+        assert isinstance(engine, BatchingEngine)
+        server = CustosServer(settings, components)
+        with ServerHarness(server) as harness:
+            result = run_bench(
+                harness.target,
+                engine.inner.model,
+                engine.inner.tokenizer,
+                engine.inner.prompt_format,
+                levels=counts,
+                requests_per_stream=requests,
+                max_new_tokens=max_new_tokens,
+                precision=settings.precision,
+                metrics=server.metrics,
+                bandwidth_gbps=bandwidth_gbps,
+            )
+    out.print(format_report(result), markup=False, highlight=False)
 
 
 def _open_audit(settings: Settings) -> Any:
