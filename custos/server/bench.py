@@ -8,11 +8,11 @@ inter-token latency (p50/p99), peak RSS, the ratios, and the goals beside the me
 
 from __future__ import annotations
 
-import resource
 import statistics
 import threading
 import time
-from collections.abc import Sequence
+import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -100,17 +100,49 @@ def _request(index: int, max_new_tokens: int) -> inference_pb2.GenerateRequest:
     )
 
 
-def _stage_seconds(metrics: Metrics | None) -> tuple[float, float]:
-    """(privacy + audit + transcript seconds, end-to-end GenerateStream seconds) so far."""
-    if metrics is None:
-        return 0.0, 0.0
-    get = metrics.registry.get_sample_value
-    overhead = sum(
-        get("custos_stage_latency_seconds_sum", {"stage": stage}) or 0.0
-        for stage in ("privacy", "audit", "transcript")
-    )
-    total = get("custos_request_latency_seconds_sum", {"rpc": "GenerateStream"}) or 0.0
-    return overhead, total
+StageSeconds = Callable[[], tuple[float, float]]
+"""Returns (privacy + audit + transcript seconds, end-to-end GenerateStream seconds) so far."""
+
+
+def registry_stage_seconds(metrics: Metrics) -> StageSeconds:
+    """Stage totals read from an in-process metrics registry."""
+
+    def read() -> tuple[float, float]:
+        get = metrics.registry.get_sample_value
+        overhead = sum(
+            get("custos_stage_latency_seconds_sum", {"stage": stage}) or 0.0
+            for stage in ("privacy", "audit", "transcript")
+        )
+        total = get("custos_request_latency_seconds_sum", {"rpc": "GenerateStream"}) or 0.0
+        return overhead, total
+
+    return read
+
+
+def scraped_stage_seconds(url: str) -> StageSeconds:
+    """Stage totals scraped from a server's Prometheus endpoint."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def read() -> tuple[float, float]:
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - a loopback URL we built
+            body = response.read().decode()
+        overhead = total = 0.0
+        for family in text_string_to_metric_families(body):
+            for sample in family.samples:
+                if sample.name == "custos_stage_latency_seconds_sum" and sample.labels.get("stage") in (
+                    "privacy",
+                    "audit",
+                    "transcript",
+                ):
+                    overhead += sample.value
+                elif (
+                    sample.name == "custos_request_latency_seconds_sum"
+                    and sample.labels.get("rpc") == "GenerateStream"
+                ):
+                    total += sample.value
+        return overhead, total
+
+    return read
 
 
 def drive_server(
@@ -119,7 +151,7 @@ def drive_server(
     *,
     requests_per_stream: int,
     max_new_tokens: int,
-    metrics: Metrics | None = None,
+    stages: StageSeconds | None = None,
 ) -> LevelResult:
     """Run ``streams`` client threads, each sending ``requests_per_stream`` GenerateStream calls in turn."""
     result = LevelResult(path="custos", streams=streams)
@@ -153,7 +185,7 @@ def drive_server(
                     if tokens > 1:
                         result.itl.append((last - first) / (tokens - 1))
 
-    before = _stage_seconds(metrics)
+    before = stages() if stages is not None else (0.0, 0.0)
     threads = [threading.Thread(target=client, args=(i,)) for i in range(streams)]
     started = time.perf_counter()
     for thread in threads:
@@ -162,7 +194,7 @@ def drive_server(
         thread.join()
     result.seconds = time.perf_counter() - started
     channel.close()
-    after = _stage_seconds(metrics)
+    after = stages() if stages is not None else (0.0, 0.0)
     if after[1] > before[1]:
         result.overhead = (after[0] - before[0]) / (after[1] - before[1])
     return result
@@ -228,9 +260,13 @@ def raw_generate(
     return result
 
 
-def peak_rss_bytes() -> int:
-    """The peak resident set size of this process so far."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def peak_rss_bytes(pid: int | str = "self") -> int:
+    """The peak resident set size (VmHWM) of process ``pid``."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"no VmHWM in /proc/{pid}/status")
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
@@ -280,7 +316,7 @@ def format_report(report: BenchReport) -> str:
         f"weights read per decode step: {report.weight_bytes / 1e9:.3f} GB; "
         f"at {report.bandwidth_gbps:g} GB/s "
         f"the single-stream roofline is {roofline:.1f} tok/s",
-        f"peak RSS (server and client in this process): {report.peak_rss_bytes / 2**30:.2f} GiB",
+        f"peak RSS of the server process: {report.peak_rss_bytes / 2**30:.2f} GiB",
         "",
         f"{'goal':<44}{'target':>10}{'measured':>12}  verdict",
     ]
@@ -319,8 +355,27 @@ def format_report(report: BenchReport) -> str:
     return "\n".join(lines)
 
 
-def run_bench(
+def run_server_levels(
     target: str,
+    *,
+    levels: Sequence[int] = DEFAULT_LEVELS,
+    requests_per_stream: int = 1,
+    max_new_tokens: int = 64,
+    stages: StageSeconds | None = None,
+    warmup: bool = True,
+) -> list[LevelResult]:
+    """Measure the server at each level (after a warm-up that pays its one-time costs)."""
+    if warmup:
+        drive_server(target, min(4, max(levels)), requests_per_stream=2, max_new_tokens=8)
+    return [
+        drive_server(
+            target, n, requests_per_stream=requests_per_stream, max_new_tokens=max_new_tokens, stages=stages
+        )
+        for n in levels
+    ]
+
+
+def run_raw_levels(
     model: Any,
     tokenizer: Any,
     prompt_format: PromptFormat,
@@ -328,22 +383,9 @@ def run_bench(
     levels: Sequence[int] = DEFAULT_LEVELS,
     requests_per_stream: int = 1,
     max_new_tokens: int = 64,
-    precision: str = "bf16",
-    metrics: Metrics | None = None,
-    bandwidth_gbps: float = DEFAULT_BANDWIDTH_GBPS,
-    warmup: bool = True,
-) -> BenchReport:
-    """Measure the server at each level, then raw ``generate`` at the same levels on the same prompts."""
-    if warmup:  # the first requests pay one-time costs (analyzer, database, allocator) on the server
-        drive_server(target, min(4, max(levels)), requests_per_stream=2, max_new_tokens=8)
-    server = [
-        drive_server(
-            target, n, requests_per_stream=requests_per_stream, max_new_tokens=max_new_tokens, metrics=metrics
-        )
-        for n in levels
-    ]
-    rss = peak_rss_bytes()
-    raw = [
+) -> list[LevelResult]:
+    """Raw ``generate`` at the same levels on the same prompts."""
+    return [
         raw_generate(
             model,
             tokenizer,
@@ -354,13 +396,3 @@ def run_bench(
         )
         for n in levels
     ]
-    return BenchReport(
-        server=server,
-        raw=raw,
-        max_new_tokens=max_new_tokens,
-        precision=precision,
-        threads=torch.get_num_threads(),
-        peak_rss_bytes=rss,
-        weight_bytes=weight_bytes(model),
-        bandwidth_gbps=bandwidth_gbps,
-    )

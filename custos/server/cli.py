@@ -142,13 +142,13 @@ def bench_serve(
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Serve the prepared model on a loopback port, drive it over gRPC, compare with raw ``generate``."""
+    """Start ``custos serve`` on loopback, drive it over gRPC, then compare with raw ``generate``."""
     import tempfile
 
-    from custos.server.app import CustosServer, build_components
-    from custos.server.bench import format_report, run_bench
-    from custos.server.engine.scheduler import BatchingEngine
-    from custos.server.testing import ServerHarness
+    from custos.server.bench import BenchReport, format_report, run_raw_levels, run_server_levels
+    from custos.server.bench_process import served, weight_bytes
+    from custos.server.engine.cache import prepare_model
+    from custos.server.engine.hf import TransformersEngine
 
     try:
         counts = tuple(int(n) for n in levels.split(","))
@@ -159,37 +159,55 @@ def bench_serve(
         err.print("[red]error:[/red] --levels: every level must be at least 1")
         raise typer.Exit(2)
     base = _settings(config, data_dir=data_dir, model_source=source, precision=precision)
-    with tempfile.TemporaryDirectory(prefix="custos-bench-") as scratch:
-        # The audit trail of benchmark requests goes to a scratch database, not the operator's.
-        settings = _settings(
-            config,
-            data_dir=Path(scratch),
-            model_source=base.model_source,
+    with _progress() as report:
+        cache_dir = prepare_model(
+            source=base.model_source,
+            cache_root=base.resolved_model_cache_dir,
             precision=base.precision,
-            model_cache_dir=base.resolved_model_cache_dir,
-            listen="127.0.0.1:0",
-            metrics_listen="",
-            max_queued_requests=max(base.max_queued_requests, max(counts)),
+            prompt_format=base.prompt_format,
+            progress=report,
+            rebuild_invalid=False,
         )
-        with _progress() as report:
-            components = build_components(settings, progress=report)
-        engine = components.engine
-        assert isinstance(engine, BatchingEngine)
-        server = CustosServer(settings, components)
-        with ServerHarness(server) as harness:
-            result = run_bench(
-                harness.target,
-                engine.inner.model,
-                engine.inner.tokenizer,
-                engine.inner.prompt_format,
-                levels=counts,
-                requests_per_stream=requests,
-                max_new_tokens=max_new_tokens,
-                precision=settings.precision,
-                metrics=server.metrics,
-                bandwidth_gbps=bandwidth_gbps,
-            )
+    # The server's audit trail of benchmark requests goes to a scratch directory, not the operator's.
+    with (
+        tempfile.TemporaryDirectory(prefix="custos-bench-") as scratch,
+        served(base, Path(scratch), max_queue=max(counts)) as server,
+    ):
+        measured = run_server_levels(
+            server.target,
+            levels=counts,
+            requests_per_stream=requests,
+            max_new_tokens=max_new_tokens,
+            stages=server.stages,
+        )
+        peak_rss = server.peak_rss()
+    engine = TransformersEngine.from_cache(cache_dir, device=base.device, verify=False)
+    raw = run_raw_levels(
+        engine.model,
+        engine.tokenizer,
+        engine.prompt_format,
+        levels=counts,
+        requests_per_stream=requests,
+        max_new_tokens=max_new_tokens,
+    )
+    result = BenchReport(
+        server=measured,
+        raw=raw,
+        max_new_tokens=max_new_tokens,
+        precision=base.precision,
+        threads=torch_threads(),
+        peak_rss_bytes=peak_rss,
+        weight_bytes=weight_bytes(engine.model),
+        bandwidth_gbps=bandwidth_gbps,
+    )
     out.print(format_report(result), markup=False, highlight=False)
+
+
+def torch_threads() -> int:
+    """Torch's intra-op thread count in this process (the raw baseline's)."""
+    import torch
+
+    return int(torch.get_num_threads())
 
 
 def _open_audit(settings: Settings) -> Any:

@@ -40,11 +40,18 @@ def test_bench_serve_short_form(tmp_path: Path) -> None:
             re.MULTILINE,
         )
     }
-    assert set(rows) == {("custos", 1), ("custos", 2), ("raw generate", 1), ("raw generate", 2)}, result.output
+    assert set(rows) == {("custos", 1), ("custos", 2), ("raw generate", 1), ("raw generate", 2)}, (
+        result.output
+    )
     for row in rows.values():
         assert float(row["tps"]) > 0 and float(row["ttft"]) > 0
         assert row["errors"] == "0"
-    for goal in ("single stream vs raw generate", "8 streams vs single stream", "privacy + audit", "peak RSS"):
+    for goal in (
+        "single stream vs raw generate",
+        "8 streams vs single stream",
+        "privacy + audit",
+        "peak RSS",
+    ):
         assert goal in result.output
     assert re.search(r"privacy \+ audit share of end-to-end time\s+<= 10 %\s+[\d.]+ %", result.output)
     # Nothing of the benchmark lands in the operator's data directory but the model cache.
