@@ -200,7 +200,7 @@ def bench_serve(
         weight_bytes=weight_bytes(engine.model),
         bandwidth_gbps=bandwidth_gbps,
     )
-    out.print(format_report(result), markup=False, highlight=False)
+    typer.echo(format_report(result))  # plain text: a rich console would wrap the table
 
 
 def torch_threads() -> int:
