@@ -153,6 +153,8 @@ class IdempotencyRow(Base):
     response: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
 class ConversationVaultRow(Base):
     """One conversation's placeholder map, sealed in the envelope format.
 

@@ -248,9 +248,7 @@ def build_analyzer(
     _ignore_unmapped_labels(nlp_engine, language)
 
     recognizers: list[EntityRecognizer] = [
-        factories[entity](language, tuple(phone_regions))
-        for entity in wanted
-        if entity in factories
+        factories[entity](language, tuple(phone_regions)) for entity in wanted if entity in factories
     ]
     recognizers.extend(
         PatternRecognizer(

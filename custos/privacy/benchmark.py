@@ -580,9 +580,7 @@ def render(results: dict[str, Any]) -> str:
         for key, unit in (("p50_ms", "ms"), ("p99_ms", "ms"), ("messages_per_s", "msg/s")):
             name = {"p50_ms": "p50", "p99_ms": "p99", "messages_per_s": "throughput"}[key]
             ratio = c[key] / p[key] if p[key] else 0.0
-            lines.append(
-                f"| {label} {name} | {c[key]:.1f} {unit} | {p[key]:.1f} {unit} | {ratio:.2f} |"
-            )
+            lines.append(f"| {label} {name} | {c[key]:.1f} {unit} | {p[key]:.1f} {unit} | {ratio:.2f} |")
     lines += [
         "",
         "| streaming guard (hand-written answers, 4-char tokens) | first text after (p50 / max tokens) | "

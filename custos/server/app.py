@@ -99,7 +99,9 @@ class CustosServer:
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._server: grpc.aio.Server | None = None
-        self._executor = ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix="custos")
+        # Each generation blocks one worker while the engine runs it; the engine says how many may wait.
+        workers = settings.worker_threads + components.engine.concurrency
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="custos")
         self.keys: MasterKeyProvider | None = None
         self.audit: AuditStore | None = None
         self.pipeline: Pipeline | None = None
@@ -163,6 +165,7 @@ class CustosServer:
             metrics=self.metrics,
             retention_class=settings.retention_class,
         )
+        self.components.engine.observe(self.metrics)
         limits = RequestLimits(
             max_new_tokens_limit=settings.max_new_tokens_limit,
             default_max_new_tokens=settings.resolved_default_max_new_tokens,
@@ -293,6 +296,7 @@ def build_components(settings: Settings, *, progress: ProgressFn | None = None) 
     from custos.privacy.analyzer import build_analyzer
     from custos.server.engine.cache import prepare_model
     from custos.server.engine.hf import TransformersEngine
+    from custos.server.engine.scheduler import BatchingEngine
 
     cache_root = ensure_private_dir(settings.resolved_model_cache_dir)
     cache_dir = prepare_model(
@@ -301,9 +305,11 @@ def build_components(settings: Settings, *, progress: ProgressFn | None = None) 
         precision=settings.precision,
         prompt_format=settings.prompt_format,
         progress=progress,
+        rebuild_invalid=False,
     )
-    # prepare_model has just verified the cache digest.
-    engine = TransformersEngine.from_cache(cache_dir, device=settings.device, verify=False)
+    # prepare_model has just verified the cache digest (and refused a cache that does not match it).
+    model = TransformersEngine.from_cache(cache_dir, device=settings.device, verify=False)
+    engine = BatchingEngine(model, max_batch=settings.max_batch_size, max_queue=settings.max_queued_requests)
     analyzer = build_analyzer(
         spacy_model=settings.spacy_model,
         entities=settings.pii_entities,

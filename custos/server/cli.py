@@ -149,6 +149,87 @@ def connection_hint(settings: Settings, port: int, security: Any) -> list[str]:
     return lines
 
 
+@bench_app.command("serve")
+def bench_serve(
+    levels: Annotated[str, typer.Option(help="Concurrent streams to measure, comma-separated.")] = "1,4,8,32",
+    requests: Annotated[int, typer.Option(min=1, help="Requests each stream sends in turn.")] = 1,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="New tokens per answer.")] = 64,
+    bandwidth_gbps: Annotated[float, typer.Option(help="Memory bandwidth for the roofline, GB/s.")] = 30.0,
+    source: Annotated[
+        str | None, typer.Option(help="'bundled', a GGUF file or a Hugging Face directory.")
+    ] = None,
+    precision: Annotated[str | None, typer.Option(help="bf16 or fp32.")] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Start ``custos serve`` on loopback, drive it over gRPC, then compare with raw ``generate``."""
+    import tempfile
+
+    from custos.server.bench import BenchReport, format_report, run_raw_levels, run_server_levels
+    from custos.server.bench_process import served, weight_bytes
+    from custos.server.engine.cache import prepare_model
+    from custos.server.engine.hf import TransformersEngine
+
+    try:
+        counts = tuple(int(n) for n in levels.split(","))
+    except ValueError:
+        err.print("[red]error:[/red] --levels: expected comma-separated integers such as 1,4,8,32")
+        raise typer.Exit(2) from None
+    if not counts or min(counts) < 1:
+        err.print("[red]error:[/red] --levels: every level must be at least 1")
+        raise typer.Exit(2)
+    base = _settings(config, data_dir=data_dir, model_source=source, precision=precision)
+    with _progress() as report:
+        cache_dir = prepare_model(
+            source=base.model_source,
+            cache_root=base.resolved_model_cache_dir,
+            precision=base.precision,
+            prompt_format=base.prompt_format,
+            progress=report,
+            rebuild_invalid=False,
+        )
+    # The server's audit trail of benchmark requests goes to a scratch directory, not the operator's.
+    with (
+        tempfile.TemporaryDirectory(prefix="custos-bench-") as scratch,
+        served(base, Path(scratch), max_queue=max(counts)) as server,
+    ):
+        measured = run_server_levels(
+            server.target,
+            levels=counts,
+            requests_per_stream=requests,
+            max_new_tokens=max_new_tokens,
+            stages=server.stages,
+        )
+        peak_rss = server.peak_rss()
+    engine = TransformersEngine.from_cache(cache_dir, device=base.device, verify=False)
+    raw = run_raw_levels(
+        engine.model,
+        engine.tokenizer,
+        engine.prompt_format,
+        levels=counts,
+        requests_per_stream=requests,
+        max_new_tokens=max_new_tokens,
+    )
+    result = BenchReport(
+        server=measured,
+        raw=raw,
+        max_new_tokens=max_new_tokens,
+        precision=base.precision,
+        threads=torch_threads(),
+        peak_rss_bytes=peak_rss,
+        weight_bytes=weight_bytes(engine.model),
+        bandwidth_gbps=bandwidth_gbps,
+    )
+    typer.echo(format_report(result))  # plain text: a rich console would wrap the table
+
+
+def torch_threads() -> int:
+    """Torch's intra-op thread count in this process (the raw baseline's)."""
+    import torch
+
+    return int(torch.get_num_threads())
+
+
 @app.command("anonymize")
 def anonymize(
     text: Annotated[str | None, typer.Argument(help="Text to anonymize (or use --file).")] = None,

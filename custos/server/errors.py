@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import grpc
 
 from custos.audit.errors import AuditUnavailable, InvalidQuery, RecordNotFound
-from custos.server.engine.types import InvalidSamplingParams, PromptTooLong
+from custos.server.engine.types import EngineBusy, InvalidSamplingParams, PromptTooLong
 
 
 class RequestError(Exception):
@@ -81,4 +81,6 @@ def map_exception(exc: BaseException, request_id: str) -> MappedStatus:
         return MappedStatus(grpc.StatusCode.INVALID_ARGUMENT, f"parameters.{exc}")
     if isinstance(exc, PromptTooLong):
         return MappedStatus(grpc.StatusCode.INVALID_ARGUMENT, f"messages: {exc}")
+    if isinstance(exc, EngineBusy):
+        return MappedStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
     return MappedStatus(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})")

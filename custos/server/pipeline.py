@@ -24,7 +24,7 @@ from custos.privacy.envelope import read_header, seal
 from custos.privacy.keys import MasterKeyProvider, blind_index
 from custos.privacy.pseudonymize import Pseudonymized, Pseudonymizer
 from custos.server.engine.base import Engine
-from custos.server.engine.types import ChatTurn, GenerationResult
+from custos.server.engine.types import ChatTurn, EngineBusy, GenerationResult
 from custos.server.errors import RequestError
 from custos.server.metrics import Metrics
 from custos.server.privacy_stage import AnonymizeOutcome, PrivacyDecision, PrivacyRefusal, PrivacyStage
@@ -41,6 +41,7 @@ from custos.server.requests import (
 T = TypeVar("T")
 TRANSCRIPT_TABLE = "transcripts"
 TRANSCRIPT_FORMAT = 1
+_DEADLINE_SLACK_S = 0.05  # the caller's and our clock reading of one deadline differ by the call's transit
 
 
 def transcript_aad(transcript_id: str, conversation_ref: str) -> bytes:
@@ -180,8 +181,13 @@ class Pipeline:
                 sent.append(tail)
                 yield StreamDelta(tail)
             status = run.status()
+        except EngineBusy:
+            status = "RESOURCE_EXHAUSTED"
+            raise
         except (asyncio.CancelledError, GeneratorExit):
-            status = "CANCELLED"
+            # gRPC cancels the handler when the caller's deadline passes; the record says which it was.
+            expired = deadline is not None and time.monotonic() >= deadline - _DEADLINE_SLACK_S
+            status = "DEADLINE_EXCEEDED" if expired else "CANCELLED"
             raise
         finally:
             if status != "OK":

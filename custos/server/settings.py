@@ -125,6 +125,12 @@ class Settings(BaseSettings):
         le=300.0,
         description="Seconds between audit-database probes; health is NOT_SERVING while a probe fails.",
     )
+    max_batch_size: int = Field(
+        8, ge=1, le=1024, description="Sequences the model decodes together (continuous batching)."
+    )
+    max_queued_requests: int = Field(
+        32, ge=0, le=65536, description="Requests that may wait for the batch; more get RESOURCE_EXHAUSTED."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     # Transport, authentication and capacity limits (custos/server/auth.py holds the permission table).
     plaintext: bool = Field(

@@ -113,4 +113,3 @@ def fill_message(
             value = number(field)
         values[field.name] = [value, value] if is_repeated(field) else value
     return values
-

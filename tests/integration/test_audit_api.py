@@ -129,9 +129,7 @@ def test_cli_formats_show_export_and_offline_verify(served: ServerHarness, tmp_p
     assert bad.exit_code == 2
 
     target = tmp_path / "export.jsonl"
-    exported = _cli(
-        "audit", "export", "--data-dir", data_dir, "--output", str(target), "--actor", "admin"
-    )
+    exported = _cli("audit", "export", "--data-dir", data_dir, "--output", str(target), "--actor", "admin")
     assert exported.exit_code == 0, exported.output
     key = served.server.trail.signer.public_key_hex  # type: ignore[union-attr]
     ok = _cli("audit", "verify", "--export", str(target), "--public-key", key, "--format", "json")

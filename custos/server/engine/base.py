@@ -4,14 +4,23 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from custos.server.engine.types import ChatTurn, GenerationResult, ModelInfo, SamplingParams
+
+if TYPE_CHECKING:
+    from custos.server.metrics import Metrics
 
 
 class Engine(ABC):
     """Runs one model. ``generate`` blocks; the server calls it from a worker thread."""
 
     info: ModelInfo
+    concurrency: int = 1
+    """How many ``generate`` calls may usefully block at once (running plus queued); sizes the worker pool."""
+
+    def observe(self, metrics: Metrics) -> None:  # noqa: B027 - optional: most engines report nothing
+        """Report engine metrics (queue, latency, throughput) into ``metrics``; the default reports none."""
 
     @abstractmethod
     def render_prompt(self, turns: Sequence[ChatTurn]) -> str:

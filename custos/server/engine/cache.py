@@ -288,6 +288,7 @@ def prepare_model(
     precision: str = "bf16",
     prompt_format: str = AUTO,
     progress: ProgressFn | None = None,
+    rebuild_invalid: bool = True,
 ) -> Path:
     """Convert ``source`` into a cache under ``cache_root`` and return its directory.
 
@@ -297,6 +298,8 @@ def prepare_model(
     built in a temporary directory and renamed into place, under a lock file, so a crash or a
     concurrent prepare never leaves a half-written cache that looks valid; a corrupt cache is rebuilt.
     ``progress(stage, fraction)`` is called at each stage (fraction of the whole, 0.0 to 1.0).
+    With ``rebuild_invalid=False`` (how ``serve`` calls it) an existing cache that fails verification is
+    refused with ModelCacheError instead of rebuilt: a changed cache is a finding to look into.
     """
     _check_precision(precision)
     report: ProgressFn = progress or (lambda _stage, _fraction: None)
@@ -304,6 +307,15 @@ def prepare_model(
     cache_root = Path(cache_root)
     src = resolve_source(source)
     target = cache_root / src.cache_dir_name(precision)
+    if not rebuild_invalid and target.exists():
+        manifest = verify_cache(target)
+        if not _matches(manifest, src, precision):
+            raise ModelCacheError(
+                f"model cache {target} was built from another source or precision; {PREPARE_HINT}"
+            )
+        _update_prompt_format(target, manifest, prompt_format)
+        report("Model cache is ready", 1.0)
+        return target
     existing = _valid_cache(target, src, precision)
     if existing is not None:
         _update_prompt_format(target, existing, prompt_format)

@@ -1,6 +1,6 @@
 """The transformers engine: a manual decode loop (prefill, then one token per step) over a KV cache.
 
-The loop is written around a per-request state object (:class:`_Generation`) so that a batching
+The loop is written around a per-request state object (:class:`Generation`) so that a batching
 scheduler can later own the forward passes and drive many requests' states between decode steps.
 """
 
@@ -78,7 +78,7 @@ def _token_ids(*values: object) -> frozenset[int]:
 
 
 @dataclass
-class _Generation:
+class Generation:
     """One request's decode state: what a scheduler would keep per sequence between steps."""
 
     params: SamplingParams
@@ -233,6 +233,11 @@ class TransformersEngine(Engine):
         return self._format
 
     @property
+    def cache_kwarg(self) -> str:
+        """The name of the model's KV-cache keyword argument."""
+        return self._cache_kwarg
+
+    @property
     def context_tokens(self) -> int:
         """The most tokens (prompt plus new tokens) one generation may use."""
         return self._context_tokens
@@ -270,23 +275,7 @@ class TransformersEngine(Engine):
         cancelled: Callable[[], bool] | None = None,
     ) -> GenerationResult:
         """Answer the conversation (blocking); see :meth:`Engine.generate` for the contract."""
-        prompt_ids = self._encode_prompt(turns)
-        if len(prompt_ids) + params.max_new_tokens > self._context_tokens:
-            raise PromptTooLong(
-                prompt_tokens=len(prompt_ids),
-                max_new_tokens=params.max_new_tokens,
-                context_tokens=self._context_tokens,
-            )
-        stops = (*params.stop, *self._format.stop)
-        state = _Generation(
-            params=params,
-            prompt_ids=prompt_ids,
-            stream=TextStream(self._decode, stops),
-            user_stops=len(params.stop),
-            eos_ids=self.eos_token_ids,
-            generator=make_generator(params, self._device),
-            on_text=on_text,
-        )
+        state = self.new_generation(turns, params, on_text)
         is_cancelled = cancelled or (lambda: False)
         if not self._acquire(is_cancelled):
             state.close("cancelled")
@@ -295,6 +284,29 @@ class TransformersEngine(Engine):
             return self._run(state, is_cancelled)
         finally:
             self._lock.release()
+
+    def new_generation(
+        self, turns: Sequence[ChatTurn], params: SamplingParams, on_text: Callable[[str], None] | None
+    ) -> Generation:
+        """Encode the prompt and set up one request's decode state; PromptTooLong if it cannot fit."""
+        prompt_ids = self._encode_prompt(turns)
+        if len(prompt_ids) + params.max_new_tokens > self._context_tokens:
+            raise PromptTooLong(
+                prompt_tokens=len(prompt_ids),
+                max_new_tokens=params.max_new_tokens,
+                context_tokens=self._context_tokens,
+            )
+        stops = (*params.stop, *self._format.stop)
+        state = Generation(
+            params=params,
+            prompt_ids=prompt_ids,
+            stream=TextStream(self._decode, stops),
+            user_stops=len(params.stop),
+            eos_ids=self.eos_token_ids,
+            generator=make_generator(params, self._device),
+            on_text=on_text,
+        )
+        return state
 
     def _acquire(self, cancelled: Callable[[], bool]) -> bool:
         """Take the engine lock, giving up if the request is cancelled while it waits."""
@@ -310,7 +322,7 @@ class TransformersEngine(Engine):
         logits: torch.Tensor = out.logits[0, -1]
         return logits
 
-    def _run(self, state: _Generation, cancelled: Callable[[], bool]) -> GenerationResult:
+    def _run(self, state: Generation, cancelled: Callable[[], bool]) -> GenerationResult:
         from transformers import DynamicCache
 
         started = time.perf_counter()

@@ -51,6 +51,15 @@ class PromptTooLong(EngineError):
         self.context_tokens = context_tokens
 
 
+class EngineBusy(EngineError):
+    """The engine's request queue is full; the caller may retry later. The message carries only counts."""
+
+    def __init__(self, *, queued: int, limit: int) -> None:
+        super().__init__(f"the model queue is full ({queued} of {limit} requests waiting); retry later")
+        self.queued = queued
+        self.limit = limit
+
+
 @dataclass(frozen=True)
 class ChatTurn:
     """One message of a conversation, already anonymized when it reaches the engine."""

@@ -390,3 +390,25 @@ def test_source_digest_ignores_hidden_download_metadata(tmp_path: Path) -> None:
     assert resolve_source(source).sha256 == before
     write(source / "extra.txt", b"changes the model directory")
     assert resolve_source(source).sha256 != before
+
+
+def test_serving_refuses_a_cache_that_fails_verification(
+    source_dir: Path, cache_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``serve`` (build_components) stops on an altered cache instead of rebuilding over it."""
+    from custos.server.app import build_components
+    from custos.server.settings import load_settings
+
+    flip_byte(cache_copy / "model.safetensors")
+    altered = (cache_copy / "model.safetensors").read_bytes()
+    monkeypatch.setattr(cache, "_load_source", no_loading)
+    settings = load_settings(
+        data_dir=tmp_path / "data",
+        model_source=str(source_dir),
+        model_cache_dir=cache_copy.parent,
+        precision="fp32",
+    )
+    with pytest.raises(ModelCacheError, match="digest mismatch") as info:
+        build_components(settings)
+    assert "custos model prepare" in str(info.value)
+    assert (cache_copy / "model.safetensors").read_bytes() == altered  # left as found, for inspection

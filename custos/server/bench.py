@@ -1,0 +1,398 @@
+"""``custos bench serve``: the serving benchmark.
+
+Drives a running Custos server over real gRPC (privacy and audit on, as always) with 1, 4, 8 and 32
+concurrent streams, then runs raw transformers ``generate`` on the same model object, in the same precision
+and on the same prompts, as the baseline of the same run. Prints tokens/s, time to first token and
+inter-token latency (p50/p99), peak RSS, the ratios, and the goals beside the measurements.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import torch
+
+from custos.server.engine.prompt import PromptFormat
+from custos.server.engine.types import ChatTurn
+from custos.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from custos.server.metrics import Metrics
+
+PROMPTS: tuple[str, ...] = (
+    "Hi, I am Maria Lopez. My parcel was due on Monday and has not arrived. What can I do?",
+    "My invoice shows a charge twice. Can you explain how to get a refund?",
+    "How do I change the delivery address of an order I placed yesterday?",
+    "Please write to john.miller@example.com: his replacement device ships this week.",
+    "What is your return policy for items bought in a sale?",
+    "The app logs me out every few minutes. How can I fix that?",
+    "Can I pause my subscription for two months while I travel?",
+    "Call me on 212-555-0187 about the broken screen of my phone, please.",
+)
+"""Customer-service questions; some carry personal data so the privacy stage has work to do."""
+
+GOALS = (
+    ("single stream vs raw generate", ">= 1.5x"),
+    ("8 streams vs single stream (total tok/s)", ">= 3x"),
+    ("privacy + audit share of end-to-end time", "<= 10 %"),
+    ("peak RSS", "<= 1.5 GB"),
+)
+DEFAULT_LEVELS = (1, 4, 8, 32)
+DEFAULT_BANDWIDTH_GBPS = 30.0
+"""Memory bandwidth of the reference 2-core machine (a 2 GB tensor sum reads at about 30-32 GB/s)."""
+
+
+def _percentile(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[min(98, max(0, round(q) - 1))]
+
+
+@dataclass
+class LevelResult:
+    """One path at one concurrency: totals and per-request latencies."""
+
+    path: str
+    streams: int
+    tokens: int = 0
+    seconds: float = 0.0
+    ttft: list[float] = field(default_factory=list)
+    itl: list[float] = field(default_factory=list)
+    errors: int = 0
+    overhead: float | None = None  # privacy + audit share of end-to-end time (server only)
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Generated tokens per wall-clock second, all streams together."""
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class BenchReport:
+    """Everything one run measured."""
+
+    server: list[LevelResult]
+    raw: list[LevelResult]
+    max_new_tokens: int
+    precision: str
+    threads: int
+    peak_rss_bytes: int
+    weight_bytes: int
+    bandwidth_gbps: float
+
+
+def _request(index: int, max_new_tokens: int) -> inference_pb2.GenerateRequest:
+    return inference_pb2.GenerateRequest(
+        conversation_id=f"bench-{index}",
+        messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=PROMPTS[index % len(PROMPTS)])],
+        parameters=inference_pb2.GenerationParameters(max_new_tokens=max_new_tokens, temperature=0.0),
+    )
+
+
+StageSeconds = Callable[[], tuple[float, float]]
+"""Returns (privacy + audit + transcript seconds, end-to-end GenerateStream seconds) so far."""
+
+
+def registry_stage_seconds(metrics: Metrics) -> StageSeconds:
+    """Stage totals read from an in-process metrics registry."""
+
+    def read() -> tuple[float, float]:
+        get = metrics.registry.get_sample_value
+        overhead = sum(
+            get("custos_stage_latency_seconds_sum", {"stage": stage}) or 0.0
+            for stage in ("privacy", "audit", "transcript")
+        )
+        total = get("custos_request_latency_seconds_sum", {"rpc": "GenerateStream"}) or 0.0
+        return overhead, total
+
+    return read
+
+
+def scraped_stage_seconds(url: str) -> StageSeconds:
+    """Stage totals scraped from a server's Prometheus endpoint."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def read() -> tuple[float, float]:
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - a loopback URL we built
+            body = response.read().decode()
+        overhead = total = 0.0
+        for family in text_string_to_metric_families(body):
+            for sample in family.samples:
+                if sample.name == "custos_stage_latency_seconds_sum" and sample.labels.get("stage") in (
+                    "privacy",
+                    "audit",
+                    "transcript",
+                ):
+                    overhead += sample.value
+                elif (
+                    sample.name == "custos_request_latency_seconds_sum"
+                    and sample.labels.get("rpc") == "GenerateStream"
+                ):
+                    total += sample.value
+        return overhead, total
+
+    return read
+
+
+def drive_server(
+    target: str,
+    streams: int,
+    *,
+    requests_per_stream: int,
+    max_new_tokens: int,
+    stages: StageSeconds | None = None,
+) -> LevelResult:
+    """Run ``streams`` client threads, each sending ``requests_per_stream`` GenerateStream calls in turn."""
+    result = LevelResult(path="custos", streams=streams)
+    lock = threading.Lock()
+    channel = grpc.insecure_channel(target)
+    stub = inference_pb2_grpc.InferenceStub(channel)
+
+    def client(stream_index: int) -> None:
+        for round_index in range(requests_per_stream):
+            request = _request(stream_index + round_index * streams, max_new_tokens)
+            sent = time.perf_counter()
+            first: float | None = None
+            last = sent
+            tokens = 0
+            try:
+                for event in stub.GenerateStream(request):
+                    kind = event.WhichOneof("event")
+                    if kind == "delta":
+                        last = time.perf_counter()
+                        first = first if first is not None else last
+                    elif kind == "end":
+                        tokens = event.end.usage.completion_tokens
+            except grpc.RpcError:
+                with lock:
+                    result.errors += 1
+                continue
+            with lock:
+                result.tokens += tokens
+                if first is not None:
+                    result.ttft.append(first - sent)
+                    if tokens > 1:
+                        result.itl.append((last - first) / (tokens - 1))
+
+    before = stages() if stages is not None else (0.0, 0.0)
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(streams)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    result.seconds = time.perf_counter() - started
+    channel.close()
+    after = stages() if stages is not None else (0.0, 0.0)
+    if after[1] > before[1]:
+        result.overhead = (after[0] - before[0]) / (after[1] - before[1])
+    return result
+
+
+class _StepClock:
+    """A logits processor that only notes when each decode step's logits arrive."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.times.append(time.perf_counter())
+        return scores
+
+
+def raw_generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_format: PromptFormat,
+    streams: int,
+    *,
+    requests_per_stream: int,
+    max_new_tokens: int,
+) -> LevelResult:
+    """The baseline: transformers' greedy ``generate`` with ``streams`` prompts as one left-padded batch."""
+    from transformers import LogitsProcessorList
+
+    result = LevelResult(path="raw generate", streams=streams)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    eos = model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    for round_index in range(requests_per_stream):
+        prompts = [
+            prompt_format.encode(
+                (ChatTurn("user", PROMPTS[(i + round_index * streams) % len(PROMPTS)]),), tokenizer
+            )
+            for i in range(streams)
+        ]
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        clock = _StepClock()
+        started = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(  # type: ignore[operator]
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad_id,
+                logits_processor=LogitsProcessorList([clock]),
+            )
+        result.seconds += time.perf_counter() - started
+        for row in out[:, width:].tolist():
+            produced = next((i + 1 for i, t in enumerate(row) if t in eos_ids), len(row))
+            result.tokens += produced
+            if clock.times:
+                result.ttft.append(clock.times[0] - started)
+                steps = clock.times[:produced]
+                if len(steps) > 1:
+                    result.itl.append((steps[-1] - steps[0]) / (len(steps) - 1))
+    return result
+
+
+def peak_rss_bytes(pid: int | str = "self") -> int:
+    """The peak resident set size (VmHWM) of process ``pid``."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"no VmHWM in /proc/{pid}/status")
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the model's parameters: what one decode step reads at least (tied weights counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for param in model.parameters():
+        if param.data_ptr() not in seen:
+            seen.add(param.data_ptr())
+            total += param.numel() * param.element_size()
+    return total
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.1f}"
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b > 0 else "-"
+
+
+def format_report(report: BenchReport) -> str:
+    """The table, the ratios, and the goals next to the measurements."""
+    lines = [
+        f"custos bench serve: {report.max_new_tokens} new tokens, precision {report.precision}, "
+        f"{report.threads} torch threads, greedy; privacy and audit on for the custos rows",
+        "",
+        f"{'path':<14}{'streams':>8}{'tok/s':>9}{'TTFT p50':>10}{'TTFT p99':>10}{'ITL p50':>9}"
+        f"{'ITL p99':>9}{'errors':>8}{'vs raw':>8}",
+    ]
+    raw_by_streams = {r.streams: r for r in report.raw}
+    for row in [*report.server, *report.raw]:
+        raw = raw_by_streams.get(row.streams)
+        vs_raw = _ratio(row.tokens_per_second, raw.tokens_per_second) if raw and row.path == "custos" else ""
+        lines.append(
+            f"{row.path:<14}{row.streams:>8}{row.tokens_per_second:>9.1f}"
+            f"{_ms(_percentile(row.ttft, 50)):>10}{_ms(_percentile(row.ttft, 99)):>10}"
+            f"{_ms(_percentile(row.itl, 50)):>9}{_ms(_percentile(row.itl, 99)):>9}{row.errors:>8}{vs_raw:>8}"
+        )
+    lines.append("(TTFT and ITL in ms; ITL per request = (last - first token time) / (tokens - 1))")
+    lines.append("llama.cpp: not measured (the optional llama-cpp-python backend is not part of this build)")
+    server = {r.streams: r for r in report.server}
+    single = server.get(1)
+    roofline = report.bandwidth_gbps * 1e9 / report.weight_bytes if report.weight_bytes else 0.0
+    lines += [
+        "",
+        f"weights read per decode step: {report.weight_bytes / 1e9:.3f} GB; "
+        f"at {report.bandwidth_gbps:g} GB/s "
+        f"the single-stream roofline is {roofline:.1f} tok/s",
+        f"peak RSS of the server process: {report.peak_rss_bytes / 2**30:.2f} GiB",
+        "",
+        f"{'goal':<44}{'target':>10}{'measured':>12}  verdict",
+    ]
+    raw_single = raw_by_streams.get(1)
+    measured: list[tuple[float | None, bool | None, str]] = []
+    if single and raw_single and raw_single.tokens_per_second > 0:
+        value = single.tokens_per_second / raw_single.tokens_per_second
+        measured.append((value, value >= 1.5, f"{value:.2f}x"))
+    else:
+        measured.append((None, None, "-"))
+    if single and 8 in server and single.tokens_per_second > 0:
+        value = server[8].tokens_per_second / single.tokens_per_second
+        measured.append((value, value >= 3.0, f"{value:.2f}x"))
+    else:
+        measured.append((None, None, "-"))
+    overheads = [r.overhead for r in report.server if r.overhead is not None]
+    if single and single.overhead is not None:
+        measured.append((single.overhead, single.overhead <= 0.10, f"{single.overhead * 100:.1f} %"))
+    else:
+        measured.append((None, None, "-"))
+    rss_gb = report.peak_rss_bytes / 1e9
+    measured.append((rss_gb, rss_gb <= 1.5, f"{rss_gb:.2f} GB"))
+    for (goal, target), (_value, met, text) in zip(GOALS, measured, strict=True):
+        verdict = "not measured" if met is None else ("met" if met else "NOT met")
+        lines.append(f"{goal:<44}{target:>10}{text:>12}  {verdict}")
+    if overheads:
+        lines.append(
+            "privacy + audit share at each concurrency: "
+            + ", ".join(
+                f"{r.streams}: {r.overhead * 100:.1f} %" for r in report.server if r.overhead is not None
+            )
+        )
+    if single and roofline:
+        lines.append(f"single stream vs roofline: {single.tokens_per_second / roofline:.2f}x")
+    lines.append("llama.cpp ratio: not measured; GPU goals: not measured (no GPU in this run)")
+    return "\n".join(lines)
+
+
+def run_server_levels(
+    target: str,
+    *,
+    levels: Sequence[int] = DEFAULT_LEVELS,
+    requests_per_stream: int = 1,
+    max_new_tokens: int = 64,
+    stages: StageSeconds | None = None,
+    warmup: bool = True,
+) -> list[LevelResult]:
+    """Measure the server at each level (after a warm-up that pays its one-time costs)."""
+    if warmup:
+        drive_server(target, min(4, max(levels)), requests_per_stream=2, max_new_tokens=8)
+    return [
+        drive_server(
+            target, n, requests_per_stream=requests_per_stream, max_new_tokens=max_new_tokens, stages=stages
+        )
+        for n in levels
+    ]
+
+
+def run_raw_levels(
+    model: Any,
+    tokenizer: Any,
+    prompt_format: PromptFormat,
+    *,
+    levels: Sequence[int] = DEFAULT_LEVELS,
+    requests_per_stream: int = 1,
+    max_new_tokens: int = 64,
+) -> list[LevelResult]:
+    """Raw ``generate`` at the same levels on the same prompts."""
+    return [
+        raw_generate(
+            model,
+            tokenizer,
+            prompt_format,
+            n,
+            requests_per_stream=requests_per_stream,
+            max_new_tokens=max_new_tokens,
+        )
+        for n in levels
+    ]

@@ -1,0 +1,64 @@
+"""The serving benchmark in its short form (tiny model, two levels, a few tokens), so it cannot rot."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from custos.server.cli import app as cli_app
+from custos.server.engine.testing import save_tiny_model_dir
+
+
+def test_bench_serve_short_form(tmp_path: Path) -> None:
+    source = save_tiny_model_dir(tmp_path / "tiny-hf")
+    result = CliRunner().invoke(
+        cli_app,
+        [
+            "bench",
+            "serve",
+            "--source",
+            str(source),
+            "--precision",
+            "fp32",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--levels",
+            "1,2",
+            "--max-new-tokens",
+            "8",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    rows = {
+        (m["path"].strip(), int(m["streams"])): m
+        for m in re.finditer(
+            r"^(?P<path>custos|raw generate)\s+(?P<streams>\d+)\s+(?P<tps>[\d.]+)\s+(?P<ttft>[\d.]+)"
+            r"\s+\S+\s+\S+\s+\S+\s+(?P<errors>\d+)",
+            result.output,
+            re.MULTILINE,
+        )
+    }
+    assert set(rows) == {("custos", 1), ("custos", 2), ("raw generate", 1), ("raw generate", 2)}, (
+        result.output
+    )
+    for row in rows.values():
+        assert float(row["tps"]) > 0 and float(row["ttft"]) > 0
+        assert row["errors"] == "0"
+    for goal in (
+        "single stream vs raw generate",
+        "8 streams vs single stream",
+        "privacy + audit",
+        "peak RSS",
+    ):
+        assert goal in result.output
+    assert re.search(r"privacy \+ audit share of end-to-end time\s+<= 10 %\s+[\d.]+ %", result.output)
+    # Nothing of the benchmark lands in the operator's data directory but the model cache.
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["models"]
+
+
+def test_bench_serve_refuses_bad_levels(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli_app, ["bench", "serve", "--levels", "1,x", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "--levels" in result.output
