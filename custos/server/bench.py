@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import torch
 
+from custos.server.clientauth import plaintext_channel
 from custos.server.engine.prompt import PromptFormat
 from custos.server.engine.types import ChatTurn
 from custos.v1 import common_pb2, inference_pb2, inference_pb2_grpc
@@ -152,11 +153,12 @@ def drive_server(
     requests_per_stream: int,
     max_new_tokens: int,
     stages: StageSeconds | None = None,
+    token: str | None = None,
 ) -> LevelResult:
     """Run ``streams`` client threads, each sending ``requests_per_stream`` GenerateStream calls in turn."""
     result = LevelResult(path="custos", streams=streams)
     lock = threading.Lock()
-    channel = grpc.insecure_channel(target)
+    channel = plaintext_channel(target, token)
     stub = inference_pb2_grpc.InferenceStub(channel)
 
     def client(stream_index: int) -> None:
@@ -363,13 +365,19 @@ def run_server_levels(
     max_new_tokens: int = 64,
     stages: StageSeconds | None = None,
     warmup: bool = True,
+    token: str | None = None,
 ) -> list[LevelResult]:
     """Measure the server at each level (after a warm-up that pays its one-time costs)."""
     if warmup:
-        drive_server(target, min(4, max(levels)), requests_per_stream=2, max_new_tokens=8)
+        drive_server(target, min(4, max(levels)), requests_per_stream=2, max_new_tokens=8, token=token)
     return [
         drive_server(
-            target, n, requests_per_stream=requests_per_stream, max_new_tokens=max_new_tokens, stages=stages
+            target,
+            n,
+            requests_per_stream=requests_per_stream,
+            max_new_tokens=max_new_tokens,
+            stages=stages,
+            token=token,
         )
         for n in levels
     ]

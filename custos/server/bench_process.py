@@ -40,6 +40,8 @@ class ServedProcess:
     process: subprocess.Popen[bytes]
     target: str
     stages: StageSeconds
+    #: The server's bootstrap token (roles admin, inference, compliance) for the benchmark's calls.
+    token: str
 
     def peak_rss(self) -> int:
         """The server process's peak resident set size so far."""
@@ -88,6 +90,11 @@ def served(settings: Settings, scratch: Path, *, max_queue: int) -> Iterator[Ser
                 "max_queued_requests": max(settings.max_queued_requests, max_queue),
                 "max_new_tokens_limit": settings.max_new_tokens_limit,
                 "log_level": "WARNING",
+                # Loopback only; the benchmark measures the pipeline, not TLS or per-caller limits.
+                "plaintext": True,
+                "rate_limit_per_s": 1e6,
+                "rate_limit_burst": 1_000_000,
+                "max_in_flight_per_principal": 100_000,
             }
         )
     )
@@ -109,7 +116,10 @@ def served(settings: Settings, scratch: Path, *, max_queue: int) -> Iterator[Ser
     try:
         _wait_serving(process, target, log)
         yield ServedProcess(
-            process, target, scraped_stage_seconds(f"http://127.0.0.1:{metrics_port}/metrics")
+            process,
+            target,
+            scraped_stage_seconds(f"http://127.0.0.1:{metrics_port}/metrics"),
+            (scratch / "data" / "admin.token").read_text().strip(),
         )
     finally:
         process.send_signal(signal.SIGTERM)

@@ -199,6 +199,7 @@ def bench_serve(
             requests_per_stream=requests,
             max_new_tokens=max_new_tokens,
             stages=server.stages,
+            token=server.token,
         )
         peak_rss = server.peak_rss()
     engine = TransformersEngine.from_cache(cache_dir, device=base.device, verify=False)

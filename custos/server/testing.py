@@ -16,6 +16,7 @@ import grpc
 from presidio_analyzer import AnalyzerEngine
 
 from custos.server.app import Components, CustosServer
+from custos.server.clientauth import BearerInterceptor
 from custos.server.engine.base import Engine
 from custos.server.engine.types import ChatTurn, FinishReason, GenerationResult, ModelInfo, SamplingParams
 from custos.server.settings import load_settings
@@ -113,28 +114,6 @@ class ScriptedEngine(Engine):
             prefill_seconds=0.001,
             decode_seconds=0.002,
         )
-
-
-class BearerInterceptor(
-    grpc.UnaryUnaryClientInterceptor,
-    grpc.UnaryStreamClientInterceptor,
-):
-    """Adds ``authorization: Bearer <token>`` on a plaintext channel (call credentials need TLS)."""
-
-    def __init__(self, token: str) -> None:
-        self._token = token
-
-    def _details(self, details: Any) -> Any:
-        metadata = [*(details.metadata or ()), ("authorization", f"Bearer {self._token}")]
-        return details._replace(metadata=metadata)
-
-    def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        """Add the header."""
-        return continuation(self._details(client_call_details), request)
-
-    def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        """Add the header."""
-        return continuation(self._details(client_call_details), request)
 
 
 class ServerHarness:

@@ -69,8 +69,8 @@ class ServeProcess:
 
     def channel(self, *, options: list[tuple[str, Any]] | None = None) -> grpc.Channel:
         """A plaintext channel carrying the bootstrap admin token (roles admin, inference, compliance)."""
+        from custos.server.clientauth import BearerInterceptor
         from custos.server.settings import load_settings
-        from custos.server.testing import BearerInterceptor
 
         token = load_settings(self.config).admin_token_file.read_text().strip()
         return grpc.intercept_channel(
