@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from custos.server.audit_cli import audit_app, bench_app, report_app
+from custos.server.cli_common import ConfigOpt, DataDirOpt, err, out, settings_or_exit
 from custos.server.cli_security import certs_app, tokens_app
-from custos.server.settings import Settings, SettingsError, load_settings
+from custos.server.settings import Settings
 
 app = typer.Typer(
     help="Custos: private, audited LLM inference for customer-relationship work.",
@@ -31,22 +31,7 @@ app.add_typer(model_app, name="model")
 app.add_typer(certs_app, name="certs")
 app.add_typer(tokens_app, name="tokens")
 
-out = Console()
-err = Console(stderr=True)
-
-DataDirOpt = Annotated[
-    Path | None,
-    typer.Option("--data-dir", help="Data directory (default ./custos-data, or CUSTOS_DATA_DIR)."),
-]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML settings file.")]
-
-
-def _settings(config: Path | None, **overrides: Any) -> Settings:
-    try:
-        return load_settings(config, **overrides)
-    except SettingsError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+_settings = settings_or_exit
 
 
 @contextmanager

@@ -7,34 +7,19 @@ from __future__ import annotations
 
 import getpass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from custos.server.settings import Settings, SettingsError, load_settings
+from custos.server.cli_common import ConfigOpt, DataDirOpt, err, out, settings_or_exit
+from custos.server.settings import Settings
 
 certs_app = typer.Typer(help="Make the development CA and server certificate.", no_args_is_help=True)
 tokens_app = typer.Typer(help="Create, list and revoke bearer tokens.", no_args_is_help=True)
 
-out = Console()
-err = Console(stderr=True)
-
-DataDirOpt = Annotated[
-    Path | None,
-    typer.Option("--data-dir", help="Data directory (default ./custos-data, or CUSTOS_DATA_DIR)."),
-]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML settings file.")]
-
-
-def _settings(config: Path | None, **overrides: Any) -> Settings:
-    try:
-        return load_settings(config, **overrides)
-    except SettingsError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+_settings = settings_or_exit
 
 
 def _actor() -> str:
