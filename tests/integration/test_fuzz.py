@@ -29,6 +29,8 @@ ALLOWED = {
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.NOT_FOUND,
+    # Text the language policy cannot analyse (e.g. 'a' * 500 reads as no supported language) is refused.
+    grpc.StatusCode.FAILED_PRECONDITION,
     grpc.StatusCode.UNIMPLEMENTED,
 }
 FUZZ = settings(
