@@ -21,7 +21,8 @@ install: $(BIN)/activate ## Create .venv and install Custos (CPU torch 2.13.0, s
 	$(BIN)/python -m pip install --quiet -e .
 
 .PHONY: install-test
-install-test: $(BIN)/activate ## Install Custos with the test tools
+install-test: $(BIN)/activate ## Install Custos with the test tools (and SoftHSM2 for the PKCS#11 tests)
+	@command -v softhsm2-util >/dev/null || apt-get install -y softhsm2 || (apt-get update && apt-get install -y softhsm2)
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 
 .PHONY: serve

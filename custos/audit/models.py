@@ -26,7 +26,14 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from custos.audit.events import MAX_LENGTHS
 
 __all__ = ["AccessTokenRow", "AuditRecordRow", "Base", "IdempotencyRow", "TranscriptRow", "UTCDateTime"]
-__all__ = ["AuditRecordRow", "Base", "ConversationVaultRow", "TranscriptRow", "UTCDateTime"]
+__all__ = [
+    "AuditRecordRow",
+    "Base",
+    "ConversationVaultRow",
+    "SubjectKeyRow",
+    "TranscriptRow",
+    "UTCDateTime",
+]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -170,3 +177,23 @@ class ConversationVaultRow(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     key_version: Mapped[int] = mapped_column(Integer)
     ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    # The subject whose key seals the map (revision 0005); NULL for maps sealed in envelope format 1.
+    subject_ref: Mapped[str | None] = mapped_column(_str("subject_ref"), index=True)
+
+
+class SubjectKeyRow(Base):
+    """One subject's 256-bit key, wrapped (RFC 5649) by a master key version.
+
+    Every transcript and vault row of the subject has its data key wrapped by this key, so deleting the row
+    crypto-shreds all of them. ``master_version`` is what ``custos keys rewrap`` moves; ``key_version`` is the
+    subject key's own version, written into the envelopes it wraps.
+    """
+
+    __tablename__ = "subject_keys"
+
+    subject_ref: Mapped[str] = mapped_column(_str("subject_ref"), primary_key=True)
+    key_version: Mapped[int] = mapped_column(Integer)
+    master_version: Mapped[int] = mapped_column(Integer, index=True)
+    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    rewrapped_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -3,9 +3,10 @@
 Layout (all integers big-endian)::
 
     magic  "CSTE"          4
-    format version = 1     1
-    wrap kind              1   1 = data key wrapped by a master key
-    key version            4   uint32, the master key version
+    format version         1   1 or 2
+    wrap kind              1   1 = data key wrapped by a master key (format 1)
+                               2 = data key wrapped by a subject key (format 2)
+    key version            4   uint32: format 1 the master key version, format 2 the subject key version
     wrapped key length     2   uint16
     wrapped key            n   RFC 5649 (AES key wrap with padding) of the 256-bit data key
     nonce                 12   random, for AES-256-GCM
@@ -13,33 +14,37 @@ Layout (all integers big-endian)::
 
 Everything before the nonce is the header. GCM's associated data is ``header || aad``: the header is
 self-delimiting, so the concatenation is unambiguous, and neither the header (key version, wrap kind) nor the
-caller's row binding (``aad``) can be changed without failing authentication. Later wrap kinds (a data key
-wrapped by a subject key wrapped by a master key) add a kind number and their own wrapped-key contents; the
-fixed fields stay where they are, so ``read_header`` reads every generation of rows.
+row binding can be changed without failing authentication.
+
+Format 1 (``seal``/``open_sealed``) wraps the data key directly with a master key; the caller supplies
+``aad``. Format 2 (``seal_for_subject``/``open_for_subject``) wraps it with the subject's key, which is itself
+wrapped by a versioned master key in the ``subject_keys`` table (so rotating master keys never rewrites
+rows, and deleting the subject key crypto-shreds every row of that subject); its associated data is built
+here from a :class:`RowBinding` (table, record id, subject reference) plus the key and format versions.
+The fixed fields are the same in both formats, so ``read_header`` reads every generation of rows.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.keywrap import (
-    InvalidUnwrap,
-    aes_key_unwrap_with_padding,
-    aes_key_wrap_with_padding,
-)
 
 from custos.privacy.errors import DecryptionFailed
-from custos.privacy.keys import KEY_BYTES, MasterKeyProvider
+from custos.privacy.keys import KEY_BYTES, MasterKeyProvider, software_unwrap, software_wrap
 
 MAGIC = b"CSTE"
 FORMAT_VERSION = 1
-#: Wrap kinds: how the data key in the header is protected. Only 1 exists today.
+FORMAT_SUBJECT = 2
+#: Wrap kinds: how the data key in the header is protected.
 WRAP_MASTER = 1
-SUPPORTED_WRAP_KINDS = frozenset({WRAP_MASTER})
+WRAP_SUBJECT = 2
+#: Each format version has exactly one wrap kind.
+_WRAP_KIND_OF_FORMAT = {FORMAT_VERSION: WRAP_MASTER, FORMAT_SUBJECT: WRAP_SUBJECT}
+SUPPORTED_WRAP_KINDS = frozenset(_WRAP_KIND_OF_FORMAT.values())
 
 NONCE_BYTES = 12
 TAG_BYTES = 16
@@ -73,8 +78,10 @@ def _parse(blob: bytes) -> _Parsed:
     magic, format_version, wrap_kind, key_version, wrapped_length = _FIXED.unpack_from(blob)
     if magic != MAGIC:
         raise DecryptionFailed("not a Custos envelope (bad magic)")
-    if format_version != FORMAT_VERSION:
+    if format_version not in _WRAP_KIND_OF_FORMAT:
         raise DecryptionFailed(f"unsupported envelope format version {format_version}")
+    if wrap_kind != _WRAP_KIND_OF_FORMAT[format_version]:
+        raise DecryptionFailed(f"unsupported envelope wrap kind {wrap_kind} for format {format_version}")
     header_end = _FIXED.size + wrapped_length
     if len(blob) < header_end + NONCE_BYTES + TAG_BYTES:
         raise DecryptionFailed("envelope truncated")
@@ -98,9 +105,8 @@ def read_header(blob: bytes) -> EnvelopeHeader:
 def seal(plaintext: bytes, *, aad: bytes, keys: MasterKeyProvider) -> bytes:
     """Encrypt under a fresh data key, wrapped with the current master key; ``aad`` binds it to its row."""
     version = keys.current_version
-    master_key = keys.key(version)
     data_key = AESGCM.generate_key(bit_length=256)
-    wrapped = aes_key_wrap_with_padding(master_key, data_key)
+    wrapped = keys.wrap(version, data_key)
     header = _FIXED.pack(MAGIC, FORMAT_VERSION, WRAP_MASTER, version, len(wrapped)) + wrapped
     nonce = os.urandom(NONCE_BYTES)
     ciphertext = AESGCM(data_key).encrypt(nonce, bytes(plaintext), header + bytes(aad))
@@ -113,23 +119,87 @@ def open_sealed(blob: bytes, *, aad: bytes, keys: MasterKeyProvider) -> bytes:
     Raises DecryptionFailed on any tampering or a wrong ``aad``, KeyNotFound on an unknown key version.
     """
     parsed = _parse(blob)
-    if parsed.header.wrap_kind not in SUPPORTED_WRAP_KINDS:
-        raise DecryptionFailed(f"unsupported envelope wrap kind {parsed.header.wrap_kind}")
-    master_key = keys.key(parsed.header.key_version)  # raises KeyNotFound
-    try:
-        data_key = aes_key_unwrap_with_padding(master_key, parsed.wrapped_key)
-    except (InvalidUnwrap, ValueError):
+    if parsed.header.wrap_kind != WRAP_MASTER or parsed.header.format_version != FORMAT_VERSION:
         raise DecryptionFailed(
-            f"envelope data key does not unwrap with master key version {parsed.header.key_version}"
-        ) from None
+            f"envelope format {parsed.header.format_version} (wrap kind {parsed.header.wrap_kind}) is not "
+            f"a master-key envelope; open it with open_for_subject"
+        )
+    # Raises KeyNotFound (or KeyRetired) for a version the provider does not hold or no longer accepts.
+    data_key = keys.unwrap(parsed.header.key_version, parsed.wrapped_key)
+    return _decrypt(parsed, data_key, parsed.header_bytes + bytes(aad))
+
+
+def _decrypt(parsed: _Parsed, data_key: bytes, associated: bytes) -> bytes:
     if len(data_key) != KEY_BYTES:
         raise DecryptionFailed("envelope data key has the wrong length")
     try:
-        return AESGCM(data_key).decrypt(parsed.nonce, parsed.ciphertext, parsed.header_bytes + bytes(aad))
+        return AESGCM(data_key).decrypt(parsed.nonce, parsed.ciphertext, associated)
     except InvalidTag:
         raise DecryptionFailed(
             "envelope failed authentication (tampered, or opened for another row)"
         ) from None
+
+
+@dataclass(frozen=True)
+class SubjectKey:
+    """One subject's unwrapped 256-bit key and its version; never logged (``key`` is not in the repr)."""
+
+    subject_ref: str
+    version: int
+    key: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class RowBinding:
+    """The row a format-2 ciphertext belongs to: it cannot be opened as any other row's."""
+
+    table: str
+    record_id: str
+    subject_ref: str
+
+
+def _row_aad(header_bytes: bytes, binding: RowBinding, key_version: int) -> bytes:
+    return header_bytes + bind_aad(
+        "custos/row/v2",
+        binding.table,
+        binding.record_id,
+        binding.subject_ref,
+        str(key_version),
+        str(FORMAT_SUBJECT),
+    )
+
+
+def seal_for_subject(plaintext: bytes, *, binding: RowBinding, subject_key: SubjectKey) -> bytes:
+    """Encrypt under a fresh data key wrapped (RFC 5649) by the subject's key; bound to ``binding``."""
+    if subject_key.subject_ref != binding.subject_ref:
+        raise ValueError("the subject key belongs to another subject than the row")
+    data_key = AESGCM.generate_key(bit_length=256)
+    wrapped = software_wrap(subject_key.key, data_key)
+    header = _FIXED.pack(MAGIC, FORMAT_SUBJECT, WRAP_SUBJECT, subject_key.version, len(wrapped)) + wrapped
+    nonce = os.urandom(NONCE_BYTES)
+    associated = _row_aad(header, binding, subject_key.version)
+    return header + nonce + AESGCM(data_key).encrypt(nonce, bytes(plaintext), associated)
+
+
+def open_for_subject(blob: bytes, *, binding: RowBinding, subject_key: SubjectKey) -> bytes:
+    """Decrypt a blob from ``seal_for_subject``; DecryptionFailed on tampering or another row's binding."""
+    parsed = _parse(blob)
+    if parsed.header.wrap_kind != WRAP_SUBJECT or parsed.header.format_version != FORMAT_SUBJECT:
+        raise DecryptionFailed(
+            f"envelope format {parsed.header.format_version} (wrap kind {parsed.header.wrap_kind}) is not "
+            f"a subject-key envelope"
+        )
+    if subject_key.subject_ref != binding.subject_ref:
+        raise DecryptionFailed("the subject key belongs to another subject than the row")
+    if parsed.header.key_version != subject_key.version:
+        raise DecryptionFailed(
+            f"envelope names subject key version {parsed.header.key_version}, "
+            f"the subject's key is version {subject_key.version}"
+        )
+    data_key = software_unwrap(
+        subject_key.key, parsed.wrapped_key, f"subject key version {subject_key.version}"
+    )
+    return _decrypt(parsed, data_key, _row_aad(parsed.header_bytes, binding, subject_key.version))
 
 
 def bind_aad(*parts: str | bytes) -> bytes:

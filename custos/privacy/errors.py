@@ -19,6 +19,14 @@ class KeyNotFound(PrivacyError):
     """A ciphertext names a master key version the key provider does not hold."""
 
 
+class KeyRetired(KeyNotFound):
+    """A ciphertext names a master key version below the minimum decryption version."""
+
+
+class SubjectKeyMissing(KeyNotFound):
+    """The subject's key does not exist: the subject was erased (crypto-shredded) or never had data."""
+
+
 class DecryptionFailed(PrivacyError):
     """A sealed blob failed authentication or is malformed (wrong key, wrong row, tampered bytes)."""
 

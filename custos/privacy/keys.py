@@ -1,4 +1,4 @@
-"""Master keys for envelope encryption and the blind-index key, from a provider (file; later env, PKCS#11).
+"""Master keys for envelope encryption and the blind-index key, from a provider (file, environment, PKCS#11).
 
 Key file format (JSON, mode 0600)::
 
@@ -24,7 +24,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from custos.privacy.errors import KeyFileError, KeyNotFound
+from cryptography.hazmat.primitives.keywrap import (
+    InvalidUnwrap,
+    aes_key_unwrap_with_padding,
+    aes_key_wrap_with_padding,
+)
+
+from custos.privacy.errors import DecryptionFailed, KeyFileError, KeyNotFound, KeyRetired
 
 KEY_BYTES = 32
 KEY_FILE_FORMAT = 1
@@ -35,20 +41,107 @@ _BLIND_INDEX_DOMAIN = b"custos/blind-index/v1"
 
 @runtime_checkable
 class MasterKeyProvider(Protocol):
-    """Source of versioned 32-byte master keys and of the blind-index key."""
+    """Source of versioned master keys (used only to wrap and unwrap other keys) and of the blind-index key.
+
+    Master keys never have to leave the provider: a PKCS#11 token wraps and unwraps on the token.
+    """
+
+    @property
+    def kind(self) -> str:
+        """Provider name for inventories and audit records: ``file``, ``env`` or ``pkcs11``."""
+        ...
 
     @property
     def current_version(self) -> int:
-        """Version new envelopes are sealed with."""
+        """Version new keys are wrapped with (the primary version)."""
         ...
 
-    def key(self, version: int) -> bytes:
-        """Return the 32-byte master key of ``version``; raise KeyNotFound if it is not held."""
+    @property
+    def versions(self) -> list[int]:
+        """Every master key version held, ascending."""
+        ...
+
+    def wrap(self, version: int, key: bytes) -> bytes:
+        """Wrap ``key`` (RFC 5649) with master key ``version``; KeyNotFound if it is not held."""
+        ...
+
+    def unwrap(self, version: int, wrapped: bytes) -> bytes:
+        """Unwrap with master key ``version``: KeyNotFound if not held, DecryptionFailed if it fails."""
         ...
 
     def index_key(self) -> bytes:
         """Return the 32-byte HMAC key for blind indexes (separate from master keys, never rotated)."""
         ...
+
+
+def software_wrap(master_key: bytes, key: bytes) -> bytes:
+    """RFC 5649 (AES key wrap with padding) of ``key`` under ``master_key``."""
+    return aes_key_wrap_with_padding(master_key, key)
+
+
+def software_unwrap(wrapping_key: bytes, wrapped: bytes, name: str) -> bytes:
+    """Reverse :func:`software_wrap`; DecryptionFailed names only the wrapping key (``name``)."""
+    try:
+        return aes_key_unwrap_with_padding(wrapping_key, bytes(wrapped))
+    except (InvalidUnwrap, ValueError):
+        raise DecryptionFailed(f"wrapped key does not unwrap with {name}") from None
+
+
+class RetiringKeyProvider:
+    """A provider that refuses master key versions below a minimum decryption version.
+
+    Rotation adds a version, ``keys rewrap`` moves every subject key to it; raising the minimum then retires
+    the old versions everywhere, even while they are still in the key file or the token.
+    """
+
+    def __init__(self, inner: MasterKeyProvider, *, min_version: int) -> None:
+        """Wrap ``inner``; the primary version must not itself be retired."""
+        if min_version > inner.current_version:
+            raise KeyRetired(
+                f"the primary master key version {inner.current_version} is below the minimum decryption "
+                f"version {min_version}; promote a newer version first (custos keys rotate)"
+            )
+        self.inner = inner
+        self.min_version = min_version
+
+    def __repr__(self) -> str:
+        return f"RetiringKeyProvider({self.inner!r}, min_version={self.min_version})"
+
+    @property
+    def kind(self) -> str:
+        """The wrapped provider's kind."""
+        return self.inner.kind
+
+    @property
+    def current_version(self) -> int:
+        """The wrapped provider's primary version."""
+        return self.inner.current_version
+
+    @property
+    def versions(self) -> list[int]:
+        """The versions still usable (at or above the minimum)."""
+        return [v for v in self.inner.versions if v >= self.min_version]
+
+    def _check(self, version: int) -> None:
+        if version < self.min_version:
+            raise KeyRetired(
+                f"master key version {version} is retired (minimum decryption version "
+                f"{self.min_version}); rows still on it must be rewrapped with an older minimum first"
+            )
+
+    def wrap(self, version: int, key: bytes) -> bytes:
+        """Wrap with ``version`` unless it is retired."""
+        self._check(version)
+        return self.inner.wrap(version, key)
+
+    def unwrap(self, version: int, wrapped: bytes) -> bytes:
+        """Unwrap with ``version`` unless it is retired."""
+        self._check(version)
+        return self.inner.unwrap(version, wrapped)
+
+    def index_key(self) -> bytes:
+        """The wrapped provider's blind-index key."""
+        return self.inner.index_key()
 
 
 def _check_key(name: str, key: bytes) -> bytes:
@@ -89,6 +182,8 @@ class FileKeyProvider:
     def __repr__(self) -> str:
         return f"FileKeyProvider(path={str(self.path)!r}, primary={self._primary}, versions={self.versions})"
 
+    kind = "file"
+
     @property
     def current_version(self) -> int:
         """Version new envelopes are sealed with (the file's ``primary``)."""
@@ -109,9 +204,41 @@ class FileKeyProvider:
                 f"it holds versions {self.versions}"
             ) from None
 
+    def wrap(self, version: int, key: bytes) -> bytes:
+        """RFC 5649 wrap of ``key`` under master key ``version``."""
+        return software_wrap(self.key(version), key)
+
+    def unwrap(self, version: int, wrapped: bytes) -> bytes:
+        """RFC 5649 unwrap under master key ``version``."""
+        return software_unwrap(self.key(version), wrapped, f"master key version {version}")
+
     def index_key(self) -> bytes:
         """Return the blind-index HMAC key."""
         return self._index_key
+
+    def with_new_version(self, *, promote: bool = True) -> FileKeyProvider:
+        """Return a copy with master key version highest + 1 added, primary unless ``promote`` is off."""
+        version = max(self._keys) + 1
+        _check_version(version)
+        return FileKeyProvider(
+            primary=version if promote else self._primary,
+            master_keys={**self._keys, version: secrets.token_bytes(KEY_BYTES)},
+            index_key=self._index_key,
+            path=self.path,
+        )
+
+    def with_primary(self, version: int) -> FileKeyProvider:
+        """Return a copy whose primary is ``version`` (which must be held)."""
+        self.key(version)
+        return FileKeyProvider(
+            primary=version, master_keys=self._keys, index_key=self._index_key, path=self.path
+        )
+
+    def save(self) -> None:
+        """Replace the key file atomically (same 0600 mode); the previous content is gone afterwards."""
+        if self.path is None:
+            raise ValueError("this key set has no file")
+        _replace_file(self.path, self.to_json())
 
     def to_json(self) -> bytes:
         """Serialise to the key file format (contains key material: write it only with mode 0600)."""
@@ -221,6 +348,11 @@ class FileKeyProvider:
         return cls.load(path)
 
     @classmethod
+    def from_document(cls, data: bytes, *, source: str) -> FileKeyProvider:
+        """Parse the key file format from bytes held elsewhere (an environment variable)."""
+        return cls._parse(Path(source), data)
+
+    @classmethod
     def _parse(cls, path: Path, data: bytes) -> FileKeyProvider:
         def bad(reason: str) -> KeyFileError:
             return KeyFileError(
@@ -299,6 +431,57 @@ def _write_new_file(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to a 0600 temporary file beside ``path``, fsync, then rename it over ``path``."""
+    temporary = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        try:
+            os.fchmod(fd, 0o600)
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class EnvKeyProvider(FileKeyProvider):
+    """The key file's JSON document held in an environment variable (for secret stores that inject env)."""
+
+    kind = "env"
+
+    @classmethod
+    def from_environment(cls, variable: str, environ: Mapping[str, str] | None = None) -> FileKeyProvider:
+        """Parse the variable; KeyFileError says what is wrong and never echoes the value."""
+        environ = os.environ if environ is None else environ
+        value = environ.get(variable)
+        if not value:
+            raise KeyFileError(
+                f"environment variable {variable} is not set; put the key file's JSON document in it "
+                f"(custos keys init --print-env prints one), or use key_provider = 'file'"
+            )
+        parsed = FileKeyProvider._parse(Path(f"${variable}"), value.encode("utf-8", "surrogateescape"))
+        return cls(
+            primary=parsed.current_version,
+            master_keys={v: parsed.key(v) for v in parsed.versions},
+            index_key=parsed.index_key(),
+        )
+
+    def __repr__(self) -> str:
+        return f"EnvKeyProvider(primary={self.current_version}, versions={self.versions})"
 
 
 def blind_index(key: bytes, kind: str, value: str) -> str:

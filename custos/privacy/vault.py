@@ -1,9 +1,10 @@
 """The conversation vault: each conversation's placeholder map, sealed at rest, with an expiry.
 
 One row per (caller principal, conversation id), addressed by the blind index the audit trail uses, so
-nothing is shared across callers or conversations. The map is sealed in the envelope format with associated
-data naming the table, the row and its version, so a blob copied to another row or replayed at an older
-version fails to open.
+nothing is shared across callers or conversations. The map is sealed for the conversation's subject (envelope
+format 2: a fresh data key wrapped by the subject's key) and bound to the table, the row, its version and the
+subject, so a blob copied to another row or replayed at an older version fails to open, and erasing the
+subject makes the map unreadable. Maps sealed in format 1 (master-key wrapped) stay readable.
 
 Concurrent requests of one conversation stay consistent: the read-extend-write runs in one transaction that
 locks the row (``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), and the write is a
@@ -25,10 +26,20 @@ from sqlalchemy.exc import IntegrityError
 
 from custos.audit.db import translate_db_errors
 from custos.audit.models import ConversationVaultRow
-from custos.privacy.envelope import bind_aad, open_sealed, read_header, seal
-from custos.privacy.errors import PrivacyError
+from custos.privacy.envelope import (
+    FORMAT_SUBJECT,
+    RowBinding,
+    bind_aad,
+    open_for_subject,
+    open_sealed,
+    read_header,
+    seal,
+    seal_for_subject,
+)
+from custos.privacy.errors import DecryptionFailed, PrivacyError
 from custos.privacy.keys import MasterKeyProvider
 from custos.privacy.pseudonymize import PlaceholderMap
+from custos.privacy.subject_keys import SubjectKeyStore
 
 T = TypeVar("T")
 VAULT_TABLE = "conversation_vault"
@@ -40,8 +51,13 @@ class VaultConflict(PrivacyError):
 
 
 def vault_aad(conversation_ref: str, version: int) -> bytes:
-    """Associated data binding a sealed map to its row and version."""
+    """Associated data binding a format-1 sealed map to its row and version."""
     return bind_aad(VAULT_TABLE, conversation_ref, str(version))
+
+
+def vault_binding(conversation_ref: str, version: int, subject_ref: str) -> RowBinding:
+    """The row binding of a format-2 sealed map: row, version and subject."""
+    return RowBinding(table=VAULT_TABLE, record_id=f"{conversation_ref}#{version}", subject_ref=subject_ref)
 
 
 @dataclass(frozen=True)
@@ -62,12 +78,15 @@ class ConversationVault:
         keys: MasterKeyProvider,
         *,
         ttl_seconds: int,
+        subject_keys: SubjectKeyStore | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        """``subject_keys`` seals maps for their subject; without it (or a subject) maps use format 1."""
         if ttl_seconds <= 0:
             raise ValueError("ttl_seconds must be positive")
         self._engine = engine
         self._keys = keys
+        self._subject_keys = subject_keys
         self._ttl = timedelta(seconds=ttl_seconds)
         self._clock = clock
 
@@ -79,13 +98,23 @@ class ConversationVault:
             ).one_or_none()
         if row is None or row.expires_at <= self._clock():
             return PlaceholderMap()
-        return self._open(conversation_ref, row.version, row.ciphertext)
+        return self._open(conversation_ref, row.version, row.ciphertext, row.subject_ref)
 
-    def update(self, conversation_ref: str, apply: Callable[[PlaceholderMap], T]) -> tuple[T, VaultUpdate]:
+    def update(
+        self,
+        conversation_ref: str,
+        apply: Callable[[PlaceholderMap], T],
+        *,
+        subject_ref: str | None = None,
+    ) -> tuple[T, VaultUpdate]:
         """Run ``apply`` on the conversation's map and store the result atomically.
 
         ``apply`` may run more than once (after a concurrent write) and must only depend on the map it gets.
+        With a ``subject_ref`` (and a subject key store) the map is sealed with that subject's key.
         """
+        subject_key = None
+        if subject_ref is not None and self._subject_keys is not None:
+            subject_key = self._subject_keys.get_or_create(subject_ref)
         for _attempt in range(MAX_ATTEMPTS):
             with translate_db_errors(), self._engine.begin() as conn:
                 # FOR UPDATE locks the row on PostgreSQL; SQLite's BEGIN IMMEDIATE serialises writers anyway.
@@ -99,20 +128,25 @@ class ConversationVault:
                 if row is None or expired:
                     mapping = PlaceholderMap()
                 else:
-                    mapping = self._open(conversation_ref, row.version, row.ciphertext)
+                    mapping = self._open(conversation_ref, row.version, row.ciphertext, row.subject_ref)
                 result = apply(mapping)
                 version = 1 if row is None else row.version + 1
-                blob = seal(
-                    json.dumps(mapping.to_dict(), ensure_ascii=False).encode(),
-                    aad=vault_aad(conversation_ref, version),
-                    keys=self._keys,
-                )
+                document = json.dumps(mapping.to_dict(), ensure_ascii=False).encode()
+                if subject_key is not None:
+                    blob = seal_for_subject(
+                        document,
+                        binding=vault_binding(conversation_ref, version, subject_key.subject_ref),
+                        subject_key=subject_key,
+                    )
+                else:
+                    blob = seal(document, aad=vault_aad(conversation_ref, version), keys=self._keys)
                 values = {
                     "version": version,
                     "updated_at": now,
                     "expires_at": now + self._ttl,
                     "key_version": read_header(blob).key_version,
                     "ciphertext": blob,
+                    "subject_ref": subject_key.subject_ref if subject_key is not None else None,
                 }
                 if row is None:
                     try:
@@ -147,8 +181,27 @@ class ConversationVault:
             )
         return int(result.rowcount or 0)
 
-    def _open(self, conversation_ref: str, version: int, blob: bytes) -> PlaceholderMap:
-        plaintext = open_sealed(blob, aad=vault_aad(conversation_ref, version), keys=self._keys)
+    def erase_subject(self, subject_ref: str) -> int:
+        """Delete every map sealed for ``subject_ref``; return how many."""
+        with translate_db_errors(), self._engine.begin() as conn:
+            result = conn.execute(
+                delete(ConversationVaultRow).where(ConversationVaultRow.subject_ref == subject_ref)
+            )
+        return int(result.rowcount or 0)
+
+    def _open(
+        self, conversation_ref: str, version: int, blob: bytes, subject_ref: str | None
+    ) -> PlaceholderMap:
+        if read_header(blob).format_version == FORMAT_SUBJECT:
+            if subject_ref is None or self._subject_keys is None:
+                raise DecryptionFailed("a subject-key vault row cannot be opened without its subject key")
+            plaintext = open_for_subject(
+                blob,
+                binding=vault_binding(conversation_ref, version, subject_ref),
+                subject_key=self._subject_keys.get(subject_ref),
+            )
+        else:
+            plaintext = open_sealed(blob, aad=vault_aad(conversation_ref, version), keys=self._keys)
         try:
             data = json.loads(plaintext)
         except ValueError:

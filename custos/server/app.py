@@ -21,8 +21,9 @@ from presidio_analyzer import AnalyzerEngine
 from custos.audit.db import make_engine, migrate
 from custos.audit.store import AuditStore, TranscriptStore
 from custos.audit.trail import AuditTrail
-from custos.privacy.keys import FileKeyProvider, MasterKeyProvider
+from custos.privacy.keys import MasterKeyProvider
 from custos.privacy.pseudonymize import Pseudonymizer
+from custos.privacy.subject_keys import SubjectKeyStore
 from custos.privacy.vault import ConversationVault
 from custos.server.auth import AccessInterceptor, Authenticator
 from custos.server.availability import (
@@ -37,6 +38,7 @@ from custos.server.convert import RequestLimits
 from custos.server.engine.base import Engine
 from custos.server.idempotency import IdempotencyStore
 from custos.server.interceptors import ObservingInterceptor
+from custos.server.keyring import ErasureLedger, SubjectService, open_master_keys
 from custos.server.limits import CapacityLimiter
 from custos.server.metrics import Metrics
 from custos.server.pipeline import Pipeline
@@ -44,8 +46,9 @@ from custos.server.privacy_servicer import PrivacyServicer
 from custos.server.privacy_stage import PrivacyStage, ReidentifyCheck
 from custos.server.purposes import PurposePolicy
 from custos.server.requests import Caller
-from custos.server.servicers import AuditServicer, InferenceServicer, raw_bytes_handler
+from custos.server.servicers import AdminServicer, AuditServicer, InferenceServicer, raw_bytes_handler
 from custos.server.settings import Settings
+from custos.server.subject_access import SubjectAccess
 from custos.server.tls import ReloadingCredentials
 from custos.server.tokens import TokenStore
 from custos.v1 import admin_pb2, audit_pb2, feedback_pb2, inference_pb2, privacy_pb2
@@ -103,6 +106,8 @@ class CustosServer:
         workers = settings.worker_threads + components.engine.concurrency
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="custos")
         self.keys: MasterKeyProvider | None = None
+        self.subjects: SubjectService | None = None
+        self.subject_keys: SubjectKeyStore | None = None
         self.audit: AuditStore | None = None
         self.pipeline: Pipeline | None = None
         self.transcripts: TranscriptStore | None = None
@@ -121,10 +126,24 @@ class CustosServer:
         settings = self.settings
         ensure_private_dir(settings.data_dir)
         ensure_private_dir(settings.resolved_key_file.parent)
-        self.keys = FileKeyProvider.load_or_create(settings.resolved_key_file)
+        self.keys = open_master_keys(settings)
         db = make_engine(settings.resolved_database_url)
         await asyncio.get_running_loop().run_in_executor(self._executor, migrate, db)
         self.audit = AuditStore(db)
+        self.subjects = SubjectService(
+            db,
+            self.keys,
+            self.audit,
+            ErasureLedger.beside_checkpoints(settings),
+            vault_ttl_seconds=settings.vault_ttl_seconds,
+        )
+        self.subject_keys = self.subjects.subject_keys
+        # A restored database must not bring back subjects erased after the backup was taken.
+        reapplied = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self.subjects.reapply_ledger
+        )
+        if reapplied:
+            log.warning("erasure ledger re-applied", extra={"fields": {"destroyed": reapplied}})
         self.transcripts = TranscriptStore(db)
         self.tokens = TokenStore(db, self.audit)
         loop = asyncio.get_running_loop()
@@ -149,7 +168,9 @@ class CustosServer:
         )
         privacy = PrivacyStage(
             pseudonymizer,
-            vault=ConversationVault(db, self.keys, ttl_seconds=settings.vault_ttl_seconds),
+            vault=ConversationVault(
+                db, self.keys, ttl_seconds=settings.vault_ttl_seconds, subject_keys=self.subject_keys
+            ),
             may_reidentify=self.may_reidentify,
             block_entities=settings.pii_block_entities,
             ner_window_chars=settings.stream_ner_window_chars,
@@ -161,6 +182,7 @@ class CustosServer:
             engine=self.components.engine,
             audit=self.audit,
             keys=self.keys,
+            subject_keys=self.subject_keys,
             executor=self._executor,
             metrics=self.metrics,
             retention_class=settings.retention_class,
@@ -191,6 +213,13 @@ class CustosServer:
             ],
             options=[("grpc.max_receive_message_length", core_limit)],
         )
+        access = SubjectAccess(
+            audit=self.audit,
+            transcripts=self.transcripts,
+            keys=self.keys,
+            subjects=self.subjects,
+            executor=self._executor,
+        )
         servicers: dict[str, Any] = {
             "Inference": InferenceServicer(
                 pipeline,
@@ -199,7 +228,8 @@ class CustosServer:
                 idempotency=IdempotencyStore(db, self.keys, self._executor),
                 purposes=PurposePolicy(settings.purposes),
             ),
-            "Audit": AuditServicer(ComplianceService(self.trail, self._executor)),
+            "Audit": AuditServicer(ComplianceService(self.trail, self._executor), access),
+            "Admin": AdminServicer(access),
             "Privacy": PrivacyServicer(pipeline, limits, max_request_bytes=settings.max_request_bytes),
         }
         server.add_generic_rpc_handlers(

@@ -72,6 +72,8 @@ RPC_PERMISSIONS: Mapping[str, str] = MappingProxyType(
         "/custos.v1.Audit/Verify": "audit.read",
         "/custos.v1.Audit/Export": "audit.read",
         "/custos.v1.Privacy/Anonymize": "anonymize",
+        "/custos.v1.Audit/GetTranscript": "transcript.read",
+        "/custos.v1.Admin/EraseSubject": "subjects.admin",
     }
 )
 # "message.field" -> the permission a request needs when that field is set.

@@ -20,9 +20,11 @@ from typing import Any, TypeVar
 from custos.audit.errors import AuditUnavailable
 from custos.audit.events import AuditEvent, StoredRecord
 from custos.audit.store import AuditStore, SealedTranscript
-from custos.privacy.envelope import read_header, seal
+from custos.privacy.envelope import read_header
 from custos.privacy.keys import MasterKeyProvider, blind_index
 from custos.privacy.pseudonymize import Pseudonymized, Pseudonymizer
+from custos.privacy.subject_keys import SubjectKeyStore
+from custos.privacy.transcripts import TRANSCRIPT_FORMAT, seal_transcript, transcript_aad
 from custos.server.engine.base import Engine
 from custos.server.engine.types import ChatTurn, EngineBusy, GenerationResult
 from custos.server.errors import RequestError
@@ -39,14 +41,8 @@ from custos.server.requests import (
 )
 
 T = TypeVar("T")
-TRANSCRIPT_TABLE = "transcripts"
-TRANSCRIPT_FORMAT = 1
 _DEADLINE_SLACK_S = 0.05  # the caller's and our clock reading of one deadline differ by the call's transit
-
-
-def transcript_aad(transcript_id: str, conversation_ref: str) -> bytes:
-    """Associated data binding a sealed transcript to its row."""
-    return f"custos:{TRANSCRIPT_TABLE}:v{TRANSCRIPT_FORMAT}:{transcript_id}:{conversation_ref}".encode()
+__all__ = ["Pipeline", "transcript_aad"]
 
 
 @dataclass
@@ -72,6 +68,7 @@ class Pipeline:
         engine: Engine,
         audit: AuditStore,
         keys: MasterKeyProvider,
+        subject_keys: SubjectKeyStore,
         executor: Executor,
         metrics: Metrics,
         retention_class: str,
@@ -82,6 +79,7 @@ class Pipeline:
         self._engine = engine
         self._audit = audit
         self._keys = keys
+        self._subject_keys = subject_keys
         self._executor = executor
         self._metrics = metrics
         self._retention_class = retention_class
@@ -319,6 +317,7 @@ class Pipeline:
                     mode="block" if call.privacy_mode == "block" else "mask",
                     block_entities=call.block_entities,
                     reidentify=call.reidentify,
+                    subject_ref=subject_ref,
                 ),
             )
         except PrivacyRefusal as refusal:
@@ -430,7 +429,9 @@ class Pipeline:
             },
             ensure_ascii=False,
         ).encode()
-        blob = seal(plaintext, aad=transcript_aad(transcript_id, conversation_ref), keys=self._keys)
+        # 5 encrypt: a fresh data key, wrapped by the subject's key, bound to this row and subject.
+        subject_key = self._subject_keys.get_or_create(subject_ref)
+        blob = seal_transcript(plaintext, transcript_id=transcript_id, subject_key=subject_key)
         header = read_header(blob)
         return SealedTranscript(
             id=transcript_id,

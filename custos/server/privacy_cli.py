@@ -74,14 +74,14 @@ class LocalAnonymizer:
         from custos.audit.db import make_engine, migrate
         from custos.audit.store import AuditStore
         from custos.privacy.analyzer import build_analyzer
-        from custos.privacy.keys import FileKeyProvider
         from custos.privacy.vault import ConversationVault
         from custos.server.app import build_pseudonymizer, ensure_private_dir
+        from custos.server.keyring import open_master_keys
         from custos.server.privacy_stage import PrivacyStage
 
         ensure_private_dir(settings.data_dir)
         ensure_private_dir(settings.resolved_key_file.parent)
-        self._keys = FileKeyProvider.load_or_create(settings.resolved_key_file)
+        self._keys = open_master_keys(settings)
         db = make_engine(settings.resolved_database_url)
         migrate(db)
         self._audit = AuditStore(db)

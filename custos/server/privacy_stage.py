@@ -126,6 +126,7 @@ class PrivacyStage:
         mode: PrivacyMode = "mask",
         block_entities: Sequence[str] | None = None,
         reidentify: bool = False,
+        subject_ref: str | None = None,
     ) -> PrivacyDecision:
         """Analyse, apply the policy, and pseudonymize with the conversation's vault."""
         blocked_types = tuple(block_entities) if block_entities else self._block_entities
@@ -167,15 +168,19 @@ class PrivacyStage:
                         "pii": {"counts": analysis.counts()},
                     },
                 )
-        anon, vault_info = self._assign(analysis, conversation_ref)
+        anon, vault_info = self._assign(analysis, conversation_ref, subject_ref)
         policy["decision"] = "masked"
         return PrivacyDecision(anon=anon, audit={"privacy_policy": policy, "vault": vault_info})
 
-    def _assign(self, analysis: Analysis, conversation_ref: str) -> tuple[Pseudonymized, dict[str, Any]]:
+    def _assign(
+        self, analysis: Analysis, conversation_ref: str, subject_ref: str | None
+    ) -> tuple[Pseudonymized, dict[str, Any]]:
         if self._vault is None:
             return self._pseudonymizer.apply(analysis, PlaceholderMap()), {"scope": "call"}
         anon, update = self._vault.update(
-            conversation_ref, lambda mapping: self._pseudonymizer.apply(analysis, mapping)
+            conversation_ref,
+            lambda mapping: self._pseudonymizer.apply(analysis, mapping),
+            subject_ref=subject_ref,
         )
         return anon, {
             "scope": "conversation",

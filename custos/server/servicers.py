@@ -24,7 +24,8 @@ from custos.server.idempotency import IdempotencyConflict, IdempotencyStore
 from custos.server.pipeline import Pipeline
 from custos.server.purposes import PurposePolicy
 from custos.server.requests import Caller, GenerateCall
-from custos.v1 import audit_pb2, inference_pb2
+from custos.server.subject_access import SubjectAccess
+from custos.v1 import admin_pb2, audit_pb2, common_pb2, inference_pb2
 
 # Principal of callers until authentication is configured.
 ANONYMOUS = "anonymous"
@@ -122,8 +123,9 @@ class InferenceServicer:
 class AuditServicer:
     """custos.v1.Audit: read access to the trail for compliance officers."""
 
-    def __init__(self, compliance: ComplianceService) -> None:
+    def __init__(self, compliance: ComplianceService, access: SubjectAccess) -> None:
         self._compliance = compliance
+        self._access = access
 
     async def Query(
         self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
@@ -175,6 +177,65 @@ class AuditServicer:
         async with aclosing(chunks):
             async for data in chunks:
                 yield audit_pb2.AuditExportChunk(data=data)
+
+    async def GetTranscript(
+        self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> audit_pb2.Transcript:
+        """One decrypted transcript, for a stated reason; the read is audited."""
+        request = convert.parse_message(audit_pb2.GetTranscriptRequest, raw)
+        view = await self._access.get_transcript(
+            caller_from_context(context), request.transcript_id, request.reason
+        )
+        response = audit_pb2.Transcript(
+            transcript_id=view.transcript_id,
+            messages=[_chat_message_to_pb(m) for m in view.messages],
+            anonymized_messages=[_chat_message_to_pb(m) for m in view.anonymized_messages],
+            answer=view.answer,
+            anonymized_answer=view.anonymized_answer,
+            audit_record_id=view.audit_record_id,
+        )
+        response.created_at.FromDatetime(view.created_at)
+        return response
+
+
+_ROLES_PB = {
+    "system": common_pb2.ROLE_SYSTEM,
+    "user": common_pb2.ROLE_USER,
+    "assistant": common_pb2.ROLE_ASSISTANT,
+}
+
+
+def _chat_message_to_pb(message: dict[str, str]) -> common_pb2.ChatMessage:
+    return common_pb2.ChatMessage(
+        role=_ROLES_PB.get(message.get("role", ""), common_pb2.ROLE_UNSPECIFIED),
+        content=message.get("content", ""),
+    )
+
+
+class AdminServicer:
+    """custos.v1.Admin: operator actions."""
+
+    def __init__(self, access: SubjectAccess) -> None:
+        self._access = access
+
+    async def EraseSubject(
+        self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.EraseSubjectResponse:
+        """Destroy a subject's key and vault rows (right to erasure); audited."""
+        request = convert.parse_message(admin_pb2.EraseSubjectRequest, raw)
+        result = await self._access.erase_subject(
+            caller_from_context(context),
+            subject_id=request.subject_id,
+            principal=request.principal,
+            conversation_id=request.conversation_id,
+        )
+        return admin_pb2.EraseSubjectResponse(
+            subject_ref=result.subject_ref,
+            subject_key_destroyed=result.subject_key_destroyed,
+            vault_rows_deleted=result.vault_rows_deleted,
+            transcripts_unreadable=result.transcripts_unreadable,
+            audit_record_id=result.record_id or "",
+        )
 
 
 def raw_bytes_handler(service: ServiceDescriptor, servicer: object) -> grpc.GenericRpcHandler:

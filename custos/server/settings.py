@@ -55,6 +55,38 @@ class Settings(BaseSettings):
         None,
         description="Master key file (mode 0600); default: keys/master.json in data_dir (made at start).",
     )
+    key_provider: Literal["file", "env", "pkcs11"] = Field(
+        "file",
+        description="Where master keys live: 'file' (key_file), 'env' (key_env_var) or 'pkcs11' (a token).",
+    )
+    key_env_var: str = Field(
+        "CUSTOS_KEY_MATERIAL",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable holding the key file's JSON document when key_provider = 'env'.",
+    )
+    key_min_decrypt_version: int = Field(
+        1,
+        ge=1,
+        description="Master key versions below this are retired: refused for unwrapping (rewrap first).",
+    )
+    pkcs11_module: Path | None = Field(
+        None, description="PKCS#11 module (.so) when key_provider = 'pkcs11', e.g. libsofthsm2.so."
+    )
+    pkcs11_token_label: str = Field("custos", description="Label of the PKCS#11 token holding the keys.")
+    pkcs11_pin_file: Path | None = Field(
+        None, description="File (mode 0600) holding the PKCS#11 user PIN."
+    )
+    pkcs11_key_label: str = Field(
+        "custos-master",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Label prefix of the token's keys: <prefix>-<version> and <prefix>-index.",
+    )
+    transcript_retention_days: int = Field(
+        0,
+        ge=0,
+        description="Transcripts older than this are destroyed by the server and custos transcripts purge; "
+        "0 keeps them.",
+    )
     model_source: str = Field(
         "bundled",
         description="'bundled' (Gemma 3 270M from the installed package), a local GGUF file or a local "

@@ -1,0 +1,285 @@
+"""Key management shared by the server and the ``custos keys`` / ``custos subjects`` commands.
+
+Opens the configured master key provider, lists every key Custos uses, and erases subjects: the subject key
+and vault rows are destroyed, the erasure is audited and appended to an erasure ledger kept beside the audit
+checkpoints. The ledger is re-applied at every start, so restoring a database backup taken before an erasure
+cannot bring the erased subject's data back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+
+from custos.audit.checkpoints import SIGNING_KEY_FILE
+from custos.audit.db import translate_db_errors
+from custos.audit.events import AuditEvent
+from custos.audit.models import ConversationVaultRow, SubjectKeyRow, TranscriptRow
+from custos.audit.store import AuditStore
+from custos.privacy.errors import KeyFileError
+from custos.privacy.keys import (
+    EnvKeyProvider,
+    FileKeyProvider,
+    MasterKeyProvider,
+    RetiringKeyProvider,
+    blind_index,
+)
+from custos.privacy.subject_keys import SubjectKeyStore
+from custos.privacy.vault import ConversationVault
+from custos.server.settings import Settings
+
+ERASURE_LEDGER_FILE = "erasure-ledger.jsonl"
+
+
+def open_master_keys(settings: Settings, *, create: bool = True) -> MasterKeyProvider:
+    """The configured provider, refusing retired versions below ``key_min_decrypt_version``.
+
+    ``create`` makes the key file on first start (file provider only); the other providers must be set up
+    with ``custos keys init`` (PKCS#11) or by the operator (environment).
+    """
+    provider = open_raw_provider(settings, create=create)
+    return RetiringKeyProvider(provider, min_version=settings.key_min_decrypt_version)
+
+
+def open_raw_provider(settings: Settings, *, create: bool = True) -> Any:
+    """The provider itself (a FileKeyProvider, EnvKeyProvider or Pkcs11KeyProvider), for key commands."""
+    if settings.key_provider == "env":
+        return EnvKeyProvider.from_environment(settings.key_env_var)
+    if settings.key_provider == "pkcs11":
+        from custos.privacy.pkcs11_provider import Pkcs11KeyProvider, read_pin
+
+        if settings.pkcs11_module is None or settings.pkcs11_pin_file is None:
+            raise KeyFileError("key_provider = 'pkcs11' needs pkcs11_module and pkcs11_pin_file")
+        return Pkcs11KeyProvider.open(
+            module=settings.pkcs11_module,
+            token_label=settings.pkcs11_token_label,
+            pin=read_pin(settings.pkcs11_pin_file),
+            label=settings.pkcs11_key_label,
+        )
+    path = settings.resolved_key_file
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return FileKeyProvider.load_or_create(path)
+    return FileKeyProvider.load(path)
+
+
+def subject_ref_of(keys: MasterKeyProvider, subject_id: str) -> str:
+    """The blind index of a customer's ``subject_id`` (what audit rows and subject keys are keyed by)."""
+    return blind_index(keys.index_key(), "subject", subject_id)
+
+
+def anonymous_subject_ref(keys: MasterKeyProvider, principal: str, conversation_id: str) -> str:
+    """The subject of a request without ``subject_id``: scoped to the caller's conversation."""
+    return blind_index(keys.index_key(), "subject", f"anonymous\x00{principal}\x00{conversation_id}")
+
+
+# ---- erasure ----------------------------------------------------------------------------------------
+
+
+class ErasureLedger:
+    """Append-only JSON lines of erased subject references (blind indexes, never identifiers), fsynced."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def beside_checkpoints(cls, settings: Settings) -> ErasureLedger:
+        """The ledger in the data directory, next to the audit checkpoint file."""
+        return cls(settings.data_dir / ERASURE_LEDGER_FILE)
+
+    def append(self, subject_ref: str, *, record_id: str, erased_at: datetime) -> None:
+        """Record one erasure durably."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        line = json.dumps(
+            {"subject_ref": subject_ref, "audit_record": record_id, "erased_at": erased_at.isoformat()},
+            sort_keys=True,
+        )
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, (line + "\n").encode("ascii"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def subject_refs(self) -> list[str]:
+        """Every erased subject reference, in ledger order; a malformed line stops with its number."""
+        if not self.path.exists():
+            return []
+        refs: list[str] = []
+        for number, line in enumerate(self.path.read_text("ascii").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                refs.append(str(json.loads(line)["subject_ref"]))
+            except (ValueError, KeyError, TypeError):
+                raise ValueError(f"erasure ledger {self.path} line {number} is malformed") from None
+        return refs
+
+
+@dataclass(frozen=True)
+class ErasureResult:
+    """What one erasure destroyed."""
+
+    subject_ref: str
+    subject_key_destroyed: bool
+    vault_rows_deleted: int
+    transcripts_unreadable: int
+    record_id: str | None
+
+
+class SubjectService:
+    """Right to erasure over the database, the subject keys and the ledger."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        keys: MasterKeyProvider,
+        audit: AuditStore,
+        ledger: ErasureLedger,
+        *,
+        vault_ttl_seconds: int = 3600,
+    ) -> None:
+        self._engine = engine
+        self._keys = keys
+        self._audit = audit
+        self._ledger = ledger
+        self.subject_keys = SubjectKeyStore(engine, keys)
+        self._vault = ConversationVault(
+            engine, keys, ttl_seconds=vault_ttl_seconds, subject_keys=self.subject_keys
+        )
+
+    def _destroy(self, subject_ref: str) -> tuple[bool, int]:
+        destroyed = self.subject_keys.erase(subject_ref)
+        return destroyed, self._vault.erase_subject(subject_ref)
+
+    def erase(self, subject_ref: str, *, actor: str, rpc: str) -> ErasureResult:
+        """Destroy the subject's key and vault rows, audit it, and append it to the ledger."""
+        started = datetime.now(UTC)
+        destroyed, vault_rows = self._destroy(subject_ref)
+        with translate_db_errors(), self._engine.connect() as conn:
+            transcripts = int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(TranscriptRow)
+                    .where(TranscriptRow.subject_ref == subject_ref)
+                ).scalar_one()
+            )
+        details = {
+            "subject_key_destroyed": destroyed,
+            "vault_rows_deleted": vault_rows,
+            "transcripts_unreadable": transcripts,
+        }
+        record = self._audit.append(
+            AuditEvent(
+                event_type="erase_subject",
+                phase="event",
+                start_time=started,
+                end_time=datetime.now(UTC),
+                actor=actor,
+                rpc=rpc,
+                status="OK",
+                subject_ref=subject_ref,
+                details=details,
+            )
+        )
+        self._ledger.append(subject_ref, record_id=record.id, erased_at=started)
+        return ErasureResult(
+            subject_ref=subject_ref,
+            subject_key_destroyed=destroyed,
+            vault_rows_deleted=vault_rows,
+            transcripts_unreadable=transcripts,
+            record_id=record.id,
+        )
+
+    def reapply_ledger(self) -> int:
+        """Destroy again whatever a restored database brought back for erased subjects; return how many."""
+        restored = 0
+        for subject_ref in self._ledger.subject_refs():
+            destroyed, vault_rows = self._destroy(subject_ref)
+            restored += int(destroyed) + vault_rows
+        return restored
+
+
+# ---- inventory --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """One line of ``custos keys list``."""
+
+    name: str
+    provider: str
+    created: datetime | None
+    use: str
+
+
+def _mtime(path: Path) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    except OSError:
+        return None
+
+
+def key_inventory(settings: Settings, keys: MasterKeyProvider, engine: Engine | None) -> list[KeyInfo]:
+    """Every key: master versions (and the subject keys each wraps), signing key, index key, subjects."""
+    usage: dict[int, int] = {}
+    subjects = 0
+    oldest: datetime | None = None
+    if engine is not None:
+        usage = SubjectKeyStore(engine, keys).usage()
+        with translate_db_errors(), engine.connect() as conn:
+            subjects, oldest = conn.execute(select(func.count(), func.min(SubjectKeyRow.created_at))).one()
+            vault_rows = int(
+                conn.execute(select(func.count()).select_from(ConversationVaultRow)).scalar_one()
+            )
+    else:
+        vault_rows = 0
+    provider = keys.kind
+    source_file = settings.resolved_key_file if provider == "file" else None
+    created = _mtime(source_file) if source_file is not None else None
+    primary = keys.current_version
+    minimum = settings.key_min_decrypt_version
+    rows = []
+    raw_versions = getattr(getattr(keys, "inner", keys), "versions", keys.versions)
+    for version in raw_versions:
+        state = "primary" if version == primary else ("retired" if version < minimum else "decrypt-only")
+        rows.append(
+            KeyInfo(
+                name=f"master key v{version}",
+                provider=provider,
+                created=created,
+                use=f"{state}; wraps {usage.get(version, 0)} subject keys",
+            )
+        )
+    rows.append(
+        KeyInfo(
+            name="blind-index HMAC key",
+            provider=provider,
+            created=created,
+            use="subject/conversation references in audit rows; never rotated",
+        )
+    )
+    signing = settings.data_dir / SIGNING_KEY_FILE
+    rows.append(
+        KeyInfo(
+            name="audit checkpoint signing key (Ed25519)",
+            provider=f"file {signing}",
+            created=_mtime(signing),
+            use="signs audit checkpoints",
+        )
+    )
+    rows.append(
+        KeyInfo(
+            name=f"subject keys ({subjects})",
+            provider="database, wrapped by master keys",
+            created=oldest,
+            use=f"wrap data keys of transcripts and {vault_rows} vault rows; deleted on erasure",
+        )
+    )
+    return rows

@@ -1,0 +1,119 @@
+"""Over real gRPC: transcripts sealed per subject, Audit.GetTranscript with a reason, Admin.EraseSubject."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from presidio_analyzer import AnalyzerEngine
+from sqlalchemy import create_engine, text
+
+from custos.privacy.envelope import FORMAT_SUBJECT, read_header
+from custos.server.testing import ScriptedEngine, ServerHarness, make_server
+from custos.v1 import admin_pb2, audit_pb2, common_pb2, inference_pb2
+
+REPLY = "Hello <PERSON_1>, your parcel is on its way."
+
+
+def rows(harness: ServerHarness, sql: str) -> list[dict[str, Any]]:
+    engine = create_engine(harness.server.settings.resolved_database_url)
+    with engine.connect() as conn:
+        result = [dict(r._mapping) for r in conn.execute(text(sql))]
+    engine.dispose()
+    return result
+
+
+@pytest.fixture
+def server(tmp_path: Path, analyzer: AnalyzerEngine) -> Iterator[ServerHarness]:
+    with make_server(tmp_path, analyzer, ScriptedEngine(REPLY)) as harness:
+        yield harness
+
+
+def generate(harness: ServerHarness, channel: grpc.Channel, subject_id: str, conversation: str) -> str:
+    request = inference_pb2.GenerateRequest(
+        conversation_id=conversation,
+        subject_id=subject_id,
+        messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content="I am John Smith, where is it?")],
+        parameters=inference_pb2.GenerationParameters(max_new_tokens=8),
+    )
+    response = channel.unary_unary(
+        "/custos.v1.Inference/Generate", response_deserializer=inference_pb2.GenerateResponse.FromString
+    )(request.SerializeToString(), timeout=30)
+    records = rows(
+        harness,
+        f"SELECT transcript_id FROM audit_records WHERE request_id = '{response.request_id}' "
+        "AND phase = 'completion'",
+    )
+    return str(records[0]["transcript_id"])
+
+
+def get_transcript(channel: grpc.Channel, transcript_id: str, reason: str) -> Any:
+    return channel.unary_unary(
+        "/custos.v1.Audit/GetTranscript", response_deserializer=audit_pb2.Transcript.FromString
+    )(
+        audit_pb2.GetTranscriptRequest(transcript_id=transcript_id, reason=reason).SerializeToString(),
+        timeout=30,
+    )
+
+
+def test_transcripts_read_with_a_reason_and_erasure_shreds_one_subject(server: ServerHarness) -> None:
+    inference = server.channel_for("inference")
+    officer = server.channel_for("compliance-transcripts")
+    plain_compliance = server.channel_for("compliance")
+    admin = server.channel_for("admin")
+    id_a = generate(server, inference, "customer-a", "conv-a")
+    id_b = generate(server, inference, "customer-b", "conv-b")
+
+    stored = rows(server, "SELECT id, format_version, ciphertext FROM transcripts")
+    assert {r["format_version"] for r in stored} == {FORMAT_SUBJECT}
+    assert all(read_header(bytes(r["ciphertext"])).format_version == FORMAT_SUBJECT for r in stored)
+    assert len(rows(server, "SELECT * FROM subject_keys")) == 2
+
+    # Reading needs a reason and the transcript.read permission; the read is audited with the reason.
+    with pytest.raises(grpc.RpcError) as info:
+        get_transcript(officer, id_a, "")
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "reason" in (info.value.details() or "")
+    with pytest.raises(grpc.RpcError) as info:
+        get_transcript(plain_compliance, id_a, "ticket 7")
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    transcript = get_transcript(officer, id_a, "ticket 7")
+    assert transcript.messages[0].content == "I am John Smith, where is it?"
+    assert "John Smith" not in transcript.anonymized_messages[0].content
+    assert transcript.answer
+    reads = rows(server, "SELECT * FROM audit_records WHERE event_type = 'transcript_read'")
+    assert [(r["transcript_id"], r["status"], r["id"]) for r in reads] == [
+        (id_a, "OK", transcript.audit_record_id)
+    ]
+    assert json.loads(reads[0]["payload"])["details"]["reason"] == "ticket 7"
+
+    # Erasure of A: A's transcript becomes unreadable, B's stays readable, the chain still verifies.
+    erase = admin.unary_unary(
+        "/custos.v1.Admin/EraseSubject", response_deserializer=admin_pb2.EraseSubjectResponse.FromString
+    )
+    result = erase(admin_pb2.EraseSubjectRequest(subject_id="customer-a").SerializeToString(), timeout=30)
+    assert (
+        result.subject_key_destroyed and result.transcripts_unreadable == 1 and result.vault_rows_deleted == 1
+    )
+    assert "customer-a" not in result.subject_ref
+    with pytest.raises(grpc.RpcError) as info:
+        get_transcript(officer, id_a, "ticket 8")
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "erased" in (
+        info.value.details() or ""
+    )
+    assert get_transcript(officer, id_b, "ticket 9").messages[0].content.startswith("I am John Smith")
+    again = erase(admin_pb2.EraseSubjectRequest(subject_id="customer-a").SerializeToString(), timeout=30)
+    assert not again.subject_key_destroyed and again.subject_ref == result.subject_ref
+    erasures = rows(server, "SELECT * FROM audit_records WHERE event_type = 'erase_subject' ORDER BY seq")
+    assert [(r["subject_ref"], r["actor"]) for r in erasures] == [(result.subject_ref, "admin")] * 2
+    verify = officer.unary_unary(
+        "/custos.v1.Audit/Verify", response_deserializer=audit_pb2.AuditVerifyResponse.FromString
+    )(audit_pb2.AuditVerifyRequest().SerializeToString(), timeout=30)
+    assert verify.ok, verify.reason
+    ledger = server.server.settings.data_dir / "erasure-ledger.jsonl"
+    assert [json.loads(line)["subject_ref"] for line in ledger.read_text().splitlines()] == [
+        result.subject_ref
+    ] * 2
