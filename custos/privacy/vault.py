@@ -29,6 +29,7 @@ from custos.audit.models import ConversationVaultRow
 from custos.privacy.envelope import (
     FORMAT_SUBJECT,
     RowBinding,
+    SubjectKey,
     bind_aad,
     open_for_subject,
     open_sealed,
@@ -113,9 +114,15 @@ class ConversationVault:
         With a ``subject_ref`` (and a subject key store) the map is sealed with that subject's key.
         """
         subject_key = None
+        # Subject keys are read before the row is locked: on SQLite a second connection inside the write
+        # transaction would wait for the lock this transaction holds.
+        known: dict[str, SubjectKey] = {}
         if subject_ref is not None and self._subject_keys is not None:
-            subject_key = self._subject_keys.get_or_create(subject_ref)
+            subject_key = known[subject_ref] = self._subject_keys.get_or_create(subject_ref)
         for _attempt in range(MAX_ATTEMPTS):
+            stored_subject = self._stored_subject(conversation_ref)
+            if stored_subject is not None and stored_subject not in known and self._subject_keys is not None:
+                known[stored_subject] = self._subject_keys.get(stored_subject)
             with translate_db_errors(), self._engine.begin() as conn:
                 # FOR UPDATE locks the row on PostgreSQL; SQLite's BEGIN IMMEDIATE serialises writers anyway.
                 row = conn.execute(
@@ -127,8 +134,16 @@ class ConversationVault:
                 expired = row is not None and row.expires_at <= now
                 if row is None or expired:
                     mapping = PlaceholderMap()
+                elif row.subject_ref is not None and row.subject_ref not in known:
+                    continue  # the row changed subject since it was peeked at: fetch that key first
                 else:
-                    mapping = self._open(conversation_ref, row.version, row.ciphertext, row.subject_ref)
+                    mapping = self._open(
+                        conversation_ref,
+                        row.version,
+                        row.ciphertext,
+                        row.subject_ref,
+                        known.get(row.subject_ref),
+                    )
                 result = apply(mapping)
                 version = 1 if row is None else row.version + 1
                 document = json.dumps(mapping.to_dict(), ensure_ascii=False).encode()
@@ -189,8 +204,21 @@ class ConversationVault:
             )
         return int(result.rowcount or 0)
 
+    def _stored_subject(self, conversation_ref: str) -> str | None:
+        with translate_db_errors(), self._engine.connect() as conn:
+            return conn.execute(
+                select(ConversationVaultRow.subject_ref).where(
+                    ConversationVaultRow.conversation_ref == conversation_ref
+                )
+            ).scalar_one_or_none()
+
     def _open(
-        self, conversation_ref: str, version: int, blob: bytes, subject_ref: str | None
+        self,
+        conversation_ref: str,
+        version: int,
+        blob: bytes,
+        subject_ref: str | None,
+        subject_key: SubjectKey | None = None,
     ) -> PlaceholderMap:
         if read_header(blob).format_version == FORMAT_SUBJECT:
             if subject_ref is None or self._subject_keys is None:
@@ -198,7 +226,7 @@ class ConversationVault:
             plaintext = open_for_subject(
                 blob,
                 binding=vault_binding(conversation_ref, version, subject_ref),
-                subject_key=self._subject_keys.get(subject_ref),
+                subject_key=subject_key if subject_key is not None else self._subject_keys.get(subject_ref),
             )
         else:
             plaintext = open_sealed(blob, aad=vault_aad(conversation_ref, version), keys=self._keys)

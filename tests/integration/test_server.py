@@ -18,9 +18,9 @@ from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
 from custos.audit.errors import AuditUnavailable
-from custos.privacy.envelope import open_sealed
+from custos.privacy.envelope import FORMAT_SUBJECT, read_header
+from custos.privacy.transcripts import open_transcript
 from custos.server.cli import app as cli_app
-from custos.server.pipeline import transcript_aad
 from custos.server.testing import ScriptedEngine, ServerHarness, SpyEngine, make_server
 from custos.v1 import audit_pb2, common_pb2, inference_pb2
 
@@ -155,22 +155,31 @@ def test_audit_rows_hold_no_raw_values_and_transcript_decrypts(
     row = transcripts[0]
     assert row["id"] == generate_rows[1]["transcript_id"]
     assert contains_any(row["ciphertext"], PII) == []
-    keys = tiny_server.server.keys
-    assert keys is not None
-    plain = open_sealed(
+    keys, subject_keys = tiny_server.server.keys, tiny_server.server.subject_keys
+    assert keys is not None and subject_keys is not None
+    assert read_header(bytes(row["ciphertext"])).format_version == FORMAT_SUBJECT  # type: ignore[arg-type]
+    plain = open_transcript(
         row["ciphertext"],  # type: ignore[arg-type]
-        aad=transcript_aad(str(row["id"]), str(row["conversation_ref"])),
+        transcript_id=str(row["id"]),
+        conversation_ref=str(row["conversation_ref"]),
+        subject_ref=str(row["subject_ref"]),
         keys=keys,
+        subject_keys=subject_keys,
     )
     transcript = json.loads(plain)
     assert transcript["messages"] == [{"role": "user", "content": QUESTION}]
     assert contains_any(transcript["anonymized_messages"][0]["content"], PII) == []
     assert transcript["answer"] == response.text
-    # Bound to its row: the same bytes under another row's associated data do not open.
+    # Bound to its row: the same bytes under another row's id do not open.
     with pytest.raises(Exception, match=r"(?i)decrypt|authent"):
-        open_sealed(
-            row["ciphertext"], aad=transcript_aad("other-id", str(row["conversation_ref"])), keys=keys
-        )  # type: ignore[arg-type]
+        open_transcript(
+            row["ciphertext"],  # type: ignore[arg-type]
+            transcript_id="other-id",
+            conversation_ref=str(row["conversation_ref"]),
+            subject_ref=str(row["subject_ref"]),
+            keys=keys,
+            subject_keys=subject_keys,
+        )
 
     logged = "\n".join(
         r.getMessage() + json.dumps(getattr(r, "fields", {}), default=str) for r in caplog.records

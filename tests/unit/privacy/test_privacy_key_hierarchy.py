@@ -326,3 +326,18 @@ def test_ledger_reapplied_after_a_database_restore(db: sa.Engine, tmp_path: Path
     with db.connect() as conn:
         refs = conn.execute(sa.select(ConversationVaultRow.subject_ref)).scalars().all()
     assert refs == ["subject-b"]
+
+
+def test_vault_rows_sealed_per_subject_across_calls_and_subject_changes(db: sa.Engine) -> None:
+    keys = provider()
+    store = SubjectKeyStore(db, keys)
+    vault = ConversationVault(db, keys, ttl_seconds=3600, subject_keys=store)
+    first, _ = vault.update("conv", lambda m: m.placeholder_for("PERSON", "John"), subject_ref="subject-a")
+    again, _ = vault.update("conv", lambda m: m.placeholder_for("PERSON", "John"), subject_ref="subject-a")
+    # The caller names another subject mid-conversation: the map moves to that subject's key.
+    moved, update = vault.update("conv", lambda m: m.placeholder_for("PERSON", "Mary"), subject_ref="subject-b")
+    assert first == again != moved and update.version == 3 and update.entries == 2
+    with db.connect() as conn:
+        row = conn.execute(sa.select(ConversationVaultRow)).one()
+    assert row.subject_ref == "subject-b" and read_header(row.ciphertext).format_version == FORMAT_SUBJECT
+    assert len(vault.load("conv")) == 2
