@@ -106,6 +106,10 @@ def fuzz_server(
         rate_limit_per_s=1e6,
         rate_limit_burst=1_000_000,
     ) as harness:
+        # Every RPC is fuzzed past authorization: a caller holding every role.
+        harness.channel = harness.channel_for(
+            "admin", "inference", "compliance-transcripts", principal="fuzz-all-roles"
+        )
         yield harness
 
 
