@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from custos.server.convert import RequestLimits
 from custos.server.engine.base import Engine
 from custos.server.idempotency import IdempotencyStore
 from custos.server.interceptors import ObservingInterceptor
-from custos.server.keyring import ErasureLedger, SubjectService, open_master_keys
+from custos.server.keyring import ErasureLedger, SubjectService, open_master_keys, purge_transcripts
 from custos.server.limits import CapacityLimiter
 from custos.server.metrics import Metrics
 from custos.server.pipeline import Pipeline
@@ -66,6 +67,8 @@ SERVICES = (
 # gRPC's own receive limit sits above the configured one, so oversized requests reach the servicer
 # (and get an audit record) instead of being refused by the core.
 CORE_SIZE_HEADROOM_BYTES = 16 << 20
+# How often the server purges transcripts past their retention.
+RETENTION_INTERVAL_S = 3600.0
 # Progress callback of model preparation: (step description, fraction done or None).
 ProgressFn = Callable[[str, float | None], None]
 
@@ -118,6 +121,7 @@ class CustosServer:
         self._availability: AvailabilityInterceptor | None = None
         self.trail: AuditTrail | None = None
         self._checkpoint_task: asyncio.Task[None] | None = None
+        self._retention_task: asyncio.Task[None] | None = None
         #: Who may have placeholders restored: holders of the ``reidentify`` permission.
         self.may_reidentify: ReidentifyCheck = holds_reidentify_permission
 
@@ -162,6 +166,8 @@ class CustosServer:
             every_seconds=settings.checkpoint_every_seconds,
         )
         self._checkpoint_task = asyncio.create_task(self._checkpoint_timer())
+        if settings.transcript_retention_days:
+            self._retention_task = asyncio.create_task(self._retention_timer())
 
         pseudonymizer = build_pseudonymizer(
             settings, self.components.analyzer, self.components.language_detector
@@ -281,6 +287,31 @@ class CustosServer:
                 fields = {"error": type(exc).__name__}
                 log.error("writing an audit checkpoint failed", extra={"fields": fields})
 
+    async def purge_expired_transcripts(self) -> int:
+        """Destroy transcripts past ``transcript_retention_days`` (audited, counted in metrics)."""
+        audit = self.audit
+        assert audit is not None
+        cutoff = datetime.now(UTC) - timedelta(days=self.settings.transcript_retention_days)
+        deleted = await asyncio.get_running_loop().run_in_executor(
+            self._executor,
+            lambda: purge_transcripts(
+                audit.engine, audit, older_than=cutoff, actor="custos:retention", rpc="retention purge"
+            ),
+        )
+        self.metrics.transcripts_purged.inc(deleted)
+        return deleted
+
+    async def _retention_timer(self) -> None:
+        """Purge expired transcripts at start and then every ``RETENTION_INTERVAL_S``."""
+        while True:
+            try:
+                await self.purge_expired_transcripts()
+            except Exception as exc:  # keep serving; the next round retries
+                log.error(
+                    "transcript retention purge failed", extra={"fields": {"error": type(exc).__name__}}
+                )
+            await asyncio.sleep(RETENTION_INTERVAL_S)
+
     async def wait(self) -> None:
         """Block until the server stops."""
         if self._server is not None:
@@ -311,6 +342,9 @@ class CustosServer:
         if self._checkpoint_task is not None:
             self._checkpoint_task.cancel()
             self._checkpoint_task = None
+        if self._retention_task is not None:
+            self._retention_task.cancel()
+            self._retention_task = None
         await flush_pending_tasks(timeout=max(grace, 5.0))
         if self.trail is not None:
             try:

@@ -15,14 +15,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, delete, func, select
 
 from custos.audit.checkpoints import SIGNING_KEY_FILE
 from custos.audit.db import translate_db_errors
 from custos.audit.events import AuditEvent
 from custos.audit.models import ConversationVaultRow, SubjectKeyRow, TranscriptRow
 from custos.audit.store import AuditStore
-from custos.privacy.errors import KeyFileError
+from custos.privacy.errors import KeyFileError, PrivacyError
 from custos.privacy.keys import (
     EnvKeyProvider,
     FileKeyProvider,
@@ -283,3 +283,127 @@ def key_inventory(settings: Settings, keys: MasterKeyProvider, engine: Engine | 
         )
     )
     return rows
+
+
+# ---- retention --------------------------------------------------------------------------------------
+
+
+def purge_transcripts(
+    engine: Engine,
+    audit: AuditStore,
+    *,
+    older_than: datetime,
+    actor: str,
+    rpc: str,
+    batch_size: int = 500,
+) -> int:
+    """Delete transcripts created before ``older_than`` (their wrapped data keys go with the rows); audited.
+
+    The audit chain refers to transcripts by id only, so it still verifies. Returns how many were deleted;
+    nothing is recorded when there was nothing to delete.
+    """
+    started = datetime.now(UTC)
+    deleted = 0
+    while True:
+        with translate_db_errors(), engine.begin() as conn:
+            ids = (
+                conn.execute(
+                    select(TranscriptRow.id).where(TranscriptRow.created_at < older_than).limit(batch_size)
+                )
+                .scalars()
+                .all()
+            )
+            if not ids:
+                break
+            conn.execute(delete(TranscriptRow).where(TranscriptRow.id.in_(ids)))
+        deleted += len(ids)
+    if deleted:
+        audit.append(
+            AuditEvent(
+                event_type="transcript_purge",
+                phase="event",
+                start_time=started,
+                end_time=datetime.now(UTC),
+                actor=actor,
+                rpc=rpc,
+                status="OK",
+                details={"deleted": deleted, "created_before": older_than.isoformat()},
+            )
+        )
+    return deleted
+
+
+# ---- right of access --------------------------------------------------------------------------------
+
+
+def export_subject(
+    engine: Engine,
+    keys: MasterKeyProvider,
+    audit: AuditStore,
+    subject_ref: str,
+    *,
+    actor: str,
+    rpc: str,
+) -> dict[str, Any]:
+    """Everything held about one subject: decrypted transcripts and the audit records naming it; audited."""
+    from custos.privacy.transcripts import open_transcript
+
+    started = datetime.now(UTC)
+    subject_keys = SubjectKeyStore(engine, keys)
+    with translate_db_errors(), engine.connect() as conn:
+        rows = conn.execute(
+            select(TranscriptRow)
+            .where(TranscriptRow.subject_ref == subject_ref)
+            .order_by(TranscriptRow.created_at)
+        ).all()
+    transcripts = []
+    unreadable = 0
+    for row in rows:
+        try:
+            document = json.loads(
+                open_transcript(
+                    row.ciphertext,
+                    transcript_id=row.id,
+                    conversation_ref=row.conversation_ref,
+                    subject_ref=row.subject_ref,
+                    keys=keys,
+                    subject_keys=subject_keys,
+                )
+            )
+        except PrivacyError:
+            unreadable += 1
+            continue
+        transcripts.append({"id": row.id, "created_at": row.created_at.isoformat(), **document})
+    records: list[Any] = []
+    token: str | None = None
+    while True:
+        page, token = audit.query(subject_ref=subject_ref, page_size=500, page_token=token)
+        records.extend(json.loads(r.payload_json) for r in page)
+        if token is None:
+            break
+    record = audit.append(
+        AuditEvent(
+            event_type="transcript_read",
+            phase="event",
+            start_time=started,
+            end_time=datetime.now(UTC),
+            actor=actor,
+            rpc=rpc,
+            status="OK",
+            subject_ref=subject_ref,
+            details={
+                "kind": "subject_export",
+                "transcripts": len(transcripts),
+                "unreadable": unreadable,
+                "audit_records": len(records),
+            },
+        )
+    )
+    return {
+        "subject_ref": subject_ref,
+        "exported_at": started.isoformat(),
+        "export_record": record.id,
+        "transcripts": transcripts,
+        "unreadable_transcripts": unreadable,
+        "audit_records": list(reversed(records)),
+    }

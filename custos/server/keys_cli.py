@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -22,7 +24,8 @@ from custos.server.cli_common import ConfigOpt, DataDirOpt, err, out, settings_o
 from custos.server.settings import Settings
 
 keys_app = typer.Typer(help="Master keys: create, rotate, rewrap, list.", no_args_is_help=True)
-subjects_app = typer.Typer(help="Data-subject rights: erasure.", no_args_is_help=True)
+subjects_app = typer.Typer(help="Data-subject rights: erasure and access.", no_args_is_help=True)
+transcripts_app = typer.Typer(help="Stored transcripts: retention.", no_args_is_help=True)
 
 ForceOpt = Annotated[
     bool, typer.Option("--force", help="Overwrite an existing key file (destroys its keys).")
@@ -236,13 +239,7 @@ def subjects_erase(
 ) -> None:
     """Erase a subject: destroy its key and vault rows (its transcripts become unreadable); audited."""
     from custos.audit.store import AuditStore
-    from custos.server.keyring import (
-        ErasureLedger,
-        SubjectService,
-        anonymous_subject_ref,
-        open_master_keys,
-        subject_ref_of,
-    )
+    from custos.server.keyring import ErasureLedger, SubjectService, open_master_keys
 
     if (subject_id is None) == (principal is None or conversation is None):
         err.print("[red]error:[/red] give SUBJECT_ID, or --principal and --conversation")
@@ -250,11 +247,7 @@ def subjects_erase(
     settings = settings_or_exit(config, data_dir=data_dir)
     with _errors():
         keys = open_master_keys(settings, create=False)
-        if subject_id is not None:
-            ref = subject_ref_of(keys, subject_id)
-        else:
-            assert principal is not None and conversation is not None
-            ref = anonymous_subject_ref(keys, principal, conversation)
+        ref = _subject_ref(settings, keys, subject_id, principal, conversation)
         engine = _database(settings)
         service = SubjectService(
             engine,
@@ -276,6 +269,77 @@ def subjects_erase(
             sort_keys=True,
         )
     )
+
+
+def _subject_ref(
+    settings: Settings, keys: Any, subject_id: str | None, principal: str | None, conversation: str | None
+) -> str:
+    from custos.server.keyring import anonymous_subject_ref, subject_ref_of
+
+    if subject_id is not None:
+        return subject_ref_of(keys, subject_id)
+    assert principal is not None and conversation is not None
+    return anonymous_subject_ref(keys, principal, conversation)
+
+
+@subjects_app.command("export")
+def subjects_export(
+    subject_id: Annotated[str, typer.Argument(help="The customer's subject_id as callers send it.")],
+    out_file: Annotated[Path, typer.Option("--out", help="Where to write the JSON document (mode 0600).")],
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Right of access: decrypted transcripts and audit records of one subject, as one JSON file; audited."""
+    from custos.audit.store import AuditStore
+    from custos.server.keyring import export_subject, open_master_keys, subject_ref_of
+
+    settings = settings_or_exit(config, data_dir=data_dir)
+    with _errors():
+        keys = open_master_keys(settings, create=False)
+        engine = _database(settings)
+        document = export_subject(
+            engine,
+            keys,
+            AuditStore(engine),
+            subject_ref_of(keys, subject_id),
+            actor=_actor(),
+            rpc="cli:subjects export",
+        )
+        fd = os.open(out_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(document, handle, ensure_ascii=False, indent=2, sort_keys=True)
+    out.print(
+        f"{len(document['transcripts'])} transcripts and {len(document['audit_records'])} audit records "
+        f"written to {out_file} (audit record {document['export_record']})"
+    )
+
+
+@transcripts_app.command("purge")
+def transcripts_purge(
+    older_than_days: Annotated[
+        int | None, typer.Option(min=1, help="Default: the transcript_retention_days setting.")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Destroy transcripts past the retention period; audited (transcript_purge)."""
+    from custos.audit.store import AuditStore
+    from custos.server.keyring import purge_transcripts
+
+    settings = settings_or_exit(config, data_dir=data_dir)
+    days = older_than_days or settings.transcript_retention_days
+    if not days:
+        err.print("[red]error:[/red] set transcript_retention_days or pass --older-than-days")
+        raise typer.Exit(2)
+    engine = _database(settings)
+    deleted = purge_transcripts(
+        engine,
+        AuditStore(engine),
+        older_than=datetime.now(UTC) - timedelta(days=days),
+        actor=_actor(),
+        rpc="cli:transcripts purge",
+    )
+    out.print(f"{deleted} transcripts older than {days} days destroyed")
 
 
 def bench_keys(

@@ -335,7 +335,9 @@ def test_vault_rows_sealed_per_subject_across_calls_and_subject_changes(db: sa.E
     first, _ = vault.update("conv", lambda m: m.placeholder_for("PERSON", "John"), subject_ref="subject-a")
     again, _ = vault.update("conv", lambda m: m.placeholder_for("PERSON", "John"), subject_ref="subject-a")
     # The caller names another subject mid-conversation: the map moves to that subject's key.
-    moved, update = vault.update("conv", lambda m: m.placeholder_for("PERSON", "Mary"), subject_ref="subject-b")
+    moved, update = vault.update(
+        "conv", lambda m: m.placeholder_for("PERSON", "Mary"), subject_ref="subject-b"
+    )
     assert first == again != moved and update.version == 3 and update.entries == 2
     with db.connect() as conn:
         row = conn.execute(sa.select(ConversationVaultRow)).one()
