@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,11 @@ def rows(harness: ServerHarness, sql: str) -> list[dict[str, Any]]:
 def server(tmp_path: Path, analyzer: AnalyzerEngine) -> Iterator[ServerHarness]:
     with make_server(tmp_path, analyzer, ScriptedEngine(REPLY)) as harness:
         yield harness
+
+
+def rows_at(database: Path, sql: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(database) as conn:
+        return list(conn.execute(sql))
 
 
 def generate(harness: ServerHarness, channel: grpc.Channel, subject_id: str, conversation: str) -> str:
@@ -117,3 +123,40 @@ def test_transcripts_read_with_a_reason_and_erasure_shreds_one_subject(server: S
     assert [json.loads(line)["subject_ref"] for line in ledger.read_text().splitlines()] == [
         result.subject_ref
     ] * 2
+
+
+def test_a_restored_backup_does_not_resurrect_an_erased_subject(
+    tmp_path: Path, analyzer: AnalyzerEngine
+) -> None:
+    backup = tmp_path / "backup.db"
+    with make_server(tmp_path, analyzer, ScriptedEngine(REPLY)) as first:
+        inference = first.channel_for("inference")
+        id_a = generate(first, inference, "customer-a", "conv-a")
+        id_b = generate(first, inference, "customer-b", "conv-b")
+        database = Path(first.server.settings.resolved_database_url.removeprefix("sqlite:///"))
+        source = sqlite3.connect(database)
+        target = sqlite3.connect(backup)
+        source.backup(target)  # last night's backup, taken before the erasure
+        source.close()
+        target.close()
+        first.channel_for("admin").unary_unary("/custos.v1.Admin/EraseSubject")(
+            admin_pb2.EraseSubjectRequest(subject_id="customer-a").SerializeToString(), timeout=30
+        )
+    # The operator restores it (through SQLite's backup API, which is safe with the WAL).
+    source = sqlite3.connect(backup)
+    target = sqlite3.connect(database)
+    source.backup(target)
+    source.close()
+    target.close()
+    assert len(rows_at(database, "SELECT * FROM subject_keys")) == 2  # A's key is back in the database
+
+    with make_server(tmp_path, analyzer, ScriptedEngine(REPLY)) as second:
+        officer = second.channel_for("compliance-transcripts")
+        with pytest.raises(grpc.RpcError) as info:
+            get_transcript(officer, id_a, "audit of the restore")
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert get_transcript(officer, id_b, "audit of the restore").answer
+        assert len(rows(second, "SELECT * FROM subject_keys")) == 1
+        assert rows(second, "SELECT subject_ref FROM conversation_vault") == [
+            {"subject_ref": r["subject_ref"]} for r in rows(second, "SELECT subject_ref FROM subject_keys")
+        ]
