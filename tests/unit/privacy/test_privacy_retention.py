@@ -117,3 +117,23 @@ def test_subject_export_holds_their_transcripts_and_records_and_is_audited(tmp_p
         (ref, "subject_export", document["export_record"])
     ]
     assert "customer-42" not in exports[0].payload_json
+
+
+def test_subjects_erase_command_shreds_the_subject_and_writes_the_ledger(tmp_path: Path) -> None:
+    data_dir = tmp_path / "d"
+    engine, ref = _setup(data_dir)
+    result = runner.invoke(app, ["subjects", "erase", "customer-42", "--data-dir", str(data_dir)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["subject_ref"] == ref and summary["subject_key_destroyed"] is True
+    assert summary["transcripts_unreadable"] == 2
+    ledger = (data_dir / "erasure-ledger.jsonl").read_text()
+    assert ref in ledger and "customer-42" not in ledger
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT subject_ref FROM subject_keys")).scalars().all() == [
+            "someone-else"
+        ]
+    erased = [r for r in all_records(AuditStore(engine)) if r.event_type == "erase_subject"]
+    assert [(r.subject_ref, r.actor.startswith("os:")) for r in erased] == [(ref, True)]
+    usage = runner.invoke(app, ["subjects", "erase", "--data-dir", str(data_dir)])
+    assert usage.exit_code == 2
