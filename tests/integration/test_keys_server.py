@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -160,3 +161,25 @@ def test_a_restored_backup_does_not_resurrect_an_erased_subject(
         assert rows(second, "SELECT subject_ref FROM conversation_vault") == [
             {"subject_ref": r["subject_ref"]} for r in rows(second, "SELECT subject_ref FROM subject_keys")
         ]
+
+
+def test_server_purges_transcripts_past_retention(tmp_path: Path, analyzer: AnalyzerEngine) -> None:
+    with make_server(tmp_path, analyzer, ScriptedEngine(REPLY), transcript_retention_days=30) as harness:
+        inference = harness.channel_for("inference")
+        old = generate(harness, inference, "customer-a", "conv-a")
+        fresh = generate(harness, inference, "customer-b", "conv-b")
+        database = Path(harness.server.settings.resolved_database_url.removeprefix("sqlite:///"))
+        with sqlite3.connect(database) as conn:
+            conn.execute(
+                "UPDATE transcripts SET created_at = '2020-01-01 00:00:00.000000' WHERE id = ?", (old,)
+            )
+        deleted = asyncio.run_coroutine_threadsafe(
+            harness.server.purge_expired_transcripts(), harness.loop
+        ).result(timeout=30)
+        assert deleted == 1
+        assert [r["id"] for r in rows(harness, "SELECT id FROM transcripts")] == [fresh]
+        purges = rows(harness, "SELECT * FROM audit_records WHERE event_type = 'transcript_purge'")
+        assert [(p["actor"], json.loads(p["payload"])["details"]["deleted"]) for p in purges] == [
+            ("custos:retention", 1)
+        ]
+        assert harness.server.metrics.transcripts_purged._value.get() == 1

@@ -176,3 +176,37 @@ def test_pkcs11_wrong_pin_is_refused(token: Path) -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
     )
     assert "check the PIN" in result.stdout
+
+
+def test_pkcs11_from_settings_through_the_commands(hsm: object, token: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from custos.server.cli import app
+    from custos.server.keyring import open_master_keys
+    from custos.server.settings import load_settings
+
+    pin_file = tmp_path / "pin"
+    pin_file.write_text(PIN)
+    pin_file.chmod(0o600)
+    options = {
+        "data_dir": tmp_path / "d",
+        "key_provider": "pkcs11",
+        "pkcs11_module": token,
+        "pkcs11_pin_file": pin_file,
+        "pkcs11_key_label": "custos-cli",
+    }
+    config = tmp_path / "custos.toml"
+    config.write_text("".join(f'{k} = "{v}"\n' for k, v in options.items()))
+    runner = CliRunner()
+    result = runner.invoke(app, ["keys", "init", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    keys = open_master_keys(load_settings(config), create=False)
+    assert keys.kind == "pkcs11" and keys.versions == [1]
+    assert keys.unwrap(1, keys.wrap(1, b"k" * 32)) == b"k" * 32
+    assert not (tmp_path / "d" / "keys" / "master.json").exists()  # nothing on disk
+    listing = runner.invoke(app, ["keys", "list", "--config", str(config)])
+    assert listing.exit_code == 0 and "pkcs11" in listing.output, listing.output
+
+    pin_file.chmod(0o640)
+    with pytest.raises(KeyFileError, match="chmod 600"):
+        open_master_keys(load_settings(config), create=False)
