@@ -74,6 +74,7 @@ RPC_PERMISSIONS: Mapping[str, str] = MappingProxyType(
         "/custos.v1.Privacy/Anonymize": "anonymize",
         "/custos.v1.Audit/GetTranscript": "transcript.read",
         "/custos.v1.Admin/EraseSubject": "subjects.admin",
+        "/custos.v1.Admin/ExportSubject": "subjects.admin",
     }
 )
 # "message.field" -> the permission a request needs when that field is set.

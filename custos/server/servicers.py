@@ -27,6 +27,8 @@ from custos.server.requests import Caller, GenerateCall
 from custos.server.subject_access import SubjectAccess
 from custos.v1 import admin_pb2, audit_pb2, common_pb2, inference_pb2
 
+# Chunk size of ExportSubject's stream (well below the default 4 MiB message limit).
+EXPORT_CHUNK_BYTES = 256 * 1024
 # Principal of callers until authentication is configured.
 ANONYMOUS = "anonymous"
 
@@ -236,6 +238,20 @@ class AdminServicer:
             transcripts_unreadable=result.transcripts_unreadable,
             audit_record_id=result.record_id or "",
         )
+
+    async def ExportSubject(
+        self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[admin_pb2.ExportSubjectChunk]:
+        """Everything held about one subject, as one JSON document in chunks (right of access); audited."""
+        request = convert.parse_message(admin_pb2.ExportSubjectRequest, raw)
+        document = await self._access.export_subject(
+            caller_from_context(context),
+            subject_id=request.subject_id,
+            principal=request.principal,
+            conversation_id=request.conversation_id,
+        )
+        for start in range(0, len(document), EXPORT_CHUNK_BYTES):
+            yield admin_pb2.ExportSubjectChunk(data=document[start : start + EXPORT_CHUNK_BYTES])
 
 
 def raw_bytes_handler(service: ServiceDescriptor, servicer: object) -> grpc.GenericRpcHandler:

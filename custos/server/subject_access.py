@@ -23,7 +23,13 @@ from custos.privacy.keys import MasterKeyProvider
 from custos.privacy.transcripts import open_transcript
 from custos.server.compliance import safe_record_id
 from custos.server.errors import InvalidArgument, NotFound, RequestError
-from custos.server.keyring import ErasureResult, SubjectService, anonymous_subject_ref, subject_ref_of
+from custos.server.keyring import (
+    ErasureResult,
+    SubjectService,
+    anonymous_subject_ref,
+    export_subject,
+    subject_ref_of,
+)
 from custos.server.requests import Caller
 
 T = TypeVar("T")
@@ -161,16 +167,30 @@ class SubjectAccess:
             audit_record_id=record_id,
         )
 
+    def _subject_ref(self, subject_id: str, principal: str, conversation_id: str) -> str:
+        if subject_id and (principal or conversation_id):
+            raise InvalidArgument("subject_id", "give subject_id, or principal and conversation_id, not both")
+        if subject_id:
+            return subject_ref_of(self._keys, subject_id)
+        if principal and conversation_id:
+            return anonymous_subject_ref(self._keys, principal, conversation_id)
+        raise InvalidArgument("subject_id", "required (or principal and conversation_id)")
+
+    async def export_subject(
+        self, caller: Caller, *, subject_id: str, principal: str, conversation_id: str
+    ) -> bytes:
+        """The subject's export document (JSON, UTF-8); audited as a ``transcript_read`` of kind export."""
+        ref = self._subject_ref(subject_id, principal, conversation_id)
+        document = await self._run(
+            lambda: export_subject(
+                self._audit.engine, self._keys, self._audit, ref, actor=caller.principal, rpc="ExportSubject"
+            )
+        )
+        return json.dumps(document, ensure_ascii=False, sort_keys=True).encode("utf-8")
+
     async def erase_subject(
         self, caller: Caller, *, subject_id: str, principal: str, conversation_id: str
     ) -> ErasureResult:
         """Erase a subject named by ``subject_id``, or the anonymous subject of (principal, conversation)."""
-        if subject_id and (principal or conversation_id):
-            raise InvalidArgument("subject_id", "give subject_id, or principal and conversation_id, not both")
-        if subject_id:
-            ref = subject_ref_of(self._keys, subject_id)
-        elif principal and conversation_id:
-            ref = anonymous_subject_ref(self._keys, principal, conversation_id)
-        else:
-            raise InvalidArgument("subject_id", "required (or principal and conversation_id)")
+        ref = self._subject_ref(subject_id, principal, conversation_id)
         return await self._run(lambda: self._subjects.erase(ref, actor=caller.principal, rpc="EraseSubject"))

@@ -97,6 +97,18 @@ def test_transcripts_read_with_a_reason_and_erasure_shreds_one_subject(server: S
     ]
     assert json.loads(reads[0]["payload"])["details"]["reason"] == "ticket 7"
 
+    # Right of access: A's export holds A's transcript and the records naming A, and nothing of B.
+    chunks = admin.unary_stream(
+        "/custos.v1.Admin/ExportSubject", response_deserializer=admin_pb2.ExportSubjectChunk.FromString
+    )(admin_pb2.ExportSubjectRequest(subject_id="customer-a").SerializeToString(), timeout=30)
+    export = json.loads(b"".join(c.data for c in chunks))
+    assert [t["id"] for t in export["transcripts"]] == [id_a]
+    assert export["transcripts"][0]["messages"][0]["content"] == "I am John Smith, where is it?"
+    assert {r["subject_ref"] for r in export["audit_records"]} == {export["subject_ref"]}
+    assert id_a in {r["transcript_id"] for r in export["audit_records"]}
+    exported = rows(server, f"SELECT * FROM audit_records WHERE id = '{export['export_record']}'")
+    assert exported[0]["event_type"] == "transcript_read" and exported[0]["actor"] == "admin"
+
     # Erasure of A: A's transcript becomes unreadable, B's stays readable, the chain still verifies.
     erase = admin.unary_unary(
         "/custos.v1.Admin/EraseSubject", response_deserializer=admin_pb2.EraseSubjectResponse.FromString

@@ -51,6 +51,7 @@ EMPTY_REQUEST_CODE = {
     "/custos.v1.Privacy/Anonymize": grpc.StatusCode.INVALID_ARGUMENT,
     "/custos.v1.Audit/GetTranscript": grpc.StatusCode.INVALID_ARGUMENT,
     "/custos.v1.Admin/EraseSubject": grpc.StatusCode.INVALID_ARGUMENT,
+    "/custos.v1.Admin/ExportSubject": grpc.StatusCode.INVALID_ARGUMENT,
 }
 METHODS = [(f"/{s.full_name}/{m.name}", m.server_streaming) for s in SERVICES for m in s.methods]
 CALLERS = [None, "no-roles", *sorted(EXPECTED_ROLES)]
