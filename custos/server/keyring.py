@@ -246,8 +246,8 @@ def key_inventory(settings: Settings, keys: MasterKeyProvider, engine: Engine | 
     primary = keys.current_version
     minimum = settings.key_min_decrypt_version
     rows = []
-    raw_versions = getattr(getattr(keys, "inner", keys), "versions", keys.versions)
-    for version in raw_versions:
+    held = keys.inner if isinstance(keys, RetiringKeyProvider) else keys  # retired versions are listed too
+    for version in held.versions:
         state = "primary" if version == primary else ("retired" if version < minimum else "decrypt-only")
         rows.append(
             KeyInfo(

@@ -247,7 +247,7 @@ def subjects_erase(
     settings = settings_or_exit(config, data_dir=data_dir)
     with _errors():
         keys = open_master_keys(settings, create=False)
-        ref = _subject_ref(settings, keys, subject_id, principal, conversation)
+        ref = _subject_ref(keys, subject_id, principal, conversation)
         engine = _database(settings)
         service = SubjectService(
             engine,
@@ -271,9 +271,7 @@ def subjects_erase(
     )
 
 
-def _subject_ref(
-    settings: Settings, keys: Any, subject_id: str | None, principal: str | None, conversation: str | None
-) -> str:
+def _subject_ref(keys: Any, subject_id: str | None, principal: str | None, conversation: str | None) -> str:
     from custos.server.keyring import anonymous_subject_ref, subject_ref_of
 
     if subject_id is not None:
