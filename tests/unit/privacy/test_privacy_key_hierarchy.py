@@ -343,3 +343,15 @@ def test_vault_rows_sealed_per_subject_across_calls_and_subject_changes(db: sa.E
         row = conn.execute(sa.select(ConversationVaultRow)).one()
     assert row.subject_ref == "subject-b" and read_header(row.ciphertext).format_version == FORMAT_SUBJECT
     assert len(vault.load("conv")) == 2
+
+
+def test_staged_rotation_keeps_replicas_without_the_new_version_reading(db: sa.Engine) -> None:
+    old_replica = provider()  # has only version 1
+    staged = provider().with_new_version(promote=False)  # version 2 added everywhere, not yet primary
+    assert staged.versions == [1, 2] and staged.current_version == 1
+    SubjectKeyStore(db, staged).get_or_create("written-while-staged")
+    assert SubjectKeyStore(db, old_replica).get("written-while-staged")
+    promoted = staged.with_primary(2)
+    SubjectKeyStore(db, promoted).get_or_create("written-after-promotion")
+    with pytest.raises(KeyNotFound):
+        SubjectKeyStore(db, old_replica).get("written-after-promotion")
