@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from custos.audit import make_engine, migrate
 from custos.audit.models import TranscriptRow
-from custos.privacy.errors import KeyFileError
+from custos.privacy.errors import KeyFileError, KeyRetired
 from custos.privacy.transcripts import open_transcript, seal_transcript
 from custos.server.cli import app
 from custos.server.keyring import open_master_keys
@@ -51,10 +51,10 @@ def _write_transcripts(data_dir: Path) -> dict[str, bytes]:
     return written
 
 
-def _read_all(data_dir: Path) -> dict[str, bytes]:
+def _read_all(data_dir: Path, **overrides: object) -> dict[str, bytes]:
     from custos.privacy.subject_keys import SubjectKeyStore
 
-    settings = load_settings(data_dir=data_dir)
+    settings = load_settings(data_dir=data_dir, **overrides)
     keys = open_master_keys(settings, create=False)
     engine = make_engine(settings.resolved_database_url)
     store = SubjectKeyStore(engine, keys)
@@ -117,3 +117,19 @@ def test_keys_init_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
     forced = runner.invoke(app, ["keys", "init", "--data-dir", str(data_dir), "--force"])
     assert forced.exit_code == 0 and key_file.read_bytes() != before
     assert key_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_rotate_stage_promote_and_retire_through_the_commands(tmp_path: Path) -> None:
+    data_dir = tmp_path / "d"
+    assert runner.invoke(app, ["keys", "init", "--data-dir", str(data_dir)]).exit_code == 0
+    written = _write_transcripts(data_dir)
+    staged = runner.invoke(app, ["keys", "rotate", "--stage", "--data-dir", str(data_dir)])
+    assert staged.exit_code == 0 and "primary is 1" in staged.output, staged.output
+    assert runner.invoke(app, ["keys", "promote", "2", "--data-dir", str(data_dir)]).exit_code == 0
+    # Retiring version 1 before the rewrap refuses every subject key still on it, with the reason.
+    with pytest.raises(KeyRetired, match="version 1 is retired"):
+        _read_all(data_dir, key_min_decrypt_version=2)
+    assert runner.invoke(app, ["keys", "rewrap", "--data-dir", str(data_dir)]).exit_code == 0
+    assert _read_all(data_dir, key_min_decrypt_version=2) == written
+    listing = runner.invoke(app, ["keys", "list", "--data-dir", str(data_dir)])
+    assert "primary; wraps 3 subject keys" in listing.output and "decrypt-only; wraps 0" in listing.output
