@@ -29,10 +29,12 @@ __all__ = [
     "ChainHead",
     "ChainRow",
     "ChainVerifier",
+    "PayloadTemplate",
     "VerifyReport",
     "build_payload",
     "compute_row_hash",
     "derived_columns",
+    "payload_template",
 ]
 
 SCHEMA_VERSION = 1
@@ -78,6 +80,50 @@ def build_payload(event: AuditEvent, *, record_id: str, request_id: str, seq: in
         details=event.details,
     )
     return canonical_json(body)
+
+
+_SEQ_MARKER = b',"seq":0,"start_time":'
+
+
+@dataclass(frozen=True)
+class PayloadTemplate:
+    """An event's canonical payload with its chain position left open, built before the append lock.
+
+    ``payload(seq)`` gives exactly :func:`build_payload`'s bytes for that ``seq``; ``derived`` holds the
+    :data:`DERIVED_FIELDS` columns and ``details`` the parsed canonical details (the same for every seq).
+    """
+
+    head: bytes
+    tail: bytes
+    derived: dict[str, str | None]
+    details: dict[str, object]
+
+    def payload(self, seq: int) -> bytes:
+        """The payload bytes of the record at position ``seq``."""
+        return b"%s%d%s" % (self.head, seq, self.tail)
+
+
+def payload_template(event: AuditEvent, *, record_id: str, request_id: str) -> PayloadTemplate:
+    """Build :func:`build_payload`'s bytes once with seq 0 and split them around the seq digits.
+
+    The top-level ``"seq"`` is followed only by string or null fields (``start_time``, ``status``,
+    ``subject_ref``, ``transcript_id``), in which an unescaped ``,"seq":0,"start_time":`` cannot occur, so
+    its last occurrence is the top-level one even when ``details`` holds the same text.
+
+    Raises:
+        CanonicalizationError: when ``details`` holds a type canonical JSON does not allow.
+
+    """
+    payload = build_payload(event, record_id=record_id, request_id=request_id, seq=0)
+    cut = payload.rindex(_SEQ_MARKER) + len(b',"seq":')
+    body = json.loads(payload)
+    details = body["details"]
+    return PayloadTemplate(
+        head=payload[:cut],
+        tail=payload[cut + 1 :],
+        derived=_derived_from_body(body),
+        details=details,
+    )
 
 
 DERIVED_FIELDS: tuple[str, ...] = ("purpose", "retention_class", "entity_types")

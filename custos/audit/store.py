@@ -42,7 +42,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from custos.audit.canonical import canonical_json
 from custos.audit.chain import (
     GENESIS_HASH,
     RAW_COLUMNS,
@@ -50,10 +49,10 @@ from custos.audit.chain import (
     ChainHead,
     ChainRow,
     ChainVerifier,
+    PayloadTemplate,
     VerifyReport,
-    build_payload,
     compute_row_hash,
-    derived_columns,
+    payload_template,
 )
 from custos.audit.db import DEFERRED_READ, translate_db_errors
 from custos.audit.errors import ChainConflict, DuplicateId, InvalidQuery, RecordNotFound
@@ -65,6 +64,7 @@ __all__ = [
     "APPEND_LOCK_KEY",
     "MAX_PAGE_SIZE",
     "AuditStore",
+    "PreparedRecord",
     "SealedTranscript",
     "TranscriptStore",
     "VerifyReport",
@@ -284,36 +284,61 @@ def read_head(conn: Connection) -> ChainHead:
     return ChainHead(0, GENESIS_HASH) if row is None else ChainHead(row.seq, row.row_hash)
 
 
-def _exists(conn: Connection, column: Any, value: str) -> bool:
-    return conn.execute(select(column).where(column == value).limit(1)).first() is not None
+def _existing(conn: Connection, column: Any, values: Sequence[str]) -> bool:
+    """Whether any of ``values`` is already in ``column`` (one statement for a whole group)."""
+    if not values:
+        return False
+    return conn.execute(select(column).where(column.in_(values)).limit(1)).first() is not None
 
 
-def append_in(conn: Connection, events: Sequence[AuditEvent]) -> list[StoredRecord]:
+@dataclass(frozen=True)
+class PreparedRecord:
+    """An event ready to append: ids chosen and payload built, all but its chain position (no lock needed)."""
+
+    event: AuditEvent
+    record_id: str
+    request_id: str
+    chosen_id: bool
+    template: PayloadTemplate
+
+    @classmethod
+    def of(cls, event: AuditEvent) -> PreparedRecord:
+        """Prepare ``event``; :class:`~custos.audit.errors.CanonicalizationError` for bad ``details``."""
+        record_id = event.record_id if event.record_id is not None else str(uuid.uuid4())
+        request_id = event.request_id if event.request_id is not None else record_id
+        template = payload_template(event, record_id=record_id, request_id=request_id)
+        return cls(event, record_id, request_id, event.record_id is not None, template)
+
+
+def append_in(conn: Connection, events: Sequence[AuditEvent | PreparedRecord]) -> list[StoredRecord]:
     """Append ``events`` in order inside the caller's transaction, which must hold :func:`lock_chain`.
 
     Nothing is durable until the caller commits. Raises :class:`DuplicateId` for a caller-chosen record id
     that already exists, :class:`~custos.audit.errors.CanonicalizationError` for unserialisable ``details``.
+    Events prepared beforehand (:class:`PreparedRecord`) leave only the chain position, the hash and the
+    insert for the time the lock is held.
     """
+    prepared = [e if isinstance(e, PreparedRecord) else PreparedRecord.of(e) for e in events]
+    if _existing(conn, AuditRecordRow.id, [p.record_id for p in prepared if p.chosen_id]):
+        raise DuplicateId("audit record id already exists")
     head = read_head(conn)
+    seq, prev_hash = head.seq, head.row_hash
     stored: list[StoredRecord] = []
     rows: list[dict[str, Any]] = []
-    for event in events:
-        if event.record_id is not None and _exists(conn, AuditRecordRow.id, event.record_id):
-            raise DuplicateId("audit record id already exists")
-        record_id = event.record_id if event.record_id is not None else str(uuid.uuid4())
-        request_id = event.request_id if event.request_id is not None else record_id
-        seq = head.seq + 1
-        payload = build_payload(event, record_id=record_id, request_id=request_id, seq=seq)
-        row_hash = compute_row_hash(head.row_hash, payload)
+    for item in prepared:
+        event = item.event
+        seq += 1
+        payload = item.template.payload(seq)
+        row_hash = compute_row_hash(prev_hash, payload)
         values: dict[str, Any] = {
             "seq": seq,
-            "id": record_id,
-            "prev_hash": head.row_hash,
+            "id": item.record_id,
+            "prev_hash": prev_hash,
             "row_hash": row_hash,
             "schema_version": SCHEMA_VERSION,
             "event_type": str(event.event_type),
             "phase": str(event.phase),
-            "request_id": request_id,
+            "request_id": item.request_id,
             "start_time": event.start_time.astimezone(UTC),
             "end_time": event.end_time.astimezone(UTC),
             "actor": event.actor,
@@ -324,35 +349,37 @@ def append_in(conn: Connection, events: Sequence[AuditEvent]) -> list[StoredReco
             "subject_ref": event.subject_ref,
             "transcript_id": event.transcript_id,
             "payload": payload,
-            **derived_columns(payload),
+            **item.template.derived,
         }
         rows.append(values)
-        body = json.loads(payload)
         stored.append(
             StoredRecord(
                 **values,
                 payload_json=payload.decode("utf-8"),
-                details=MappingProxyType(body["details"]),
+                details=MappingProxyType(item.template.details),
             )
         )
-        head = ChainHead(seq, row_hash)
+        prev_hash = row_hash
     if rows:
         conn.execute(insert(AuditRecordRow), rows)  # one executemany for a whole group
     return stored
 
 
-def _insert_transcript(conn: Connection, transcript: SealedTranscript) -> None:
+def _insert_transcripts(conn: Connection, transcripts: Sequence[SealedTranscript]) -> None:
     conn.execute(
         insert(TranscriptRow),
-        {
-            "id": transcript.id,
-            "created_at": transcript.created_at,
-            "conversation_ref": transcript.conversation_ref,
-            "subject_ref": transcript.subject_ref,
-            "key_version": transcript.key_version,
-            "format_version": transcript.format_version,
-            "ciphertext": transcript.ciphertext,
-        },
+        [
+            {
+                "id": transcript.id,
+                "created_at": transcript.created_at,
+                "conversation_ref": transcript.conversation_ref,
+                "subject_ref": transcript.subject_ref,
+                "key_version": transcript.key_version,
+                "format_version": transcript.format_version,
+                "ciphertext": transcript.ciphertext,
+            }
+            for transcript in transcripts
+        ],
     )
 
 
@@ -445,24 +472,26 @@ class AuditStore:
         for event in events:
             if not isinstance(event, AuditEvent):
                 raise TypeError("events must be AuditEvent instances")
-            canonical_json(event.details)  # fail before taking any lock
         chosen = [e.record_id for e in events if e.record_id is not None]
         if len(chosen) != len(set(chosen)):
             raise ValueError("record ids within one append must be distinct")
         transcript_ids = [t.id for t in transcripts]
         if len(transcript_ids) != len(set(transcript_ids)):
             raise ValueError("transcript ids within one append must be distinct")
+        # Payloads are built here, in the caller's thread and before any lock (bad details fail here too):
+        # under the lock only chain positions, hashes and the insert remain.
+        prepared = [PreparedRecord.of(event) for event in events]
         if self._group is not None:
-            return self._group.submit(events, transcripts)
-        return self._commit_group([(events, transcripts)])[0]
+            return self._group.submit(prepared, transcripts)
+        return self._commit_group([(prepared, transcripts)])[0]
 
     def _commit_group(
-        self, callers: Sequence[tuple[Sequence[AuditEvent], Sequence[SealedTranscript]]]
+        self, callers: Sequence[tuple[Sequence[PreparedRecord], Sequence[SealedTranscript]]]
     ) -> list[list[StoredRecord]]:
         """Commit every caller's events and transcripts in one transaction; return each caller's records."""
         events = [e for caller_events, _ in callers for e in caller_events]
         transcripts = [t for _, caller_transcripts in callers for t in caller_transcripts]
-        chosen = [e.record_id for e in events if e.record_id is not None]
+        chosen = [e.record_id for e in events if e.chosen_id]
         if len(chosen) != len(set(chosen)):
             raise DuplicateId("audit record id already exists")
         if len({t.id for t in transcripts}) != len(transcripts):
@@ -471,10 +500,10 @@ class AuditStore:
             try:
                 with self._append_lock, translate_db_errors(), self._engine.begin() as conn:
                     lock_chain(conn)
-                    for transcript in transcripts:
-                        if _exists(conn, TranscriptRow.id, transcript.id):
+                    if transcripts:
+                        if _existing(conn, TranscriptRow.id, [t.id for t in transcripts]):
                             raise DuplicateId("transcript id already exists")
-                        _insert_transcript(conn, transcript)
+                        _insert_transcripts(conn, transcripts)
                     stored = append_in(conn, events)
                 break
             except IntegrityError as err:
@@ -691,7 +720,7 @@ class TranscriptStore:
         )
         try:
             with translate_db_errors(), self._engine.begin() as conn:
-                _insert_transcript(conn, transcript)
+                _insert_transcripts(conn, [transcript])
         except IntegrityError as err:
             raise DuplicateId("transcript id already exists") from err
 
