@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, cast
 
+import psycopg
 from sqlalchemy import (
     ColumnElement,
     Connection,
@@ -40,6 +41,7 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from sqlalchemy.exc import IntegrityError
 
 from custos.audit.chain import (
@@ -55,7 +57,7 @@ from custos.audit.chain import (
     payload_template,
 )
 from custos.audit.db import DEFERRED_READ, translate_db_errors
-from custos.audit.errors import ChainConflict, DuplicateId, InvalidQuery, RecordNotFound
+from custos.audit.errors import AuditUnavailable, ChainConflict, DuplicateId, InvalidQuery, RecordNotFound
 from custos.audit.events import AuditEvent, EventType, Phase, StoredRecord, check_aware, check_text
 from custos.audit.group import GroupCommitter
 from custos.audit.models import AuditRecordRow, TranscriptRow
@@ -281,7 +283,12 @@ def read_head(conn: Connection) -> ChainHead:
     row = conn.execute(
         select(AuditRecordRow.seq, AuditRecordRow.row_hash).order_by(AuditRecordRow.seq.desc()).limit(1)
     ).first()
-    return ChainHead(0, GENESIS_HASH) if row is None else ChainHead(row.seq, row.row_hash)
+    return _head_of(row)
+
+
+def _head_of(row: Sequence[Any] | None) -> ChainHead:
+    """The head given the last record's ``(seq, row_hash)``, or ``None`` for an empty chain."""
+    return ChainHead(0, GENESIS_HASH) if row is None else ChainHead(row[0], row[1])
 
 
 def _existing(conn: Connection, column: Any, values: Sequence[str]) -> bool:
@@ -321,7 +328,16 @@ def append_in(conn: Connection, events: Sequence[AuditEvent | PreparedRecord]) -
     prepared = [e if isinstance(e, PreparedRecord) else PreparedRecord.of(e) for e in events]
     if _existing(conn, AuditRecordRow.id, [p.record_id for p in prepared if p.chosen_id]):
         raise DuplicateId("audit record id already exists")
-    head = read_head(conn)
+    rows, stored = _chain_rows(prepared, read_head(conn))
+    if rows:
+        conn.execute(insert(AuditRecordRow), rows)  # one executemany for a whole group
+    return stored
+
+
+def _chain_rows(
+    prepared: Sequence[PreparedRecord], head: ChainHead
+) -> tuple[list[dict[str, Any]], list[StoredRecord]]:
+    """Column values (in table order) and records of ``prepared`` appended after ``head``."""
     seq, prev_hash = head.seq, head.row_hash
     stored: list[StoredRecord] = []
     rows: list[dict[str, Any]] = []
@@ -360,27 +376,67 @@ def append_in(conn: Connection, events: Sequence[AuditEvent | PreparedRecord]) -
             )
         )
         prev_hash = row_hash
-    if rows:
-        conn.execute(insert(AuditRecordRow), rows)  # one executemany for a whole group
+    return rows, stored
+
+
+def _transcript_values(transcript: SealedTranscript) -> dict[str, Any]:
+    return {
+        "id": transcript.id,
+        "created_at": transcript.created_at,
+        "conversation_ref": transcript.conversation_ref,
+        "subject_ref": transcript.subject_ref,
+        "key_version": transcript.key_version,
+        "format_version": transcript.format_version,
+        "ciphertext": transcript.ciphertext,
+    }
+
+
+# INSERT statements as SQLAlchemy compiles them for psycopg (``%(name)s`` parameters), run on the raw
+# connection by the pipelined append.
+_PG_DIALECT = postgresql_psycopg.dialect()
+_PG_INSERT_RECORD = str(insert(AuditRecordRow).compile(dialect=_PG_DIALECT))
+_PG_INSERT_TRANSCRIPT = str(insert(TranscriptRow).compile(dialect=_PG_DIALECT))
+
+
+def _append_postgres(
+    raw: psycopg.Connection[Any],
+    prepared: Sequence[PreparedRecord],
+    transcripts: Sequence[SealedTranscript],
+) -> list[StoredRecord]:
+    """One append transaction on PostgreSQL in two round trips, using psycopg's pipeline mode.
+
+    First the append lock, the duplicate-id checks and the head (each statement runs after the one before,
+    so the head is read under the lock); then the inserts and the commit. Raises :class:`DuplicateId`; a
+    ``psycopg.IntegrityError`` means the fork guard fired; the transaction is rolled back on any error.
+    """
+    chosen = [p.record_id for p in prepared if p.chosen_id]
+    try:
+        with raw.pipeline() as pipeline:
+            raw.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK_KEY,))
+            ids = raw.execute("SELECT 1 FROM audit_records WHERE id = ANY(%s) LIMIT 1", (chosen,))
+            taken = raw.execute(
+                "SELECT 1 FROM transcripts WHERE id = ANY(%s) LIMIT 1", ([t.id for t in transcripts],)
+            )
+            head_cursor = raw.execute("SELECT seq, row_hash FROM audit_records ORDER BY seq DESC LIMIT 1")
+            pipeline.sync()
+            if ids.fetchone() is not None:
+                raise DuplicateId("audit record id already exists")
+            if taken.fetchone() is not None:
+                raise DuplicateId("transcript id already exists")
+            rows, stored = _chain_rows(prepared, _head_of(head_cursor.fetchone()))
+            cursor = raw.cursor()
+            if transcripts:
+                cursor.executemany(_PG_INSERT_TRANSCRIPT, [_transcript_values(t) for t in transcripts])
+            cursor.executemany(_PG_INSERT_RECORD, rows)
+            raw.commit()
+    except BaseException:
+        raw.rollback()
+        raise
     return stored
 
 
 def _insert_transcripts(conn: Connection, transcripts: Sequence[SealedTranscript]) -> None:
-    conn.execute(
-        insert(TranscriptRow),
-        [
-            {
-                "id": transcript.id,
-                "created_at": transcript.created_at,
-                "conversation_ref": transcript.conversation_ref,
-                "subject_ref": transcript.subject_ref,
-                "key_version": transcript.key_version,
-                "format_version": transcript.format_version,
-                "ciphertext": transcript.ciphertext,
-            }
-            for transcript in transcripts
-        ],
-    )
+    conn.execute(insert(TranscriptRow), [_transcript_values(t) for t in transcripts])
 
 
 class _ReadTransaction:
@@ -498,6 +554,9 @@ class AuditStore:
             raise DuplicateId("transcript id already exists")
         for attempt in range(_APPEND_ATTEMPTS):
             try:
+                if self._engine.dialect.name == "postgresql":
+                    stored = self._commit_postgres(events, transcripts)
+                    break
                 with self._append_lock, translate_db_errors(), self._engine.begin() as conn:
                     lock_chain(conn)
                     if transcripts:
@@ -506,7 +565,7 @@ class AuditStore:
                         _insert_transcripts(conn, transcripts)
                     stored = append_in(conn, events)
                 break
-            except IntegrityError as err:
+            except (IntegrityError, psycopg.IntegrityError) as err:
                 # Ids were checked under the lock, so this is the fork guard: someone appended without the
                 # lock. Re-read the head and try again; persistently failing means a misbehaving writer.
                 if attempt == _APPEND_ATTEMPTS - 1:
@@ -527,6 +586,18 @@ class AuditStore:
             out.append(stored[offset : offset + len(caller_events)])
             offset += len(caller_events)
         return out
+
+    def _commit_postgres(
+        self, events: Sequence[PreparedRecord], transcripts: Sequence[SealedTranscript]
+    ) -> list[StoredRecord]:
+        with self._append_lock, translate_db_errors(), self._engine.connect() as conn:
+            raw = cast("psycopg.Connection[Any]", conn.connection.driver_connection)
+            try:
+                return _append_postgres(raw, events, transcripts)
+            except (psycopg.OperationalError, psycopg.InterfaceError) as err:
+                if raw.closed or raw.broken:
+                    conn.invalidate(err)
+                raise AuditUnavailable("audit database unavailable") from err
 
     def head(self) -> ChainHead:
         """Return the current head (for signed checkpoints and health checks)."""
