@@ -155,12 +155,16 @@ def _append_rows(
             grouped = AuditStore(engine, group_commit=True)
             baselines: list[float] = []
             values: dict[int, list[float]] = {1: [], 8: []}
+            grouped_txns = 0
             for attempt in range(1, repeats + 1):
                 say(f"{backend} ({attempt}/{repeats}): baseline, 8 writers, one append per transaction")
                 baselines.append(_appends_per_second(store, 8, total, size))
                 for writers in (1, 8):
                     say(f"{backend} ({attempt}/{repeats}): {writers} writer(s) with group commit")
+                    before = grouped.transactions or 0
                     values[writers].append(_appends_per_second(grouped, writers, total, size))
+                    if writers == 8:
+                        grouped_txns += (grouped.transactions or 0) - before
             baseline = statistics.median(baselines)
             for writers, measured in values.items():
                 goal = GOAL_PG_APPENDS if backend == "postgresql" and writers == 8 else None
@@ -176,6 +180,11 @@ def _append_rows(
                 )
             if not store.verify().ok:
                 raise RuntimeError("the benchmark chain does not verify")
+            per_writer = max(1, total // 8)
+            notes.append(
+                f"{backend}: 8 writers with group commit averaged "
+                f"{repeats * 8 * per_writer / max(1, grouped_txns):.1f} appends per transaction"
+            )
             if backend == "postgresql":
                 commit = _commit_seconds(engine)
                 notes.append(

@@ -287,7 +287,7 @@ def read_head(conn: Connection) -> ChainHead:
 
 
 def _head_of(row: Sequence[Any] | None) -> ChainHead:
-    """The head given the last record's ``(seq, row_hash)``, or ``None`` for an empty chain."""
+    """The head given the last record's ``(seq, row_hash)`` (``None``: the chain is empty)."""
     return ChainHead(0, GENESIS_HASH) if row is None else ChainHead(row[0], row[1])
 
 
