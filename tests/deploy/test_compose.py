@@ -47,7 +47,7 @@ def test_compose_file_matches_the_compose_spec_schema(tmp_path: Path) -> None:
     result = check_jsonschema(COMPOSE)
     assert result.returncode == 0, result.stdout + result.stderr
     broken = load()
-    broken["services"]["custos"]["read_only"] = "sometimes"
+    broken["services"]["custos"]["read_onyl"] = True
     (tmp_path / "compose.yaml").write_text(yaml.safe_dump(broken))
     assert check_jsonschema(tmp_path / "compose.yaml").returncode != 0
 

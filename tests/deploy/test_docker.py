@@ -135,6 +135,14 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for unshar
 READ_ONLY_RUN = r"""
 set -eu
 mount --make-rprivate /
+if [ -n "$HIDDEN_PARENT" ]; then
+    # The interpreter lives under a directory only root may enter (here, not in the image): show uid 10001
+    # just the interpreter's subtree there, as /opt/custos is in the image.
+    mkdir -p "$VOLUME_DIR/shown/$HIDDEN_CHILD"
+    chmod 0755 "$VOLUME_DIR/shown"
+    mount --bind "$HIDDEN_PARENT/$HIDDEN_CHILD" "$VOLUME_DIR/shown/$HIDDEN_CHILD"
+    mount --rbind "$VOLUME_DIR/shown" "$HIDDEN_PARENT"
+fi
 mount --bind "$VOLUME_DIR" /mnt
 for dir in /mnt/models /mnt/model; do mount --bind "$dir" "$dir"; mount -o remount,bind,ro "$dir"; done
 for target in $(findmnt -rno TARGET | sort -u); do
@@ -144,7 +152,9 @@ done
 mount -t tmpfs -o mode=1777,size=256m tmpfs /tmp
 as_user() { setpriv --reuid "$RUN_UID" --regid "$RUN_UID" --clear-groups --inh-caps=-all "$@"; }
 if as_user touch "$VENV_BIN/.written" 2>/dev/null; then echo "install is writable" >&2; exit 3; fi
-as_user "$ENTRYPOINT" serve > /mnt/data.serve.log 2>&1 &
+# setpriv execs the entry point, which execs custos: $! is the server process itself.
+setpriv --reuid "$RUN_UID" --regid "$RUN_UID" --clear-groups --inh-caps=-all "$ENTRYPOINT" serve \
+    > /mnt/data.serve.log 2>&1 &
 server=$!
 tries=0
 until as_user "$ENTRYPOINT" healthcheck; do
@@ -156,8 +166,9 @@ until as_user "$ENTRYPOINT" healthcheck; do
 done
 echo HEALTHY
 kill -TERM "$server"
-wait "$server"
-echo "EXIT $?"
+status=0
+wait "$server" || status=$?
+echo "EXIT $status"
 """
 
 
@@ -185,15 +196,26 @@ def test_entrypoint_serves_as_uid_10001_with_a_read_only_root(tmp_path: Path) ->
         capture_output=True, text=True, timeout=300, check=False,
     )
     assert prepared.returncode == 0, prepared.stderr
-    # The venv must be reachable by uid 10001, as /opt/custos is in the image.
+    # The venv and its interpreter must be reachable by uid 10001, as /opt/custos is in the image.
     for parent in BIN.parents:
         assert parent.stat().st_mode & stat.S_IXOTH, f"{parent} is not traversable by uid {UID}"
+    hidden_parent, hidden_child = "", ""
+    interpreter = Path(os.path.realpath(sys.executable))
+    for parent in reversed(interpreter.parents):
+        if not parent.stat().st_mode & stat.S_IXOTH:
+            hidden_parent = str(parent)
+            hidden_child = interpreter.relative_to(parent).parts[0]
+            break
     volume.chmod(0o755)
+    # As the Dockerfile's `chmod -R a+rX,go-w /opt/custos`: readable by all, writable by root only.
+    for tree in (volume / "model", volume / "models"):
+        for item in [tree, *tree.rglob("*")]:
+            item.chmod((item.stat().st_mode | 0o444 | (0o111 if item.is_dir() else 0)) & ~0o022)
     cache_before = tree_digest(volume / "models")
     result = subprocess.run(
         ["unshare", "--mount", "sh", "-c", READ_ONLY_RUN],
         env={**env, "VOLUME_DIR": str(volume), "RUN_UID": str(UID), "ENTRYPOINT": str(ENTRYPOINT),
-             "VENV_BIN": str(BIN)},
+             "VENV_BIN": str(BIN), "HIDDEN_PARENT": hidden_parent, "HIDDEN_CHILD": hidden_child},
         capture_output=True, text=True, timeout=400, check=False,
     )
     log = (volume / "data.serve.log").read_text(errors="replace") if (volume / "data.serve.log").exists() else ""

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from unittest.mock import MagicMock
 
 import grpc
 import pytest
@@ -13,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from presidio_analyzer import AnalyzerEngine
 from typer.testing import CliRunner
 
+from custos.privacy.analyzer import build_analyzer
 from custos.server.cli import app as cli_app
 from custos.server.testing import ScriptedEngine, ServerHarness, make_server
 from custos.server.tls import TLSPaths, init_dev_certs, issue_cert, make_ca
@@ -25,14 +25,22 @@ def health(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def serve(tmp_path: Path, **overrides: object) -> ServerHarness:
-    # Health does not touch the analyzer; a spec'd mock keeps spaCy out of this test.
-    return make_server(tmp_path, MagicMock(spec=AnalyzerEngine), ScriptedEngine("ok"), **overrides)
+@pytest.fixture(scope="module")
+def analyzer() -> AnalyzerEngine:
+    return build_analyzer()
 
 
 @pytest.fixture
-def tls_server(tmp_path: Path) -> Iterator[ServerHarness]:
-    with serve(tmp_path) as harness:
+def serve(tmp_path: Path, analyzer: AnalyzerEngine) -> Callable[..., ServerHarness]:
+    def make(**overrides: object) -> ServerHarness:
+        return make_server(tmp_path, analyzer, ScriptedEngine("ok"), **overrides)
+
+    return make
+
+
+@pytest.fixture
+def tls_server(serve: Callable[..., ServerHarness]) -> Iterator[ServerHarness]:
+    with serve() as harness:
         yield harness
 
 
@@ -73,12 +81,14 @@ def test_draining_server_is_not_serving(tls_server: ServerHarness) -> None:
     assert "NOT_SERVING" in output
 
 
-def test_plaintext_server(tmp_path: Path) -> None:
-    with serve(tmp_path, plaintext=True) as harness:
+def test_plaintext_server(serve: Callable[..., ServerHarness]) -> None:
+    with serve(plaintext=True) as harness:
         assert health("--server", harness.target, "--plaintext", "--token", harness.admin_token)[0] == 0
 
 
-def test_mtls_server_needs_the_client_certificate(tmp_path: Path) -> None:
+def test_mtls_server_needs_the_client_certificate(
+    serve: Callable[..., ServerHarness], tmp_path: Path
+) -> None:
     client_dir = tmp_path / "client"
     client_dir.mkdir()
     ca_cert, ca_key = make_ca()
@@ -86,7 +96,7 @@ def test_mtls_server_needs_the_client_certificate(tmp_path: Path) -> None:
     (client_dir / "ca.pem").write_bytes(ca_cert)
     (client_dir / "probe.pem").write_bytes(cert)
     (client_dir / "probe-key.pem").write_bytes(key)
-    with serve(tmp_path, tls_client_ca_file=client_dir / "ca.pem") as harness:
+    with serve(tls_client_ca_file=client_dir / "ca.pem") as harness:
         ca = str(harness.server.settings.tls_dir / "ca.pem")
         assert health("--server", harness.target, "--ca-file", ca, "--timeout", "3")[0] == 1
         code, output = health(
@@ -116,8 +126,8 @@ def test_usage_errors_exit_2(args: list[str]) -> None:
     assert health("--server", "127.0.0.1:1", *args)[0] == 2
 
 
-def test_health_listen_serves_health_only_in_plaintext(tmp_path: Path) -> None:
-    with serve(tmp_path, health_listen="127.0.0.1:0") as harness:
+def test_health_listen_serves_health_only_in_plaintext(serve: Callable[..., ServerHarness]) -> None:
+    with serve(health_listen="127.0.0.1:0") as harness:
         port = harness.server.health_port
         assert port
         assert health("--server", f"127.0.0.1:{port}", "--plaintext")[0] == 0
