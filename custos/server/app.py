@@ -226,7 +226,7 @@ class CustosServer:
         await server.start()
         self._server = server
         if settings.health_listen:
-            # Health only, for probes without TLS; the same servicer, so it reports what the API listener does.
+            # Health only, for probes without TLS; the same servicer, so it says what the API listener does.
             self._health_server = grpc.aio.server()
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
             self.health_port = self._health_server.add_insecure_port(settings.health_listen)

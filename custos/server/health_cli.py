@@ -36,10 +36,12 @@ def health(
     ] = "",
     plaintext: Annotated[bool, typer.Option("--plaintext", help="The server runs without TLS.")] = False,
     ca_file: Annotated[
-        Path | None, typer.Option("--ca-file", help="CA certificate (PEM) the server's certificate chains to.")
+        Path | None,
+        typer.Option("--ca-file", help="CA certificate (PEM) the server's certificate chains to."),
     ] = None,
     cert_file: Annotated[
-        Path | None, typer.Option("--cert-file", help="Client certificate (PEM) for servers that require mTLS.")
+        Path | None,
+        typer.Option("--cert-file", help="Client certificate (PEM) for servers that require mTLS."),
     ] = None,
     key_file: Annotated[Path | None, typer.Option("--key-file", help="Private key of --cert-file.")] = None,
     server_name: Annotated[
@@ -51,15 +53,19 @@ def health(
         typer.Option("--token", envvar="CUSTOS_TOKEN", help="Bearer token (optional; or CUSTOS_TOKEN)."),
     ] = None,
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait for the answer.")] = 5.0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing; the exit code answers.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print nothing; the exit code answers.")
+    ] = False,
 ) -> None:
     """Exit 0 when the server (or --service) reports SERVING, 1 otherwise."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     if plaintext and (ca_file or cert_file or key_file or server_name):
-        err.print("[red]error:[/red] --plaintext cannot be combined with --ca-file, --cert-file, --key-file "
-                  "or --server-name")
+        err.print(
+            "[red]error:[/red] --plaintext cannot be combined with --ca-file, --cert-file, --key-file "
+            "or --server-name"
+        )
         raise typer.Exit(EXIT_USAGE)
     if (cert_file is None) != (key_file is None):
         err.print("[red]error:[/red] --cert-file and --key-file go together")

@@ -41,8 +41,11 @@ def run(args: list[str], *, env: dict[str, str], timeout: int) -> subprocess.Com
 def test_wheelhouse_install_and_serve_without_network(tmp_path: Path) -> None:
     wheelhouse = tmp_path / "wheelhouse"
     # Connected side: PyPI by name, CPU torch from the local wheel directory the pip configuration names.
-    run([str(AIRGAP / "build-wheelhouse.sh"), str(wheelhouse)], env={**os.environ, "PYTHON": PYTHON},
-        timeout=1200)
+    run(
+        [str(AIRGAP / "build-wheelhouse.sh"), str(wheelhouse)],
+        env={**os.environ, "PYTHON": PYTHON},
+        timeout=1200,
+    )
     wheels = sorted(p.name for p in wheelhouse.glob("*.whl"))
     assert any(name.startswith("custos-") for name in wheels)
     assert any(name.startswith("torch-") and "+cpu" in name for name in wheels), wheels
@@ -50,12 +53,18 @@ def test_wheelhouse_install_and_serve_without_network(tmp_path: Path) -> None:
 
     # Target side, with no network at all: install from the wheelhouse only.
     venv = tmp_path / "target-venv"
-    run(["unshare", "--net", str(AIRGAP / "install-offline.sh"), str(wheelhouse), str(venv)],
-        env=offline_env(), timeout=900)
+    run(
+        ["unshare", "--net", str(AIRGAP / "install-offline.sh"), str(wheelhouse), str(venv)],
+        env=offline_env(),
+        timeout=900,
+    )
     assert (venv / "bin" / "custos").exists()
     # The installed package is the wheel, not this checkout.
-    where = run([str(venv / "bin" / "python"), "-c", "import custos; print(custos.__file__)"],
-                env=offline_env(), timeout=60).stdout.strip()
+    where = run(
+        [str(venv / "bin" / "python"), "-c", "import custos; print(custos.__file__)"],
+        env=offline_env(),
+        timeout=60,
+    ).stdout.strip()
     assert where.startswith(str(venv)), where
 
     # Serve in a namespace with only loopback; TLS with the development CA made on first start.
@@ -83,11 +92,21 @@ def test_smoke_test_fails_when_nothing_answers(tmp_path: Path) -> None:
     """The smoke test is not vacuous: a server that cannot start makes it fail."""
     config = write_config(
         tmp_path / "custos.toml",
-        {"data_dir": str(tmp_path / "data"), "listen": "127.0.0.1:50051", "metrics_listen": "",
-         "model_source": str(tmp_path / "no-such-model")},
+        {
+            "data_dir": str(tmp_path / "data"),
+            "listen": "127.0.0.1:50051",
+            "metrics_listen": "",
+            "model_source": str(tmp_path / "no-such-model"),
+        },
     )
     venv = Path(sys.executable).parent.parent
-    result = subprocess.run([str(AIRGAP / "smoke-test.sh"), str(venv), str(config)], env=offline_env(),
-                            capture_output=True, text=True, timeout=300, check=False)
+    result = subprocess.run(
+        [str(AIRGAP / "smoke-test.sh"), str(venv), str(config)],
+        env=offline_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode != 0
     assert "server did not become healthy" in result.stderr

@@ -39,7 +39,10 @@ def check_jsonschema(path: Path) -> subprocess.CompletedProcess[str]:
     assert exe.exists(), "check-jsonschema (in the test extra) is not installed"
     return subprocess.run(
         [str(exe), "--builtin-schema", "vendor.compose-spec", str(path)],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -84,9 +87,14 @@ def test_custos_environment_names_real_settings() -> None:
     targets = {f"/run/secrets/{s['target']}" for s in load()["services"]["custos"]["secrets"]}
     assert env["CUSTOS_KEY_FILE"] in targets and env["PGPASSFILE"] in targets
     assert env["CUSTOS_TLS_KEY_FILE"] in targets
-    assert "@" in env["CUSTOS_DATABASE_URL"] and ":" not in env["CUSTOS_DATABASE_URL"].split("//")[1].split("@")[0]
+    assert (
+        "@" in env["CUSTOS_DATABASE_URL"]
+        and ":" not in env["CUSTOS_DATABASE_URL"].split("//")[1].split("@")[0]
+    )
     postgres = load()["services"]["postgres"]["environment"]
-    assert "POSTGRES_PASSWORD" not in postgres and postgres["POSTGRES_PASSWORD_FILE"].startswith("/run/secrets/")
+    assert "POSTGRES_PASSWORD" not in postgres and postgres["POSTGRES_PASSWORD_FILE"].startswith(
+        "/run/secrets/"
+    )
 
 
 def test_hardening() -> None:
@@ -114,8 +122,9 @@ def compose_copy(tmp_path: Path) -> Path:
 
 
 def keys_init_available() -> bool:
-    result = subprocess.run([str(BIN / "custos"), "keys", "init", "--help"], capture_output=True, timeout=60,
-                            check=False)
+    result = subprocess.run(
+        [str(BIN / "custos"), "keys", "init", "--help"], capture_output=True, timeout=60, check=False
+    )
     return result.returncode == 0
 
 
@@ -130,8 +139,14 @@ def test_init_secrets_makes_every_referenced_file(compose_copy: Path, tmp_path: 
         source = tmp_path / "existing-master.json"
         FileKeyProvider.load_or_create(source)
         env["CUSTOS_MASTER_KEY_SOURCE"] = str(source)
-    result = subprocess.run([str(compose_copy / "init-secrets.sh"), "custos.example"], env=env,
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [str(compose_copy / "init-secrets.sh"), "custos.example"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     doc = load()
     files = [compose_copy / s["file"] for s in doc["secrets"].values()]
@@ -156,7 +171,13 @@ def test_init_secrets_makes_every_referenced_file(compose_copy: Path, tmp_path: 
     assert "custos.example" in sans.get_values_for_type(x509.DNSName)
     # Existing files are kept on a second run.
     before = (compose_copy / "secrets" / "postgres-password").read_bytes()
-    rerun = subprocess.run([str(compose_copy / "init-secrets.sh")], env=env, capture_output=True, text=True,
-                           timeout=120, check=False)
+    rerun = subprocess.run(
+        [str(compose_copy / "init-secrets.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert rerun.returncode == 0, rerun.stderr
     assert (compose_copy / "secrets" / "postgres-password").read_bytes() == before

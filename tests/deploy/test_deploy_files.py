@@ -68,10 +68,17 @@ def test_compose_secrets_are_never_committed() -> None:
 def test_the_guide_names_every_directory_and_script() -> None:
     guide = (DEPLOY / "README.md").read_text()
     for name in deploy_files():
-        if name.endswith(".sh") or name.count("/") == 1 and name.split("/")[0] not in ("kubernetes",):
+        if name.endswith(".sh") or (name.count("/") == 1 and name.split("/")[0] not in ("kubernetes",)):
             assert Path(name).name in guide or name.split("/")[0] + "/" in guide, name
     for overlay in ("trial", "production"):
         assert f"overlays/{overlay}" in guide
-    for command in ("custos keys init", "custos certs init", "custos keys rotate", "custos keys rewrap",
-                    "custos subjects erase", "custos health", "custos audit record-restore"):
+    for command in (
+        "custos keys init",
+        "custos certs init",
+        "custos keys rotate",
+        "custos keys rewrap",
+        "custos subjects erase",
+        "custos health",
+        "custos audit record-restore",
+    ):
         assert command in guide, command

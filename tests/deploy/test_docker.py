@@ -192,8 +192,15 @@ def test_entrypoint_serves_as_uid_10001_with_a_read_only_root(tmp_path: Path) ->
     }
     prepared = subprocess.run(
         [str(BIN / "custos"), "model", "prepare", "--data-dir", str(tmp_path / "prep")],
-        env={**env, "CUSTOS_MODEL_CACHE_DIR": str(volume / "models"), "CUSTOS_MODEL_SOURCE": str(volume / "model")},
-        capture_output=True, text=True, timeout=300, check=False,
+        env={
+            **env,
+            "CUSTOS_MODEL_CACHE_DIR": str(volume / "models"),
+            "CUSTOS_MODEL_SOURCE": str(volume / "model"),
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert prepared.returncode == 0, prepared.stderr
     # The venv and its interpreter must be reachable by uid 10001, as /opt/custos is in the image.
@@ -214,11 +221,25 @@ def test_entrypoint_serves_as_uid_10001_with_a_read_only_root(tmp_path: Path) ->
     cache_before = tree_digest(volume / "models")
     result = subprocess.run(
         ["unshare", "--mount", "sh", "-c", READ_ONLY_RUN],
-        env={**env, "VOLUME_DIR": str(volume), "RUN_UID": str(UID), "ENTRYPOINT": str(ENTRYPOINT),
-             "VENV_BIN": str(BIN), "HIDDEN_PARENT": hidden_parent, "HIDDEN_CHILD": hidden_child},
-        capture_output=True, text=True, timeout=400, check=False,
+        env={
+            **env,
+            "VOLUME_DIR": str(volume),
+            "RUN_UID": str(UID),
+            "ENTRYPOINT": str(ENTRYPOINT),
+            "VENV_BIN": str(BIN),
+            "HIDDEN_PARENT": hidden_parent,
+            "HIDDEN_CHILD": hidden_child,
+        },
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
     )
-    log = (volume / "data.serve.log").read_text(errors="replace") if (volume / "data.serve.log").exists() else ""
+    log = (
+        (volume / "data.serve.log").read_text(errors="replace")
+        if (volume / "data.serve.log").exists()
+        else ""
+    )
     assert result.returncode == 0, result.stdout + result.stderr + log[-3000:]
     assert "HEALTHY" in result.stdout and "EXIT 0" in result.stdout, result.stdout + log[-3000:]
     # Only the volume was written: data files belong to the image's user and are private.
@@ -235,8 +256,12 @@ def test_entrypoint_serves_as_uid_10001_with_a_read_only_root(tmp_path: Path) ->
 @needs_root
 def test_entrypoint_refuses_root(tmp_path: Path) -> None:
     result = subprocess.run(
-        [str(ENTRYPOINT), "serve"], env={"PATH": f"{BIN}:/usr/bin:/bin", "CUSTOS_DATA_DIR": str(tmp_path)},
-        capture_output=True, text=True, timeout=30, check=False,
+        [str(ENTRYPOINT), "serve"],
+        env={"PATH": f"{BIN}:/usr/bin:/bin", "CUSTOS_DATA_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert result.returncode == 64
     assert "refusing to run as root" in result.stderr
@@ -250,7 +275,10 @@ def test_entrypoint_names_an_unwritable_data_dir(tmp_path: Path) -> None:
     result = subprocess.run(
         ["setpriv", "--reuid", str(UID), "--regid", str(UID), "--clear-groups", str(ENTRYPOINT), "serve"],
         env={"PATH": f"{BIN}:/usr/bin:/bin", "CUSTOS_DATA_DIR": str(data)},
-        capture_output=True, text=True, timeout=30, check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert result.returncode == 64
     assert f"data directory {data} is missing or not writable by uid {UID}" in result.stderr

@@ -73,9 +73,9 @@ def test_wrong_trust_unknown_service_or_no_server_is_not_serving(
 
 def test_draining_server_is_not_serving(tls_server: ServerHarness) -> None:
     ca = str(tls_server.server.settings.tls_dir / "ca.pem")
-    asyncio.run_coroutine_threadsafe(tls_server.server.health.enter_graceful_shutdown(), tls_server.loop).result(
-        timeout=10
-    )
+    asyncio.run_coroutine_threadsafe(
+        tls_server.server.health.enter_graceful_shutdown(), tls_server.loop
+    ).result(timeout=10)
     code, output = health("--server", tls_server.target, "--ca-file", ca)
     assert code == 1
     assert "NOT_SERVING" in output
@@ -100,8 +100,14 @@ def test_mtls_server_needs_the_client_certificate(
         ca = str(harness.server.settings.tls_dir / "ca.pem")
         assert health("--server", harness.target, "--ca-file", ca, "--timeout", "3")[0] == 1
         code, output = health(
-            "--server", harness.target, "--ca-file", ca,
-            "--cert-file", str(client_dir / "probe.pem"), "--key-file", str(client_dir / "probe-key.pem"),
+            "--server",
+            harness.target,
+            "--ca-file",
+            ca,
+            "--cert-file",
+            str(client_dir / "probe.pem"),
+            "--key-file",
+            str(client_dir / "probe-key.pem"),
         )
         assert code == 0, output
 

@@ -31,7 +31,10 @@ def kubectl() -> str:
 def rendered(overlay: str) -> str:
     result = subprocess.run(
         [kubectl(), "kustomize", str(KUSTOMIZE / "overlays" / overlay)],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
@@ -59,7 +62,10 @@ def test_rendered_objects_validate(overlay: str, tmp_path: Path) -> None:
     assert exe.exists(), "kubernetes-validate (in the test extra) is not installed"
     result = subprocess.run(
         [str(exe), "--strict", str(path)],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     # The validator catches a misspelt field in these objects.
@@ -69,7 +75,10 @@ def test_rendered_objects_validate(overlay: str, tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump_all(broken))
     result = subprocess.run(
         [str(exe), "--strict", str(path)],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert result.returncode != 0
 
@@ -158,7 +167,10 @@ def test_production_overlay() -> None:
     ref = env["CUSTOS_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
     assert ref == {"name": "custos-database", "key": "url", "optional": False}
     pdb = one("production", "PodDisruptionBudget")
-    assert matches(pdb["spec"]["selector"]["matchLabels"], pod_labels := deployment["spec"]["template"]["metadata"]["labels"])
+    assert matches(
+        pdb["spec"]["selector"]["matchLabels"],
+        pod_labels := deployment["spec"]["template"]["metadata"]["labels"],
+    )
     assert pdb["spec"]["minAvailable"] < deployment["spec"]["replicas"]
     assert pod_labels
     claim = one("production", "PersistentVolumeClaim")

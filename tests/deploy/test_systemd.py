@@ -91,7 +91,10 @@ def test_exposure_score(tmp_path: Path) -> None:
     unit.write_text(local_copy())
     result = subprocess.run(
         [exe, "security", "--offline=yes", "--no-pager", str(unit)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     match = re.search(r"Overall exposure level for custos\.service: ([0-9.]+)", result.stdout + result.stderr)
     if match is None:
