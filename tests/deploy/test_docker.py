@@ -156,6 +156,7 @@ if as_user touch "$VENV_BIN/.written" 2>/dev/null; then echo "install is writabl
 setpriv --reuid "$RUN_UID" --regid "$RUN_UID" --clear-groups --inh-caps=-all "$ENTRYPOINT" serve \
     > /mnt/data.serve.log 2>&1 &
 server=$!
+trap 'kill -KILL "$server" 2>/dev/null || true' EXIT
 tries=0
 until as_user "$ENTRYPOINT" healthcheck; do
     tries=$((tries + 1))

@@ -91,12 +91,13 @@ def test_pod_security(overlay: str) -> None:
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["automountServiceAccountToken"] is False
     (container,) = pod["containers"]
-    ctx = container["securityContext"]
-    assert ctx["readOnlyRootFilesystem"] is True
-    assert ctx["allowPrivilegeEscalation"] is False
-    assert ctx["capabilities"] == {"drop": ["ALL"]}
-    for kind in ("requests", "limits"):
-        assert {"cpu", "memory"} <= set(container["resources"][kind]), kind
+    for each in [container, *pod["initContainers"]]:
+        ctx = each["securityContext"]
+        assert ctx["readOnlyRootFilesystem"] is True, each["name"]
+        assert ctx["allowPrivilegeEscalation"] is False, each["name"]
+        assert ctx["capabilities"] == {"drop": ["ALL"]}, each["name"]
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(each["resources"][kind]), (each["name"], kind)
     # Native gRPC probes on the plaintext health-only port the settings open.
     settings = one(overlay, "ConfigMap")["data"]
     health_port = int(settings["CUSTOS_HEALTH_LISTEN"].rpartition(":")[2])
@@ -105,7 +106,7 @@ def test_pod_security(overlay: str) -> None:
     # Writable paths are volumes; /tmp is one (read-only root).
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert settings["CUSTOS_DATA_DIR"] in mounts and "/tmp" in mounts
-    assert mounts["/etc/custos/keys"]["readOnly"] is True
+    assert mounts["/etc/custos/keys"]["readOnly"] is True and mounts["/etc/custos/keys"]["name"] == "keys"
     # Every CUSTOS_ variable is a real setting.
     names = set(settings) | {e["name"] for e in container.get("env", [])}
     for name in names:
@@ -119,7 +120,17 @@ def test_secrets_are_referenced_never_inlined(overlay: str) -> None:
     secret_volumes = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
     assert secret_volumes == {"custos-master-key", "custos-tls"}
     settings = one(overlay, "ConfigMap")["data"]
-    assert settings["CUSTOS_KEY_FILE"].startswith("/etc/custos/keys/")
+    # The key file the server reads is the private copy the init container makes from the Secret.
+    (init,) = pod["initContainers"]
+    key_file = settings["CUSTOS_KEY_FILE"]
+    assert init["command"][:3] == ["install", "-m", "0400"] and init["command"][-1] == key_file
+    mounts = {m["name"]: m["mountPath"] for m in init["volumeMounts"]}
+    assert init["command"][-2].startswith(mounts["master-key"] + "/")
+    server_mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert key_file.startswith(server_mounts["keys"]["mountPath"] + "/")
+    assert mounts["keys"] == server_mounts["keys"]["mountPath"]
+    keys_volume = next(v for v in pod["volumes"] if v["name"] == "keys")
+    assert keys_volume["emptyDir"]["medium"] == "Memory"
     assert not any("postgres" in str(v) or "password" in str(v).lower() for v in settings.values())
 
 
