@@ -29,11 +29,16 @@ def offline_env() -> dict[str, str]:
     """No pip configuration (no index, no find-links) and no proxy: only what the wheelhouse holds."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_") and "proxy" not in k.lower()}
     env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1", PYTHON=PYTHON)
+    # Bytecode compilation of torch and transformers is most of an install's time; not what is tested here.
+    env["PIP_NO_COMPILE"] = "1"
     return env
 
 
-def run(args: list[str], *, env: dict[str, str], timeout: int) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+def run(args: list[str], *, env: dict[str, str], timeout: int, cwd: Path) -> subprocess.CompletedProcess[str]:
+    # cwd outside the checkout, so nothing imports this working tree's `custos` by accident.
+    result = subprocess.run(
+        args, env=env, capture_output=True, text=True, timeout=timeout, check=False, cwd=cwd
+    )
     assert result.returncode == 0, f"{args[0]}: {result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
 
@@ -45,6 +50,7 @@ def test_wheelhouse_install_and_serve_without_network(tmp_path: Path) -> None:
         [str(AIRGAP / "build-wheelhouse.sh"), str(wheelhouse)],
         env={**os.environ, "PYTHON": PYTHON},
         timeout=1200,
+        cwd=tmp_path,
     )
     wheels = sorted(p.name for p in wheelhouse.glob("*.whl"))
     assert any(name.startswith("custos-") for name in wheels)
@@ -57,6 +63,7 @@ def test_wheelhouse_install_and_serve_without_network(tmp_path: Path) -> None:
         ["unshare", "--net", str(AIRGAP / "install-offline.sh"), str(wheelhouse), str(venv)],
         env=offline_env(),
         timeout=900,
+        cwd=tmp_path,
     )
     assert (venv / "bin" / "custos").exists()
     # The installed package is the wheel, not this checkout.
@@ -64,6 +71,7 @@ def test_wheelhouse_install_and_serve_without_network(tmp_path: Path) -> None:
         [str(venv / "bin" / "python"), "-c", "import custos; print(custos.__file__)"],
         env=offline_env(),
         timeout=60,
+        cwd=tmp_path,
     ).stdout.strip()
     assert where.startswith(str(venv)), where
 
@@ -79,7 +87,9 @@ def test_wheelhouse_install_and_serve_without_network(tmp_path: Path) -> None:
             "precision": "fp32",
         },
     )
-    result = run([str(AIRGAP / "smoke-test.sh"), str(venv), str(config)], env=offline_env(), timeout=600)
+    result = run(
+        [str(AIRGAP / "smoke-test.sh"), str(venv), str(config)], env=offline_env(), timeout=600, cwd=tmp_path
+    )
     assert "127.0.0.1:50051: SERVING" in result.stdout
     records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     if not records:  # the JSON output may be one document
