@@ -20,4 +20,4 @@ for sdist in "$wheelhouse"/*.tar.gz "$wheelhouse"/*.zip; do
     rm -f "$sdist"
 done
 (cd "$wheelhouse" && sha256sum ./*.whl > SHA256SUMS)
-echo "wheelhouse ready: $wheelhouse ($(ls "$wheelhouse" | grep -c '\.whl$') wheels)"
+echo "wheelhouse ready: $wheelhouse ($(wc -l < "$wheelhouse/SHA256SUMS") wheels)"

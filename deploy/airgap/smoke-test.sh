@@ -7,6 +7,7 @@ set -eu
 [ "$#" -eq 2 ] || { echo "usage: $0 VENV CONFIG" >&2; exit 64; }
 venv=$(cd "$1" && pwd)
 config=$2
+# shellcheck disable=SC2016 # the script below expands its own positional parameters
 exec unshare --net -- sh -eu -c '
 venv=$1; config=$2
 ip link set lo up

