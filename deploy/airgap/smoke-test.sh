@@ -12,8 +12,9 @@ exec unshare --net -- sh -eu -c '
 venv=$1; config=$2
 ip link set lo up
 if ip -o route show | grep -q .; then echo "a route besides loopback exists" >&2; exit 1; fi
-data_dir=$("$venv/bin/python" -c "import sys; from custos.server.settings import load_settings; \
-s = load_settings(sys.argv[1]); print(s.data_dir); print(s.listen.rpartition(\":\")[2])" "$config")
+data_dir=$("$venv/bin/python" -c "import sys; from pathlib import Path; \
+from custos.server.settings import load_settings; \
+s = load_settings(Path(sys.argv[1])); print(s.data_dir); print(s.listen.rpartition(\":\")[2])" "$config")
 port=$(echo "$data_dir" | tail -n 1)
 data_dir=$(echo "$data_dir" | head -n 1)
 "$venv/bin/custos" serve --config "$config" > "$data_dir.serve.log" 2>&1 &
