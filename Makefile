@@ -23,6 +23,9 @@ install: $(BIN)/activate ## Create .venv and install Custos (CPU torch 2.13.0, s
 .PHONY: install-test
 install-test: $(BIN)/activate ## Install Custos with the test tools
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	@# tests/deploy: systemd-analyze, ip, unshare and setpriv (kubectl comes with the machine image).
+	@command -v systemd-analyze >/dev/null && command -v ip >/dev/null && command -v setpriv >/dev/null \
+		|| (apt-get update -qq && apt-get install -y -qq systemd iproute2 util-linux)
 
 .PHONY: serve
 serve: install ## Install, then run the server on its embedded defaults (data in ./custos-data)

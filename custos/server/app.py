@@ -98,7 +98,9 @@ class CustosServer:
         self.health = health_aio.HealthServicer()
         self.port: int | None = None
         self.metrics_port: int | None = None
+        self.health_port: int | None = None
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
         # Each generation blocks one worker while the engine runs it; the engine says how many may wait.
         workers = settings.worker_threads + components.engine.concurrency
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="custos")
@@ -223,6 +225,12 @@ class CustosServer:
             raise OSError(f"could not bind gRPC listen address {settings.listen}")
         await server.start()
         self._server = server
+        if settings.health_listen:
+            # Health only, for probes without TLS; the same servicer, so it says what the API listener does.
+            self._health_server = grpc.aio.server()
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
+            self.health_port = self._health_server.add_insecure_port(settings.health_listen)
+            await self._health_server.start()
         await self.watchdog.start()
         if settings.metrics_listen:
             host, _, port = settings.metrics_listen.rpartition(":")
@@ -234,6 +242,7 @@ class CustosServer:
                     "listen": settings.listen,
                     "port": self.port,
                     "metrics_port": self.metrics_port,
+                    "health_port": self.health_port,
                     "pid": os.getpid(),
                 }
             },
@@ -275,6 +284,9 @@ class CustosServer:
         if self._server is not None:
             await self._server.stop(max(grace - (time.monotonic() - started), 0.0))
             self._server = None
+        if self._health_server is not None:
+            await self._health_server.stop(0)
+            self._health_server = None
         if self.watchdog is not None:
             await self.watchdog.stop()
         # The checkpoint timer runs until cancelled: stop it before waiting for the audit writes to settle.
