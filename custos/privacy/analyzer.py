@@ -38,6 +38,7 @@ from presidio_analyzer.predefined_recognizers import (
 from presidio_analyzer.recognizer_registry import RecognizerRegistry
 
 from custos.privacy.errors import PrivacyError, UnsupportedEntity, UnsupportedLanguage
+from custos.privacy.names import PersonNameRecognizer, faker_name_lists
 from custos.privacy.recognizers import (
     CRM_REFERENCE_SPECS,
     CandidatePhoneRecognizer,
@@ -300,6 +301,9 @@ def build_analyzer(
     )
     registry = RecognizerRegistry(recognizers=recognizers, supported_languages=[language])
     ner_entities = [entity for entity in wanted if entity in _NER_ENTITIES]
+    if "PERSON" in wanted:
+        # Lower-case and cued names the small NER model misses (custos.privacy.names).
+        registry.add_recognizer(PersonNameRecognizer(faker_name_lists(), supported_language=language))
     if ner_entities:
         # Presidio's SpacyRecognizer reads the entities the NLP pipeline already found; it is restricted to
         # the requested ones, so e.g. LOCATION can be off while PERSON is on.
