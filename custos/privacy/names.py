@@ -43,7 +43,7 @@ COMMON_WORDS = frozenset(
     she short small so south star still street summer support sure team than thank thanks that the their
     them then there they this those time to today too town under up us use user very want was way we week
     well west what when where avenue road lane drive boulevard square place plaza way center centre
-    office shop store bank group company inc ltd gmbh llc customer client sir madam valued everyone everybody guys folks which while who why will winter with without would year yes yet you young your
+    office shop store bank group company inc ltd gmbh llc mr mrs ms dr prof customer client sir madam valued everyone everybody guys folks which while who why will winter with without would year yes yet you young your
     """.split()
 )
 
@@ -154,6 +154,13 @@ class PersonNameRecognizer(LocalRecognizer):
             if end is not None:
                 score = self.STRONG_CUE_SCORE if strong else self.WEAK_CUE_SCORE
                 found.append((token.start, end, score, f"name after a {'strong' if strong else 'weak'} cue"))
+        merged: list[tuple[int, int, float, str]] = []
+        for start, end, score, why in sorted(found):
+            if merged and start < merged[-1][1]:  # overlapping finds become one name
+                last = merged[-1]
+                merged[-1] = (last[0], max(last[1], end), max(last[2], score), last[3])
+            else:
+                merged.append((start, end, score, why))
         results = [
             RecognizerResult(
                 entity_type="PERSON",
@@ -168,9 +175,9 @@ class PersonNameRecognizer(LocalRecognizer):
                     RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
                 },
             )
-            for start, end, score, why in found
+            for start, end, score, why in merged
         ]
-        return EntityRecognizer.remove_duplicates(results)
+        return results
 
     @staticmethod
     def _cue_adjacent(text: str, cue_end: int, start: int) -> bool:
