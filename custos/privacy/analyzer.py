@@ -21,8 +21,6 @@ from typing import Any
 
 import spacy
 import tldextract
-from spacy.language import Language
-from spacy.tokens import Doc
 from presidio_analyzer import AnalyzerEngine, EntityRecognizer, PatternRecognizer
 from presidio_analyzer.nlp_engine import NlpArtifacts, NlpEngine, NlpEngineProvider, SpacyNlpEngine
 from presidio_analyzer.predefined_recognizers import (
@@ -36,6 +34,8 @@ from presidio_analyzer.predefined_recognizers import (
     UsSsnRecognizer,
 )
 from presidio_analyzer.recognizer_registry import RecognizerRegistry
+from spacy.language import Language
+from spacy.tokens import Doc
 
 from custos.privacy.errors import PrivacyError, UnsupportedEntity, UnsupportedLanguage
 from custos.privacy.names import PersonNameRecognizer, faker_name_lists

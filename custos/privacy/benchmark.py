@@ -156,7 +156,6 @@ def generate_dataset(count: int, *, seed: int = 7) -> list[Sample]:
     from faker import Faker
     from faker.providers import BaseProvider
     from presidio_evaluator.data_generator import PresidioSentenceFaker
-
     from presidio_evaluator.data_generator.faker_extensions.datasets import load_fake_person_df
 
     rng = random.Random(seed)

@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from presidio_analyzer import AnalysisExplanation, EntityRecognizer, LocalRecognizer, RecognizerResult
+from presidio_analyzer import AnalysisExplanation, LocalRecognizer, RecognizerResult
 from presidio_analyzer.nlp_engine import NlpArtifacts
 
 #: Faker locales whose person providers supply the name lists.
@@ -31,26 +31,27 @@ FAKER_NAME_LOCALES: tuple[str, ...] = (
 )  # fmt: skip
 
 #: Words that are in some name list but are ordinary words in CRM text; never a name on their own.
-COMMON_WORDS = frozenset(
-    """
+_COMMON_WORDS_TEXT = """
     a about account address after all also am an and any are as at back bank be bill billing but by call can
     card care case cash change charge check city close code contact cost could country court credit date day
     dear delivery did do does done door east email end even every fee fine first for from full general get
     gift given good grant great green had has have he help her here hi him his home hope how i if in is it
-    its just last late left let line long love mail main major make manager many mark may me member
-    miss mobile more most much my name new next no north not now number of off office ok on one only or
-    order our out over paid park part pay phone please post price rich right rose said same say see service
-    she short small so south star still street summer support sure team than thank thanks that the their
-    them then there they this those time to today too town under up us use user very want was way we week
-    well west what when where avenue road lane drive boulevard square place plaza way center centre
-    office shop store bank group company inc ltd gmbh llc mr mrs ms dr prof customer client sir madam valued everyone everybody guys folks which while who why will winter with without would year yes yet you young your
-    """.split()
-)
+    its just last late left let line long love mail main major make manager many mark may me member miss
+    mobile more most much my name new next no north not now number of off office ok on one only or order our
+    out over paid park part pay phone please post price rich right rose said same say see service she short
+    small so south star still street summer support sure team than thank thanks that the their them then
+    there they this those time to today too town under up us use user very want was way we week well west
+    what when where avenue road lane drive boulevard square place plaza way center centre office shop store
+    bank group company inc ltd gmbh llc mr mrs ms dr prof customer client sir madam valued everyone
+    everybody guys folks which while who why will winter with without would year yes yet you young your
+"""
+COMMON_WORDS = frozenset(_COMMON_WORDS_TEXT.split())
 
 # Phrases after which a name is expected. Strong cues take a capitalised unknown word; weak cues need a word
 # from the lists, because "this is urgent" and "I am writing" are common.
 _STRONG_CUES = (
-    r"my\s+name\s+is", r"my\s+name's", r"name\s*[:=-]?", r"user", r"names?\s+on\s+the\s+(?:card|account)\s+(?:is\s+)?",
+    r"my\s+name\s+is", r"my\s+name's", r"name\s*[:=-]?", r"user",
+    r"names?\s+on\s+the\s+(?:card|account)\s+(?:is\s+)?",
     r"dear", r"mr\.?", r"mrs\.?", r"ms\.?", r"miss", r"dr\.?", r"prof\.?", r"regards\s*,?", r"sincerely\s*,?",
     r"cheers\s*,?", r"thanks\s*,", r"thank\s+you\s*,", r"best\s*,", r"(?:card|account)\s*holder\s*:?",
     r"holder\s*:?", r"signed\s*:?", r"(?:called|call|calls|calling)\s+(?:me\s+)?by", r"on\s+behalf\s+of",
@@ -62,7 +63,7 @@ _WEAK_CUES = (
 _CUE = re.compile(
     rf"(?i)\b(?:(?P<strong>{'|'.join(_STRONG_CUES)})|(?P<weak>{'|'.join(_WEAK_CUES)}))[ \t]*[,:]?[ \t]*$"
 )
-_WORD = re.compile(r"[^\W\d_][^\W\d_'’\-]*(?:['’\-][^\W\d_]+)*")
+_WORD = re.compile(r"[^\W\d_][^\W\d_'\u2019\-]*(?:['\u2019\-][^\W\d_]+)*")
 _INITIAL = re.compile(r"[A-Z]\.?")
 
 
@@ -108,6 +109,7 @@ class _Token:
 class PersonNameRecognizer(LocalRecognizer):
     """Names from first-name/surname lists in pairs, and name-like words after a cue (see the module)."""
 
+    NAME = "PersonNameRecognizer"
     LIST_PAIR_SCORE = 0.7
     STRONG_CUE_SCORE = 0.75
     WEAK_CUE_SCORE = 0.6
@@ -117,7 +119,7 @@ class PersonNameRecognizer(LocalRecognizer):
         super().__init__(
             supported_entities=["PERSON"],
             supported_language=supported_language,
-            name="PersonNameRecognizer",
+            name=self.NAME,
             context=[],
         )
 
@@ -140,11 +142,15 @@ class PersonNameRecognizer(LocalRecognizer):
                 and re.fullmatch(r"[ \t]+", text[token.end : tokens[index + 1].start])
             ):
                 # "Lukasz Reid": a capitalised unknown first name before a listed surname.
-                found.append((token.start, tokens[index + 1].end, self.LIST_PAIR_SCORE, "name before a listed surname"))
+                found.append(
+                    (token.start, tokens[index + 1].end, self.LIST_PAIR_SCORE, "name before a listed surname")
+                )
             if token.key in self._names.first and token.key not in COMMON_WORDS:
                 end = self._list_pair_end(text, tokens, index)
                 if end is not None:
-                    found.append((token.start, end, self.LIST_PAIR_SCORE, "first name and surname from lists"))
+                    found.append(
+                        (token.start, end, self.LIST_PAIR_SCORE, "first name and surname from lists")
+                    )
                     continue
             cue = _CUE.search(text, max(0, token.start - 60), token.start)
             if cue is None or not self._cue_adjacent(text, cue.end(), token.start):
@@ -161,6 +167,7 @@ class PersonNameRecognizer(LocalRecognizer):
                 merged[-1] = (last[0], max(last[1], end), max(last[2], score), last[3])
             else:
                 merged.append((start, end, score, why))
+        name = self.NAME
         results = [
             RecognizerResult(
                 entity_type="PERSON",
@@ -168,10 +175,10 @@ class PersonNameRecognizer(LocalRecognizer):
                 end=end,
                 score=score,
                 analysis_explanation=AnalysisExplanation(
-                    recognizer=self.name, original_score=score, textual_explanation=why
+                    recognizer=name, original_score=score, textual_explanation=why
                 ),
                 recognition_metadata={
-                    RecognizerResult.RECOGNIZER_NAME_KEY: self.name,
+                    RecognizerResult.RECOGNIZER_NAME_KEY: name,
                     RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
                 },
             )
@@ -184,7 +191,9 @@ class PersonNameRecognizer(LocalRecognizer):
         return text[cue_end:start].strip(" \t,:") == ""
 
     def _is_known(self, token: _Token) -> bool:
-        return token.key not in COMMON_WORDS and (token.key in self._names.first or token.key in self._names.last)
+        return token.key not in COMMON_WORDS and (
+            token.key in self._names.first or token.key in self._names.last
+        )
 
     def _list_pair_end(self, text: str, tokens: list[_Token], index: int) -> int | None:
         """End of "first [middle|initial] surname" starting at ``index``, or None."""
@@ -222,7 +231,9 @@ class PersonNameRecognizer(LocalRecognizer):
             gap = text[end : nxt.start]
             if not re.fullmatch(r"[ \t]+|\.[ \t]+", gap) or nxt.key in COMMON_WORDS:
                 break
-            if not (self._is_known(nxt) or (nxt.capitalised and head.capitalised) or _INITIAL.fullmatch(nxt.text)):
+            if not (
+                self._is_known(nxt) or (nxt.capitalised and head.capitalised) or _INITIAL.fullmatch(nxt.text)
+            ):
                 break
             end = nxt.end
         return end

@@ -167,8 +167,9 @@ class CandidatePhoneRecognizer(PhoneRecognizer):
             lo = max(0, candidate.start() - self._MARGIN)
             hi = min(len(text), candidate.end() + self._MARGIN)
             window = text[lo:hi]
+            leniency = 1 if self.leniency is None else self.leniency
             for region in self._regions():
-                for match in phonenumbers.PhoneNumberMatcher(window, region, leniency=self.leniency):
+                for match in phonenumbers.PhoneNumberMatcher(window, region, leniency=leniency):
                     try:
                         parsed = phonenumbers.parse(match.raw_string)
                         found_region = phonenumbers.region_code_for_number(parsed)

@@ -27,9 +27,7 @@ def test_calls_waiting_during_an_analysis_are_analysed_as_one_batch() -> None:
         batches.append([list(c) for c in calls])
         if len(batches) == 1:
             release.wait(10)
-        return [
-            UnsupportedLanguage("refused") if c[0] == "bad" else _fake_analysis(c) for c in calls
-        ]
+        return [UnsupportedLanguage("refused") if c[0] == "bad" else _fake_analysis(c) for c in calls]
 
     batcher = AnalysisBatcher(analyze_many)
     results: dict[str, Any] = {}
