@@ -63,7 +63,8 @@ _WEAK_CUES = (
 _CUE = re.compile(
     rf"(?i)\b(?:(?P<strong>{'|'.join(_STRONG_CUES)})|(?P<weak>{'|'.join(_WEAK_CUES)}))[ \t]*[,:]?[ \t]*$"
 )
-_WORD = re.compile(r"[^\W\d_][^\W\d_'\u2019\-]*(?:['\u2019\-][^\W\d_]+)*")
+# A word of letters (inner apostrophes and hyphens allowed), not glued to digits ("DE89" is no word).
+_WORD = re.compile(r"(?<![\w])[^\W\d_][^\W\d_'\u2019\-]*(?:['\u2019\-][^\W\d_]+)*(?![\w])")
 _INITIAL = re.compile(r"[A-Z]\.?")
 
 
@@ -105,6 +106,11 @@ class _Token:
     def capitalised(self) -> bool:
         return self.text[:1].isupper()
 
+    @property
+    def proper(self) -> bool:
+        """Capitalised like a proper name (not an all-caps acronym such as "IBAN")."""
+        return self.text[:1].isupper() and not (len(self.text) > 1 and self.text.isupper())
+
 
 class PersonNameRecognizer(LocalRecognizer):
     """Names from first-name/surname lists in pairs, and name-like words after a cue (see the module)."""
@@ -133,14 +139,7 @@ class PersonNameRecognizer(LocalRecognizer):
         tokens = [_Token(m.group(), m.start(), m.end()) for m in _WORD.finditer(text)]
         found: list[tuple[int, int, float, str]] = []
         for index, token in enumerate(tokens):
-            if (
-                token.capitalised
-                and index + 1 < len(tokens)
-                and token.key not in COMMON_WORDS
-                and tokens[index + 1].key in self._names.last
-                and tokens[index + 1].capitalised
-                and re.fullmatch(r"[ \t]+", text[token.end : tokens[index + 1].start])
-            ):
+            if self._unknown_before_surname(text, tokens, index):
                 # "Lukasz Reid": a capitalised unknown first name before a listed surname.
                 found.append(
                     (token.start, tokens[index + 1].end, self.LIST_PAIR_SCORE, "name before a listed surname")
@@ -185,6 +184,23 @@ class PersonNameRecognizer(LocalRecognizer):
             for start, end, score, why in merged
         ]
         return results
+
+    def _unknown_before_surname(self, text: str, tokens: list[_Token], index: int) -> bool:
+        """A capitalised word, not sentence-initial, before a capitalised listed surname that does not itself
+        start a name ("Later John Smith" is "John Smith").
+        """
+        if index + 1 >= len(tokens):
+            return False
+        token, nxt = tokens[index], tokens[index + 1]
+        if not (token.proper and nxt.proper) or token.key in COMMON_WORDS or nxt.key not in self._names.last:
+            return False
+        if not re.fullmatch(r"[ \t]+", text[token.end : nxt.start]):
+            return False
+        before = text[: token.start].rstrip()
+        if not before or before[-1] in ".!?\n":
+            return False  # sentence-initial: any word is capitalised there
+        later = tokens[index + 2] if index + 2 < len(tokens) else None
+        return not (nxt.key in self._names.first and later is not None and later.proper)
 
     @staticmethod
     def _cue_adjacent(text: str, cue_end: int, start: int) -> bool:
