@@ -186,8 +186,9 @@ class PersonNameRecognizer(LocalRecognizer):
         return results
 
     def _unknown_before_surname(self, text: str, tokens: list[_Token], index: int) -> bool:
-        """A capitalised word, not sentence-initial, before a capitalised listed surname that does not itself
-        start a name ("Later John Smith" is "John Smith").
+        """A capitalised word, not sentence-initial, before a listed surname that does not start a name itself.
+
+        ("Later John Smith" is "John Smith"; "IBAN De..." is no name: acronyms are not proper names.)
         """
         if index + 1 >= len(tokens):
             return False
