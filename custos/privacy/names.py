@@ -186,7 +186,7 @@ class PersonNameRecognizer(LocalRecognizer):
         return results
 
     def _unknown_before_surname(self, text: str, tokens: list[_Token], index: int) -> bool:
-        """A capitalised word, not sentence-initial, before a listed surname that does not start a name itself.
+        """A capitalised word, not sentence-initial, before a listed surname that starts no name itself.
 
         ("Later John Smith" is "John Smith"; "IBAN De..." is no name: acronyms are not proper names.)
         """
