@@ -11,6 +11,7 @@ company.
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -39,8 +40,8 @@ class AnalysisBatcher:
         self._pending: list[_Job] = []
         # Invariant: pending calls exist only while a leader is busy (or has just been handed the lead).
         self._busy = False
-        #: Number of calls in each batch analysed so far (for tests and the benchmark).
-        self.batch_sizes: list[int] = []
+        #: Number of calls in each of the last 256 batches (for tests and diagnostics; bounded).
+        self.batch_sizes: deque[int] = deque(maxlen=256)
 
     def analyze(self, texts: Sequence[str]) -> Analysis:
         """Analyse one call's messages, together with whatever else is waiting; raise what refused it."""

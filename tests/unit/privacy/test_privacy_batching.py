@@ -50,7 +50,7 @@ def test_calls_waiting_during_an_analysis_are_analysed_as_one_batch() -> None:
     release.set()
     for thread in (first, *others):
         thread.join(10)
-    assert batcher.batch_sizes == [1, 3]
+    assert list(batcher.batch_sizes) == [1, 3]
     assert sorted(batches[1]) == [["a"], ["b"], ["bad"]]
     assert results["first"] == ["first"] and results["a"] == ["a"] and results["b"] == ["b"]
     assert isinstance(results["bad"], UnsupportedLanguage)  # only the refused call fails
