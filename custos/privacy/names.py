@@ -43,7 +43,9 @@ _COMMON_WORDS_TEXT = """
     there they this those time to today too town under up us use user very want was way we week well west
     what when where avenue road lane drive boulevard square place plaza way center centre office shop store
     bank group company inc ltd gmbh llc mr mrs ms dr prof customer client sir madam valued everyone
-    everybody guys folks which while who why will winter with without would year yes yet you young your
+    everybody guys folks station period airport hotel mall market air bridge hall tower terminal campus
+    hospital clinic church school college university river lake mountain valley beach which while who why
+    will winter with without would year yes yet you young your
 """
 COMMON_WORDS = frozenset(_COMMON_WORDS_TEXT.split())
 
@@ -57,7 +59,7 @@ _STRONG_CUES = (
     r"holder\s*:?", r"signed\s*:?", r"(?:called|call|calls|calling)\s+(?:me\s+)?by", r"on\s+behalf\s+of",
 )  # fmt: skip
 _WEAK_CUES = (
-    r"this\s+is", r"i\s+am", r"i'?m", r"it'?s", r"hi", r"hello", r"hey", r"and", r"customer",
+    r"this\s+is", r"i\s+am", r"i'?m", r"it'?s", r"hi", r"hello", r"hey", r"customer",
     r"contact", r"mother", r"father", r"wife", r"husband", r"son", r"daughter",
 )  # fmt: skip
 _CUE = re.compile(

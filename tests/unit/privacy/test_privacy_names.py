@@ -51,6 +51,19 @@ def test_ordinary_text_has_no_names(text: str) -> None:
     assert names(text) == []
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I bought Nike Air Jordan shoes, and Chase Bank declined.",
+        "Later today I will call, Grace Period ends soon",
+        "Please write to the Victoria Station office.",
+    ],
+)
+def test_product_and_place_names_are_not_names_with_the_real_lists(text: str) -> None:
+    results = PersonNameRecognizer(faker_name_lists()).analyze(text, ["PERSON"])
+    assert [text[r.start : r.end] for r in results] == []
+
+
 def test_faker_lists_are_large_and_leave_common_words_out() -> None:
     lists = faker_name_lists()
     assert len(lists.first) > 5000 and len(lists.last) > 5000
