@@ -5,9 +5,10 @@ seconds) and is meant to be called once, in app wiring, and the result passed to
 
 Entity decisions (``ENABLED_ENTITIES`` is on, ``DISABLED_ENTITIES`` documents what is off and why):
 
-* On: names and locations (spaCy NER), e-mail, phone (by region), card numbers (Luhn), IBAN (checksum),
-  US SSN, IP address, crypto wallet (checksum), labelled CRM references (customer/account/order/ticket IDs),
-  dates after a birth label, street addresses. ORGANIZATION (spaCy ORG) exists but is off by default.
+* On: names (spaCy NER plus name lists and cues, ``custos.privacy.names``) and locations (spaCy NER),
+  e-mail, phone (by region), card numbers (Luhn), IBAN (checksum), US SSN, IP address, crypto wallet
+  (checksum), labelled CRM references (customer/account/order/ticket IDs), dates after a birth label,
+  street addresses. ORGANIZATION (spaCy ORG) exists but is off by default.
 * Off: see ``DISABLED_ENTITIES``. They either fire on ordinary CRM text (dates, nationalities, URLs of
   the vendor's own site, US phone numbers read as UK NHS numbers) or need a use case that asks for them.
 """

@@ -2,8 +2,9 @@
 
 The dataset is generated, seeded, with presidio-evaluator's sentence faker (Faker underneath) from CRM
 templates written here, with varied formats (spaced and dashed card numbers, international and national
-phone numbers, lower-case names). Names come from presidio-evaluator's FakeNameGenerator records; no
-recognizer of Custos uses a name list (PERSON is spaCy's statistical NER). A small hand-written set of
+phone numbers, lower-case names). Every name comes from presidio-evaluator's FakeNameGenerator records,
+never from Faker's name lists, which Custos's PERSON recognizer uses (``custos.privacy.names``); recall on
+names none of whose words is in those lists is reported separately. A small hand-written set of
 real-looking messages is scored beside it.
 
 Matching rules: a labelled value is found when predicted spans cover at least half of its characters; it
