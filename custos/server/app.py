@@ -35,6 +35,7 @@ from custos.server.bootstrap import SecuritySetup, prepare_security, record_conf
 from custos.server.compliance import ComplianceService
 from custos.server.convert import RequestLimits
 from custos.server.engine.base import Engine
+from custos.server.housekeeping import VaultPurgeTask
 from custos.server.idempotency import IdempotencyStore
 from custos.server.interceptors import ObservingInterceptor
 from custos.server.limits import CapacityLimiter
@@ -115,6 +116,7 @@ class CustosServer:
         self._availability: AvailabilityInterceptor | None = None
         self.trail: AuditTrail | None = None
         self._checkpoint_task: asyncio.Task[None] | None = None
+        self.vault_purge: VaultPurgeTask | None = None
         #: Who may have placeholders restored: holders of the ``reidentify`` permission.
         self.may_reidentify: ReidentifyCheck = holds_reidentify_permission
 
@@ -149,9 +151,18 @@ class CustosServer:
         pseudonymizer = build_pseudonymizer(
             settings, self.components.analyzer, self.components.language_detector
         )
+        vault = ConversationVault(db, self.keys, ttl_seconds=settings.vault_ttl_seconds)
+        self.vault_purge = VaultPurgeTask(
+            vault.purge_expired,
+            interval_s=settings.vault_purge_interval_s,
+            executor=self._executor,
+            on_purged=self._count_purged,
+            on_failure=lambda: self.metrics.vault_purge_runs.labels("failed").inc(),
+        )
+        self.vault_purge.start()
         privacy = PrivacyStage(
             pseudonymizer,
-            vault=ConversationVault(db, self.keys, ttl_seconds=settings.vault_ttl_seconds),
+            vault=vault,
             may_reidentify=self.may_reidentify,
             block_entities=settings.pii_block_entities,
             ner_window_chars=settings.stream_ner_window_chars,
@@ -248,6 +259,10 @@ class CustosServer:
             },
         )
 
+    def _count_purged(self, rows: int) -> None:
+        self.metrics.vault_purge_runs.labels("ok").inc()
+        self.metrics.vault_rows_purged.inc(rows)
+
     async def _checkpoint_timer(self) -> None:
         """Write a signed checkpoint every ``checkpoint_every_seconds`` while the chain grows."""
         assert self.trail is not None
@@ -293,6 +308,8 @@ class CustosServer:
         if self._checkpoint_task is not None:
             self._checkpoint_task.cancel()
             self._checkpoint_task = None
+        if self.vault_purge is not None:
+            await self.vault_purge.stop()
         await flush_pending_tasks(timeout=max(grace, 5.0))
         if self.trail is not None:
             try:

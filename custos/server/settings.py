@@ -212,6 +212,12 @@ class Settings(BaseSettings):
         ge=60,
         description="A conversation's placeholder map is forgotten this long after its last use.",
     )
+    vault_purge_interval_s: float = Field(
+        3600.0,
+        gt=0,
+        le=7 * 24 * 3600,
+        description="How often expired conversation-vault rows are deleted (first run at start-up).",
+    )
     stream_ner_window_chars: int = Field(
         120,
         ge=0,
