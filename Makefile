@@ -24,6 +24,9 @@ install: $(BIN)/activate ## Create .venv and install Custos (CPU torch 2.13.0, s
 install-test: $(BIN)/activate ## Install Custos with the test tools (and SoftHSM2 for the PKCS#11 tests)
 	@command -v softhsm2-util >/dev/null || apt-get install -y softhsm2 || (apt-get update && apt-get install -y softhsm2)
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	@# tests/deploy: systemd-analyze, ip, unshare and setpriv (kubectl comes with the machine image).
+	@command -v systemd-analyze >/dev/null && command -v ip >/dev/null && command -v setpriv >/dev/null \
+		|| (apt-get update -qq && apt-get install -y -qq systemd iproute2 util-linux)
 
 .PHONY: serve
 serve: install ## Install, then run the server on its embedded defaults (data in ./custos-data)

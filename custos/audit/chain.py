@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from json.encoder import encode_basestring
+from json.scanner import make_scanner
+from typing import Any, Protocol, cast
 
 from custos.audit.canonical import canonical_json, format_timestamp
 from custos.audit.events import AuditEvent, Phase
@@ -21,15 +23,18 @@ from custos.audit.events import AuditEvent, Phase
 __all__ = [
     "DERIVED_FIELDS",
     "GENESIS_HASH",
+    "RAW_COLUMNS",
     "SCHEMA_VERSION",
     "TYPED_FIELDS",
     "ChainHead",
     "ChainRow",
     "ChainVerifier",
+    "PayloadTemplate",
     "VerifyReport",
     "build_payload",
     "compute_row_hash",
     "derived_columns",
+    "payload_template",
 ]
 
 SCHEMA_VERSION = 1
@@ -77,6 +82,50 @@ def build_payload(event: AuditEvent, *, record_id: str, request_id: str, seq: in
     return canonical_json(body)
 
 
+_SEQ_MARKER = b',"seq":0,"start_time":'
+
+
+@dataclass(frozen=True)
+class PayloadTemplate:
+    """An event's canonical payload with its chain position left open, built before the append lock.
+
+    ``payload(seq)`` gives exactly :func:`build_payload`'s bytes for that ``seq``; ``derived`` holds the
+    :data:`DERIVED_FIELDS` columns and ``details`` the parsed canonical details (the same for every seq).
+    """
+
+    head: bytes
+    tail: bytes
+    derived: dict[str, str | None]
+    details: dict[str, object]
+
+    def payload(self, seq: int) -> bytes:
+        """The payload bytes of the record at position ``seq``."""
+        return b"%s%d%s" % (self.head, seq, self.tail)
+
+
+def payload_template(event: AuditEvent, *, record_id: str, request_id: str) -> PayloadTemplate:
+    """Build :func:`build_payload`'s bytes once with seq 0 and split them around the seq digits.
+
+    The top-level ``"seq"`` is followed only by string or null fields (``start_time``, ``status``,
+    ``subject_ref``, ``transcript_id``), in which an unescaped ``,"seq":0,"start_time":`` cannot occur, so
+    its last occurrence is the top-level one even when ``details`` holds the same text.
+
+    Raises:
+        CanonicalizationError: when ``details`` holds a type canonical JSON does not allow.
+
+    """
+    payload = build_payload(event, record_id=record_id, request_id=request_id, seq=0)
+    cut = payload.rindex(_SEQ_MARKER) + len(b',"seq":')
+    body = json.loads(payload)
+    details = body["details"]
+    return PayloadTemplate(
+        head=payload[:cut],
+        tail=payload[cut + 1 :],
+        derived=_derived_from_body(body),
+        details=details,
+    )
+
+
 DERIVED_FIELDS: tuple[str, ...] = ("purpose", "retention_class", "entity_types")
 """Query columns derived from ``details`` (not payload fields of their own); verification recomputes them."""
 
@@ -98,18 +147,33 @@ def derived_columns(payload: bytes) -> dict[str, str | None]:
 
 def _derived_from_body(body: object) -> dict[str, str | None]:
     details = body.get("details") if isinstance(body, dict) else None
-    details = details if isinstance(details, dict) else {}
+    return _derived_from_details(details)
+
+
+def _derived_from_details(details: object) -> dict[str, str | None]:
+    return dict(zip(DERIVED_FIELDS, _derived_values(details), strict=True))
+
+
+def _derived_values(details: object) -> tuple[str | None, str | None, str | None]:
+    """Purpose, retention class and entity types (in :data:`DERIVED_FIELDS` order) of ``details``."""
+    if not isinstance(details, dict):
+        return None, None, None
     purpose = details.get("purpose")
     retention = details.get("retention_class")
     pii = details.get("pii")
     counts = pii.get("counts") if isinstance(pii, dict) else None
-    types = sorted(k for k in counts if isinstance(k, str)) if isinstance(counts, dict) else []
-    joined = "," + ",".join(types) + "," if types else None
-    return {
-        "purpose": purpose if isinstance(purpose, str) and purpose else None,
-        "retention_class": retention if isinstance(retention, str) and retention else None,
-        "entity_types": joined if joined is None or len(joined) <= _ENTITY_TYPES_MAX else None,
-    }
+    joined = None
+    if isinstance(counts, dict) and counts:
+        types = sorted(k for k in counts if isinstance(k, str))
+        if types:
+            joined = "," + ",".join(types) + ","
+            if len(joined) > _ENTITY_TYPES_MAX:
+                joined = None
+    return (
+        purpose if isinstance(purpose, str) and purpose else None,
+        retention if isinstance(retention, str) and retention else None,
+        joined,
+    )
 
 
 def compute_row_hash(prev_hash: str, payload: bytes) -> str:
@@ -183,6 +247,62 @@ class VerifyReport:
     reason: str
     incomplete: int
     head_seq: int = 0
+
+
+RAW_COLUMNS: tuple[str, ...] = (
+    "seq",
+    "id",
+    "prev_hash",
+    "row_hash",
+    "schema_version",
+    "event_type",
+    "phase",
+    "request_id",
+    "start_time",
+    "end_time",
+    "actor",
+    "rpc",
+    "status",
+    "model",
+    "conversation_ref",
+    "subject_ref",
+    "transcript_id",
+    "payload",
+    *DERIVED_FIELDS,
+)
+"""Order of the plain tuples :meth:`ChainVerifier.feed_raw` takes; timestamps as canonical payload text."""
+
+_CANONICAL_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
+def _canonical_text_encoder() -> Callable[[object], str]:
+    """Canonical JSON text of a parsed JSON value, as ``json.dumps`` with the canonical options gives it.
+
+    Uses the C encoder made once (``JSONEncoder.encode`` builds it anew on every call), falling back to
+    ``JSONEncoder.encode`` where the C accelerator is missing or differs.
+    """
+    make: Any = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return _CANONICAL_ENCODER.encode
+    try:
+        iterencode = make(
+            None, _CANONICAL_ENCODER.default, encode_basestring, None, ":", ",", True, False, False
+        )
+    except TypeError:
+        return _CANONICAL_ENCODER.encode
+
+    def encode(value: object) -> str:
+        return "".join(iterencode(value, 0))
+
+    probe = {"b": [1, 2.5, None, True], "a": '\u00e9\n"', "c": {"z": {}, "y": []}}
+    return encode if encode(probe) == _CANONICAL_ENCODER.encode(probe) else _CANONICAL_ENCODER.encode
+
+
+_canonical_text = _canonical_text_encoder()
+_scan_json: Callable[[str, int], tuple[Any, int]] = cast(Any, make_scanner)(json.JSONDecoder())
+"""``(value, end)`` of the JSON value at an offset (what ``json.loads`` runs, without its wrapper)."""
 
 
 def _column_text(value: object) -> object:
@@ -259,6 +379,92 @@ class ChainVerifier:
             self._open_requests.discard(row.request_id)
         self._count += 1
         self._head = ChainHead(row.seq, row.row_hash)
+        return True
+
+    def feed_raw(self, row: Sequence[Any]) -> bool | None:
+        """Check the next record given as a plain tuple in :data:`RAW_COLUMNS` order, on the fast path.
+
+        Returns ``True`` when the record verified (exactly as :meth:`feed` would have accepted it), ``False``
+        once the chain has failed, and ``None`` when the fast path cannot accept the record: feed the same
+        record with typed columns to :meth:`feed`, which decides and names the reason.
+
+        Instead of parsing the whole payload, the expected canonical bytes around ``details`` are rebuilt
+        from the typed columns and compared, and only ``details`` is parsed and re-encoded. Timestamps come
+        as the database's text in canonical form (see the store), so no datetime is built.
+        """
+        if self._first_bad_seq is not None:
+            return False
+        try:
+            (
+                seq,
+                record_id,
+                prev_hash,
+                row_hash,
+                schema_version,
+                event_type,
+                phase,
+                request_id,
+                start_time,
+                end_time,
+                actor,
+                rpc,
+                status,
+                model,
+                conversation_ref,
+                subject_ref,
+                transcript_id,
+                payload,
+                purpose,
+                retention_class,
+                entity_types,
+            ) = row
+            head = self._head
+            if seq != head.seq + 1 or prev_hash != head.row_hash or schema_version != SCHEMA_VERSION:
+                return None
+            payload = bytes(payload)
+            digest = hashlib.sha256(bytes.fromhex(prev_hash))
+            digest.update(payload)
+            if digest.hexdigest() != row_hash:
+                return None
+            text = payload.decode("utf-8")
+            prefix = (
+                f'{{"actor":{encode_basestring(actor)},"conversation_ref":'
+                f'{"null" if conversation_ref is None else encode_basestring(conversation_ref)},"details":'
+            )
+            suffix = (
+                f',"end_time":{encode_basestring(end_time)},"event_type":{encode_basestring(event_type)}'
+                f',"id":{encode_basestring(record_id)},"model":'
+                f"{'null' if model is None else encode_basestring(model)}"
+                f',"phase":{encode_basestring(phase)},"request_id":{encode_basestring(request_id)}'
+                f',"rpc":{encode_basestring(rpc)},"schema_version":{SCHEMA_VERSION},"seq":{int(seq)}'
+                f',"start_time":{encode_basestring(start_time)},"status":{encode_basestring(status)}'
+                f',"subject_ref":{"null" if subject_ref is None else encode_basestring(subject_ref)}'
+                f',"transcript_id":{"null" if transcript_id is None else encode_basestring(transcript_id)}}}'
+            )
+            end = len(text) - len(suffix)
+            if end <= len(prefix) or not text.startswith(prefix) or not text.endswith(suffix):
+                return None
+            details_text = text[len(prefix) : end]
+            details, parsed_to = _scan_json(details_text, 0)
+            if (
+                parsed_to != len(details_text)
+                or type(details) is not dict
+                or _canonical_text(details) != details_text
+            ):
+                return None
+            if (purpose, retention_class, entity_types) != _derived_values(details):
+                return None
+        except (TypeError, ValueError, AttributeError, StopIteration):  # unexpected: feed() judges it
+            return None
+        expected_hash = self._checkpoints.get(seq)
+        if expected_hash is not None and row_hash != expected_hash:
+            return None
+        if phase == Phase.REQUEST:
+            self._open_requests.add(record_id)
+        elif phase == Phase.COMPLETION:
+            self._open_requests.discard(request_id)
+        self._count += 1
+        self._head = ChainHead(seq, row_hash)
         return True
 
     def _check_payload(self, row: ChainRow) -> str:

@@ -7,6 +7,7 @@ head and inserting the next record can then never deadlock or interleave). Postg
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -87,6 +88,38 @@ def _install_sqlite_hooks(engine: Engine, busy_timeout_ms: int) -> None:
         conn.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
 
 
+IDLE_PING_S = 1.0
+"""A pooled PostgreSQL connection idle longer than this is pinged before use (see :func:`_ping_idle`)."""
+
+_CHECKED_IN = "custos_checked_in"
+
+
+def _ping_idle(engine: Engine) -> None:
+    """Ping a pooled connection before use only when it sat idle in the pool for :data:`IDLE_PING_S`.
+
+    SQLAlchemy's ``pool_pre_ping`` pings on every checkout, a round trip per append transaction; a
+    connection returned a moment ago is alive. A failed ping discards the connection and the pool
+    connects afresh (SQLAlchemy's documented custom pessimistic-disconnect recipe).
+    """
+
+    @event.listens_for(engine, "connect")
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info[_CHECKED_IN] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        checked_in = record.info.get(_CHECKED_IN)
+        if checked_in is not None and time.monotonic() - checked_in < IDLE_PING_S:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except Exception as err:
+            raise exc.DisconnectionError("audit database connection lost") from err
+        if not alive:
+            raise exc.DisconnectionError("audit database connection lost")
+
+
 def make_engine(
     url: str,
     *,
@@ -121,13 +154,14 @@ def make_engine(
             joined = url_options if isinstance(url_options, str) else " ".join(url_options)
             options = f"{joined} {options}"
             parsed = parsed.difference_update_query(["options"])
-        return create_engine(
+        engine = create_engine(
             parsed,
             hide_parameters=True,
             pool_size=pool_size,
-            pool_pre_ping=True,
             connect_args={"connect_timeout": max(1, round(connect_timeout_s)), "options": options},
         )
+        _ping_idle(engine)
+        return engine
     raise ValueError(f"unsupported audit database backend {backend!r}; use sqlite or postgresql")
 
 

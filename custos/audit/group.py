@@ -9,30 +9,37 @@ exactly the records it appended (one record per request, never merged).
 
 If a grouped transaction fails, every caller of the group is retried alone, so one caller's bad input (a
 duplicate id) never fails another caller's append.
+
+Steady concurrent writers come back right after their commit, while the caller that led it starts the next
+transaction at once: groups would alternate between one caller and all the others. So a leader that finds
+fewer callers queued than its previous group had waits briefly for them (at most ``linger_s`` and half the
+previous transaction's duration); when they do not come, the next wait expects only as many as did.
+A lone writer never waits.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from custos.audit.events import AuditEvent, StoredRecord
-    from custos.audit.store import SealedTranscript
+    from custos.audit.events import StoredRecord
+    from custos.audit.store import PreparedRecord, SealedTranscript
 
 __all__ = ["CommitFn", "GroupCommitter"]
 
 CommitFn = Callable[
-    [Sequence[tuple[Sequence["AuditEvent"], Sequence["SealedTranscript"]]]], list[list["StoredRecord"]]
+    [Sequence[tuple[Sequence["PreparedRecord"], Sequence["SealedTranscript"]]]], list[list["StoredRecord"]]
 ]
 """Commits several callers' (events, transcripts) in one transaction; returns each caller's records."""
 
 
 @dataclass(eq=False)
 class _Pending:
-    events: Sequence[AuditEvent]
+    events: Sequence[PreparedRecord]
     transcripts: Sequence[SealedTranscript]
     wake: threading.Event = field(default_factory=threading.Event)
     result: list[StoredRecord] | None = None
@@ -47,19 +54,25 @@ class _Pending:
 class GroupCommitter:
     """Leader/follower group commit around a :data:`CommitFn`; thread-safe."""
 
-    def __init__(self, commit: CommitFn, *, max_group: int = 256) -> None:
+    def __init__(self, commit: CommitFn, *, max_group: int = 256, linger_s: float = 0.002) -> None:
         if max_group < 1:
             raise ValueError("max_group must be >= 1")
+        if linger_s < 0:
+            raise ValueError("linger_s must be >= 0")
         self._commit = commit
         self._max_group = max_group
+        self._linger_s = linger_s
         self._mutex = threading.Lock()
+        self._arrived = threading.Condition(self._mutex)
         self._queue: list[_Pending] = []
         self._leading = False
+        self._expected = 1  # callers in the previous group: the size worth waiting for
+        self._last_commit_s = 0.0
         self.transactions = 0
         """Number of transactions committed so far (for tests and the benchmark)."""
 
     def submit(
-        self, events: Sequence[AuditEvent], transcripts: Sequence[SealedTranscript] = ()
+        self, events: Sequence[PreparedRecord], transcripts: Sequence[SealedTranscript] = ()
     ) -> list[StoredRecord]:
         """Append one caller's records; return them once committed (or raise that caller's error)."""
         item = _Pending(events, transcripts)
@@ -68,6 +81,8 @@ class GroupCommitter:
             lead = not self._leading
             if lead:
                 self._leading = True
+            else:
+                self._arrived.notify()
         while not lead:
             item.wake.wait()
             item.wake.clear()
@@ -85,9 +100,13 @@ class GroupCommitter:
         try:
             while not own.finished:
                 with self._mutex:
+                    self._linger()
                     batch = self._queue[: self._max_group]
                     del self._queue[: self._max_group]
+                started = time.perf_counter()
                 self._run(batch)
+                self._last_commit_s = time.perf_counter() - started
+                self._expected = len(batch)
         finally:
             with self._mutex:
                 if self._queue:
@@ -96,6 +115,19 @@ class GroupCommitter:
                     successor.wake.set()
                 else:
                     self._leading = False
+
+    def _linger(self) -> None:
+        """Wait (mutex held, released while waiting) for the callers of the previous group to queue again."""
+        wanted = min(self._expected, self._max_group)
+        wait = min(self._linger_s, self._last_commit_s / 2)
+        if len(self._queue) >= wanted or wait <= 0:
+            return
+        deadline = time.monotonic() + wait
+        while len(self._queue) < wanted:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._arrived.wait(remaining)
 
     def _run(self, batch: list[_Pending]) -> None:
         try:

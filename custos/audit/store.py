@@ -26,23 +26,38 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Row, Select, delete, func, insert, select, text
+import psycopg
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Row,
+    Select,
+    String,
+    delete,
+    func,
+    insert,
+    literal_column,
+    select,
+    text,
+)
+from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from sqlalchemy.exc import IntegrityError
 
-from custos.audit.canonical import canonical_json
 from custos.audit.chain import (
     GENESIS_HASH,
+    RAW_COLUMNS,
     SCHEMA_VERSION,
     ChainHead,
     ChainRow,
     ChainVerifier,
+    PayloadTemplate,
     VerifyReport,
-    build_payload,
     compute_row_hash,
-    derived_columns,
+    payload_template,
 )
 from custos.audit.db import DEFERRED_READ, translate_db_errors
-from custos.audit.errors import ChainConflict, DuplicateId, InvalidQuery, RecordNotFound
+from custos.audit.errors import AuditUnavailable, ChainConflict, DuplicateId, InvalidQuery, RecordNotFound
 from custos.audit.events import AuditEvent, EventType, Phase, StoredRecord, check_aware, check_text
 from custos.audit.group import GroupCommitter
 from custos.audit.models import AuditRecordRow, TranscriptRow
@@ -51,6 +66,7 @@ __all__ = [
     "APPEND_LOCK_KEY",
     "MAX_PAGE_SIZE",
     "AuditStore",
+    "PreparedRecord",
     "SealedTranscript",
     "TranscriptStore",
     "VerifyReport",
@@ -65,6 +81,7 @@ APPEND_LOCK_KEY = 0x637573746F736175  # "custosau"; the PostgreSQL advisory lock
 MAX_PAGE_SIZE = 1000
 _APPEND_ATTEMPTS = 3
 _VERIFY_BATCH = 1000
+_VERIFY_FETCH = 5000
 _PAGE_TOKEN_PREFIX = "s"  # noqa: S105 - a format marker, not a secret
 
 _RECORD_COLUMNS = tuple(AuditRecordRow.__table__.columns)
@@ -225,6 +242,31 @@ def _filtered(
     return stmt
 
 
+def _timestamp_text(name: str, dialect: str) -> ColumnElement[str]:
+    """SQL giving a timestamp column as its canonical payload text (``2024-05-01T12:00:00.000000Z``).
+
+    SQLite stores naive UTC text ``2024-05-01 12:00:00.000000``; anything of another shape gives NULL, so
+    verification falls back to the typed comparison for that row. PostgreSQL formats the ``timestamptz``.
+    """
+    if dialect == "postgresql":
+        sql = f"""to_char({name} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+    else:
+        sql = (
+            f"CASE WHEN length({name}) = 26 AND substr({name}, 11, 1) = ' ' "
+            f"THEN substr({name}, 1, 10) || 'T' || substr({name}, 12) || 'Z' END"
+        )
+    return literal_column(sql, String).label(name)
+
+
+def _raw_columns(dialect: str) -> list[ColumnElement[Any]]:
+    """The columns of :data:`~custos.audit.chain.RAW_COLUMNS` (fast verification), timestamps as text."""
+    table = AuditRecordRow.__table__.columns
+    return [
+        _timestamp_text(name, dialect) if name in ("start_time", "end_time") else table[name]
+        for name in RAW_COLUMNS
+    ]
+
+
 def lock_chain(conn: Connection) -> None:
     """Take the cross-process append lock for the rest of ``conn``'s transaction.
 
@@ -241,39 +283,78 @@ def read_head(conn: Connection) -> ChainHead:
     row = conn.execute(
         select(AuditRecordRow.seq, AuditRecordRow.row_hash).order_by(AuditRecordRow.seq.desc()).limit(1)
     ).first()
-    return ChainHead(0, GENESIS_HASH) if row is None else ChainHead(row.seq, row.row_hash)
+    return _head_of(row)
 
 
-def _exists(conn: Connection, column: Any, value: str) -> bool:
-    return conn.execute(select(column).where(column == value).limit(1)).first() is not None
+def _head_of(row: Sequence[Any] | None) -> ChainHead:
+    """The head given the last record's ``(seq, row_hash)`` (``None``: the chain is empty)."""
+    return ChainHead(0, GENESIS_HASH) if row is None else ChainHead(row[0], row[1])
 
 
-def append_in(conn: Connection, events: Sequence[AuditEvent]) -> list[StoredRecord]:
+def _existing(conn: Connection, column: Any, values: Sequence[str]) -> bool:
+    """Whether any of ``values`` is already in ``column`` (one statement for a whole group)."""
+    if not values:
+        return False
+    return conn.execute(select(column).where(column.in_(values)).limit(1)).first() is not None
+
+
+@dataclass(frozen=True)
+class PreparedRecord:
+    """An event ready to append: ids chosen and payload built, all but its chain position (no lock needed)."""
+
+    event: AuditEvent
+    record_id: str
+    request_id: str
+    chosen_id: bool
+    template: PayloadTemplate
+
+    @classmethod
+    def of(cls, event: AuditEvent) -> PreparedRecord:
+        """Prepare ``event``; :class:`~custos.audit.errors.CanonicalizationError` for bad ``details``."""
+        record_id = event.record_id if event.record_id is not None else str(uuid.uuid4())
+        request_id = event.request_id if event.request_id is not None else record_id
+        template = payload_template(event, record_id=record_id, request_id=request_id)
+        return cls(event, record_id, request_id, event.record_id is not None, template)
+
+
+def append_in(conn: Connection, events: Sequence[AuditEvent | PreparedRecord]) -> list[StoredRecord]:
     """Append ``events`` in order inside the caller's transaction, which must hold :func:`lock_chain`.
 
     Nothing is durable until the caller commits. Raises :class:`DuplicateId` for a caller-chosen record id
     that already exists, :class:`~custos.audit.errors.CanonicalizationError` for unserialisable ``details``.
+    Events prepared beforehand (:class:`PreparedRecord`) leave only the chain position, the hash and the
+    insert for the time the lock is held.
     """
-    head = read_head(conn)
+    prepared = [e if isinstance(e, PreparedRecord) else PreparedRecord.of(e) for e in events]
+    if _existing(conn, AuditRecordRow.id, [p.record_id for p in prepared if p.chosen_id]):
+        raise DuplicateId("audit record id already exists")
+    rows, stored = _chain_rows(prepared, read_head(conn))
+    if rows:
+        conn.execute(insert(AuditRecordRow), rows)  # one executemany for a whole group
+    return stored
+
+
+def _chain_rows(
+    prepared: Sequence[PreparedRecord], head: ChainHead
+) -> tuple[list[dict[str, Any]], list[StoredRecord]]:
+    """Column values (in table order) and records of ``prepared`` appended after ``head``."""
+    seq, prev_hash = head.seq, head.row_hash
     stored: list[StoredRecord] = []
     rows: list[dict[str, Any]] = []
-    for event in events:
-        if event.record_id is not None and _exists(conn, AuditRecordRow.id, event.record_id):
-            raise DuplicateId("audit record id already exists")
-        record_id = event.record_id if event.record_id is not None else str(uuid.uuid4())
-        request_id = event.request_id if event.request_id is not None else record_id
-        seq = head.seq + 1
-        payload = build_payload(event, record_id=record_id, request_id=request_id, seq=seq)
-        row_hash = compute_row_hash(head.row_hash, payload)
+    for item in prepared:
+        event = item.event
+        seq += 1
+        payload = item.template.payload(seq)
+        row_hash = compute_row_hash(prev_hash, payload)
         values: dict[str, Any] = {
             "seq": seq,
-            "id": record_id,
-            "prev_hash": head.row_hash,
+            "id": item.record_id,
+            "prev_hash": prev_hash,
             "row_hash": row_hash,
             "schema_version": SCHEMA_VERSION,
             "event_type": str(event.event_type),
             "phase": str(event.phase),
-            "request_id": request_id,
+            "request_id": item.request_id,
             "start_time": event.start_time.astimezone(UTC),
             "end_time": event.end_time.astimezone(UTC),
             "actor": event.actor,
@@ -284,36 +365,78 @@ def append_in(conn: Connection, events: Sequence[AuditEvent]) -> list[StoredReco
             "subject_ref": event.subject_ref,
             "transcript_id": event.transcript_id,
             "payload": payload,
-            **derived_columns(payload),
+            **item.template.derived,
         }
         rows.append(values)
-        body = json.loads(payload)
         stored.append(
             StoredRecord(
                 **values,
                 payload_json=payload.decode("utf-8"),
-                details=MappingProxyType(body["details"]),
+                details=MappingProxyType(item.template.details),
             )
         )
-        head = ChainHead(seq, row_hash)
-    if rows:
-        conn.execute(insert(AuditRecordRow), rows)  # one executemany for a whole group
+        prev_hash = row_hash
+    return rows, stored
+
+
+def _transcript_values(transcript: SealedTranscript) -> dict[str, Any]:
+    return {
+        "id": transcript.id,
+        "created_at": transcript.created_at,
+        "conversation_ref": transcript.conversation_ref,
+        "subject_ref": transcript.subject_ref,
+        "key_version": transcript.key_version,
+        "format_version": transcript.format_version,
+        "ciphertext": transcript.ciphertext,
+    }
+
+
+# INSERT statements as SQLAlchemy compiles them for psycopg (``%(name)s`` parameters), run on the raw
+# connection by the pipelined append.
+_PG_DIALECT = postgresql_psycopg.dialect()
+_PG_INSERT_RECORD = str(insert(AuditRecordRow).compile(dialect=_PG_DIALECT))
+_PG_INSERT_TRANSCRIPT = str(insert(TranscriptRow).compile(dialect=_PG_DIALECT))
+
+
+def _append_postgres(
+    raw: psycopg.Connection[Any],
+    prepared: Sequence[PreparedRecord],
+    transcripts: Sequence[SealedTranscript],
+) -> list[StoredRecord]:
+    """One append transaction on PostgreSQL in two round trips, using psycopg's pipeline mode.
+
+    First the append lock, the duplicate-id checks and the head (each statement runs after the one before,
+    so the head is read under the lock); then the inserts and the commit. Raises :class:`DuplicateId`; a
+    ``psycopg.IntegrityError`` means the fork guard fired; the transaction is rolled back on any error.
+    """
+    chosen = [p.record_id for p in prepared if p.chosen_id]
+    try:
+        with raw.pipeline() as pipeline:
+            raw.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK_KEY,))
+            ids = raw.execute("SELECT 1 FROM audit_records WHERE id = ANY(%s) LIMIT 1", (chosen,))
+            taken = raw.execute(
+                "SELECT 1 FROM transcripts WHERE id = ANY(%s) LIMIT 1", ([t.id for t in transcripts],)
+            )
+            head_cursor = raw.execute("SELECT seq, row_hash FROM audit_records ORDER BY seq DESC LIMIT 1")
+            pipeline.sync()
+            if ids.fetchone() is not None:
+                raise DuplicateId("audit record id already exists")
+            if taken.fetchone() is not None:
+                raise DuplicateId("transcript id already exists")
+            rows, stored = _chain_rows(prepared, _head_of(head_cursor.fetchone()))
+            cursor = raw.cursor()
+            if transcripts:
+                cursor.executemany(_PG_INSERT_TRANSCRIPT, [_transcript_values(t) for t in transcripts])
+            cursor.executemany(_PG_INSERT_RECORD, rows)
+            raw.commit()
+    except BaseException:
+        raw.rollback()
+        raise
     return stored
 
 
-def _insert_transcript(conn: Connection, transcript: SealedTranscript) -> None:
-    conn.execute(
-        insert(TranscriptRow),
-        {
-            "id": transcript.id,
-            "created_at": transcript.created_at,
-            "conversation_ref": transcript.conversation_ref,
-            "subject_ref": transcript.subject_ref,
-            "key_version": transcript.key_version,
-            "format_version": transcript.format_version,
-            "ciphertext": transcript.ciphertext,
-        },
-    )
+def _insert_transcripts(conn: Connection, transcripts: Sequence[SealedTranscript]) -> None:
+    conn.execute(insert(TranscriptRow), [_transcript_values(t) for t in transcripts])
 
 
 class _ReadTransaction:
@@ -405,39 +528,44 @@ class AuditStore:
         for event in events:
             if not isinstance(event, AuditEvent):
                 raise TypeError("events must be AuditEvent instances")
-            canonical_json(event.details)  # fail before taking any lock
         chosen = [e.record_id for e in events if e.record_id is not None]
         if len(chosen) != len(set(chosen)):
             raise ValueError("record ids within one append must be distinct")
         transcript_ids = [t.id for t in transcripts]
         if len(transcript_ids) != len(set(transcript_ids)):
             raise ValueError("transcript ids within one append must be distinct")
+        # Payloads are built here, in the caller's thread and before any lock (bad details fail here too):
+        # under the lock only chain positions, hashes and the insert remain.
+        prepared = [PreparedRecord.of(event) for event in events]
         if self._group is not None:
-            return self._group.submit(events, transcripts)
-        return self._commit_group([(events, transcripts)])[0]
+            return self._group.submit(prepared, transcripts)
+        return self._commit_group([(prepared, transcripts)])[0]
 
     def _commit_group(
-        self, callers: Sequence[tuple[Sequence[AuditEvent], Sequence[SealedTranscript]]]
+        self, callers: Sequence[tuple[Sequence[PreparedRecord], Sequence[SealedTranscript]]]
     ) -> list[list[StoredRecord]]:
         """Commit every caller's events and transcripts in one transaction; return each caller's records."""
         events = [e for caller_events, _ in callers for e in caller_events]
         transcripts = [t for _, caller_transcripts in callers for t in caller_transcripts]
-        chosen = [e.record_id for e in events if e.record_id is not None]
+        chosen = [e.record_id for e in events if e.chosen_id]
         if len(chosen) != len(set(chosen)):
             raise DuplicateId("audit record id already exists")
         if len({t.id for t in transcripts}) != len(transcripts):
             raise DuplicateId("transcript id already exists")
         for attempt in range(_APPEND_ATTEMPTS):
             try:
+                if self._engine.dialect.name == "postgresql":
+                    stored = self._commit_postgres(events, transcripts)
+                    break
                 with self._append_lock, translate_db_errors(), self._engine.begin() as conn:
                     lock_chain(conn)
-                    for transcript in transcripts:
-                        if _exists(conn, TranscriptRow.id, transcript.id):
+                    if transcripts:
+                        if _existing(conn, TranscriptRow.id, [t.id for t in transcripts]):
                             raise DuplicateId("transcript id already exists")
-                        _insert_transcript(conn, transcript)
+                        _insert_transcripts(conn, transcripts)
                     stored = append_in(conn, events)
                 break
-            except IntegrityError as err:
+            except (IntegrityError, psycopg.IntegrityError) as err:
                 # Ids were checked under the lock, so this is the fork guard: someone appended without the
                 # lock. Re-read the head and try again; persistently failing means a misbehaving writer.
                 if attempt == _APPEND_ATTEMPTS - 1:
@@ -458,6 +586,18 @@ class AuditStore:
             out.append(stored[offset : offset + len(caller_events)])
             offset += len(caller_events)
         return out
+
+    def _commit_postgres(
+        self, events: Sequence[PreparedRecord], transcripts: Sequence[SealedTranscript]
+    ) -> list[StoredRecord]:
+        with self._append_lock, translate_db_errors(), self._engine.connect() as conn:
+            raw = cast("psycopg.Connection[Any]", conn.connection.driver_connection)
+            try:
+                return _append_postgres(raw, events, transcripts)
+            except (psycopg.OperationalError, psycopg.InterfaceError) as err:
+                if raw.closed or raw.broken:
+                    conn.invalidate(err)
+                raise AuditUnavailable("audit database unavailable") from err
 
     def head(self) -> ChainHead:
         """Return the current head (for signed checkpoints and health checks)."""
@@ -571,17 +711,27 @@ class AuditStore:
         ``progress`` is called with the number of rows checked so far, every few thousand rows.
         """
         verifier = ChainVerifier(checkpoint=checkpoint, checkpoints=checkpoints, start=start)
-        stmt = select(*_RECORD_COLUMNS).order_by(AuditRecordRow.seq)
+        typed = select(*_RECORD_COLUMNS)
         done = 0
         with translate_db_errors(), self._read() as conn:
-            result = conn.execution_options(yield_per=_VERIFY_BATCH).execute(stmt)
-            for row in result:
-                if not verifier.feed(cast(ChainRow, row)):
-                    break
-                done += 1
-                if progress is not None and done % _VERIFY_BATCH == 0:
-                    progress(done)
-            result.close()
+            stmt = select(*_raw_columns(conn.dialect.name)).order_by(AuditRecordRow.seq)
+            result = conn.execution_options(yield_per=_VERIFY_FETCH).execute(stmt)
+            try:
+                for rows in result.partitions():
+                    for row in rows:
+                        ok = verifier.feed_raw(row)
+                        if ok is None:  # not accepted on the fast path: the full check decides and explains
+                            full = conn.execute(typed.where(AuditRecordRow.seq == row[0])).one()
+                            ok = verifier.feed(cast(ChainRow, full))
+                        if not ok:
+                            break
+                        done += 1
+                        if progress is not None and done % _VERIFY_BATCH == 0:
+                            progress(done)
+                    if verifier.failed:
+                        break
+            finally:
+                result.close()
         if progress is not None:
             progress(done)
         return verifier.report()
@@ -641,7 +791,7 @@ class TranscriptStore:
         )
         try:
             with translate_db_errors(), self._engine.begin() as conn:
-                _insert_transcript(conn, transcript)
+                _insert_transcripts(conn, [transcript])
         except IntegrityError as err:
             raise DuplicateId("transcript id already exists") from err
 

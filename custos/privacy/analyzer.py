@@ -5,9 +5,10 @@ seconds) and is meant to be called once, in app wiring, and the result passed to
 
 Entity decisions (``ENABLED_ENTITIES`` is on, ``DISABLED_ENTITIES`` documents what is off and why):
 
-* On: names and locations (spaCy NER), e-mail, phone (by region), card numbers (Luhn), IBAN (checksum),
-  US SSN, IP address, crypto wallet (checksum), labelled CRM references (customer/account/order/ticket IDs),
-  dates after a birth label, street addresses. ORGANIZATION (spaCy ORG) exists but is off by default.
+* On: names (spaCy NER plus name lists and cues, ``custos.privacy.names``) and locations (spaCy NER),
+  e-mail, phone (by region), card numbers (Luhn), IBAN (checksum), US SSN, IP address, crypto wallet
+  (checksum), labelled CRM references (customer/account/order/ticket IDs), dates after a birth label,
+  street addresses. ORGANIZATION (spaCy ORG) exists but is off by default.
 * Off: see ``DISABLED_ENTITIES``. They either fire on ordinary CRM text (dates, nationalities, URLs of
   the vendor's own site, US phone numbers read as UK NHS numbers) or need a use case that asks for them.
 """
@@ -22,7 +23,7 @@ from typing import Any
 import spacy
 import tldextract
 from presidio_analyzer import AnalyzerEngine, EntityRecognizer, PatternRecognizer
-from presidio_analyzer.nlp_engine import NlpEngine, NlpEngineProvider, SpacyNlpEngine
+from presidio_analyzer.nlp_engine import NlpArtifacts, NlpEngine, NlpEngineProvider, SpacyNlpEngine
 from presidio_analyzer.predefined_recognizers import (
     CreditCardRecognizer,
     CryptoRecognizer,
@@ -34,10 +35,14 @@ from presidio_analyzer.predefined_recognizers import (
     UsSsnRecognizer,
 )
 from presidio_analyzer.recognizer_registry import RecognizerRegistry
+from spacy.language import Language
+from spacy.tokens import Doc
 
 from custos.privacy.errors import PrivacyError, UnsupportedEntity, UnsupportedLanguage
+from custos.privacy.names import PersonNameRecognizer, faker_name_lists
 from custos.privacy.recognizers import (
     CRM_REFERENCE_SPECS,
+    CandidatePhoneRecognizer,
     CrmReferenceRecognizer,
     CrmReferenceSpec,
     DateOfBirthRecognizer,
@@ -114,7 +119,9 @@ def _crm_factory(spec: CrmReferenceSpec) -> _RecognizerFactory:
 #: Pattern/checksum recognizers by entity type; PERSON and LOCATION come from the NLP engine.
 _RECOGNIZER_FACTORIES: Mapping[str, _RecognizerFactory] = {
     "EMAIL_ADDRESS": lambda lang, _regions: EmailRecognizer(supported_language=lang),
-    "PHONE_NUMBER": lambda lang, regions: PhoneRecognizer(supported_language=lang, supported_regions=regions),
+    "PHONE_NUMBER": lambda lang, regions: CandidatePhoneRecognizer(
+        supported_language=lang, supported_regions=regions
+    ),
     "CREDIT_CARD": lambda lang, _regions: CreditCardRecognizer(supported_language=lang),
     "IBAN_CODE": lambda lang, _regions: IbanRecognizer(supported_language=lang),
     "US_SSN": lambda lang, _regions: UsSsnRecognizer(supported_language=lang),
@@ -145,6 +152,38 @@ class OfflineSpacyNlpEngine(SpacyNlpEngine):
 
     def _enable_gpu(self) -> None:
         """Keep spaCy on the CPU (no-op)."""
+
+    def _doc_to_nlp_artifact(self, doc: Doc, language: str) -> NlpArtifacts:
+        # With the lemmatizer switched off (see keep_ner_pipes_only) lemmas are empty; context words are then
+        # compared with the lower-cased tokens.
+        artifacts = super()._doc_to_nlp_artifact(doc, language)
+        if any(not lemma for lemma in artifacts.lemmas):
+            artifacts.lemmas = [token.lemma_ or token.lower_ for token in doc]
+            artifacts.keywords = artifacts.set_keywords(self, artifacts.lemmas, language)
+        return artifacts
+
+
+def keep_ner_pipes_only(nlp: Language) -> list[str]:
+    """Disable every pipe NER does not need (tagger, parser, lemmatizer, ...); return the disabled names.
+
+    Only entities are read from spaCy here, and the tagger and parser cost about as much as NER itself. A pipe
+    NER listens to (a shared ``tok2vec``) stays on.
+    """
+    from spacy.pipeline.tok2vec import Tok2VecListener
+
+    keep = {name for name in ("ner", "entity_ruler", "span_ruler") if nlp.has_pipe(name)}
+    for name in list(keep):
+        component = nlp.get_pipe(name)
+        model = getattr(component, "model", None)
+        if model is None:
+            continue
+        for node in model.walk():
+            if isinstance(node, Tok2VecListener):
+                keep.add(node.upstream_name)
+    disabled = [name for name in nlp.pipe_names if name not in keep]
+    for name in disabled:
+        nlp.disable_pipe(name)
+    return disabled
 
 
 def make_tldextract_offline() -> None:
@@ -246,6 +285,7 @@ def build_analyzer(
             f"spaCy model {spacy_model!r} is for language {model_language!r}, not {language!r}"
         )
     _ignore_unmapped_labels(nlp_engine, language)
+    keep_ner_pipes_only(nlp_engine.get_nlp(language))
 
     recognizers: list[EntityRecognizer] = [
         factories[entity](language, tuple(phone_regions)) for entity in wanted if entity in factories
@@ -262,6 +302,9 @@ def build_analyzer(
     )
     registry = RecognizerRegistry(recognizers=recognizers, supported_languages=[language])
     ner_entities = [entity for entity in wanted if entity in _NER_ENTITIES]
+    if "PERSON" in wanted:
+        # Lower-case and cued names the small NER model misses (custos.privacy.names).
+        registry.add_recognizer(PersonNameRecognizer(faker_name_lists(), supported_language=language))
     if ner_entities:
         # Presidio's SpacyRecognizer reads the entities the NLP pipeline already found; it is restricted to
         # the requested ones, so e.g. LOCATION can be off while PERSON is on.

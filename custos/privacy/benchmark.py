@@ -2,8 +2,9 @@
 
 The dataset is generated, seeded, with presidio-evaluator's sentence faker (Faker underneath) from CRM
 templates written here, with varied formats (spaced and dashed card numbers, international and national
-phone numbers, lower-case names). Names come from presidio-evaluator's FakeNameGenerator records; no
-recognizer of Custos uses a name list (PERSON is spaCy's statistical NER). A small hand-written set of
+phone numbers, lower-case names). Every name comes from presidio-evaluator's FakeNameGenerator records,
+never from Faker's name lists, which Custos's PERSON recognizer uses (``custos.privacy.names``); recall on
+names none of whose words is in those lists is reported separately. A small hand-written set of
 real-looking messages is scored beside it.
 
 Matching rules: a labelled value is found when predicted spans cover at least half of its characters; it
@@ -22,6 +23,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from custos.privacy.names import faker_name_lists
 
 #: Goals the benchmark reports next to its measurements.
 STRUCTURED = (
@@ -57,7 +60,7 @@ TEMPLATES = (
     "{{person}} called from {{phone}} about a declined card ending {{credit_card}}.",
     "The charge on {{credit_card}} is not mine!! my name is {{person}}, acct {{account_id}}",
     "Date of birth {{dob}}, name {{person}}, email {{email}} - please reopen case {{ticket_id}}.",
-    "Hi team, {{person}} and {{person}} share account {{account_id}}; add {{email}} as contact.",
+    "Hi team, {{person}} and {{other_person}} share account {{account_id}}; add {{email}} as contact.",
     "Refund to IBAN {{iban}} please, reference {{ticket_id}}. Kind regards {{person}}",
     "ship it to {{address}} instead, my number is {{phone}}",
     "I (SSN {{ssn}}) want to dispute the fee. Contact me at {{email}} or {{phone}}.",
@@ -154,8 +157,11 @@ def generate_dataset(count: int, *, seed: int = 7) -> list[Sample]:
     from faker import Faker
     from faker.providers import BaseProvider
     from presidio_evaluator.data_generator import PresidioSentenceFaker
+    from presidio_evaluator.data_generator.faker_extensions.datasets import load_fake_person_df
 
     rng = random.Random(seed)
+    records = load_fake_person_df()
+    record_names = sorted(set(records["first_name"] + " " + records["last_name"]))
     fake = Faker("en_US")
     fake.seed_instance(seed)
 
@@ -192,6 +198,11 @@ def generate_dataset(count: int, *, seed: int = 7) -> list[Sample]:
         def email(self) -> str:
             return str(fake.free_email() if rng.random() < 0.5 else fake.company_email())
 
+        def other_person(self) -> str:
+            # A second name in one message: also from the records, never from Faker's name lists (which
+            # the PERSON recognizer uses).
+            return str(rng.choice(record_names))
+
         def ssn(self) -> str:
             return str(fake.ssn())
 
@@ -208,6 +219,7 @@ def generate_dataset(count: int, *, seed: int = 7) -> list[Sample]:
     Faker.seed(seed)
     mapping = {
         "person": "PERSON",
+        "other_person": "PERSON",
         "credit_card": "CREDIT_CARD",
         "phone": "PHONE_NUMBER",
         "dob": "DATE_OF_BIRTH",
@@ -309,6 +321,9 @@ class Tally:
     predicted: Counter[str] = field(default_factory=Counter)
     correct: Counter[str] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
+    #: Labels and found labels by group (see ``score``'s ``group``), e.g. PERSON names absent from name lists.
+    group_labels: Counter[str] = field(default_factory=Counter)
+    group_found: Counter[str] = field(default_factory=Counter)
 
 
 Span = tuple[str, int, int]
@@ -319,8 +334,13 @@ def _squash(text: str) -> str:
     return re.sub(r"[\W_]+", "", text).casefold()
 
 
-def score(samples: Iterable[Sample], analyze: Analyze) -> Tally:
-    """Run ``analyze`` over the samples and count by the matching rules of the module docstring."""
+def score(
+    samples: Iterable[Sample], analyze: Analyze, *, group: Callable[[str, str], str | None] | None = None
+) -> Tally:
+    """Run ``analyze`` over the samples and count by the matching rules of the module docstring.
+
+    ``group(entity_type, value)`` may name a group for a label; recall is then also counted per group.
+    """
     tally = Tally()
     for sample in samples:
         started = time.perf_counter()
@@ -339,8 +359,13 @@ def score(samples: Iterable[Sample], analyze: Analyze) -> Tally:
         model_input = _squash("".join(pieces))
         for label in sample.labels:
             tally.labels[label.entity_type] += 1
-            if sum(covered[label.start : label.end]) * 2 >= label.end - label.start:
+            hit = sum(covered[label.start : label.end]) * 2 >= label.end - label.start
+            if hit:
                 tally.found[label.entity_type] += 1
+            name = group(label.entity_type, sample.text[label.start : label.end]) if group else None
+            if name is not None:
+                tally.group_labels[name] += 1
+                tally.group_found[name] += int(hit)
             value = _squash(sample.text[label.start : label.end])
             if value and value in model_input:
                 tally.leaked[label.entity_type] += 1
@@ -390,6 +415,10 @@ def summary(tally: Tally) -> dict[str, Any]:
         ),
         "structured_leak_rate": _ratio(sum(tally.leaked[t] for t in STRUCTURED), structured_labels),
         "per_type": per_type,
+        "groups": {
+            name: {"labels": count, "recall": _ratio(tally.group_found[name], count)}
+            for name, count in sorted(tally.group_labels.items())
+        },
         "p50_ms": 1000 * statistics.median(latencies) if latencies else 0.0,
         "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else 0.0,
         "messages_per_s": len(latencies) / sum(latencies) if latencies else 0.0,
@@ -488,20 +517,46 @@ def stream_cost(
     }
 
 
+def person_listing_group(lists: Any) -> Callable[[str, str], str | None]:
+    """Group PERSON labels by whether any word of the name is in the recognizer's name lists."""
+
+    def group(entity_type: str, value: str) -> str | None:
+        if entity_type != "PERSON":
+            return None
+        words = re.findall(r"[^\W\d_]+", value.casefold())
+        listed = any(word in lists.first or word in lists.last for word in words)
+        return "PERSON, a word in the name lists" if listed else "PERSON, no word in the name lists"
+
+    return group
+
+
 def run(
     pseudonymizer: Any, presidio: Any, *, count: int, seed: int = 7, long_count: int = 100
 ) -> dict[str, Any]:
     """Score both detectors on the generated set, the hand-written set and ~500-character messages."""
+    import os
+
+    load_before = os.getloadavg()
     generated = generate_dataset(count, seed=seed)
+    group = person_listing_group(faker_name_lists())
     detectors = {"custos": custos_analyze(pseudonymizer), "presidio": presidio_analyze(presidio)}
     results: dict[str, Any] = {"count": len(generated), "seed": seed}
     for name, analyze in detectors.items():
         results[name] = {
-            "generated": summary(score(generated, analyze)),
+            "generated": summary(score(generated, analyze, group=group)),
             "hand_written": summary(score(HAND_WRITTEN, analyze)),
             "long": summary(score(long_messages(generated, count=long_count), analyze)),
         }
+    longs = [[sample.text] for sample in long_messages(generated, count=long_count)]
+    started = time.perf_counter()
+    for index in range(0, len(longs), 8):
+        pseudonymizer.analyze_many(longs[index : index + 8])
+    results["batched"] = {
+        "batch_calls": 8,
+        "ms_per_message": 1000 * (time.perf_counter() - started) / max(1, len(longs)),
+    }
     answers = [sample.text for sample in HAND_WRITTEN]
+    results["load_average"] = {"before": load_before[0], "after": os.getloadavg()[0], "cpus": os.cpu_count()}
     results["streaming"] = [stream_cost(pseudonymizer, answers, window=w) for w in (0, 120)]
     return results
 
@@ -554,6 +609,12 @@ def render(results: dict[str, Any]) -> str:
         f"| analysis p50, ~500-char message | ≤ 10 ms | {p50:.1f} ms | {presidio['long']['p50_ms']:.1f} ms | "
         f"{'yes' if p50 <= GOALS['p50_ms_500_chars'] else 'NO'} |"
     )
+    for name, item in gen_c.get("groups", {}).items():
+        other = gen_p.get("groups", {}).get(name, {})
+        lines.append(
+            f"| recall, {name} ({item['labels']} labels) | - | {_fmt(item['recall'])} | "
+            f"{_fmt(other.get('recall'))} | - |"
+        )
     for set_name in ("generated", "hand_written"):
         c, p = custos[set_name], presidio[set_name]
         lines += [
@@ -581,6 +642,18 @@ def render(results: dict[str, Any]) -> str:
             name = {"p50_ms": "p50", "p99_ms": "p99", "messages_per_s": "throughput"}[key]
             ratio = c[key] / p[key] if p[key] else 0.0
             lines.append(f"| {label} {name} | {c[key]:.1f} {unit} | {p[key]:.1f} {unit} | {ratio:.2f} |")
+    if "batched" in results:
+        lines.append(
+            f"| ~500-char messages, {results['batched']['batch_calls']} calls per batch (analyze_many) | "
+            f"{results['batched']['ms_per_message']:.1f} ms/msg | - | - |"
+        )
+    if "load_average" in results:
+        load = results["load_average"]
+        lines += [
+            "",
+            f"Load average (1 min) {load['before']:.1f} before and {load['after']:.1f} after the run, "
+            f"on {load['cpus']} CPUs.",
+        ]
     lines += [
         "",
         "| streaming guard (hand-written answers, 4-char tokens) | first text after (p50 / max tokens) | "

@@ -367,6 +367,16 @@ class Analysis:
         return dict(Counter(span.winner.entity_type for spans in self.spans for span in spans))
 
 
+@dataclass(frozen=True)
+class _PreparedCall:
+    """A call ready for the NLP batch: neutralised messages and the language outcome."""
+
+    safe_texts: list[str]
+    neutralized: int
+    detected_language: str | None
+    patterns_only: bool
+
+
 #: Entity types that come from the NLP pipeline (language-specific); the rest are patterns and checksums.
 NER_ENTITY_TYPES = frozenset({"PERSON", "LOCATION", "ORGANIZATION", "NRP"})
 
@@ -454,36 +464,67 @@ class Pseudonymizer:
 
     def analyze(self, texts: Sequence[str]) -> Analysis:
         """Detect personal data in every message of a call (the expensive part; no placeholder issued)."""
-        if isinstance(texts, str):
-            raise TypeError("texts must be a sequence of messages, not a single string")
-        for index, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"message {index} is {type(text).__name__}, not str")
+        outcome = self.analyze_many([texts])[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
-        neutralized_total = 0
-        safe_texts: list[str] = []
-        for text in texts:
-            safe, count = neutralize_placeholders(text)
-            safe_texts.append(safe)
-            neutralized_total += count
+    def analyze_many(self, calls: Sequence[Sequence[str]]) -> list[Analysis | Exception]:
+        """Analyse several calls at once: the messages of all of them go through spaCy as one batch.
 
-        detected, patterns_only = self._check_language(safe_texts)
-        entities = self._entities if self._entities is not None else self.entities
-        if patterns_only:
-            entities = [e for e in entities if e not in NER_ENTITY_TYPES]
-        spans: list[list[MergedSpan]] = []
-        nlp_engine = self._analyzer.nlp_engine
-        # spaCy's pipe() processes the messages of a call as one batch; each is then analysed on its own.
-        artifacts = nlp_engine.process_batch(safe_texts, language=self._language)
-        for safe, (_, nlp_artifacts) in zip(safe_texts, artifacts, strict=True):
-            spans.append(merge_overlaps(self._results(safe, entities, nlp_artifacts)))
-        return Analysis(
-            safe_texts=safe_texts,
-            spans=spans,
-            neutralized=neutralized_total,
-            detected_language=detected,
-            patterns_only=patterns_only,
+        Returns, per call, its ``Analysis`` or the ``UnsupportedLanguage`` that refuses it (other calls of the
+        batch are unaffected). Malformed input (not a sequence of strings) raises ``TypeError`` for all.
+        """
+        prepared: list[_PreparedCall | Exception] = []
+        for texts in calls:
+            if isinstance(texts, str):
+                raise TypeError("texts must be a sequence of messages, not a single string")
+            for index, text in enumerate(texts):
+                if not isinstance(text, str):
+                    raise TypeError(f"message {index} is {type(text).__name__}, not str")
+            neutralized_total = 0
+            safe_texts: list[str] = []
+            for text in texts:
+                safe, count = neutralize_placeholders(text)
+                safe_texts.append(safe)
+                neutralized_total += count
+            try:
+                detected, patterns_only = self._check_language(safe_texts)
+            except UnsupportedLanguage as exc:
+                prepared.append(exc)
+                continue
+            prepared.append(_PreparedCall(safe_texts, neutralized_total, detected, patterns_only))
+
+        all_texts = [t for call in prepared if isinstance(call, _PreparedCall) for t in call.safe_texts]
+        # spaCy's pipe() processes every message of every call as one batch; each is then analysed alone.
+        # (Presidio's process_batch defaults to spaCy batches of one text.)
+        artifacts = iter(
+            self._analyzer.nlp_engine.process_batch(
+                all_texts, language=self._language, batch_size=max(1, min(len(all_texts), 256))
+            )
         )
+        all_entities = self._entities if self._entities is not None else self.entities
+        pattern_entities = [e for e in all_entities if e not in NER_ENTITY_TYPES]
+        outcomes: list[Analysis | Exception] = []
+        for call in prepared:
+            if isinstance(call, Exception):
+                outcomes.append(call)
+                continue
+            entities = pattern_entities if call.patterns_only else all_entities
+            spans: list[list[MergedSpan]] = []
+            for safe in call.safe_texts:
+                _, nlp_artifacts = next(artifacts)
+                spans.append(merge_overlaps(self._results(safe, entities, nlp_artifacts)))
+            outcomes.append(
+                Analysis(
+                    safe_texts=call.safe_texts,
+                    spans=spans,
+                    neutralized=call.neutralized,
+                    detected_language=call.detected_language,
+                    patterns_only=call.patterns_only,
+                )
+            )
+        return outcomes
 
     def detect(self, text: str) -> list[MergedSpan]:
         """Detect personal data in one text (e.g. model output), with the same thresholds and lists."""

@@ -7,10 +7,14 @@ so only the ID itself is masked and the model still reads "order <ORDER_ID_1>".
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from presidio_analyzer import Pattern, PatternRecognizer
+import phonenumbers
+from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer, RecognizerResult
+from presidio_analyzer.nlp_engine import NlpArtifacts
+from presidio_analyzer.predefined_recognizers import PhoneRecognizer
 
 
 @dataclass(frozen=True)
@@ -130,3 +134,48 @@ class StreetAddressRecognizer(PatternRecognizer):
             ],
             context=["address", "live", "lives", "living", "moved", "ship", "deliver", "street"],
         )
+
+
+class CandidatePhoneRecognizer(PhoneRecognizer):
+    """Presidio's phone recognizer, run only on the stretches of text that can hold a phone number.
+
+    ``phonenumbers.PhoneNumberMatcher`` scans the whole text once per configured region, which made it the
+    slowest recognizer by far (about half of the analysis time of a 500-character message). Here a cheap
+    regex first finds runs of digits and phone punctuation with at least six digits; the matcher then runs
+    per region on each run plus two characters either side (its checks look one character beyond a match),
+    so it finds the same numbers at the same offsets.
+    """
+
+    def _regions(self) -> list[str]:
+        # A region phonenumbers does not know (e.g. "UK" for GB) only finds numbers written with +country
+        # code, which every known region finds too; it is skipped when there is a known one.
+        known = [r for r in self.supported_regions if r in phonenumbers.SUPPORTED_REGIONS]
+        return known or list(self.supported_regions)
+
+    _CANDIDATE = re.compile(r"\+?[(\[]?\d[\d \t().\-/\[\]]*\d")
+    _MIN_DIGITS = 6
+    _MARGIN = 2
+
+    def analyze(
+        self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
+    ) -> list[RecognizerResult]:
+        """Run the matcher of every region on each candidate stretch; offsets refer to ``text``."""
+        results: list[RecognizerResult] = []
+        for candidate in self._CANDIDATE.finditer(text):
+            if sum(ch.isdigit() for ch in candidate.group()) < self._MIN_DIGITS:
+                continue
+            lo = max(0, candidate.start() - self._MARGIN)
+            hi = min(len(text), candidate.end() + self._MARGIN)
+            window = text[lo:hi]
+            leniency = 1 if self.leniency is None else self.leniency
+            for region in self._regions():
+                for match in phonenumbers.PhoneNumberMatcher(window, region, leniency=leniency):
+                    try:
+                        parsed = phonenumbers.parse(match.raw_string)
+                        found_region = phonenumbers.region_code_for_number(parsed)
+                    except phonenumbers.NumberParseException:
+                        found_region = region
+                    match.start += lo
+                    match.end += lo
+                    results.append(self._get_recognizer_result(match, text, found_region, nlp_artifacts))
+        return EntityRecognizer.remove_duplicates(results)

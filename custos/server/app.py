@@ -37,6 +37,7 @@ from custos.server.bootstrap import SecuritySetup, prepare_security, record_conf
 from custos.server.compliance import ComplianceService
 from custos.server.convert import RequestLimits
 from custos.server.engine.base import Engine
+from custos.server.housekeeping import VaultPurgeTask
 from custos.server.idempotency import IdempotencyStore
 from custos.server.interceptors import ObservingInterceptor
 from custos.server.keyring import ErasureLedger, SubjectService, open_master_keys, purge_transcripts
@@ -104,7 +105,9 @@ class CustosServer:
         self.health = health_aio.HealthServicer()
         self.port: int | None = None
         self.metrics_port: int | None = None
+        self.health_port: int | None = None
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
         # Each generation blocks one worker while the engine runs it; the engine says how many may wait.
         workers = settings.worker_threads + components.engine.concurrency
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="custos")
@@ -122,6 +125,7 @@ class CustosServer:
         self.trail: AuditTrail | None = None
         self._checkpoint_task: asyncio.Task[None] | None = None
         self._retention_task: asyncio.Task[None] | None = None
+        self.vault_purge: VaultPurgeTask | None = None
         #: Who may have placeholders restored: holders of the ``reidentify`` permission.
         self.may_reidentify: ReidentifyCheck = holds_reidentify_permission
 
@@ -172,11 +176,20 @@ class CustosServer:
         pseudonymizer = build_pseudonymizer(
             settings, self.components.analyzer, self.components.language_detector
         )
+        vault = ConversationVault(
+            db, self.keys, ttl_seconds=settings.vault_ttl_seconds, subject_keys=self.subject_keys
+        )
+        self.vault_purge = VaultPurgeTask(
+            vault.purge_expired,
+            interval_s=settings.vault_purge_interval_s,
+            executor=self._executor,
+            on_purged=self._count_purged,
+            on_failure=lambda: self.metrics.vault_purge_runs.labels("failed").inc(),
+        )
+        self.vault_purge.start()
         privacy = PrivacyStage(
             pseudonymizer,
-            vault=ConversationVault(
-                db, self.keys, ttl_seconds=settings.vault_ttl_seconds, subject_keys=self.subject_keys
-            ),
+            vault=vault,
             may_reidentify=self.may_reidentify,
             block_entities=settings.pii_block_entities,
             ner_window_chars=settings.stream_ner_window_chars,
@@ -259,6 +272,12 @@ class CustosServer:
             raise OSError(f"could not bind gRPC listen address {settings.listen}")
         await server.start()
         self._server = server
+        if settings.health_listen:
+            # Health only, for probes without TLS; the same servicer, so it says what the API listener does.
+            self._health_server = grpc.aio.server()
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
+            self.health_port = self._health_server.add_insecure_port(settings.health_listen)
+            await self._health_server.start()
         await self.watchdog.start()
         if settings.metrics_listen:
             host, _, port = settings.metrics_listen.rpartition(":")
@@ -270,10 +289,15 @@ class CustosServer:
                     "listen": settings.listen,
                     "port": self.port,
                     "metrics_port": self.metrics_port,
+                    "health_port": self.health_port,
                     "pid": os.getpid(),
                 }
             },
         )
+
+    def _count_purged(self, rows: int) -> None:
+        self.metrics.vault_purge_runs.labels("ok").inc()
+        self.metrics.vault_rows_purged.inc(rows)
 
     async def _checkpoint_timer(self) -> None:
         """Write a signed checkpoint every ``checkpoint_every_seconds`` while the chain grows."""
@@ -336,6 +360,9 @@ class CustosServer:
         if self._server is not None:
             await self._server.stop(max(grace - (time.monotonic() - started), 0.0))
             self._server = None
+        if self._health_server is not None:
+            await self._health_server.stop(0)
+            self._health_server = None
         if self.watchdog is not None:
             await self.watchdog.stop()
         # The checkpoint timer runs until cancelled: stop it before waiting for the audit writes to settle.
@@ -345,6 +372,8 @@ class CustosServer:
         if self._retention_task is not None:
             self._retention_task.cancel()
             self._retention_task = None
+        if self.vault_purge is not None:
+            await self.vault_purge.stop()
         await flush_pending_tasks(timeout=max(grace, 5.0))
         if self.trail is not None:
             try:

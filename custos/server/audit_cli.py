@@ -767,6 +767,10 @@ def report_processing(
 def bench_audit(
     appends: Annotated[int, typer.Option(min=8, help="Appends per case.")] = 2000,
     verify_rows: Annotated[int, typer.Option(min=100, help="Rows for the verify case.")] = 50_000,
+    repeat: Annotated[
+        int,
+        typer.Option(min=1, help="Runs of each case, interleaved with its baseline; medians are printed."),
+    ] = 3,
     postgres_url: Annotated[
         str | None,
         typer.Option(
@@ -781,6 +785,7 @@ def bench_audit(
     rows, notes = run_audit_bench(
         appends=appends,
         verify_rows=verify_rows,
+        repeats=repeat,
         postgres_url=None if no_postgres else postgres_url,
         say=lambda msg: err.print(f"[dim]{msg}[/dim]"),
     )

@@ -16,6 +16,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from custos.server.audit_cli import audit_app, bench_app, report_app
 from custos.server.cli_common import ConfigOpt, DataDirOpt, err, out, settings_or_exit
 from custos.server.cli_security import certs_app, tokens_app
+from custos.server.health_cli import health
 from custos.server.keys_cli import bench_keys, keys_app, subjects_app, transcripts_app
 from custos.server.settings import Settings
 
@@ -35,6 +36,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(subjects_app, name="subjects")
 app.add_typer(transcripts_app, name="transcripts")
 bench_app.command("keys")(bench_keys)
+app.command("health")(health)
 
 _settings = settings_or_exit
 

@@ -81,6 +81,17 @@ class Metrics:
             "Tokens per second over the engine's last decode step (all sequences together).",
             registry=self.registry,
         )
+        self.vault_rows_purged = Counter(
+            "custos_vault_rows_purged",
+            "Expired conversation-vault rows deleted by the periodic purge.",
+            registry=self.registry,
+        )
+        self.vault_purge_runs = Counter(
+            "custos_vault_purge_runs",
+            "Runs of the periodic vault purge, by outcome (ok, failed).",
+            ["outcome"],
+            registry=self.registry,
+        )
         self._http: tuple[WSGIServer, threading.Thread] | None = None
 
     def serve(self, host: str, port: int) -> int:

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import grpc
 
+from custos.privacy.batching import AnalysisBatcher
 from custos.privacy.errors import UnsupportedLanguage
 from custos.privacy.guard import Detection, OutputGuard
 from custos.privacy.pseudonymize import Analysis, Finding, PlaceholderMap, Pseudonymized, Pseudonymizer
@@ -102,6 +103,8 @@ class PrivacyStage:
         self._ner_window = ner_window_chars
         self._language_policy = language_policy
         self._lock = threading.Lock()
+        # Calls waiting while one is analysed are analysed together, as one spaCy batch.
+        self.batcher = AnalysisBatcher(self._analyze_many)
         self.guard = OutputGuard(pseudonymizer.entities, self._detect)
 
     @property
@@ -145,8 +148,7 @@ class PrivacyStage:
             "language_policy": self._language_policy,
         }
         try:
-            with self._lock:
-                analysis = self._pseudonymizer.analyze(list(texts))
+            analysis = self.batcher.analyze(list(texts))
         except UnsupportedLanguage:
             raise PrivacyRefusal(
                 FailedPrecondition(
@@ -188,6 +190,10 @@ class PrivacyStage:
             "expired_map_replaced": update.expired,
             "entries": update.entries,
         }
+
+    def _analyze_many(self, calls: Sequence[Sequence[str]]) -> list[Analysis | Exception]:
+        with self._lock:  # the output guard shares the analyzer
+            return self._pseudonymizer.analyze_many(calls)
 
     def restorer(self, mapping: PlaceholderMap, *, reidentify: bool) -> StreamRestorer:
         """A streaming output guard for one answer."""

@@ -47,6 +47,11 @@ class Settings(BaseSettings):
         "127.0.0.1:9464",
         description="Prometheus metrics HTTP address, HOST:PORT; empty disables the endpoint.",
     )
+    health_listen: str | None = Field(
+        None,
+        description="Extra plaintext listener serving only grpc.health.v1, HOST:PORT, for probes that cannot "
+        "speak TLS (Kubernetes gRPC probes); empty: none.",
+    )
     database_url: str | None = Field(
         None,
         description="SQLAlchemy URL of the audit database; default: SQLite file custos.db in data_dir.",
@@ -239,6 +244,12 @@ class Settings(BaseSettings):
         ge=60,
         description="A conversation's placeholder map is forgotten this long after its last use.",
     )
+    vault_purge_interval_s: float = Field(
+        3600.0,
+        gt=0,
+        le=7 * 24 * 3600,
+        description="How often expired conversation-vault rows are deleted (first run at start-up).",
+    )
     stream_ner_window_chars: int = Field(
         120,
         ge=0,
@@ -258,6 +269,13 @@ class Settings(BaseSettings):
         if value in (None, ""):
             return None
         return _check_host_port(value, "metrics_listen")
+
+    @field_validator("health_listen")
+    @classmethod
+    def _health_is_host_port(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        return _check_host_port(value, "health_listen")
 
     @field_validator("client_cert_roles")
     @classmethod

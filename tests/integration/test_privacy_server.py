@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from presidio_analyzer import AnalyzerEngine
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text, update
 
+from custos.audit.models import ConversationVaultRow
 from custos.privacy.testing import no_network
 from custos.server.testing import ScriptedEngine, ServerHarness, SpyEngine, make_server
 from custos.v1 import common_pb2, inference_pb2, privacy_pb2, privacy_pb2_grpc
@@ -201,3 +204,34 @@ def test_server_start_and_analysis_open_no_network(
         stub = privacy_pb2_grpc.PrivacyStub(harness.channel)
         stub.Anonymize(privacy_pb2.AnonymizeRequest(conversation_id="c", messages=[msg("ip 8.8.8.8")]))
     assert attempts == []
+
+
+def test_server_purges_expired_vault_rows_on_schedule_and_counts_them(
+    tmp_path: Path, analyzer: AnalyzerEngine, spy: SpyEngine
+) -> None:
+    with make_server(tmp_path, analyzer, spy, vault_purge_interval_s=0.2) as harness:
+        harness.inference.Generate(gen("conv-live", "I am John Smith."))
+        harness.inference.Generate(gen("conv-old", "Maria Garcia here."))
+        engine = create_engine(harness.server.settings.resolved_database_url)
+        with engine.begin() as conn:  # let one conversation's map expire
+            first = conn.execute(select(ConversationVaultRow.conversation_ref).limit(1)).scalar_one()
+            conn.execute(
+                update(ConversationVaultRow)
+                .where(ConversationVaultRow.conversation_ref == first)
+                .values(expires_at=datetime(2000, 1, 1, tzinfo=UTC))
+            )
+        registry = harness.server.metrics.registry
+
+        def purged() -> float:
+            return registry.get_sample_value("custos_vault_rows_purged_total") or 0.0
+
+        deadline = time.monotonic() + 10
+        while purged() < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with engine.connect() as conn:
+            remaining = conn.execute(text("SELECT COUNT(*) FROM conversation_vault")).scalar_one()
+        engine.dispose()
+        assert purged() == 1
+        assert remaining == 1
+        ok_runs = registry.get_sample_value("custos_vault_purge_runs_total", {"outcome": "ok"}) or 0.0
+        assert ok_runs >= 2

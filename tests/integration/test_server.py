@@ -366,10 +366,10 @@ def test_a_failing_stage_is_audited_and_reported_without_its_text(
     assert pipeline is not None
     pseudonymizer = pipeline._privacy._pseudonymizer
 
-    def broken(texts: list[str]) -> object:
-        raise RuntimeError(f"analyzer crashed on {texts[0]}")
+    def broken(calls: list[list[str]]) -> object:
+        raise RuntimeError(f"analyzer crashed on {calls[0][0]}")
 
-    monkeypatch.setattr(pseudonymizer, "analyze", broken)
+    monkeypatch.setattr(pseudonymizer, "analyze_many", broken)
     with pytest.raises(grpc.RpcError) as info:
         tiny_server.inference.Generate(request())
     assert _code(info.value) == grpc.StatusCode.INTERNAL

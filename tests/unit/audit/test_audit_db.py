@@ -20,6 +20,7 @@ from custos.audit import (
     make_engine,
     migrate,
 )
+from custos.audit import db as db_module
 from custos.audit import store as store_module
 from custos.audit.chain import GENESIS_HASH, ChainHead
 from custos.audit.store import APPEND_LOCK_KEY
@@ -150,6 +151,37 @@ def test_postgres_append_waits_for_the_advisory_lock_then_is_unavailable(pg_sche
         holder_engine.dispose()
 
 
+@pytest.mark.postgres
+def test_postgres_pings_only_connections_idle_in_the_pool(
+    pg_schema_url: str, pg_admin: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No ping round trip for a connection used a moment ago; an idle one is pinged and replaced if dead."""
+    engine = make_engine(pg_schema_url, pool_size=1)
+    pings: list[object] = []
+    real_ping = engine.dialect.do_ping
+
+    def counting_ping(dbapi_connection: object) -> bool:
+        pings.append(dbapi_connection)
+        return real_ping(dbapi_connection)
+
+    monkeypatch.setattr(engine.dialect, "do_ping", counting_ping)
+    try:
+        with engine.connect() as conn:
+            first_pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        for _ in range(3):
+            with engine.connect() as conn:
+                assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() == first_pid
+        assert pings == []  # a fresh connection and three quick reuses: no ping
+        with pg_admin.begin() as admin:
+            admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": first_pid})
+        monkeypatch.setattr(db_module, "IDLE_PING_S", 0.0)
+        with engine.connect() as conn:  # idle past the limit: pinged, found dead, replaced
+            assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() != first_pid
+        assert pings and getattr(pings[0], "broken", False)  # the dead one was pinged first
+    finally:
+        engine.dispose()
+
+
 # --- unreachable databases ---------------------------------------------------------------------------------
 
 
@@ -208,7 +240,7 @@ def test_unreachable_database_raises_audit_unavailable(
 def test_errors_never_carry_payload_values(store: AuditStore, monkeypatch: pytest.MonkeyPatch) -> None:
     # A failing INSERT's parameters hold the payload: they must not reach messages or tracebacks.
     store.append(event())
-    monkeypatch.setattr(store_module, "read_head", lambda conn: ChainHead(0, GENESIS_HASH))
+    monkeypatch.setattr(store_module, "_head_of", lambda row: ChainHead(0, GENESIS_HASH))
     with pytest.raises(ChainConflict) as info:
         store.append(event(details={"note": SECRET}, actor=SECRET))
     _assert_no_secret(info.value)

@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 
 from custos.audit import AuditEvent, CanonicalizationError, EventType, Phase
-from custos.audit.chain import GENESIS_HASH, SCHEMA_VERSION, TYPED_FIELDS, build_payload, compute_row_hash
+from custos.audit.chain import (
+    GENESIS_HASH,
+    SCHEMA_VERSION,
+    TYPED_FIELDS,
+    build_payload,
+    compute_row_hash,
+    derived_columns,
+    payload_template,
+)
 from custos.audit.testing import T0, event
 
 
@@ -108,3 +116,21 @@ def test_unserialisable_details_fail_when_building_the_payload() -> None:
     ev = event(details={"raw": b"bytes"})
     with pytest.raises(CanonicalizationError, match="bytes"):
         build_payload(ev, record_id=str(uuid.uuid4()), request_id="x", seq=1)
+
+
+@pytest.mark.parametrize(
+    "details",
+    [
+        {},
+        {"seq": 0, "start_time": "x", "nested": {"seq": 0, "start_time": ',"seq":0,"start_time":'}},
+        {"é": [1, 2.5, None], "pii": {"counts": {"PERSON": 2}}, "purpose": "support"},
+    ],
+)
+def test_payload_template_gives_the_payload_of_every_seq(details: dict[str, object]) -> None:
+    ev = event(details=details, transcript_id="t-1", subject_ref=None)
+    template = payload_template(ev, record_id="r-1", request_id="r-1")
+    for seq in (1, 9, 10, 12345678901):
+        payload = build_payload(ev, record_id="r-1", request_id="r-1", seq=seq)
+        assert template.payload(seq) == payload
+        assert template.derived == derived_columns(payload)
+        assert template.details == json.loads(payload)["details"]

@@ -96,3 +96,54 @@ def test_duplicate_chosen_id_in_a_group_fails_only_its_caller(store: AuditStore)
         store.append(event(record_id=chosen))
     store.append(event())
     assert_linear_chain(store, 2)
+
+
+def test_a_leader_waits_briefly_for_the_callers_of_the_previous_group() -> None:
+    """Callers returning from a group of three queue again; the next leader waits for them (bounded)."""
+    batches: list[list[str]] = []
+    gate = threading.Event()
+
+    def commit(callers: Sequence[tuple[Sequence[object], Sequence[object]]]) -> list[list[StoredRecord]]:
+        batches.append([str(events[0]) for events, _ in callers])
+        if len(batches) == 1:
+            gate.wait(5)  # the others queue up behind the first transaction
+        time.sleep(0.4)  # a slow commit: the next leader may wait up to half of it
+        return [[events[0]] for events, _ in callers]  # type: ignore[list-item]
+
+    group = GroupCommitter(commit, linger_s=10.0)  # type: ignore[arg-type]
+
+    def submit(name: str) -> None:
+        group.submit([name])  # type: ignore[list-item]
+
+    def run(names: list[str], *, hold_first: bool) -> None:
+        threads = [threading.Thread(target=submit, args=(name,)) for name in names]
+        threads[0].start()
+        while hold_first and not batches:
+            time.sleep(0.001)
+        time.sleep(0.05)
+        for thread in threads[1:]:
+            thread.start()
+            time.sleep(0.02)  # each arrives after the previous one: no leader sees them all at once
+        gate.set()
+        for thread in threads:
+            thread.join(10)
+
+    run(["a", "b", "c", "d"], hold_first=True)
+    assert batches == [["a"], ["b", "c", "d"]]
+    run(["e", "f", "g"], hold_first=False)  # without the wait "e" would commit alone
+    assert batches[2:] == [["e", "f", "g"]]
+    run(["h"], hold_first=False)  # fewer come than expected: the wait is bounded, then it commits
+    assert batches[3:] == [["h"]]
+    assert group.transactions == 4
+
+
+def test_a_lone_writer_never_waits() -> None:
+    def commit(callers: Sequence[tuple[Sequence[object], Sequence[object]]]) -> list[list[StoredRecord]]:
+        time.sleep(0.2)
+        return [[events[0]] for events, _ in callers]  # type: ignore[list-item]
+
+    group = GroupCommitter(commit, linger_s=10.0)  # type: ignore[arg-type]
+    group.submit(["a"])  # type: ignore[list-item]
+    started = time.perf_counter()
+    group.submit(["b"])  # type: ignore[list-item]
+    assert time.perf_counter() - started < 0.3

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -215,14 +216,14 @@ def test_stale_head_hits_the_fork_guard_and_the_append_retries(
     store: AuditStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store.append(event())
-    real_read_head = store_module.read_head
+    real_head_of = store_module._head_of
     calls = {"n": 0}
 
-    def stale_once(conn: sa.Connection) -> ChainHead:
+    def stale_once(row: Sequence[Any] | None) -> ChainHead:
         calls["n"] += 1
-        return ChainHead(0, GENESIS_HASH) if calls["n"] == 1 else real_read_head(conn)
+        return ChainHead(0, GENESIS_HASH) if calls["n"] == 1 else real_head_of(row)
 
-    monkeypatch.setattr(store_module, "read_head", stale_once)
+    monkeypatch.setattr(store_module, "_head_of", stale_once)
     record = store.append(event())
     assert record.seq == 2 and calls["n"] == 2
     assert_linear_chain(store, 2)
@@ -232,7 +233,7 @@ def test_persistently_stale_head_raises_chain_conflict(
     store: AuditStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store.append(event())
-    monkeypatch.setattr(store_module, "read_head", lambda conn: ChainHead(0, GENESIS_HASH))
+    monkeypatch.setattr(store_module, "_head_of", lambda row: ChainHead(0, GENESIS_HASH))
     with pytest.raises(ChainConflict):
         store.append(event())
     monkeypatch.undo()

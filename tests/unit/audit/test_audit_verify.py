@@ -9,8 +9,8 @@ import pytest
 import sqlalchemy as sa
 
 from custos.audit import AuditStore, StoredRecord
-from custos.audit.canonical import canonical_json
-from custos.audit.chain import GENESIS_HASH, ChainHead, compute_row_hash
+from custos.audit.canonical import canonical_json, format_timestamp
+from custos.audit.chain import GENESIS_HASH, RAW_COLUMNS, ChainHead, ChainVerifier, compute_row_hash
 from custos.audit.models import AuditRecordRow
 from custos.audit.testing import T0, assert_linear_chain, completion, event
 
@@ -222,3 +222,86 @@ def test_verify_against_a_checkpoint_detects_truncation(
             conn.execute(sa.delete(AuditRecordRow).where(AuditRecordRow.seq >= truncate_from))
     report = store.verify(checkpoint=checkpoint)
     assert (report.ok, report.first_bad_seq, report.reason) == (bad_seq is None, bad_seq, reason)
+
+
+def _varied_records(store: AuditStore) -> list[StoredRecord]:
+    """Records exercising every kind of value the fast path rebuilds: NULLs, escapes, non-ASCII, numbers."""
+    request = store.append(
+        event(
+            actor='svc:é"\\\n\u2028',
+            model=None,
+            conversation_ref=None,
+            subject_ref=None,
+            start_time=T0.replace(microsecond=0),
+            details={"purpose": "support", "retention_class": "long", "pii": {"counts": {"PHONE": 1}}},
+        )
+    )
+    details = {"ü": [1, -2.5, 1e300, None, True, {}], "nested": {"b": "\x00\x1f", "a": ""}, "pii": 3}
+    return [
+        request,
+        store.append(completion(request, transcript_id=str(uuid.uuid4()), details=details)),
+        store.append(event(phase="event", event_type="denied", status="PERMISSION_DENIED", details={})),
+    ]
+
+
+def test_well_formed_records_verify_on_the_fast_path(
+    store: AuditStore, chain: list[StoredRecord], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records the store wrote never need the per-record full check (which is what makes verify fast)."""
+    _varied_records(store)
+
+    def full_check(self: ChainVerifier, row: object) -> bool:
+        raise AssertionError("record left the fast path")
+
+    monkeypatch.setattr(ChainVerifier, "feed", full_check)
+    report = store.verify()
+    assert (report.ok, report.count, report.incomplete) == (True, N + 3, 0)
+
+
+def test_fast_path_leaves_each_tampered_record_to_the_full_check(store: AuditStore) -> None:
+    """feed_raw never accepts a record the full check rejects: a raw tuple per tampering kind."""
+    records = _varied_records(store)
+    raw = [tuple(getattr(r, name) for name in RAW_COLUMNS) for r in records]
+    raw = [(*row[:8], *(format_timestamp(t) for t in row[8:10]), *row[10:]) for row in raw]
+    verifier = ChainVerifier()
+    assert verifier.feed_raw(raw[0]) is True
+    second = dict(zip(RAW_COLUMNS, raw[1], strict=True))
+    payload = second["payload"]
+    assert isinstance(payload, bytes)
+
+    def rehashed(new_payload: bytes, **columns: object) -> tuple[object, ...]:
+        row = {**second, **columns, "payload": new_payload}
+        row["row_hash"] = compute_row_hash(str(row["prev_hash"]), new_payload)
+        return tuple(row[name] for name in RAW_COLUMNS)
+
+    spaced = payload.replace(b'"nested":', b'"nested": ')
+    reordered = payload.replace(b'{"a":"","b":"\\u0000\\u001f"}', b'{"b":"\\u0000\\u001f","a":""}')
+    assert reordered != payload
+    cases = {
+        "status column": rehashed(payload, status="INTERNAL"),
+        "time column": rehashed(payload, start_time="2024-05-01T12:00:00.000000Z"),
+        "null column": rehashed(payload, model="m"),
+        "whitespace in details": rehashed(spaced),
+        "unsorted keys in details": rehashed(reordered),
+        "escaped non-ASCII": rehashed(payload.replace("ü".encode(), b"\\u00fc")),
+        "trailing data": rehashed(payload.replace(b',"end_time"', b',"x":1,"end_time"')),
+        "NaN": rehashed(payload.replace(b"1e+300", b"NaN")),
+        "duplicate key": rehashed(payload.replace(b'"pii":3', b'"pii":3,"pii":3')),
+        "not UTF-8": rehashed(payload.replace("ü".encode(), b"\xff")),
+        "wrong hash": (*raw[1][:3], "ab" * 32, *raw[1][4:]),
+        "wrong seq": (7, *raw[1][1:]),
+        "derived column": rehashed(payload, purpose="other"),
+    }
+    for name, row in cases.items():
+        assert ChainVerifier(start=ChainHead(1, records[0].row_hash)).feed_raw(row) is None, name
+    assert verifier.feed_raw(raw[1]) is True
+    assert verifier.feed_raw(raw[2]) is True
+    assert verifier.report().count == 3
+
+
+def test_records_off_the_fast_path_still_verify(store: AuditStore) -> None:
+    """A record the fast path cannot rebuild (a year below 1000) is accepted by the full check."""
+    store.append(event(start_time=T0.replace(year=999), end_time=T0))
+    store.append(event())
+    report = store.verify()
+    assert (report.ok, report.count) == (True, 2)

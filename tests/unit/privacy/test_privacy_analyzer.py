@@ -122,3 +122,15 @@ def test_build_refuses_bad_configuration_without_downloading(kwargs: dict[str, o
     with no_network(attempts), pytest.raises(error):
         build_analyzer(**kwargs)  # type: ignore[arg-type]
     assert attempts == []
+
+
+def test_only_the_pipes_ner_needs_run(analyzer: AnalyzerEngine) -> None:
+    nlp = analyzer.nlp_engine.get_nlp("en")  # type: ignore[attr-defined]
+    assert nlp.pipe_names == ["ner"]
+    assert {"tagger", "parser", "lemmatizer"} <= set(nlp.disabled)
+
+
+def test_context_words_still_raise_scores_without_the_lemmatizer(analyzer: AnalyzerEngine) -> None:
+    with_context = analyzer.analyze("my phone: 212 555 0187", language="en", entities=["PHONE_NUMBER"])
+    without = analyzer.analyze("the value 212 555 0187", language="en", entities=["PHONE_NUMBER"])
+    assert with_context[0].score > without[0].score

@@ -211,7 +211,9 @@ def detection(
 
 
 class _FakeNlp:
-    def process_batch(self, texts: Sequence[str], language: str) -> Iterator[tuple[str, None]]:
+    def process_batch(
+        self, texts: Sequence[str], language: str, batch_size: int = 1
+    ) -> Iterator[tuple[str, None]]:
         for text in texts:
             yield text, None
 

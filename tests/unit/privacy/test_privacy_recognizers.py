@@ -120,3 +120,28 @@ def test_explanations_carry_the_decision_process_without_values(analyzer: Analyz
     assert phone.get("supportive_context_word") == "phone"  # context word raised the score
     assert phone["score"] > phone["original_score"]
     assert "555-0187" not in repr(by_type) and "4111" not in repr(by_type)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "call (415) 555-0132 or +44 20 7946 0958, fax 030 901820",
+        "my number: 0171-2345678!",
+        "tel.+49(30)901820x",
+        "1-800-356-9377 and card 4539 1488 0343 6467",
+        "ph 9876543210 / 98765 43210",
+        "[+1] 212 555 0187",
+        "order 55120, 3 items, no phone here",
+    ],
+)
+def test_candidate_phone_recognizer_finds_what_presidios_finds(text: str) -> None:
+    from presidio_analyzer.predefined_recognizers import PhoneRecognizer
+
+    from custos.privacy.recognizers import CandidatePhoneRecognizer
+
+    regions = ("US", "UK", "DE", "FE", "IL", "IN", "CA", "BR")
+    reference = PhoneRecognizer(supported_regions=regions).analyze(text, ["PHONE_NUMBER"])
+    ours = CandidatePhoneRecognizer(supported_regions=regions).analyze(text, ["PHONE_NUMBER"])
+    assert sorted((r.start, r.end, r.score) for r in ours) == sorted(
+        (r.start, r.end, r.score) for r in reference
+    )
