@@ -94,23 +94,36 @@ def model_prepare(
     source: Annotated[
         str | None, typer.Option(help="'bundled', a GGUF file or a Hugging Face directory.")
     ] = None,
-    precision: Annotated[str | None, typer.Option(help="bf16 or fp32.")] = None,
+    precision: Annotated[str | None, typer.Option(help="bf16, fp32 or int8.")] = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Convert the model once into the cache (with a manifest) so later starts take seconds."""
+    """Convert the model once into the cache (with a manifest) so later starts take seconds.
+
+    The precision must pass the quality gate against fp32 (stored in the manifest); otherwise no cache is
+    written and the command exits 1.
+    """
     from custos.server.app import ensure_private_dir
     from custos.server.engine.cache import prepare_model
+    from custos.server.engine.quality import QualityGateError, QualityLimits
 
     settings = _settings(config, data_dir=data_dir, model_source=source, precision=precision)
-    with _progress() as report:
-        path = prepare_model(
-            prompt_format=settings.prompt_format,
-            source=settings.model_source,
-            cache_root=ensure_private_dir(settings.resolved_model_cache_dir),
-            precision=settings.precision,
-            progress=report,
-        )
+    try:
+        with _progress() as report:
+            path = prepare_model(
+                prompt_format=settings.prompt_format,
+                source=settings.model_source,
+                cache_root=ensure_private_dir(settings.resolved_model_cache_dir),
+                precision=settings.precision,
+                progress=report,
+                limits=QualityLimits(
+                    max_perplexity_increase=settings.quality_max_perplexity_increase,
+                    min_agreement=settings.quality_min_greedy_agreement,
+                ),
+            )
+    except QualityGateError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
     out.print(f"model cache ready: {path}")
 
 
