@@ -123,7 +123,7 @@ def measure(model: PreTrainedModel, ids: list[int]) -> Measurement:
 def judge(reference: Measurement, candidate: Measurement, limits: QualityLimits, tokens: int) -> QualityReport:
     """Compare ``candidate`` with the float32 ``reference`` under ``limits``."""
     increase = candidate.perplexity / reference.perplexity - 1.0
-    agreement = float((candidate.predictions == reference.predictions).float().mean())
+    agreement = int((candidate.predictions == reference.predictions).sum()) / max(1, reference.predictions.numel())
     admitted = increase <= limits.max_perplexity_increase and agreement >= limits.min_agreement
     return QualityReport(
         text_sha256=SUPPORT_TEXT_SHA256,

@@ -93,7 +93,11 @@ def _swap(model: nn.Module, *, dtype: torch.dtype, quantize: bool) -> None:
     embedding = model.get_input_embeddings()  # type: ignore[operator]
     assert isinstance(embedding, nn.Embedding)
     head = model.get_output_embeddings()  # type: ignore[operator]
-    tied = head is not None and head.weight is embedding.weight
+    config = getattr(model, "config", None)
+    text_config = config.get_text_config() if config is not None else None
+    tied = head is not None and (
+        head.weight is embedding.weight or bool(getattr(text_config, "tie_word_embeddings", False))
+    )
     new_embedding = Int8Embedding(
         embedding.num_embeddings, embedding.embedding_dim, dtype=dtype, multiplier=_embed_multiplier(embedding)
     )

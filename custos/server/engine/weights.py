@@ -163,7 +163,7 @@ def build_model(
     tied = getattr(config, "tie_word_embeddings", False) or getattr(
         config.get_text_config(), "tie_word_embeddings", False
     )
-    missing = [k for k in result.missing_keys if not (tied and k.startswith("lm_head."))]
+    missing = [k for k in result.missing_keys if not (tied and not int8 and k == "lm_head.weight")]
     if missing or result.unexpected_keys:
         first = (missing or result.unexpected_keys)[0]
         raise ModelCacheError(f"model cache {cache_dir} does not fit its config (tensor {first}); {PREPARE_HINT}")
@@ -175,21 +175,22 @@ def build_model(
     return model
 
 
+_TOKENIZER_KEYS = (
+    "bos_token", "eos_token", "unk_token", "pad_token", "mask_token", "additional_special_tokens",
+    "extra_special_tokens", "model_max_length", "padding_side", "add_bos_token", "add_eos_token",
+)
+
+
 def load_tokenizer(cache_dir: Path) -> PreTrainedTokenizerFast:
     """The cache's fast tokenizer, read from ``tokenizer.json`` with the saved special tokens and template."""
-    from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
     cache_dir = Path(cache_dir)
-    backend = Tokenizer.from_file(str(cache_dir / "tokenizer.json"))
     config_path = cache_dir / "tokenizer_config.json"
     config: dict[str, Any] = json.loads(config_path.read_text("utf-8")) if config_path.is_file() else {}
-    kwargs: dict[str, Any] = {}
-    for key in ("bos_token", "eos_token", "unk_token", "pad_token", "additional_special_tokens",
-                "extra_special_tokens", "model_max_length", "padding_side", "add_bos_token", "add_eos_token"):
-        if key in config:
-            kwargs[key] = config[key]
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, **kwargs)
+    kwargs = {key: config[key] for key in _TOKENIZER_KEYS if key in config}
+    # tokenizer_file, not a tokenizer_object: transformers deep-copies an object (twice the load time).
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(cache_dir / "tokenizer.json"), **kwargs)
     template = config.get("chat_template")
     template_file = cache_dir / "chat_template.jinja"
     if template_file.is_file():
