@@ -204,7 +204,8 @@ class TransformersEngine(Engine):
         # One read per file checks the digest and loads it, into private memory: a memory-mapped file would
         # let later writes to the verified cache change the running model unnoticed.
         tensors = weights.read_cache(cache_dir, manifest, verify=verify)
-        model = weights.build_model(cache_dir, tensors, dtype=dtype, int8=manifest.precision in INT8_PRECISIONS)
+        int8 = manifest.precision in INT8_PRECISIONS
+        model = weights.build_model(cache_dir, tensors, dtype=dtype, int8=int8)
         tokenizer = weights.load_tokenizer(cache_dir)
         torch.nn.Module.to(model, torch.device(device))
         model.eval()

@@ -120,10 +120,14 @@ def measure(model: PreTrainedModel, ids: list[int]) -> Measurement:
     )
 
 
-def judge(reference: Measurement, candidate: Measurement, limits: QualityLimits, tokens: int) -> QualityReport:
+def judge(
+    reference: Measurement, candidate: Measurement, limits: QualityLimits, tokens: int
+) -> QualityReport:
     """Compare ``candidate`` with the float32 ``reference`` under ``limits``."""
     increase = candidate.perplexity / reference.perplexity - 1.0
-    agreement = int((candidate.predictions == reference.predictions).sum()) / max(1, reference.predictions.numel())
+    agreement = int((candidate.predictions == reference.predictions).sum()) / max(
+        1, reference.predictions.numel()
+    )
     admitted = increase <= limits.max_perplexity_increase and agreement >= limits.min_agreement
     return QualityReport(
         text_sha256=SUPPORT_TEXT_SHA256,

@@ -25,12 +25,17 @@ def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class Int8Linear(nn.Module):
     """``y = x @ (q * scale).T + bias`` with int8 ``q``; activations in ``scale``'s dtype."""
 
+    weight_int8: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(self, in_features: int, out_features: int, *, bias: bool, dtype: torch.dtype) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.register_buffer("weight_int8", torch.empty((out_features, in_features), dtype=torch.int8))
         self.register_buffer("scale", torch.empty(out_features, dtype=dtype))
-        self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype), requires_grad=False) if bias else None
+        self.bias = (
+            nn.Parameter(torch.empty(out_features, dtype=dtype), requires_grad=False) if bias else None
+        )
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, *, dtype: torch.dtype) -> Int8Linear:
@@ -54,6 +59,9 @@ class Int8Linear(nn.Module):
 
 class Int8Embedding(nn.Module):
     """An embedding table in int8 with per-row scales, times a constant (Gemma scales embeddings)."""
+
+    weight_int8: torch.Tensor
+    scale: torch.Tensor
 
     def __init__(self, num: int, dim: int, *, dtype: torch.dtype, multiplier: float = 1.0) -> None:
         super().__init__()
@@ -99,7 +107,10 @@ def _swap(model: nn.Module, *, dtype: torch.dtype, quantize: bool) -> None:
         head.weight is embedding.weight or bool(getattr(text_config, "tie_word_embeddings", False))
     )
     new_embedding = Int8Embedding(
-        embedding.num_embeddings, embedding.embedding_dim, dtype=dtype, multiplier=_embed_multiplier(embedding)
+        embedding.num_embeddings,
+        embedding.embedding_dim,
+        dtype=dtype,
+        multiplier=_embed_multiplier(embedding),
     )
     if quantize:
         q, scale = quantize_rows(embedding.weight)
@@ -116,8 +127,16 @@ def _swap(model: nn.Module, *, dtype: torch.dtype, quantize: bool) -> None:
                     replacements.append((parent, name, Int8Linear.from_linear(child, dtype=dtype)))
                 else:
                     replacements.append(
-                        (parent, name, Int8Linear(child.in_features, child.out_features,
-                                                  bias=child.bias is not None, dtype=dtype))
+                        (
+                            parent,
+                            name,
+                            Int8Linear(
+                                child.in_features,
+                                child.out_features,
+                                bias=child.bias is not None,
+                                dtype=dtype,
+                            ),
+                        )
                     )
     for parent, name, module in replacements:
         setattr(parent, name, module)

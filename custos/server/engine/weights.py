@@ -53,7 +53,7 @@ def read_file(path: Path, *, size: int | None = None, sha256: str | None = None)
     storage = torch.empty(actual + _DATA_ALIGNMENT, dtype=torch.uint8)
     shift = (-(storage.data_ptr() + data_start)) % _DATA_ALIGNMENT
     buffer = storage[shift : shift + actual]
-    view = memoryview(buffer.numpy())
+    view = buffer.numpy().data
     digest = hashlib.sha256()
     with path.open("rb", buffering=0) as f:
         done = 0
@@ -125,14 +125,16 @@ def read_cache(cache_dir: Path, manifest: Manifest, *, verify: bool) -> dict[str
             if name == WEIGHTS_NAME:
                 continue
             if path.stat().st_size != entry.size or sha256_file(path) != entry.sha256:
-                raise ModelCacheError(f"model cache file {path} was altered (digest mismatch); {PREPARE_HINT}")
-    entry = expected.get(WEIGHTS_NAME)
-    if entry is None:
+                raise ModelCacheError(
+                    f"model cache file {path} was altered (digest mismatch); {PREPARE_HINT}"
+                )
+    listed = expected.get(WEIGHTS_NAME)
+    if listed is None:
         raise ModelCacheError(f"model cache {cache_dir} has no {WEIGHTS_NAME}; {PREPARE_HINT}")
     buffer = read_file(
         cache_dir / WEIGHTS_NAME,
-        size=entry.size if verify else None,
-        sha256=entry.sha256 if verify else None,
+        size=listed.size if verify else None,
+        sha256=listed.sha256 if verify else None,
     )
     return safetensors_views(buffer)
 
@@ -166,7 +168,9 @@ def build_model(
     missing = [k for k in result.missing_keys if not (tied and not int8 and k == "lm_head.weight")]
     if missing or result.unexpected_keys:
         first = (missing or result.unexpected_keys)[0]
-        raise ModelCacheError(f"model cache {cache_dir} does not fit its config (tensor {first}); {PREPARE_HINT}")
+        raise ModelCacheError(
+            f"model cache {cache_dir} does not fit its config (tensor {first}); {PREPARE_HINT}"
+        )
     if tied and not int8:
         model.lm_head.weight = model.get_input_embeddings().weight
     if (Path(cache_dir) / "generation_config.json").is_file():
@@ -176,8 +180,17 @@ def build_model(
 
 
 _TOKENIZER_KEYS = (
-    "bos_token", "eos_token", "unk_token", "pad_token", "mask_token", "additional_special_tokens",
-    "extra_special_tokens", "model_max_length", "padding_side", "add_bos_token", "add_eos_token",
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "pad_token",
+    "mask_token",
+    "additional_special_tokens",
+    "extra_special_tokens",
+    "model_max_length",
+    "padding_side",
+    "add_bos_token",
+    "add_eos_token",
 )
 
 
