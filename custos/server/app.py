@@ -389,6 +389,7 @@ def build_components(settings: Settings, *, progress: ProgressFn | None = None) 
     from custos.privacy.analyzer import build_analyzer
     from custos.server.engine.cache import prepare_model
     from custos.server.engine.hf import TransformersEngine
+    from custos.server.engine.quality import QualityLimits
     from custos.server.engine.scheduler import BatchingEngine
 
     cache_root = ensure_private_dir(settings.resolved_model_cache_dir)
@@ -399,9 +400,14 @@ def build_components(settings: Settings, *, progress: ProgressFn | None = None) 
         prompt_format=settings.prompt_format,
         progress=progress,
         rebuild_invalid=False,
+        verify_existing=False,
+        limits=QualityLimits(
+            max_perplexity_increase=settings.quality_max_perplexity_increase,
+            min_agreement=settings.quality_min_greedy_agreement,
+        ),
     )
-    # prepare_model has just verified the cache digest (and refused a cache that does not match it).
-    model = TransformersEngine.from_cache(cache_dir, device=settings.device, verify=False)
+    # Verifies the cache digest while reading the weights (and refuses a cache that does not match it).
+    model = TransformersEngine.from_cache(cache_dir, device=settings.device, verify=True)
     engine = BatchingEngine(model, max_batch=settings.max_batch_size, max_queue=settings.max_queued_requests)
     analyzer = build_analyzer(
         spacy_model=settings.spacy_model,

