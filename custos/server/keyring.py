@@ -20,7 +20,13 @@ from sqlalchemy import Engine, delete, func, select
 from custos.audit.checkpoints import SIGNING_KEY_FILE
 from custos.audit.db import translate_db_errors
 from custos.audit.events import AuditEvent
-from custos.audit.models import ConversationVaultRow, SubjectKeyRow, TranscriptRow
+from custos.audit.models import (
+    AuditRecordRow,
+    ConversationVaultRow,
+    IdempotencyRow,
+    SubjectKeyRow,
+    TranscriptRow,
+)
 from custos.audit.store import AuditStore
 from custos.privacy.errors import KeyFileError, PrivacyError
 from custos.privacy.keys import (
@@ -156,7 +162,15 @@ class SubjectService:
 
     def _destroy(self, subject_ref: str) -> tuple[bool, int]:
         destroyed = self.subject_keys.erase(subject_ref)
+        self._delete_stored_replies(subject_ref)
         return destroyed, self._vault.erase_subject(subject_ref)
+
+    def _delete_stored_replies(self, subject_ref: str) -> int:
+        """Delete the stored idempotency replies of the subject's requests (sealed by a master key)."""
+        requests = select(AuditRecordRow.request_id).where(AuditRecordRow.subject_ref == subject_ref)
+        with translate_db_errors(), self._engine.begin() as conn:
+            deleted = conn.execute(delete(IdempotencyRow).where(IdempotencyRow.request_id.in_(requests)))
+        return int(deleted.rowcount or 0)
 
     def erase(self, subject_ref: str, *, actor: str, rpc: str) -> ErasureResult:
         """Destroy the subject's key and vault rows, audit it, and append it to the ledger."""

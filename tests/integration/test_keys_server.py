@@ -40,10 +40,17 @@ def rows_at(database: Path, sql: str) -> list[tuple[Any, ...]]:
         return list(conn.execute(sql))
 
 
-def generate(harness: ServerHarness, channel: grpc.Channel, subject_id: str, conversation: str) -> str:
+def generate(
+    harness: ServerHarness,
+    channel: grpc.Channel,
+    subject_id: str,
+    conversation: str,
+    idempotency_key: str | None = None,
+) -> str:
     request = inference_pb2.GenerateRequest(
         conversation_id=conversation,
         subject_id=subject_id,
+        idempotency_key=idempotency_key,
         messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content="I am John Smith, where is it?")],
         parameters=inference_pb2.GenerationParameters(max_new_tokens=8),
     )
@@ -72,8 +79,8 @@ def test_transcripts_read_with_a_reason_and_erasure_shreds_one_subject(server: S
     officer = server.channel_for("compliance-transcripts")
     plain_compliance = server.channel_for("compliance")
     admin = server.channel_for("admin")
-    id_a = generate(server, inference, "customer-a", "conv-a")
-    id_b = generate(server, inference, "customer-b", "conv-b")
+    id_a = generate(server, inference, "customer-a", "conv-a", idempotency_key="retry-a")
+    id_b = generate(server, inference, "customer-b", "conv-b", idempotency_key="retry-b")
 
     stored = rows(server, "SELECT id, format_version, ciphertext FROM transcripts")
     assert {r["format_version"] for r in stored} == {FORMAT_SUBJECT}
@@ -124,6 +131,10 @@ def test_transcripts_read_with_a_reason_and_erasure_shreds_one_subject(server: S
         info.value.details() or ""
     )
     assert get_transcript(officer, id_b, "ticket 9").messages[0].content.startswith("I am John Smith")
+    # The stored idempotency reply of A's request (sealed by the master key) goes with A; B's stays.
+    replies = rows(server, "SELECT request_id FROM idempotency_keys")
+    b_requests = rows(server, f"SELECT request_id FROM audit_records WHERE transcript_id = '{id_b}'")
+    assert [r["request_id"] for r in replies] == [b_requests[0]["request_id"]]
     again = erase(admin_pb2.EraseSubjectRequest(subject_id="customer-a").SerializeToString(), timeout=30)
     assert not again.subject_key_destroyed and again.subject_ref == result.subject_ref
     erasures = rows(server, "SELECT * FROM audit_records WHERE event_type = 'erase_subject' ORDER BY seq")
