@@ -121,24 +121,12 @@ def compose_copy(tmp_path: Path) -> Path:
     return target
 
 
-def keys_init_available() -> bool:
-    result = subprocess.run(
-        [str(BIN / "custos"), "keys", "init", "--help"], capture_output=True, timeout=60, check=False
-    )
-    return result.returncode == 0
-
-
 def test_init_secrets_makes_every_referenced_file(compose_copy: Path, tmp_path: Path) -> None:
     env = {
         **os.environ,
         "PATH": f"{BIN}:{os.environ['PATH']}",
         "OWNER": f"{os.getuid()}:{os.getgid()}",
     }
-    if not keys_init_available():
-        # `custos keys init` comes with the key-management work; until then, bring an existing key file.
-        source = tmp_path / "existing-master.json"
-        FileKeyProvider.load_or_create(source)
-        env["CUSTOS_MASTER_KEY_SOURCE"] = str(source)
     result = subprocess.run(
         [str(compose_copy / "init-secrets.sh"), "custos.example"],
         env=env,
