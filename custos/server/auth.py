@@ -72,6 +72,9 @@ RPC_PERMISSIONS: Mapping[str, str] = MappingProxyType(
         "/custos.v1.Audit/Verify": "audit.read",
         "/custos.v1.Audit/Export": "audit.read",
         "/custos.v1.Privacy/Anonymize": "anonymize",
+        "/custos.v1.Inference/Classify": "classify",
+        "/custos.v1.Feedback/Submit": "feedback.submit",
+        "/custos.v1.Feedback/Satisfaction": "feedback.read",
     }
 )
 # "message.field" -> the permission a request needs when that field is set.

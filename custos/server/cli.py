@@ -16,6 +16,8 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from custos.server.audit_cli import audit_app, bench_app, report_app
 from custos.server.cli_common import ConfigOpt, DataDirOpt, err, out, settings_or_exit
 from custos.server.cli_security import certs_app, tokens_app
+from custos.server.eval_cli import eval_app
+from custos.server.feedback_cli import report_satisfaction
 from custos.server.settings import Settings
 
 app = typer.Typer(
@@ -30,6 +32,9 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(model_app, name="model")
 app.add_typer(certs_app, name="certs")
 app.add_typer(tokens_app, name="tokens")
+app.add_typer(eval_app, name="eval")
+# ``report satisfaction`` is registered on report_app by its module.
+assert report_satisfaction is not None
 
 _settings = settings_or_exit
 

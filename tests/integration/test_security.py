@@ -49,6 +49,9 @@ EMPTY_REQUEST_CODE = {
     "/custos.v1.Audit/Verify": grpc.StatusCode.OK,
     "/custos.v1.Audit/Export": grpc.StatusCode.OK,
     "/custos.v1.Privacy/Anonymize": grpc.StatusCode.INVALID_ARGUMENT,
+    "/custos.v1.Inference/Classify": grpc.StatusCode.INVALID_ARGUMENT,
+    "/custos.v1.Feedback/Submit": grpc.StatusCode.INVALID_ARGUMENT,
+    "/custos.v1.Feedback/Satisfaction": grpc.StatusCode.OK,
 }
 METHODS = [(f"/{s.full_name}/{m.name}", m.server_streaming) for s in SERVICES for m in s.methods]
 CALLERS = [None, "no-roles", *sorted(EXPECTED_ROLES)]
