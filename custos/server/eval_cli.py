@@ -27,7 +27,9 @@ eval_app = typer.Typer(
     help="Measure Classify: accuracy, macro-F1, calibration and latency against baselines; fairness.",
     invoke_without_command=True,
 )
-LabelSetOpt = Annotated[str, typer.Option("--label-set", help="Configured label set the data is labelled with.")]
+LabelSetOpt = Annotated[
+    str, typer.Option("--label-set", help="Configured label set the data is labelled with.")
+]
 # A 200-character customer message for the latency measurement (no personal data: the prompt stays fixed).
 LATENCY_MESSAGE = (
     "Hello, I ordered a winter jacket and a pair of boots two weeks ago and nothing has arrived so far. "
@@ -73,7 +75,7 @@ def eval_classify(
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Accuracy, macro-F1, confusion matrix and ECE of Classify beside majority-class and keyword baselines."""
+    """Accuracy, macro-F1, confusion matrix and ECE of Classify beside two baselines."""
     if ctx.invoked_subcommand is not None:
         return
     from custos.tasks.eval import EvalDataError, bundled_dataset, evaluate, load_examples, write_plots
@@ -144,7 +146,9 @@ def eval_classify(
         table.add_row(r.name, f"{r.accuracy:.3f}", f"{r.macro_f1:.3f}", f"{r.ece:.3f}")
     console = _console()
     console.print(table)
-    confusion = Table("gold \\ predicted", *[str(i) for i in range(len(report.labels))], title="Confusion matrix")
+    confusion = Table(
+        "gold \\ predicted", *[str(i) for i in range(len(report.labels))], title="Confusion matrix"
+    )
     for i, row in enumerate(report.confusion("classify (calibrated)")):
         confusion.add_row(f"{i} {report.labels[i]}", *[str(v) if v else "." for v in row])
     console.print(confusion)

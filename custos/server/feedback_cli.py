@@ -11,11 +11,22 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from custos.server.audit_cli import CaOpt, ServerOpt, TokenOpt, _backend, _fail, _Local, _parse_time, report_app
+from custos.server.audit_cli import (
+    CaOpt,
+    ServerOpt,
+    TokenOpt,
+    _backend,
+    _fail,
+    _Local,
+    _parse_time,
+    report_app,
+)
 from custos.server.cli_common import ConfigOpt, DataDirOpt, out
 
 
-def _remote_rows(backend: Any, since: datetime | None, until: datetime | None, period: str) -> list[dict[str, Any]]:
+def _remote_rows(
+    backend: Any, since: datetime | None, until: datetime | None, period: str
+) -> list[dict[str, Any]]:
     from google.protobuf.timestamp_pb2 import Timestamp
 
     from custos.v1 import feedback_pb2, feedback_pb2_grpc
@@ -66,7 +77,7 @@ def report_satisfaction(
     if isinstance(backend, _Local):
         backend.record("cli.report", {"report": "satisfaction", "period": period})
         store = FeedbackStore(backend.store.engine)
-        rows = [asdict(r) for r in store.satisfaction(since=start, until=end, period=period)]  # type: ignore[arg-type]
+        rows = [asdict(r) for r in store.satisfaction(since=start, until=end, period=period)]
     else:
         rows = _remote_rows(backend, start, end, period)
     if output == "json":
@@ -83,5 +94,3 @@ def report_satisfaction(
             f"{row['satisfied']:.0%}",
         )
     (out if out.is_terminal else Console(width=160)).print(table)
-
-

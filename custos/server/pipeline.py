@@ -44,7 +44,13 @@ from custos.server.requests import (
 )
 from custos.tasks.feedback import FeedbackEntry, FeedbackStore, task_of
 from custos.tasks.labels import LabelSet, LabelSetRegistry, distribution
-from custos.tasks.templates import CONVERSATION, TaskTemplate, TemplateError, TemplateRegistry, conversation_text
+from custos.tasks.templates import (
+    CONVERSATION,
+    TaskTemplate,
+    TemplateError,
+    TemplateRegistry,
+    conversation_text,
+)
 
 T = TypeVar("T")
 TRANSCRIPT_TABLE = "transcripts"
@@ -331,7 +337,8 @@ class Pipeline:
         """What the engine gets: the anonymized messages, or the task's template filled with them."""
         count = len(call.turns)
         turns = tuple(
-            ChatTurn(role=t.role, content=text) for t, text in zip(call.turns, anon.texts[:count], strict=True)
+            ChatTurn(role=t.role, content=text)
+            for t, text in zip(call.turns, anon.texts[:count], strict=True)
         )
         template = self.check_task(call)
         if template is None:
@@ -351,7 +358,7 @@ class Pipeline:
         return {"template": template.to_audit(), "variables": [n for n, _ in call.variables]}
 
     async def classify(self, call: ClassifyCall, caller: Caller, *, rpc: str = "Classify") -> ClassifyOutcome:
-        """Anonymize the message, score every label as a continuation of one prompt, audit the distribution."""
+        """Anonymize, score every label as a continuation of one prompt, audit the distribution."""
         start_time = datetime.now(UTC)
         timings = _Timings()
         label_set = self.resolve_label_set(call)
@@ -360,7 +367,14 @@ class Pipeline:
         subject_ref = self._subject_ref(caller, request)
         try:
             decision = await self._privacy_step(
-                request, caller, rpc, start_time, timings, conversation_ref, subject_ref, event_type="classify"
+                request,
+                caller,
+                rpc,
+                start_time,
+                timings,
+                conversation_ref,
+                subject_ref,
+                event_type="classify",
             )
         except (RequestError, AuditUnavailable):
             raise
@@ -454,7 +468,9 @@ class Pipeline:
         assert outcome is not None
         return outcome
 
-    async def submit_feedback(self, call: FeedbackCall, caller: Caller, *, rpc: str = "Submit") -> FeedbackOutcome:
+    async def submit_feedback(
+        self, call: FeedbackCall, caller: Caller, *, rpc: str = "Submit"
+    ) -> FeedbackOutcome:
         """Link a rating (and the anonymized comment) to the caller's own request record, audited."""
         start_time = datetime.now(UTC)
         record = await self._run(self._feedback.request_record, self._audit, call.request_id)
@@ -495,7 +511,9 @@ class Pipeline:
                 "linked_request_id": record.id,
                 "rating": call.rating,
                 "task": entry.task,
-                "comment_digest": blind_index(self._keys.index_key(), "feedback", comment) if comment else None,
+                "comment_digest": blind_index(self._keys.index_key(), "feedback", comment)
+                if comment
+                else None,
                 "pii": {"findings": findings},
             },
         )

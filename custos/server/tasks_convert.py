@@ -36,7 +36,9 @@ def classify_call_from_pb(request: inference_pb2.ClassifyRequest, limits: Reques
             raise InvalidArgument("labels", f"give 2..{MAX_LABELS} labels")
         for index, label in enumerate(labels):
             if not label.strip() or len(label) > MAX_LABEL_CHARS or not label.isprintable():
-                raise InvalidArgument(f"labels[{index}]", f"must be 1..{MAX_LABEL_CHARS} printable characters")
+                raise InvalidArgument(
+                    f"labels[{index}]", f"must be 1..{MAX_LABEL_CHARS} printable characters"
+                )
         if len(set(labels)) != len(labels):
             raise InvalidArgument("labels", "must be unique")
     return ClassifyCall(

@@ -123,9 +123,8 @@ class ScriptedEngine(Engine):
             decode_seconds=0.002,
         )
 
-
     def score_continuations(self, prefix: str, continuations: Sequence[str]) -> ContinuationScores:
-        """A deterministic stand-in for log-likelihood: -1 per word of the continuation absent from the prefix."""
+        """A deterministic stand-in for log-likelihood: -1 per continuation word absent from the prefix."""
         self.prefixes.append(prefix)
         words = set(prefix.lower().split())
         scores = tuple(-float(sum(w not in words for w in c.lower().split())) for c in continuations)

@@ -53,8 +53,10 @@ def load_examples(path: Path) -> list[Example]:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 raise EvalDataError(f"{path}:{number}: not JSON") from None
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not isinstance(
-                row.get("label"), str
+            if (
+                not isinstance(row, dict)
+                or not isinstance(row.get("text"), str)
+                or not isinstance(row.get("label"), str)
             ):
                 raise EvalDataError(f"{path}:{number}: needs string fields 'text' and 'label'")
             examples.append(Example(row["text"], row["label"]))
@@ -258,9 +260,7 @@ def evaluate(
     calibration_scores = scores[: len(calibration_split)]
     evaluation_scores = scores[len(calibration_split) :]
     index = {name: i for i, name in enumerate(label_set.names)}
-    fitted = fit_calibration(
-        calibration_scores, [index[e.label] for e in calibration_split], label_set.names
-    )
+    fitted = fit_calibration(calibration_scores, [index[e.label] for e in calibration_split], label_set.names)
     systems = [
         majority_baseline(calibration_split, evaluation_split),
         keyword_baseline(label_set, calibration_split, evaluation_split),

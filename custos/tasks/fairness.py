@@ -68,7 +68,10 @@ class NamePair:
         """Which attributes differ: origin, gender or both."""
         parts = [
             kind
-            for kind, a, b in (("origin", self.first[1], self.second[1]), ("gender", self.first[2], self.second[2]))
+            for kind, a, b in (
+                ("origin", self.first[1], self.second[1]),
+                ("gender", self.first[2], self.second[2]),
+            )
             if a != b
         ]
         return "+".join(parts) or "name"

@@ -101,7 +101,9 @@ def summarise(entries: Iterable[FeedbackEntry], period: Period = "day") -> list[
             mean_rating=sum(ratings) / len(ratings),
             satisfied=sum(r >= SATISFIED_MIN for r in ratings) / len(ratings),
         )
-        for (task, model, start), ratings in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][0], kv[0][1]))
+        for (task, model, start), ratings in sorted(
+            groups.items(), key=lambda kv: (kv[0][2], kv[0][0], kv[0][1])
+        )
     ]
 
 

@@ -63,7 +63,10 @@ def distribution(
     if calibration is None:
         return softmax(scores)
     return softmax(
-        [s / calibration.temperature + calibration.bias.get(n, 0.0) for s, n in zip(scores, names, strict=True)]
+        [
+            s / calibration.temperature + calibration.bias.get(n, 0.0)
+            for s, n in zip(scores, names, strict=True)
+        ]
     )
 
 

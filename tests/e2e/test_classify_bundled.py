@@ -19,11 +19,16 @@ def test_classify_beats_both_baselines_on_the_bundled_set(bundled_engine: Transf
 
     def score(text: str) -> list[float]:
         anonymized = pseudonymizer.pseudonymize([text]).texts[0]
-        return list(bundled_engine.score_continuations(intents.prefix(anonymized), intents.continuations()).logprobs)
+        return list(
+            bundled_engine.score_continuations(intents.prefix(anonymized), intents.continuations()).logprobs
+        )
 
     report = evaluate(load_examples(bundled_dataset()), intents, score)
     for result in report.results:
-        print(f"{result.name}: accuracy {result.accuracy:.3f} macro-F1 {result.macro_f1:.3f} ECE {result.ece:.3f}")
+        print(
+            f"{result.name}: accuracy {result.accuracy:.3f} "
+            f"macro-F1 {result.macro_f1:.3f} ECE {result.ece:.3f}"
+        )
     calibrated = report.result(CLASSIFY_CALIBRATED)
     baselines = [report.result("majority class"), report.result("keyword")]
     assert all(calibrated.accuracy > b.accuracy for b in baselines)

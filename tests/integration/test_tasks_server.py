@@ -98,13 +98,17 @@ def test_bad_task_requests_are_refused_and_audited(
     harness, _ = scripted
     messages = [] if "task" in fields else [common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content="hi")]
     with pytest.raises(grpc.RpcError) as err:
-        harness.inference.Generate(inference_pb2.GenerateRequest(conversation_id="c", messages=messages, **fields))
+        harness.inference.Generate(
+            inference_pb2.GenerateRequest(conversation_id="c", messages=messages, **fields)
+        )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details().startswith(field)
     assert audit(harness, "invalid")[-1]["payload"]["details"]["field"] == field
 
 
-def test_classify_returns_a_distribution_and_audits_it(scripted: tuple[ServerHarness, ScriptedEngine]) -> None:
+def test_classify_returns_a_distribution_and_audits_it(
+    scripted: tuple[ServerHarness, ScriptedEngine],
+) -> None:
     harness, engine = scripted
     message = f"I am {NAME} ({EMAIL}) and I was charged twice, please refund me"
     request = inference_pb2.ClassifyRequest(
@@ -197,9 +201,17 @@ def test_feedback_is_linked_anonymized_and_reported(
     # Someone else's request, an unknown id, a rating out of range.
     other = feedback_pb2_grpc.FeedbackStub(harness.channel_for("inference", principal="other"))
     for stub, request, code in (
-        (other, feedback_pb2.FeedbackRequest(request_id=answered.request_id, rating=3), grpc.StatusCode.NOT_FOUND),
+        (
+            other,
+            feedback_pb2.FeedbackRequest(request_id=answered.request_id, rating=3),
+            grpc.StatusCode.NOT_FOUND,
+        ),
         (feedback, feedback_pb2.FeedbackRequest(request_id="nope", rating=3), grpc.StatusCode.NOT_FOUND),
-        (feedback, feedback_pb2.FeedbackRequest(request_id=answered.request_id, rating=6), grpc.StatusCode.INVALID_ARGUMENT),
+        (
+            feedback,
+            feedback_pb2.FeedbackRequest(request_id=answered.request_id, rating=6),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
     ):
         with pytest.raises(grpc.RpcError) as err:
             stub.Submit(request)
@@ -210,7 +222,11 @@ def test_feedback_is_linked_anonymized_and_reported(
     )
     by_task = {r.task: r for r in report.rows}
     assert set(by_task) == {"sentiment", "classify:ad-hoc"}
-    assert (by_task["sentiment"].count, by_task["sentiment"].mean_rating, by_task["sentiment"].satisfied) == (1, 5.0, 1.0)
+    assert (by_task["sentiment"].count, by_task["sentiment"].mean_rating, by_task["sentiment"].satisfied) == (
+        1,
+        5.0,
+        1.0,
+    )
     assert by_task["classify:ad-hoc"].satisfied == 0.0
 
     result = CliRunner().invoke(

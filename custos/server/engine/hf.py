@@ -313,7 +313,9 @@ class TransformersEngine(Engine):
         """Score ``continuations`` after ``prefix`` in one batched pass (see :mod:`.scoring`)."""
         with self._tokenizer_lock:
             prefix_ids = self._tokenizer(prefix, add_special_tokens=True, split_special_tokens=True)
-            endings = [self._tokenizer(c, add_special_tokens=False, split_special_tokens=True) for c in continuations]
+            endings = [
+                self._tokenizer(c, add_special_tokens=False, split_special_tokens=True) for c in continuations
+            ]
         ids = [list(e["input_ids"]) for e in endings]
         longest = max((len(i) for i in ids), default=0)
         if len(prefix_ids["input_ids"]) + longest > self._context_tokens:

@@ -38,7 +38,9 @@ def tiny() -> TransformersEngine:
 def test_batched_scores_equal_full_forward_passes(tiny: TransformersEngine) -> None:
     # The prefix is longer than the tiny model's sliding window (16), so the cache reuse crosses it.
     scores = tiny.score_continuations(PREFIX, LABELS)
-    assert scores.tokens == tuple(len(tiny.tokenizer(e, add_special_tokens=False)["input_ids"]) for e in LABELS)
+    assert scores.tokens == tuple(
+        len(tiny.tokenizer(e, add_special_tokens=False)["input_ids"]) for e in LABELS
+    )
     for got, ending in zip(scores.logprobs, LABELS, strict=True):
         assert got == pytest.approx(reference(tiny, PREFIX, ending), abs=1e-3)
 

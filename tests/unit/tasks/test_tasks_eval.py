@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from custos.tasks.eval import (
+    Example,
     accuracy,
     bundled_dataset,
     confusion_matrix,
@@ -18,7 +19,6 @@ from custos.tasks.eval import (
     macro_f1,
     majority_baseline,
     write_plots,
-    Example,
 )
 from custos.tasks.labels import Label, LabelSet, LabelSetRegistry
 
@@ -61,7 +61,10 @@ def test_baselines() -> None:
 
 
 def test_evaluate_runs_all_systems_on_the_same_split() -> None:
-    examples = [Example(f"where is it {i}" if i % 2 else f"money back {i}", "track" if i % 2 else "refund") for i in range(20)]
+    examples = [
+        Example(f"where is it {i}" if i % 2 else f"money back {i}", "track" if i % 2 else "refund")
+        for i in range(20)
+    ]
 
     def score(text: str) -> list[float]:  # a perfect "model"
         return [0.0, -3.0] if "money" in text else [-3.0, 0.0]
@@ -85,7 +88,7 @@ def test_bundled_set_is_large_labelled_and_has_personal_data() -> None:
 def test_bad_lines_name_the_line(tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"text": "hi", "label": "a"}) + "\n{oops\n")
-    with pytest.raises(ValueError, match="d.jsonl:2"):
+    with pytest.raises(ValueError, match=r"d\.jsonl:2"):
         load_examples(path)
 
 

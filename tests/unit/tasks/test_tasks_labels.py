@@ -15,7 +15,9 @@ def test_bundled_label_sets() -> None:
     assert registry.ids == ["intents", "next-best-action", "sentiment"]
     intents = registry.get("intents")
     assert len(intents.labels) == 12 and intents.calibration is None
-    assert intents.prefix("Where is  my\nparcel?").endswith("Where is my parcel?\nThe customer wants help with:")
+    assert intents.prefix("Where is  my\nparcel?").endswith(
+        "Where is my parcel?\nThe customer wants help with:"
+    )
     assert all(c.startswith(" ") for c in intents.continuations())
 
 

@@ -37,7 +37,9 @@ def test_answer_renders_examples_then_the_question_with_and_without_policy() -> 
 
 def test_catalogue_and_literal_dollar_signs() -> None:
     template = TemplateRegistry.load().get("next-best-action")
-    turns = template.render({"conversation": "Customer: I paid $5 too much, ${x}"}, catalogue=["refund", "call"])
+    turns = template.render(
+        {"conversation": "Customer: I paid $5 too much, ${x}"}, catalogue=["refund", "call"]
+    )
     assert "- refund\n- call" in turns[-1].content
     assert "I paid $5 too much, ${x}" in turns[-1].content  # never a second substitution
 
@@ -59,7 +61,9 @@ def test_override_directory_replaces_by_id_and_changes_version_and_hash(tmp_path
     (tmp_path / "sentiment.toml").write_text(
         'id = "sentiment"\nversion = 2\nvariables = ["message"]\nprompt = "Mood of: ${message}"\n'
     )
-    (tmp_path / "greet.toml").write_text('id = "greet"\nversion = 1\nvariables = ["name"]\nprompt = "Hi ${name}"\n')
+    (tmp_path / "greet.toml").write_text(
+        'id = "greet"\nversion = 1\nvariables = ["name"]\nprompt = "Hi ${name}"\n'
+    )
     registry = TemplateRegistry.load(tmp_path)
     replaced = registry.get("sentiment")
     assert (replaced.version, replaced.sha256 != bundled.sha256) == (2, True)
@@ -73,7 +77,10 @@ def test_override_directory_replaces_by_id_and_changes_version_and_hash(tmp_path
         ('id = "x"\nversion = 0\nprompt = "p"\n', "version"),
         ('id = "X Y"\nversion = 1\nprompt = "p"\n', "id"),
         ('id = "x"\nversion = 1\nprompt = "${nope}"\n', "prompt"),
-        ('id = "x"\nversion = 1\nprompt = "p"\nvariables = ["a"]\n[[examples]]\nanswer = "y"\n', "examples[0]"),
+        (
+            'id = "x"\nversion = 1\nprompt = "p"\nvariables = ["a"]\n[[examples]]\nanswer = "y"\n',
+            "examples[0]",
+        ),
         ("id = ", "not valid TOML"),
     ],
 )
