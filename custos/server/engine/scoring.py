@@ -60,21 +60,56 @@ def score_continuations(
             start = len(prefix_ids)
             positions = torch.arange(start, start + width - 1, device=device).expand(rows, -1)
             mask = torch.ones((rows, start + width - 1), dtype=torch.long, device=device)
-            out = model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=positions,
-                use_cache=True,
-                **{cache_kwarg: cache},
+            rows_at = [i for i, tokens in enumerate(continuations) for _ in range(len(tokens) - 1)]
+            cols_at = [j for tokens in continuations for j in range(len(tokens) - 1)]
+            targets = torch.tensor(
+                [t for tokens in continuations for t in tokens[1:]], dtype=torch.long, device=device
             )
-            logits = out.logits.float()
-            norm = torch.logsumexp(logits, dim=-1)  # [rows, width - 1]
-            for i, tokens in enumerate(continuations):
-                for j in range(1, len(tokens)):
-                    totals[i] += float(logits[i, j - 1, tokens[j]] - norm[i, j - 1])
+            hidden = _hidden_states(model, cache_kwarg, ids, mask, positions, cache)
+            if hidden is not None:
+                # The vocabulary projection dominates: run it only where a label token is predicted.
+                picked = hidden[torch.tensor(rows_at), torch.tensor(cols_at)]
+                logits = _project(model, picked)
+            else:
+                full = model(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    use_cache=True,
+                    **{cache_kwarg: cache},
+                ).logits
+                logits = full[torch.tensor(rows_at), torch.tensor(cols_at)].float()
+            logprobs = logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
+            for row, value in zip(rows_at, logprobs.tolist(), strict=True):
+                totals[row] += value
     return ContinuationScores(
         logprobs=tuple(totals),
         tokens=tuple(len(c) for c in continuations),
         prefix_tokens=len(prefix_ids),
         seconds=time.perf_counter() - started,
     )
+
+
+def _hidden_states(model: Any, cache_kwarg: str, ids: Any, mask: Any, positions: Any, cache: Any) -> Any:
+    """The decoder's last hidden states, or None when the model does not expose its decoder and head."""
+    import inspect
+
+    body = getattr(model, "base_model", None)
+    if body is None or body is model or model.get_output_embeddings() is None:
+        return None
+    params = inspect.signature(body.forward).parameters
+    if cache_kwarg not in params:
+        return None
+    out = body(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_kwarg: cache})
+    return out.last_hidden_state
+
+
+def _project(model: Any, hidden: Any) -> Any:
+    """Logits for ``hidden`` ([positions, width]) as the model's own head computes them, in float32."""
+    import torch
+
+    logits = model.get_output_embeddings()(hidden).float()
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits

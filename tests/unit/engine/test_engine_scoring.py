@@ -55,19 +55,21 @@ def test_probabilities_sum_to_one_and_are_reproducible(tiny: TransformersEngine)
 
 
 def test_the_prefix_runs_once(tiny: TransformersEngine, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[tuple[int, int]] = []
-    forward = tiny.model.forward
+    calls: list[tuple[int, ...]] = []
+    decoder = tiny.model.base_model
+    forward = decoder.forward
 
     def counting(*args: object, **kwargs: object) -> object:
         ids = kwargs["input_ids"]
         assert isinstance(ids, torch.Tensor)
-        calls.append(tuple(ids.shape))  # type: ignore[arg-type]
+        calls.append(tuple(ids.shape))
         return forward(*args, **kwargs)
 
-    monkeypatch.setattr(tiny.model, "forward", counting)
+    monkeypatch.setattr(decoder, "forward", counting)
     tiny.score_continuations(PREFIX, LABELS)
-    assert len(calls) == 2  # the prefix once, then every label in one batch
-    assert calls[1][0] == len(LABELS)
+    prefix_tokens = len(tiny.tokenizer(PREFIX)["input_ids"])
+    # The prefix once, then every label in one batch (each label but its last token).
+    assert calls == [(1, prefix_tokens), (len(LABELS), max(len(x) for x in LABELS) - 1)]
 
 
 def test_single_token_labels_need_only_the_prefix_pass(tiny: TransformersEngine) -> None:
