@@ -100,7 +100,9 @@ def _hidden_states(model: Any, cache_kwarg: str, ids: Any, mask: Any, positions:
     params = inspect.signature(body.forward).parameters
     if cache_kwarg not in params:
         return None
-    out = body(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_kwarg: cache})
+    out = body(
+        input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_kwarg: cache}
+    )
     return out.last_hidden_state
 
 
