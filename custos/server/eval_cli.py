@@ -33,7 +33,7 @@ LabelSetOpt = Annotated[
 # A 200-character customer message for the latency measurement (no personal data: the prompt stays fixed).
 LATENCY_MESSAGE = (
     "Hello, I ordered a winter jacket and a pair of boots two weeks ago and nothing has arrived so far. "
-    "The tracking page has not changed for six days. Could you please check what is happening with it?"
+    "The tracking page has not changed for six days. Could you please check what is happening with it now?"
 )
 
 
