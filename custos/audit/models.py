@@ -25,11 +25,13 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from custos.audit.events import MAX_LENGTHS
 
-__all__ = ["AccessTokenRow", "AuditRecordRow", "Base", "IdempotencyRow", "TranscriptRow", "UTCDateTime"]
 __all__ = [
+    "AccessTokenRow",
     "AuditRecordRow",
     "Base",
     "ConversationVaultRow",
+    "FeedbackRow",
+    "IdempotencyRow",
     "SubjectKeyRow",
     "TranscriptRow",
     "UTCDateTime",
@@ -197,3 +199,23 @@ class SubjectKeyRow(Base):
     wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     rewrapped_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class FeedbackRow(Base):
+    """A customer-satisfaction rating linked to a request record; the comment is stored anonymized.
+
+    ``task`` and ``model`` are copied from the request record when the feedback arrives, so satisfaction by
+    task, model and period is one query on this table.
+    """
+
+    __tablename__ = "feedback"
+    __table_args__ = (CheckConstraint("rating BETWEEN 1 AND 5", name="rating_range"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    request_id: Mapped[str] = mapped_column(_str("request_id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    rating: Mapped[int] = mapped_column(Integer)
+    comment: Mapped[str | None] = mapped_column(String(8000))
+    task: Mapped[str] = mapped_column(String(128), index=True)
+    model: Mapped[str | None] = mapped_column(_str("model"))
+    actor: Mapped[str] = mapped_column(_str("actor"))

@@ -48,11 +48,15 @@ from custos.server.privacy_servicer import PrivacyServicer
 from custos.server.privacy_stage import PrivacyStage, ReidentifyCheck
 from custos.server.purposes import PurposePolicy
 from custos.server.requests import Caller
-from custos.server.servicers import AdminServicer, AuditServicer, InferenceServicer, raw_bytes_handler
+from custos.server.servicers import AdminServicer, AuditServicer, raw_bytes_handler
 from custos.server.settings import Settings
 from custos.server.subject_access import SubjectAccess
+from custos.server.tasks_servicer import FeedbackServicer, TaskInferenceServicer
 from custos.server.tls import ReloadingCredentials
 from custos.server.tokens import TokenStore
+from custos.tasks.feedback import FeedbackStore
+from custos.tasks.labels import LabelSetRegistry
+from custos.tasks.templates import TemplateRegistry
 from custos.v1 import admin_pb2, audit_pb2, feedback_pb2, inference_pb2, privacy_pb2
 
 log = logging.getLogger("custos.server")
@@ -205,6 +209,9 @@ class CustosServer:
             executor=self._executor,
             metrics=self.metrics,
             retention_class=settings.retention_class,
+            templates=TemplateRegistry.load(settings.task_templates_dir),
+            label_sets=LabelSetRegistry.load(settings.label_sets_dir),
+            feedback=(feedback := FeedbackStore(db)),
         )
         self.components.engine.observe(self.metrics)
         limits = RequestLimits(
@@ -240,7 +247,7 @@ class CustosServer:
             executor=self._executor,
         )
         servicers: dict[str, Any] = {
-            "Inference": InferenceServicer(
+            "Inference": TaskInferenceServicer(
                 pipeline,
                 limits,
                 max_request_bytes=settings.max_request_bytes,
@@ -250,6 +257,7 @@ class CustosServer:
             "Audit": AuditServicer(ComplianceService(self.trail, self._executor), access),
             "Admin": AdminServicer(access),
             "Privacy": PrivacyServicer(pipeline, limits, max_request_bytes=settings.max_request_bytes),
+            "Feedback": FeedbackServicer(pipeline, feedback, self.audit, self._executor),
         }
         server.add_generic_rpc_handlers(
             tuple(raw_bytes_handler(service, servicers.get(service.name)) for service in SERVICES)

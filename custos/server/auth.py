@@ -75,6 +75,9 @@ RPC_PERMISSIONS: Mapping[str, str] = MappingProxyType(
         "/custos.v1.Audit/GetTranscript": "transcript.read",
         "/custos.v1.Admin/EraseSubject": "subjects.admin",
         "/custos.v1.Admin/ExportSubject": "subjects.admin",
+        "/custos.v1.Inference/Classify": "classify",
+        "/custos.v1.Feedback/Submit": "feedback.submit",
+        "/custos.v1.Feedback/Satisfaction": "feedback.read",
     }
 )
 # "message.field" -> the permission a request needs when that field is set.

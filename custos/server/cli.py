@@ -18,6 +18,8 @@ from custos.server.cli_common import ConfigOpt, DataDirOpt, err, out, settings_o
 from custos.server.cli_security import certs_app, tokens_app
 from custos.server.health_cli import health
 from custos.server.keys_cli import bench_keys, keys_app, subjects_app, transcripts_app
+from custos.server.eval_cli import eval_app
+from custos.server.feedback_cli import report_satisfaction
 from custos.server.settings import Settings
 
 app = typer.Typer(
@@ -37,6 +39,9 @@ app.add_typer(subjects_app, name="subjects")
 app.add_typer(transcripts_app, name="transcripts")
 bench_app.command("keys")(bench_keys)
 app.command("health")(health)
+app.add_typer(eval_app, name="eval")
+# ``report satisfaction`` is registered on report_app by its module.
+assert report_satisfaction is not None
 
 _settings = settings_or_exit
 

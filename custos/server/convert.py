@@ -80,7 +80,13 @@ def _check_id(value: str, field: str, *, required: bool) -> None:
 def generate_call_from_pb(request: inference_pb2.GenerateRequest, limits: RequestLimits) -> GenerateCall:
     """Validate a GenerateRequest and convert it to the domain request."""
     _check_id(request.conversation_id, "conversation_id", required=True)
-    if not request.messages:
+    task: str | None = None
+    if request.HasField("task"):
+        _check_id(request.task, "task", required=True)
+        task = request.task
+    elif request.variables:
+        raise InvalidArgument("variables", "only allowed with a task")
+    if not request.messages and task is None:
         raise InvalidArgument("messages", "at least one message is required")
     if len(request.messages) > limits.max_messages:
         raise InvalidArgument("messages", f"more than {limits.max_messages} messages")
@@ -96,6 +102,12 @@ def generate_call_from_pb(request: inference_pb2.GenerateRequest, limits: Reques
             raise InvalidArgument(f"messages[{index}].content", "must not be empty")
         total_chars += len(message.content)
         turns.append(ChatTurn(role=role, content=message.content))
+    for name, value in sorted(request.variables.items()):
+        if not name or len(name) > MAX_STOP_CHARS or not name.isidentifier():
+            raise InvalidArgument("variables", "names must be identifiers of 1..64 characters")
+        if not value.strip():
+            raise InvalidArgument(f"variables[{name}]", "must not be empty")
+        total_chars += len(value)
     if total_chars > limits.max_prompt_chars:
         raise InvalidArgument("messages", f"total content exceeds {limits.max_prompt_chars} characters")
 
@@ -156,6 +168,8 @@ def generate_call_from_pb(request: inference_pb2.GenerateRequest, limits: Reques
         idempotency_key=idempotency_key,
         privacy_mode=privacy_mode,
         block_entities=block_entities,
+        task=task,
+        variables=tuple(sorted(request.variables.items())),
     )
 
 

@@ -27,17 +27,31 @@ from custos.privacy.subject_keys import SubjectKeyStore
 from custos.privacy.transcripts import TRANSCRIPT_FORMAT, seal_transcript, transcript_aad
 from custos.server.engine.base import Engine
 from custos.server.engine.types import ChatTurn, EngineBusy, GenerationResult
-from custos.server.errors import RequestError
+from custos.server.errors import InvalidArgument, NotFound, RequestError
 from custos.server.metrics import Metrics
 from custos.server.privacy_stage import AnonymizeOutcome, PrivacyDecision, PrivacyRefusal, PrivacyStage
 from custos.server.requests import (
     Caller,
+    ClassifyCall,
+    ClassifyOutcome,
+    FeedbackCall,
+    FeedbackOutcome,
     GenerateCall,
     GenerateOutcome,
+    LabelScore,
     StreamDelta,
     StreamEvent,
     StreamFinished,
     StreamStarted,
+)
+from custos.tasks.feedback import FeedbackEntry, FeedbackStore, task_of
+from custos.tasks.labels import LabelSet, LabelSetRegistry, distribution
+from custos.tasks.templates import (
+    CONVERSATION,
+    TaskTemplate,
+    TemplateError,
+    TemplateRegistry,
+    conversation_text,
 )
 
 T = TypeVar("T")
@@ -73,6 +87,9 @@ class Pipeline:
         metrics: Metrics,
         retention_class: str,
         privacy: PrivacyStage | None = None,
+        templates: TemplateRegistry | None = None,
+        label_sets: LabelSetRegistry | None = None,
+        feedback: FeedbackStore | None = None,
     ) -> None:
         self._pseudonymizer = pseudonymizer
         self._privacy = privacy if privacy is not None else PrivacyStage(pseudonymizer)
@@ -83,6 +100,9 @@ class Pipeline:
         self._executor = executor
         self._metrics = metrics
         self._retention_class = retention_class
+        self.templates = templates if templates is not None else TemplateRegistry.load()
+        self.label_sets = label_sets if label_sets is not None else LabelSetRegistry.load()
+        self._feedback = feedback if feedback is not None else FeedbackStore(audit.engine)
         # spaCy pipelines are not documented as thread-safe; analysis is serialised until it moves to a pool.
         self._privacy_lock = threading.Lock()
 
@@ -161,9 +181,7 @@ class Pipeline:
         yield StreamStarted(request_id=request_id, redaction=anon.counts())
 
         # 3 generate from the anonymized conversation; 4 guard: restore placeholders only when asked.
-        anon_turns = tuple(
-            ChatTurn(role=t.role, content=text) for t, text in zip(call.turns, anon.texts, strict=True)
-        )
+        anon_turns = self._model_turns(call, anon)
         restorer = self._privacy.restorer(anon.mapping, reidentify=call.reidentify)
         run = _EngineRun(self._engine, self._executor, anon_turns, call, deadline)
         sent: list[str] = []
@@ -291,6 +309,217 @@ class Pipeline:
         )
         return await self._run(self._audit.append, event)
 
+    # ---- tasks, Classify and feedback ---------------------------------------------------------------
+
+    def check_task(self, call: GenerateCall) -> TaskTemplate | None:
+        """The call's template after checking its variables; InvalidArgument naming the field otherwise."""
+        if call.task is None:
+            return None
+        try:
+            template = self.templates.get(call.task)
+            template.check_variables([n for n, _ in call.variables], has_messages=bool(call.turns))
+        except TemplateError as exc:
+            raise InvalidArgument(exc.field, exc.problem) from None
+        return template
+
+    def resolve_label_set(self, call: ClassifyCall) -> LabelSet:
+        """The configured label set the call names, or an uncalibrated ad hoc one from its labels."""
+        if call.label_set is None:
+            return LabelSet.ad_hoc(call.labels)
+        try:
+            return self.label_sets.get(call.label_set)
+        except TemplateError as exc:
+            raise InvalidArgument(exc.field, exc.problem) from None
+
+    def _model_turns(self, call: GenerateCall, anon: Pseudonymized) -> tuple[ChatTurn, ...]:
+        """What the engine gets: the anonymized messages, or the task's template filled with them."""
+        count = len(call.turns)
+        turns = tuple(
+            ChatTurn(role=t.role, content=text)
+            for t, text in zip(call.turns, anon.texts[:count], strict=True)
+        )
+        template = self.check_task(call)
+        if template is None:
+            return turns
+        values = dict(zip([n for n, _ in call.variables], anon.texts[count:], strict=True))
+        if CONVERSATION in template.required and CONVERSATION not in values:
+            values[CONVERSATION] = conversation_text(turns)
+        catalogue: list[str] = []
+        if template.catalogue is not None:
+            catalogue = self.label_sets.get(template.catalogue).names
+        return template.render(values, catalogue=catalogue)
+
+    def _task_details(self, call: GenerateCall) -> dict[str, Any]:
+        template = self.check_task(call)
+        if template is None:
+            return {}
+        return {"template": template.to_audit(), "variables": [n for n, _ in call.variables]}
+
+    async def classify(self, call: ClassifyCall, caller: Caller, *, rpc: str = "Classify") -> ClassifyOutcome:
+        """Anonymize, score every label as a continuation of one prompt, audit the distribution."""
+        start_time = datetime.now(UTC)
+        timings = _Timings()
+        label_set = self.resolve_label_set(call)
+        request = call.request
+        conversation_ref = self._conversation_ref(caller, request.conversation_id)
+        subject_ref = self._subject_ref(caller, request)
+        try:
+            decision = await self._privacy_step(
+                request,
+                caller,
+                rpc,
+                start_time,
+                timings,
+                conversation_ref,
+                subject_ref,
+                event_type="classify",
+            )
+        except (RequestError, AuditUnavailable):
+            raise
+        except Exception as exc:
+            await self._record_failure(caller, rpc, start_time, stage="privacy", error=exc)
+            raise
+        anon = decision.anon
+        prefix = label_set.prefix(anon.texts[0])
+        details = {
+            "messages": 1,
+            "purpose": request.purpose,
+            "pii": {"counts": anon.counts(), "findings": [f.to_audit() for f in anon.findings]},
+            "model_info": self._engine.info.to_audit(),
+            "label_set": {**label_set.to_audit(), "labels": label_set.names},
+            "prompt_digest": blind_index(self._keys.index_key(), "prompt", prefix),
+            "retention_class": self._retention_class,
+            **decision.audit,
+        }
+        request_record = await self._timed(
+            timings,
+            "audit",
+            self._audit.append,
+            self._event(
+                "request",
+                caller,
+                rpc,
+                start_time,
+                status="OK",
+                event_type="classify",
+                conversation_ref=conversation_ref,
+                subject_ref=subject_ref,
+                details=details,
+            ),
+        )
+        status = "INTERNAL"
+        outcome: ClassifyOutcome | None = None
+        classification: dict[str, Any] = {}
+        try:
+            scores = await self._timed(
+                timings, "score", self._engine.score_continuations, prefix, label_set.continuations()
+            )
+            probabilities = distribution(scores.logprobs, label_set.names, label_set.calibration)
+            ranked = sorted(
+                zip(label_set.names, probabilities, scores.logprobs, strict=True), key=lambda r: -r[1]
+            )
+            outcome = ClassifyOutcome(
+                request_id=request_record.id,
+                label=ranked[0][0],
+                distribution=tuple(LabelScore(n, p, lp) for n, p, lp in ranked),
+                calibrated=label_set.calibration is not None,
+                label_set=label_set.id,
+                label_set_version=label_set.version,
+                redaction=anon.counts(),
+            )
+            classification = {
+                "label": outcome.label,
+                "distribution": {n: round(p, 6) for n, p, _ in ranked},
+                "logprobs": {n: round(lp, 4) for n, _, lp in ranked},
+                "label_tokens": dict(zip(label_set.names, scores.tokens, strict=True)),
+                "calibrated": outcome.calibrated,
+                "calibration": label_set.calibration.to_audit() if label_set.calibration else None,
+            }
+            status = "OK"
+            usage = {"prompt_tokens": scores.prefix_tokens, "label_tokens": sum(scores.tokens)}
+        except EngineBusy:
+            status = "RESOURCE_EXHAUSTED"
+            raise
+        finally:
+            completion = self._event(
+                "completion",
+                caller,
+                rpc,
+                start_time,
+                status=status,
+                event_type="classify",
+                request_id=request_record.id,
+                conversation_ref=conversation_ref,
+                subject_ref=subject_ref,
+                details={
+                    "request_id": request_record.id,
+                    "error": None if status == "OK" else "classification failed",
+                    "classification": classification,
+                    "usage": usage if status == "OK" else {},
+                    "latency_ms": timings.as_ms(),
+                    "retention_class": self._retention_class,
+                },
+            )
+            await asyncio.shield(asyncio.ensure_future(self._run(self._audit.append, completion)))
+        for stage, seconds in timings.stages.items():
+            self._metrics.stage_latency.labels(stage=stage).observe(seconds)
+        assert outcome is not None
+        return outcome
+
+    async def submit_feedback(
+        self, call: FeedbackCall, caller: Caller, *, rpc: str = "Submit"
+    ) -> FeedbackOutcome:
+        """Link a rating (and the anonymized comment) to the caller's own request record, audited."""
+        start_time = datetime.now(UTC)
+        record = await self._run(self._feedback.request_record, self._audit, call.request_id)
+        if record is None or record.actor != caller.principal:
+            # Someone else's request is reported as missing: the caller learns nothing about it.
+            raise NotFound("request_id: no Generate or Classify request with this id from this caller")
+        comment: str | None = None
+        findings: list[dict[str, object]] = []
+        if call.comment is not None:
+            conversation_ref = record.conversation_ref or self._conversation_ref(caller, call.request_id)
+            try:
+                decision = await self._run(
+                    lambda: self._privacy.run([call.comment or ""], conversation_ref, mode="mask")
+                )
+            except PrivacyRefusal as refusal:
+                raise refusal.error from None
+            comment = decision.anon.texts[0]
+            findings = [f.to_audit() for f in decision.anon.findings]
+        entry = FeedbackEntry.new(
+            request_id=record.id,
+            rating=call.rating,
+            comment=comment,
+            task=task_of(record),
+            model=record.model,
+            actor=caller.principal,
+        )
+        event = self._event(
+            "event",
+            caller,
+            rpc,
+            start_time,
+            status="OK",
+            event_type="feedback",
+            conversation_ref=record.conversation_ref,
+            subject_ref=record.subject_ref,
+            details={
+                "feedback_id": entry.id,
+                "linked_request_id": record.id,
+                "rating": call.rating,
+                "task": entry.task,
+                "comment_digest": blind_index(self._keys.index_key(), "feedback", comment)
+                if comment
+                else None,
+                "pii": {"findings": findings},
+            },
+        )
+        # The audit record first: feedback exists only once its record is durable.
+        await self._run(self._audit.append, event)
+        await self._run(self._feedback.add, entry)
+        return FeedbackOutcome(feedback_id=entry.id, request_id=record.id, comment=comment)
+
     # ---- steps ----------------------------------------------------------------------------------
 
     async def _privacy_step(
@@ -312,7 +541,7 @@ class Pipeline:
                 timings,
                 "privacy",
                 lambda: self._privacy.run(
-                    [t.content for t in call.turns],
+                    call.privacy_texts(),
                     conversation_ref,
                     mode="block" if call.privacy_mode == "block" else "mask",
                     block_entities=call.block_entities,
@@ -422,8 +651,14 @@ class Pipeline:
                 "format": TRANSCRIPT_FORMAT,
                 "messages": [{"role": t.role, "content": t.content} for t in call.turns],
                 "anonymized_messages": [
-                    {"role": t.role, "content": text} for t, text in zip(call.turns, anon.texts, strict=True)
+                    {"role": t.role, "content": text}
+                    for t, text in zip(call.turns, anon.texts[: len(call.turns)], strict=True)
                 ],
+                "task": call.task,
+                "variables": dict(call.variables),
+                "anonymized_variables": dict(
+                    zip([n for n, _ in call.variables], anon.texts[len(call.turns) :], strict=True)
+                ),
                 "anonymized_answer": model_text,
                 "answer": answer,
             },
@@ -462,6 +697,7 @@ class Pipeline:
             "pii": {"counts": anon.counts(), "findings": [f.to_audit() for f in anon.findings]},
             "model_info": self._engine.info.to_audit(),
             "retention_class": self._retention_class,
+            **self._task_details(call),
         }
 
     def _event(
@@ -488,7 +724,7 @@ class Pipeline:
             actor=caller.principal,
             rpc=rpc,
             status=status,
-            model=self._engine.info.name if event_type == "generate" else None,
+            model=self._engine.info.name if event_type in ("generate", "classify") else None,
             conversation_ref=conversation_ref,
             subject_ref=subject_ref,
             transcript_id=transcript_id,

@@ -36,6 +36,14 @@ class GenerateCall:
     privacy_mode: str = "mask"
     #: Entity types that block the request in "block" mode; empty: the configured ones.
     block_entities: tuple[str, ...] = ()
+    #: Task template id; ``None`` for free-form generation from ``turns``.
+    task: str | None = None
+    #: The task's variables as (name, value) pairs, sorted by name; anonymized like messages.
+    variables: tuple[tuple[str, str], ...] = ()
+
+    def privacy_texts(self) -> list[str]:
+        """Everything the privacy step anonymizes: message contents, then variable values."""
+        return [*(t.content for t in self.turns), *(value for _, value in self.variables)]
 
 
 @dataclass(frozen=True)
@@ -75,3 +83,52 @@ class StreamFinished:
 
 
 StreamEvent = StreamStarted | StreamDelta | StreamFinished
+
+
+@dataclass(frozen=True)
+class ClassifyCall:
+    """One Classify request, validated; ``request`` carries the message as one user turn for step 1."""
+
+    request: GenerateCall
+    label_set: str | None
+    labels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    """One label of a Classify answer."""
+
+    label: str
+    probability: float
+    logprob: float
+
+
+@dataclass(frozen=True)
+class ClassifyOutcome:
+    """What the caller receives for a Classify call; ``distribution`` is most probable first."""
+
+    request_id: str
+    label: str
+    distribution: tuple[LabelScore, ...]
+    calibrated: bool
+    label_set: str
+    label_set_version: int
+    redaction: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FeedbackCall:
+    """One Feedback.Submit request, validated."""
+
+    request_id: str
+    rating: int
+    comment: str | None = None
+
+
+@dataclass(frozen=True)
+class FeedbackOutcome:
+    """The stored feedback: its id and the comment as stored (anonymized)."""
+
+    feedback_id: str
+    request_id: str
+    comment: str | None

@@ -273,6 +273,16 @@ class Settings(BaseSettings):
         description="Streaming holds back the current sentence, at most this many characters, so names are "
         "recognised before they leave; 0 holds back only placeholders and pattern values.",
     )
+    task_templates_dir: Path | None = Field(
+        None,
+        description="Directory of task-template TOML files; a file with the id of a bundled template "
+        "replaces it, others add tasks. Unset: only the bundled templates.",
+    )
+    label_sets_dir: Path | None = Field(
+        None,
+        description="Directory of Classify label-set TOML files (with optional calibration); same id "
+        "replaces a bundled set. Unset: only the bundled label sets.",
+    )
 
     @field_validator("listen")
     @classmethod

@@ -18,6 +18,7 @@ from presidio_analyzer import AnalyzerEngine
 from custos.server.app import Components, CustosServer
 from custos.server.clientauth import BearerInterceptor
 from custos.server.engine.base import Engine
+from custos.server.engine.scoring import ContinuationScores
 from custos.server.engine.types import ChatTurn, FinishReason, GenerationResult, ModelInfo, SamplingParams
 from custos.server.settings import load_settings
 from custos.v1 import audit_pb2_grpc, inference_pb2_grpc
@@ -31,6 +32,7 @@ class SpyEngine(Engine):
         self.info = inner.info
         self.prompts: list[str] = []
         self.turns: list[tuple[ChatTurn, ...]] = []
+        self.prefixes: list[str] = []
 
     def render_prompt(self, turns: Sequence[ChatTurn]) -> str:
         """Delegate to the real engine."""
@@ -53,6 +55,11 @@ class SpyEngine(Engine):
         self.prompts.append(self.inner.render_prompt(turns))
         return self.inner.generate(turns, params, on_text=on_text, cancelled=cancelled)
 
+    def score_continuations(self, prefix: str, continuations: Sequence[str]) -> ContinuationScores:
+        """Record the exact prefix, then score with the real engine."""
+        self.prefixes.append(prefix)
+        return self.inner.score_continuations(prefix, continuations)
+
 
 class ScriptedEngine(Engine):
     """A fake model limited to the real interface: answers with a fixed text, a few characters at a time."""
@@ -62,6 +69,7 @@ class ScriptedEngine(Engine):
         self.chunk = chunk
         self.step_delay = step_delay
         self.calls: list[tuple[ChatTurn, ...]] = []
+        self.prefixes: list[str] = []
         self.info = ModelInfo(
             name="scripted",
             source_sha256="0" * 64,
@@ -113,6 +121,18 @@ class ScriptedEngine(Engine):
             min_logprob=-1.0,
             prefill_seconds=0.001,
             decode_seconds=0.002,
+        )
+
+    def score_continuations(self, prefix: str, continuations: Sequence[str]) -> ContinuationScores:
+        """A deterministic stand-in for log-likelihood: -1 per continuation word absent from the prefix."""
+        self.prefixes.append(prefix)
+        words = set(prefix.lower().split())
+        scores = tuple(-float(sum(w not in words for w in c.lower().split())) for c in continuations)
+        return ContinuationScores(
+            logprobs=scores,
+            tokens=tuple(len(c.split()) for c in continuations),
+            prefix_tokens=len(prefix.split()),
+            seconds=0.0,
         )
 
 

@@ -75,6 +75,10 @@ def message_strategy(descriptor: Descriptor, depth: int = 3) -> st.SearchStrateg
     optional: dict[str, st.SearchStrategy[Any]] = {}
     for field in descriptor.fields:
         value: st.SearchStrategy[Any]
+        if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
+            key, item = field.message_type.fields_by_name["key"], field.message_type.fields_by_name["value"]
+            optional[field.name] = st.dictionaries(_scalar(key), _scalar(item), max_size=4)
+            continue
         if field.type == FieldDescriptor.TYPE_MESSAGE:
             if depth == 0:
                 continue

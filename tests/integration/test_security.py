@@ -52,6 +52,9 @@ EMPTY_REQUEST_CODE = {
     "/custos.v1.Audit/GetTranscript": grpc.StatusCode.INVALID_ARGUMENT,
     "/custos.v1.Admin/EraseSubject": grpc.StatusCode.INVALID_ARGUMENT,
     "/custos.v1.Admin/ExportSubject": grpc.StatusCode.INVALID_ARGUMENT,
+    "/custos.v1.Inference/Classify": grpc.StatusCode.INVALID_ARGUMENT,
+    "/custos.v1.Feedback/Submit": grpc.StatusCode.INVALID_ARGUMENT,
+    "/custos.v1.Feedback/Satisfaction": grpc.StatusCode.OK,
 }
 METHODS = [(f"/{s.full_name}/{m.name}", m.server_streaming) for s in SERVICES for m in s.methods]
 CALLERS = [None, "no-roles", *sorted(EXPECTED_ROLES)]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from custos.server.engine.types import ChatTurn, GenerationResult, ModelInfo, SamplingParams
 
 if TYPE_CHECKING:
+    from custos.server.engine.scoring import ContinuationScores
     from custos.server.metrics import Metrics
 
 
@@ -51,3 +52,11 @@ class Engine(ABC):
         stops with finish reason ``cancelled``. Raises :class:`PromptTooLong` when the prompt plus
         ``params.max_new_tokens`` exceeds :attr:`context_tokens`.
         """
+
+    def score_continuations(self, prefix: str, continuations: Sequence[str]) -> ContinuationScores:
+        """Log-likelihood of each continuation after ``prefix`` (raw text, no prompt format); blocks.
+
+        Used by Classify. Raises :class:`PromptTooLong` when the prefix and the longest continuation do not
+        fit :attr:`context_tokens`; engines that cannot score raise NotImplementedError.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot score continuations")

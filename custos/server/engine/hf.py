@@ -22,6 +22,7 @@ from custos.server.engine.base import Engine
 from custos.server.engine.cache import INT8_PRECISIONS, PRECISIONS, Manifest, load_manifest
 from custos.server.engine.prompt import PromptFormat, get_prompt_format
 from custos.server.engine.sampling import choose_token, make_generator
+from custos.server.engine.scoring import ContinuationScores, score_continuations
 from custos.server.engine.streaming import TextStream
 from custos.server.engine.types import (
     ChatTurn,
@@ -320,6 +321,26 @@ class TransformersEngine(Engine):
             on_text=on_text,
         )
         return state
+
+    def score_continuations(self, prefix: str, continuations: Sequence[str]) -> ContinuationScores:
+        """Score ``continuations`` after ``prefix`` in one batched pass (see :mod:`.scoring`)."""
+        with self._tokenizer_lock:
+            prefix_ids = self._tokenizer(prefix, add_special_tokens=True, split_special_tokens=True)
+            endings = [
+                self._tokenizer(c, add_special_tokens=False, split_special_tokens=True) for c in continuations
+            ]
+        ids = [list(e["input_ids"]) for e in endings]
+        longest = max((len(i) for i in ids), default=0)
+        if len(prefix_ids["input_ids"]) + longest > self._context_tokens:
+            raise PromptTooLong(
+                prompt_tokens=len(prefix_ids["input_ids"]),
+                max_new_tokens=longest,
+                context_tokens=self._context_tokens,
+            )
+        with self._lock:
+            return score_continuations(
+                self._model, list(prefix_ids["input_ids"]), ids, cache_kwarg=self._cache_kwarg
+            )
 
     def _acquire(self, cancelled: Callable[[], bool]) -> bool:
         """Take the engine lock, giving up if the request is cancelled while it waits."""

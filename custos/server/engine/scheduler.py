@@ -38,6 +38,7 @@ from custos.server.engine.types import (
 )
 
 if TYPE_CHECKING:
+    from custos.server.engine.scoring import ContinuationScores
     from custos.server.metrics import Metrics
 
 
@@ -123,6 +124,10 @@ class BatchingEngine(Engine):
     def count_prompt_tokens(self, turns: Sequence[ChatTurn]) -> int:
         """Tokens of the full prompt for ``turns``."""
         return self.inner.count_prompt_tokens(turns)
+
+    def score_continuations(self, prefix: str, continuations: Sequence[str]) -> ContinuationScores:
+        """Score on the inner engine (one short forward pass beside the decode loop, not queued)."""
+        return self.inner.score_continuations(prefix, continuations)
 
     def observe(self, metrics: Metrics) -> None:
         """Report queue depth and wait, time to first token, inter-token latency and tokens/s."""

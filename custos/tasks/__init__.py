@@ -1,0 +1,1 @@
+"""Customer-service tasks: prompt templates, Classify label sets and calibration, feedback, evaluation."""
