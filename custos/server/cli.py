@@ -16,10 +16,10 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from custos.server.audit_cli import audit_app, bench_app, report_app
 from custos.server.cli_common import ConfigOpt, DataDirOpt, err, out, settings_or_exit
 from custos.server.cli_security import certs_app, tokens_app
-from custos.server.health_cli import health
-from custos.server.keys_cli import bench_keys, keys_app, subjects_app, transcripts_app
 from custos.server.eval_cli import eval_app
 from custos.server.feedback_cli import report_satisfaction
+from custos.server.health_cli import health
+from custos.server.keys_cli import bench_keys, keys_app, subjects_app, transcripts_app
 from custos.server.settings import Settings
 
 app = typer.Typer(
