@@ -8,7 +8,9 @@ Contract:
 * Overlapping detections are merged, never trimmed: the union of the overlapping spans is masked, so no
   character any recognizer flagged reaches the model. The merged span takes the entity type, score and
   explanation of the winning detection: the highest score, then the longest span, then the earliest start,
-  then the entity type name alphabetically (so ties are deterministic).
+  then the entity type name alphabetically (so ties are deterministic). One exception: when that winner is a
+  statistical named-entity fragment (PERSON, LOCATION, ORGANIZATION, NRP) and another detection covers the
+  whole union, the covering one names it (a name found whole beats two fragments of it tagged as places).
 * Anything in the input that looks like a placeholder (``<PERSON_1>`` typed by a user) is neutralised before
   analysis by turning its angle brackets into U+2039/U+203A single guillemets (same length, so offsets stay
   valid), so restore can never turn user text into another value. ``restore(anonymized, mapping)`` yields
@@ -263,6 +265,10 @@ def _recognizer_name(result: RecognizerResult) -> str:
     return explanation.recognizer if explanation is not None else "unknown"
 
 
+# Types a statistical NER model tags; its fragments of a longer detection yield to the whole.
+_NAMED_ENTITY_TYPES = frozenset({"PERSON", "LOCATION", "ORGANIZATION", "NRP"})
+
+
 def _winner_key(result: RecognizerResult) -> tuple[float, int, int, str, str]:
     # min() picks: highest score, longest span, earliest start, then entity type and recognizer name
     # alphabetically, so the choice never depends on the order recognizers ran in.
@@ -291,9 +297,13 @@ def merge_overlaps(results: Sequence[RecognizerResult]) -> list[MergedSpan]:
             group_end = result.end
     spans = []
     for group in groups:
+        start, end = min(r.start for r in group), max(r.end for r in group)
         winner = min(group, key=_winner_key)
+        covering = [r for r in group if r.start == start and r.end == end]
+        if covering and winner not in covering and winner.entity_type in _NAMED_ENTITY_TYPES:
+            winner = min(covering, key=_winner_key)
         others = tuple(r for r in group if r is not winner)
-        spans.append(MergedSpan(min(r.start for r in group), max(r.end for r in group), winner, others))
+        spans.append(MergedSpan(start, end, winner, others))
     return spans
 
 

@@ -245,6 +245,20 @@ TEXT = "0123456789abcdefghij"
             id="contained-higher-score-names-the-union",
         ),
         pytest.param(
+            [
+                detection("LOCATION", 0, 5, 0.85),
+                detection("LOCATION", 6, 16, 0.85),
+                detection("PERSON", 0, 16, 0.7),
+            ],
+            [(0, 16, "PERSON")],
+            id="name-found-whole-beats-place-fragments",
+        ),
+        pytest.param(
+            [detection("LOCATION", 0, 10, 0.5), detection("PERSON", 2, 5, 0.9)],
+            [(0, 10, "LOCATION")],
+            id="covering-detection-beats-a-named-entity-fragment",
+        ),
+        pytest.param(
             [detection("PERSON", 0, 6, 0.85), detection("LOCATION", 4, 10, 0.6)],
             [(0, 10, "PERSON")],
             id="partial-overlap-masks-the-union",

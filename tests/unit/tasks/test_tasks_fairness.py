@@ -48,11 +48,6 @@ def test_the_check_names_what_survives_the_real_anonymizer(pseudonymizer: Pseudo
     assert not any(w.startswith("<") for w in report.surviving)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the bundled spaCy pipeline tags 'Washington' in 'Jamal Washington' as a LOCATION and misses the "
-    "name after 'my name is'; 90.5 % of pairs are identical (custos eval fairness lists it)",
-)
 def test_anonymization_makes_every_name_swapped_pair_identical(pseudonymizer: Pseudonymizer) -> None:
     report = run(pseudonymizer)
     assert (report.surviving, report.retyped) == ({}, {})
