@@ -261,6 +261,7 @@ def _backend(
 def _row(record: Any) -> dict[str, Any]:
     """A record (StoredRecord or protobuf AuditRecord) as a flat dict for printing."""
     from custos.audit.canonical import format_timestamp
+    from custos.audit.chain import TYPED_FIELDS
 
     if hasattr(record, "payload_json") and hasattr(record, "ListFields"):
         body = json.loads(record.payload_json)
@@ -276,26 +277,7 @@ def _row(record: Any) -> dict[str, Any]:
         }
         return row
     row = {}
-    for name in (
-        "seq",
-        "id",
-        "event_type",
-        "phase",
-        "request_id",
-        "start_time",
-        "end_time",
-        "actor",
-        "rpc",
-        "status",
-        "model",
-        "conversation_ref",
-        "subject_ref",
-        "transcript_id",
-        "purpose",
-        "retention_class",
-        "prev_hash",
-        "row_hash",
-    ):
+    for name in ("seq", "id", *TYPED_FIELDS, "purpose", "retention_class", "prev_hash", "row_hash"):
         value = getattr(record, name, None)
         row[name] = format_timestamp(value) if isinstance(value, datetime) else value
     row["details"] = dict(record.details)
