@@ -144,13 +144,25 @@ if [ -n "$HIDDEN_PARENT" ]; then
     mount --rbind "$VOLUME_DIR/shown" "$HIDDEN_PARENT"
 fi
 mount --bind "$VOLUME_DIR" /mnt
+if [ -n "$CHECKOUT_UNDER_TMP" ]; then
+    # /tmp becomes an empty tmpfs below, as in the container: keep a checkout that lives under /tmp (the
+    # install and the entry point) reachable at its path, read-only like the rest.
+    mkdir -p /mnt/.checkout
+    mount --bind "$CHECKOUT_UNDER_TMP" /mnt/.checkout
+fi
 for dir in /mnt/models /mnt/model; do mount --bind "$dir" "$dir"; mount -o remount,bind,ro "$dir"; done
 for target in $(findmnt -rno TARGET | sort -u); do
     case "$target" in /proc*|/sys*|/dev*|/mnt|/mnt/data) continue ;; esac
     mount -o remount,bind,ro "$target" 2>/dev/null || true
 done
 mount -t tmpfs -o mode=1777,size=256m tmpfs /tmp
+if [ -n "$CHECKOUT_UNDER_TMP" ]; then
+    mkdir -p "$CHECKOUT_UNDER_TMP"
+    mount --bind /mnt/.checkout "$CHECKOUT_UNDER_TMP"
+    mount -o remount,bind,ro "$CHECKOUT_UNDER_TMP"
+fi
 as_user() { setpriv --reuid "$RUN_UID" --regid "$RUN_UID" --clear-groups --inh-caps=-all "$@"; }
+if ! as_user test -x "$VENV_BIN/custos"; then echo "install not visible to the user" >&2; exit 5; fi
 if as_user touch "$VENV_BIN/.written" 2>/dev/null; then echo "install is writable" >&2; exit 3; fi
 # setpriv execs the entry point, which execs custos: $! is the server process itself.
 setpriv --reuid "$RUN_UID" --regid "$RUN_UID" --clear-groups --inh-caps=-all "$ENTRYPOINT" serve \
@@ -229,6 +241,7 @@ def test_entrypoint_serves_as_uid_10001_with_a_read_only_root(tmp_path: Path) ->
             "ENTRYPOINT": str(ENTRYPOINT),
             "VENV_BIN": str(BIN),
             "HIDDEN_PARENT": hidden_parent,
+            "CHECKOUT_UNDER_TMP": str(ROOT) if ROOT.is_relative_to("/tmp") else "",
             "HIDDEN_CHILD": hidden_child,
         },
         capture_output=True,
