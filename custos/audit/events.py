@@ -9,8 +9,9 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from types import MappingProxyType
+from typing import Any
 
 __all__ = [
     "MAX_LENGTHS",
@@ -132,6 +133,32 @@ class AuditEvent:
     record_id: str | None = None
     """Optional id for the new record, for callers that must know it before the append (e.g. to correlate a
     completion or to print it in an error); a fresh uuid4 when ``None``."""
+
+    @classmethod
+    def single(
+        cls,
+        event_type: str,
+        *,
+        actor: str,
+        rpc: str,
+        details: Mapping[str, object],
+        started: datetime | None = None,
+        status: str = "OK",
+        **fields: Any,
+    ) -> AuditEvent:
+        """A single ``event`` record of something that ran from ``started`` (default: now) until now."""
+        now = datetime.now(UTC)
+        return cls(
+            event_type=event_type,
+            phase="event",
+            start_time=started or now,
+            end_time=now,
+            actor=actor,
+            rpc=rpc,
+            status=status,
+            details=details,
+            **fields,
+        )
 
     def __post_init__(self) -> None:
         try:

@@ -403,14 +403,13 @@ def _decode_key(encoded: object, name: str, bad: Callable[[str], KeyFileError]) 
     return key
 
 
-def _write_new_file(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically, mode 0600, raising FileExistsError if ``path`` exists.
+def _write_durably(path: Path, data: bytes, place: Callable[[Path, Path], None]) -> None:
+    """Write ``data`` durably at ``path`` through a 0600 temporary file that ``place`` moves or links there.
 
-    The bytes go to a temporary file in the same directory first (fsynced), which is then hard-linked to
-    ``path``: linking fails if ``path`` exists, so a reader sees either no file or the complete one.
+    The temporary file is fsynced before ``place`` and removed whatever happens; then the directory is
+    fsynced.
     """
-    directory = path.parent
-    temporary = directory / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    temporary = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
     try:
         try:
@@ -422,32 +421,7 @@ def _write_new_file(path: Path, data: bytes) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.link(temporary, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _replace_file(path: Path, data: bytes) -> None:
-    """Write ``data`` to a 0600 temporary file beside ``path``, fsync, then rename it over ``path``."""
-    temporary = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
-    try:
-        try:
-            os.fchmod(fd, 0o600)
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
+        place(temporary, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
@@ -456,6 +430,20 @@ def _replace_file(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _write_new_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, mode 0600, raising FileExistsError if ``path`` exists.
+
+    The bytes go to a temporary file in the same directory first (fsynced), which is then hard-linked to
+    ``path``: linking fails if ``path`` exists, so a reader sees either no file or the complete one.
+    """
+    _write_durably(path, data, os.link)
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to a 0600 temporary file beside ``path``, fsync, then rename it over ``path``."""
+    _write_durably(path, data, os.replace)
 
 
 class EnvKeyProvider(FileKeyProvider):

@@ -190,16 +190,13 @@ class SubjectService:
             "transcripts_unreadable": transcripts,
         }
         record = self._audit.append(
-            AuditEvent(
-                event_type="erase_subject",
-                phase="event",
-                start_time=started,
-                end_time=datetime.now(UTC),
+            AuditEvent.single(
+                "erase_subject",
                 actor=actor,
                 rpc=rpc,
-                status="OK",
-                subject_ref=subject_ref,
                 details=details,
+                started=started,
+                subject_ref=subject_ref,
             )
         )
         self._ledger.append(subject_ref, record_id=record.id, erased_at=started)
@@ -333,15 +330,12 @@ def purge_transcripts(
         deleted += len(ids)
     if deleted:
         audit.append(
-            AuditEvent(
-                event_type="transcript_purge",
-                phase="event",
-                start_time=started,
-                end_time=datetime.now(UTC),
+            AuditEvent.single(
+                "transcript_purge",
                 actor=actor,
                 rpc=rpc,
-                status="OK",
                 details={"deleted": deleted, "created_before": older_than.isoformat()},
+                started=started,
             )
         )
     return deleted
@@ -396,14 +390,11 @@ def export_subject(
         if token is None:
             break
     record = audit.append(
-        AuditEvent(
-            event_type="transcript_read",
-            phase="event",
-            start_time=started,
-            end_time=datetime.now(UTC),
+        AuditEvent.single(
+            "transcript_read",
             actor=actor,
             rpc=rpc,
-            status="OK",
+            started=started,
             subject_ref=subject_ref,
             details={
                 "kind": "subject_export",

@@ -59,20 +59,8 @@ def _audit_event(settings: Settings, engine: Any, event_type: str, rpc: str, det
     from custos.audit.events import AuditEvent
     from custos.audit.store import AuditStore
 
-    now = datetime.now(UTC)
-    record = AuditStore(engine).append(
-        AuditEvent(
-            event_type=event_type,
-            phase="event",
-            start_time=now,
-            end_time=now,
-            actor=_actor(),
-            rpc=rpc,
-            status="OK",
-            details=details,
-        )
-    )
-    return record.id
+    event = AuditEvent.single(event_type, actor=_actor(), rpc=rpc, details=details)
+    return AuditStore(engine).append(event).id
 
 
 @keys_app.command("init")
