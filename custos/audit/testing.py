@@ -1,11 +1,16 @@
 """Builders and assertions for tests of code that writes or reads audit records.
 
 Shared by the audit unit tests and usable by server and integration tests: a valid event with overridable
-fields, and one assertion that a chain is linear, gap-free and verifies. Not imported by production code.
+fields, one assertion that a chain is linear, gap-free and verifies, and a throwaway PostgreSQL schema. Not
+imported by production code.
 """
 
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -70,3 +75,43 @@ def assert_linear_chain(store: AuditStore, expected_count: int) -> list[StoredRe
     assert report.ok, report
     assert (report.count, report.head_seq, report.head_hash) == (expected_count, expected_count, prev)
     return records
+
+
+TEST_POSTGRES_URL = os.environ.get(
+    "CUSTOS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+"""The PostgreSQL database the tests use (``CUSTOS_TEST_POSTGRES_URL``)."""
+
+
+def schema_url(schema: str) -> str:
+    """URL of ``schema`` on the test PostgreSQL (its search path)."""
+    return f"{TEST_POSTGRES_URL}?options=-csearch_path%3D{schema}"
+
+
+@contextmanager
+def postgres_schema(prefix: str) -> Iterator[str]:
+    """Name of a fresh schema on the test PostgreSQL, dropped with its contents afterwards.
+
+    Skips the calling test when PostgreSQL is unreachable, naming the URL.
+    """
+    import pytest
+    import sqlalchemy as sa
+
+    from custos.audit.db import make_engine
+
+    admin = make_engine(TEST_POSTGRES_URL, connect_timeout_s=3)
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError:
+        admin.dispose()
+        pytest.skip(f"PostgreSQL not reachable at {TEST_POSTGRES_URL}")
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield schema
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()

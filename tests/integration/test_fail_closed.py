@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,13 +16,14 @@ from presidio_analyzer import AnalyzerEngine
 from sqlalchemy.engine import make_url
 
 from custos.audit.db import make_engine
+from custos.audit.testing import TEST_POSTGRES_URL, postgres_schema
 from custos.server.faults import TcpProxy
 from custos.server.testing import ScriptedEngine, ServerHarness, make_server
 from custos.v1 import audit_pb2, common_pb2, inference_pb2
 
 pytestmark = pytest.mark.postgres
 
-PG_URL = os.environ.get("CUSTOS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+PG_URL = TEST_POSTGRES_URL
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -32,22 +31,8 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 @pytest.fixture
 def pg_schema() -> Iterator[str]:
     """A fresh schema on the shared PostgreSQL, dropped afterwards (skip when PostgreSQL is unreachable)."""
-    admin = make_engine(PG_URL, connect_timeout_s=3)
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-    except sa.exc.OperationalError:
-        admin.dispose()
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
-    schema = f"custos_failclosed_{uuid.uuid4().hex[:12]}"
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    try:
+    with postgres_schema("custos_failclosed") as schema:
         yield schema
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 def request(conversation: str) -> inference_pb2.GenerateRequest:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import threading
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,12 +12,12 @@ import sqlalchemy as sa
 
 from custos.audit import default_sqlite_url, make_engine, migrate
 from custos.audit.models import ConversationVaultRow
+from custos.audit.testing import postgres_schema, schema_url
 from custos.privacy.errors import DecryptionFailed
 from custos.privacy.keys import FileKeyProvider
 from custos.privacy.pseudonymize import PlaceholderMap
 from custos.privacy.vault import ConversationVault
 
-PG_URL = os.environ.get("CUSTOS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 KEYS = FileKeyProvider(primary=1, master_keys={1: b"k" * 32}, index_key=b"i" * 32)
 
 
@@ -31,25 +29,13 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine
         yield db
         db.dispose()
         return
-    admin = make_engine(PG_URL, connect_timeout_s=3)
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-    except sa.exc.OperationalError:
-        admin.dispose()
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
-    schema = f"custos_vault_test_{uuid.uuid4().hex[:12]}"
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    db = make_engine(f"{PG_URL}?options=-csearch_path%3D{schema}")
-    try:
-        migrate(db)
-        yield db
-    finally:
-        db.dispose()
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with postgres_schema("custos_vault_test") as schema:
+        db = make_engine(schema_url(schema))
+        try:
+            migrate(db)
+            yield db
+        finally:
+            db.dispose()
 
 
 class Clock:
