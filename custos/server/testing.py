@@ -6,6 +6,7 @@ Used by the test suite and the benchmarks; nothing here runs in production.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -157,6 +158,26 @@ class ServerHarness:
         self.inference = inference_pb2_grpc.InferenceStub(self.channel)
         self.audit = audit_pb2_grpc.AuditStub(self.channel)
         return self
+
+    def rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
+        """Rows of ``sql`` (with bound ``params``) run on the server's database, as dicts."""
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(self.server.settings.resolved_database_url)
+        try:
+            with engine.connect() as conn:
+                return [dict(r._mapping) for r in conn.execute(text(sql), params)]
+        finally:
+            engine.dispose()
+
+    def audit_rows(self, event_type: str) -> list[dict[str, Any]]:
+        """Audit records of ``event_type`` in chain order, with the payload parsed."""
+        found = self.rows(
+            "SELECT * FROM audit_records WHERE event_type = :event_type ORDER BY seq", event_type=event_type
+        )
+        for row in found:
+            row["payload"] = json.loads(row["payload"])
+        return found
 
     def create_token(self, *roles: str, principal: str | None = None) -> str:
         """A new token ``id.secret`` for a principal holding ``roles``."""

@@ -12,21 +12,12 @@ from typing import Any
 import grpc
 import pytest
 from presidio_analyzer import AnalyzerEngine
-from sqlalchemy import create_engine, text
 
 from custos.privacy.envelope import FORMAT_SUBJECT, read_header
 from custos.server.testing import ScriptedEngine, ServerHarness, make_server
 from custos.v1 import admin_pb2, audit_pb2, common_pb2, inference_pb2
 
 REPLY = "Hello <PERSON_1>, your parcel is on its way."
-
-
-def rows(harness: ServerHarness, sql: str) -> list[dict[str, Any]]:
-    engine = create_engine(harness.server.settings.resolved_database_url)
-    with engine.connect() as conn:
-        result = [dict(r._mapping) for r in conn.execute(text(sql))]
-    engine.dispose()
-    return result
 
 
 @pytest.fixture
@@ -57,8 +48,7 @@ def generate(
     response = channel.unary_unary(
         "/custos.v1.Inference/Generate", response_deserializer=inference_pb2.GenerateResponse.FromString
     )(request.SerializeToString(), timeout=30)
-    records = rows(
-        harness,
+    records = harness.rows(
         f"SELECT transcript_id FROM audit_records WHERE request_id = '{response.request_id}' "
         "AND phase = 'completion'",
     )
@@ -82,10 +72,10 @@ def test_transcripts_read_with_a_reason_and_erasure_shreds_one_subject(server: S
     id_a = generate(server, inference, "customer-a", "conv-a", idempotency_key="retry-a")
     id_b = generate(server, inference, "customer-b", "conv-b", idempotency_key="retry-b")
 
-    stored = rows(server, "SELECT id, format_version, ciphertext FROM transcripts")
+    stored = server.rows("SELECT id, format_version, ciphertext FROM transcripts")
     assert {r["format_version"] for r in stored} == {FORMAT_SUBJECT}
     assert all(read_header(bytes(r["ciphertext"])).format_version == FORMAT_SUBJECT for r in stored)
-    assert len(rows(server, "SELECT * FROM subject_keys")) == 2
+    assert len(server.rows("SELECT * FROM subject_keys")) == 2
 
     # Reading needs a reason and the transcript.read permission; the read is audited with the reason.
     with pytest.raises(grpc.RpcError) as info:
@@ -98,7 +88,7 @@ def test_transcripts_read_with_a_reason_and_erasure_shreds_one_subject(server: S
     assert transcript.messages[0].content == "I am John Smith, where is it?"
     assert "John Smith" not in transcript.anonymized_messages[0].content
     assert transcript.answer
-    reads = rows(server, "SELECT * FROM audit_records WHERE event_type = 'transcript_read'")
+    reads = server.rows("SELECT * FROM audit_records WHERE event_type = 'transcript_read'")
     assert [(r["transcript_id"], r["status"], r["id"]) for r in reads] == [
         (id_a, "OK", transcript.audit_record_id)
     ]
@@ -113,7 +103,7 @@ def test_transcripts_read_with_a_reason_and_erasure_shreds_one_subject(server: S
     assert export["transcripts"][0]["messages"][0]["content"] == "I am John Smith, where is it?"
     assert {r["subject_ref"] for r in export["audit_records"]} == {export["subject_ref"]}
     assert id_a in {r["transcript_id"] for r in export["audit_records"]}
-    exported = rows(server, f"SELECT * FROM audit_records WHERE id = '{export['export_record']}'")
+    exported = server.rows(f"SELECT * FROM audit_records WHERE id = '{export['export_record']}'")
     assert exported[0]["event_type"] == "transcript_read" and exported[0]["actor"] == "admin"
 
     # Erasure of A: A's transcript becomes unreadable, B's stays readable, the chain still verifies.
@@ -132,12 +122,12 @@ def test_transcripts_read_with_a_reason_and_erasure_shreds_one_subject(server: S
     )
     assert get_transcript(officer, id_b, "ticket 9").messages[0].content.startswith("I am John Smith")
     # The stored idempotency reply of A's request (sealed by the master key) goes with A; B's stays.
-    replies = rows(server, "SELECT request_id FROM idempotency_keys")
-    b_requests = rows(server, f"SELECT request_id FROM audit_records WHERE transcript_id = '{id_b}'")
+    replies = server.rows("SELECT request_id FROM idempotency_keys")
+    b_requests = server.rows(f"SELECT request_id FROM audit_records WHERE transcript_id = '{id_b}'")
     assert [r["request_id"] for r in replies] == [b_requests[0]["request_id"]]
     again = erase(admin_pb2.EraseSubjectRequest(subject_id="customer-a").SerializeToString(), timeout=30)
     assert not again.subject_key_destroyed and again.subject_ref == result.subject_ref
-    erasures = rows(server, "SELECT * FROM audit_records WHERE event_type = 'erase_subject' ORDER BY seq")
+    erasures = server.rows("SELECT * FROM audit_records WHERE event_type = 'erase_subject' ORDER BY seq")
     assert [(r["subject_ref"], r["actor"]) for r in erasures] == [(result.subject_ref, "admin")] * 2
     verify = officer.unary_unary(
         "/custos.v1.Audit/Verify", response_deserializer=audit_pb2.AuditVerifyResponse.FromString
@@ -180,9 +170,9 @@ def test_a_restored_backup_does_not_resurrect_an_erased_subject(
             get_transcript(officer, id_a, "audit of the restore")
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert get_transcript(officer, id_b, "audit of the restore").answer
-        assert len(rows(second, "SELECT * FROM subject_keys")) == 1
-        assert rows(second, "SELECT subject_ref FROM conversation_vault") == [
-            {"subject_ref": r["subject_ref"]} for r in rows(second, "SELECT subject_ref FROM subject_keys")
+        assert len(second.rows("SELECT * FROM subject_keys")) == 1
+        assert second.rows("SELECT subject_ref FROM conversation_vault") == [
+            {"subject_ref": r["subject_ref"]} for r in second.rows("SELECT subject_ref FROM subject_keys")
         ]
 
 
@@ -200,8 +190,8 @@ def test_server_purges_transcripts_past_retention(tmp_path: Path, analyzer: Anal
             harness.server.purge_expired_transcripts(), harness.loop
         ).result(timeout=30)
         assert deleted == 1
-        assert [r["id"] for r in rows(harness, "SELECT id FROM transcripts")] == [fresh]
-        purges = rows(harness, "SELECT * FROM audit_records WHERE event_type = 'transcript_purge'")
+        assert [r["id"] for r in harness.rows("SELECT id FROM transcripts")] == [fresh]
+        purges = harness.rows("SELECT * FROM audit_records WHERE event_type = 'transcript_purge'")
         assert [(p["actor"], json.loads(p["payload"])["details"]["deleted"]) for p in purges] == [
             ("custos:retention", 1)
         ]

@@ -18,7 +18,6 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from presidio_analyzer import AnalyzerEngine
-from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
 from custos.server.app import SERVICES, Components, CustosServer
@@ -67,21 +66,6 @@ def request(content: str = "Hi, I am John Smith. Where is my parcel?", **fields:
         parameters=inference_pb2.GenerationParameters(max_new_tokens=8),
         **fields,
     )
-
-
-def rows(harness: ServerHarness, sql: str) -> list[dict[str, Any]]:
-    engine = create_engine(harness.server.settings.resolved_database_url)
-    with engine.connect() as conn:
-        result = [dict(r._mapping) for r in conn.execute(text(sql))]
-    engine.dispose()
-    return result
-
-
-def audit_rows(harness: ServerHarness, event_type: str) -> list[dict[str, Any]]:
-    found = rows(harness, f"SELECT * FROM audit_records WHERE event_type = '{event_type}' ORDER BY seq")
-    for row in found:
-        row["payload"] = json.loads(row["payload"])
-    return found
 
 
 def call_code(channel: grpc.Channel, method: str, streaming: bool, payload: bytes = b"") -> grpc.StatusCode:
@@ -141,13 +125,13 @@ def test_denials_are_audited_and_public_services_stay_open(
     matrix_server: tuple[ServerHarness, dict[str | None, grpc.Channel]],
 ) -> None:
     harness, channels = matrix_server
-    before = len(audit_rows(harness, "denied"))
+    before = len(harness.audit_rows("denied"))
     assert call_code(channels[None], "/custos.v1.Audit/Verify", False) == grpc.StatusCode.UNAUTHENTICATED
     assert (
         call_code(channels["inference"], "/custos.v1.Audit/Verify", False)
         == grpc.StatusCode.PERMISSION_DENIED
     )
-    denied = audit_rows(harness, "denied")[before:]
+    denied = harness.audit_rows("denied")[before:]
     assert [(d["actor"], d["status"], d["rpc"]) for d in denied] == [
         ("unauthenticated", "UNAUTHENTICATED", "Verify"),
         ("inference", "PERMISSION_DENIED", "Verify"),
@@ -189,7 +173,7 @@ def test_reidentify_needs_its_permission(scripted: tuple[ServerHarness, Scripted
         assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert info.value.details().startswith("reidentify")
     assert len(engine.calls) == 1
-    denied = audit_rows(harness, "denied")
+    denied = harness.audit_rows("denied")
     assert [d["payload"]["details"]["permission"] for d in denied] == ["reidentify", "reidentify"]
     assert "John Smith" in harness.inference.Generate(request(reidentify=True)).text
 
@@ -231,13 +215,13 @@ def test_tokens_are_stored_as_sha256_only(scripted: tuple[ServerHarness, Scripte
     token = harness.create_token("compliance", principal="auditor")
     token_id, secret = token.split(".")
     assert len(secret) == 43  # 256 bits, urlsafe base64
-    stored = rows(harness, "SELECT * FROM access_tokens")
+    stored = harness.rows("SELECT * FROM access_tokens")
     assert secret not in json.dumps(stored, default=str)
     import hashlib
 
     mine = [r for r in stored if r["id"] == token_id]
     assert mine[0]["secret_sha256"] == hashlib.sha256(secret.encode()).hexdigest()
-    changes = audit_rows(harness, "token_change")
+    changes = harness.audit_rows("token_change")
     assert {c["payload"]["details"]["token_id"] for c in changes} >= {token_id}
     assert secret not in json.dumps([c["payload"] for c in changes])
 
@@ -255,7 +239,7 @@ def test_first_start_makes_private_tls_files_and_refuses_plaintext_clients(
         inference_pb2_grpc.InferenceStub(plain).Generate(request(), timeout=5)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     plain.close()
-    assert [r["actor"] for r in audit_rows(harness, "config_change")] == ["custos:bootstrap"]
+    assert [r["actor"] for r in harness.audit_rows("config_change")] == ["custos:bootstrap"]
 
 
 def test_certificates_reload_without_restart(scripted: tuple[ServerHarness, ScriptedEngine]) -> None:
@@ -298,7 +282,7 @@ def test_mutual_tls_identity(tmp_path: Path, analyzer: AnalyzerEngine) -> None:
         with grpc.secure_channel(harness.target, creds) as channel:
             response = inference_pb2_grpc.InferenceStub(channel).Generate(request())
             assert call_code(channel, "/custos.v1.Audit/Verify", False) == grpc.StatusCode.PERMISSION_DENIED
-        record = next(r for r in audit_rows(harness, "generate") if r["id"] == response.request_id)
+        record = next(r for r in harness.audit_rows("generate") if r["id"] == response.request_id)
         actor = record["payload"]["details"]["actor"]
         assert record["actor"] == "crm-backend" and actor["role"] == "inference"
         assert actor["fingerprint"] and len(actor["fingerprint"]) == 64
@@ -334,7 +318,7 @@ def test_rate_limit_rejects_at_once_with_a_retry_hint(tmp_path: Path, analyzer: 
         # Another principal has its own bucket.
         other = inference_pb2_grpc.InferenceStub(harness.channel_for("inference"))
         assert other.Generate(request()).text == REPLY
-        denied = audit_rows(harness, "denied")
+        denied = harness.audit_rows("denied")
         assert [(d["status"], d["payload"]["details"]["reason"]) for d in denied] == [
             ("RESOURCE_EXHAUSTED", "rate")
         ]
@@ -361,8 +345,8 @@ def test_idempotent_retry_returns_the_first_answer(scripted: tuple[ServerHarness
     again = harness.inference.Generate(req)
     assert again == first and "John Smith" in first.text
     assert len(engine.calls) == 1
-    assert len(audit_rows(harness, "generate")) == 2  # one request and one completion record
-    stored = rows(harness, "SELECT * FROM idempotency_keys")
+    assert len(harness.audit_rows("generate")) == 2  # one request and one completion record
+    stored = harness.rows("SELECT * FROM idempotency_keys")
     assert len(stored) == 1 and stored[0]["request_id"] == first.request_id
     assert b"John Smith" not in stored[0]["response"] and b"parcel" not in stored[0]["response"]
     assert "retry-7" not in json.dumps(stored, default=str)
@@ -374,7 +358,7 @@ def test_idempotent_retry_returns_the_first_answer(scripted: tuple[ServerHarness
     with pytest.raises(grpc.RpcError) as info:
         list(harness.inference.GenerateStream(req))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert [r["status"] for r in audit_rows(harness, "invalid")] == ["INVALID_ARGUMENT", "INVALID_ARGUMENT"]
+    assert [r["status"] for r in harness.audit_rows("invalid")] == ["INVALID_ARGUMENT", "INVALID_ARGUMENT"]
     # The key belongs to its principal: another caller's same key is a new call.
     other = inference_pb2_grpc.InferenceStub(harness.channel_for("inference"))
     assert other.Generate(req).request_id != first.request_id
@@ -395,7 +379,7 @@ def test_concurrent_duplicates_wait_for_the_first(tmp_path: Path, analyzer: Anal
             ids = list(pool.map(call, range(4)))
         assert len(set(ids)) == 1
         assert len(engine.calls) == 1
-        assert len(audit_rows(harness, "generate")) == 2
+        assert len(harness.audit_rows("generate")) == 2
 
 
 def test_readme_client_example_runs(

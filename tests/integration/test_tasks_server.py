@@ -11,7 +11,6 @@ from typing import Any
 import grpc
 import pytest
 from presidio_analyzer import AnalyzerEngine
-from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
 from custos.server.cli import app as cli_app
@@ -21,21 +20,6 @@ from custos.v1 import common_pb2, feedback_pb2, feedback_pb2_grpc, inference_pb2
 
 NAME = "Jonathan Whitfield"
 EMAIL = "jonathan.whitfield@example.com"
-
-
-def rows(harness: ServerHarness, sql: str) -> list[dict[str, Any]]:
-    engine = create_engine(harness.server.settings.resolved_database_url)
-    with engine.connect() as conn:
-        result = [dict(r._mapping) for r in conn.execute(text(sql))]
-    engine.dispose()
-    return result
-
-
-def audit(harness: ServerHarness, event_type: str) -> list[dict[str, Any]]:
-    found = rows(harness, f"SELECT * FROM audit_records WHERE event_type = '{event_type}' ORDER BY seq")
-    for row in found:
-        row["payload"] = json.loads(row["payload"])
-    return found
 
 
 @pytest.fixture
@@ -76,7 +60,7 @@ def test_generate_with_a_task_renders_the_template_and_records_its_version(
             "Company policy: 30-day returns.\nQuestion: Hi, I am <PERSON_1>. Can I return shoes?"
         )
         assert NAME not in spy.prompts[-1]  # variables are anonymized like messages
-        request = next(r for r in audit(harness, "generate") if r["phase"] == "request")
+        request = next(r for r in harness.audit_rows("generate") if r["phase"] == "request")
         details = request["payload"]["details"]
         assert details["template"] == {"id": "answer", "version": template.version, "sha256": template.sha256}
         assert details["variables"] == ["policy", "question"]
@@ -103,7 +87,7 @@ def test_bad_task_requests_are_refused_and_audited(
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details().startswith(field)
-    assert audit(harness, "invalid")[-1]["payload"]["details"]["field"] == field
+    assert harness.audit_rows("invalid")[-1]["payload"]["details"]["field"] == field
 
 
 def test_classify_returns_a_distribution_and_audits_it(
@@ -123,7 +107,7 @@ def test_classify_returns_a_distribution_and_audits_it(
     ]
     assert NAME not in engine.prefixes[-1] and EMAIL not in engine.prefixes[-1]
     assert "<PERSON_1>" in engine.prefixes[-1]
-    records = audit(harness, "classify")
+    records = harness.audit_rows("classify")
     completion = [r for r in records if r["phase"] == "completion"][-1]
     classification = completion["payload"]["details"]["classification"]
     assert classification["label"] == "refund"
@@ -186,7 +170,7 @@ def test_feedback_is_linked_anonymized_and_reported(
     feedback.Submit(feedback_pb2.FeedbackRequest(request_id=classified.request_id, rating=2))
     assert stored.request_id == answered.request_id
     assert NAME not in stored.comment and EMAIL not in stored.comment and "<PERSON_1>" in stored.comment
-    [row] = rows(harness, f"SELECT * FROM feedback WHERE id = '{stored.feedback_id}'")
+    [row] = harness.rows(f"SELECT * FROM feedback WHERE id = '{stored.feedback_id}'")
     assert (row["request_id"], row["rating"], row["task"], row["model"]) == (
         answered.request_id,
         5,
@@ -194,7 +178,7 @@ def test_feedback_is_linked_anonymized_and_reported(
         "scripted",
     )
     assert NAME not in row["comment"]
-    event = audit(harness, "feedback")[0]["payload"]["details"]
+    event = harness.audit_rows("feedback")[0]["payload"]["details"]
     assert event["linked_request_id"] == answered.request_id and event["rating"] == 5
     assert NAME not in json.dumps(event)
 
