@@ -382,6 +382,8 @@ class CustosServer:
             self._retention_task = None
         if self.vault_purge is not None:
             await self.vault_purge.stop()
+        # The scheduler thread finishes what it holds (calls past the deadline were cancelled above).
+        await asyncio.get_running_loop().run_in_executor(None, self.components.engine.close)
         await flush_pending_tasks(timeout=max(grace, 5.0))
         if self.trail is not None:
             try:

@@ -88,3 +88,16 @@ def test_a_deadline_stops_generation_and_is_audited(server: ServerHarness, engin
     assert engine.steps - steps <= 1, "generation went on after the deadline"
     assert server.inference.Generate(_request(3)).usage.completion_tokens == 3
     assert "DEADLINE_EXCEEDED" in _completions(server)
+
+
+def test_stopping_the_server_stops_the_scheduler_thread(tmp_path: Path, analyzer: AnalyzerEngine) -> None:
+    engine = BatchingEngine(build_tiny_engine(), max_batch=2, max_queue=2)
+    with make_server(tmp_path, analyzer, engine) as harness:
+        assert harness.inference.Generate(_request(3)).usage.completion_tokens == 3
+        thread = engine._thread
+        assert thread is not None and thread.is_alive()
+    thread.join(timeout=5)
+    assert not thread.is_alive(), "the scheduler thread outlived the server"
+    # The engine stays usable by the next server (the test suite shares one model across servers).
+    with make_server(tmp_path / "again", analyzer, engine) as harness:
+        assert harness.inference.Generate(_request(2)).usage.completion_tokens == 2

@@ -23,6 +23,12 @@ class Engine(ABC):
     def observe(self, metrics: Metrics) -> None:  # noqa: B027 - optional: most engines report nothing
         """Report engine metrics (queue, latency, throughput) into ``metrics``; the default reports none."""
 
+    def close(self) -> None:  # noqa: B027 - optional: most engines hold no background work
+        """Stop background work once the requests held have finished; a later call may start it again.
+
+        The server calls this when it stops (blocking: from a worker thread).
+        """
+
     @abstractmethod
     def render_prompt(self, turns: Sequence[ChatTurn]) -> str:
         """The prompt text the model sees for ``turns`` (for display and auditing)."""

@@ -174,12 +174,21 @@ class BatchingEngine(Engine):
         return request
 
     def close(self) -> None:
-        """Stop the scheduler thread after the requests it holds have finished."""
+        """Stop the scheduler thread after the requests it holds have finished.
+
+        Requests submitted meanwhile are refused; afterwards the next request starts a new thread, so an
+        engine shared by several servers (tests build the model once) stays usable after one stops.
+        """
         with self._cv:
             self._closing = True
+            thread = self._thread
             self._cv.notify()
-        if self._thread is not None:
-            self._thread.join()
+        if thread is not None:
+            thread.join()
+        with self._cv:
+            if self._thread is thread:
+                self._thread = None
+            self._closing = False
 
     # ---- the scheduler thread -------------------------------------------------------------------
 
