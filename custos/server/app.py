@@ -7,11 +7,11 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -58,6 +58,9 @@ from custos.tasks.feedback import FeedbackStore
 from custos.tasks.labels import LabelSetRegistry
 from custos.tasks.templates import TemplateRegistry
 from custos.v1 import admin_pb2, audit_pb2, feedback_pb2, inference_pb2, privacy_pb2
+
+if TYPE_CHECKING:
+    from custos.server.engine.hf import CacheContents
 
 log = logging.getLogger("custos.server")
 
@@ -394,31 +397,23 @@ class CustosServer:
         self._executor.shutdown(wait=True)
 
 
-def build_components(settings: Settings, *, progress: ProgressFn | None = None) -> Components:
-    """Build the analyzer and load the model, preparing the model cache on first use."""
-    from custos.privacy.analyzer import build_analyzer
-    from custos.server.engine.cache import prepare_model
-    from custos.server.engine.hf import TransformersEngine
-    from custos.server.engine.quality import QualityLimits
-    from custos.server.engine.scheduler import BatchingEngine
+def build_components(
+    settings: Settings,
+    *,
+    progress: ProgressFn | None = None,
+    reading: Future[CacheContents | None] | None = None,
+) -> Components:
+    """Build the analyzer and load the model, preparing the model cache on first use.
 
-    cache_root = ensure_private_dir(settings.resolved_model_cache_dir)
-    cache_dir = prepare_model(
-        source=settings.model_source,
-        cache_root=cache_root,
-        precision=settings.precision,
-        prompt_format=settings.prompt_format,
-        progress=progress,
-        rebuild_invalid=False,
-        verify_existing=False,
-        limits=QualityLimits(
-            max_perplexity_increase=settings.quality_max_perplexity_increase,
-            min_agreement=settings.quality_min_greedy_agreement,
-        ),
-    )
-    # Verifies the cache digest while reading the weights (and refuses a cache that does not match it).
-    model = TransformersEngine.from_cache(cache_dir, device=settings.device, verify=True)
-    engine = BatchingEngine(model, max_batch=settings.max_batch_size, max_queue=settings.max_queued_requests)
+    ``reading`` is the model cache already being read on a thread (``engine.startup.start_reading``);
+    without it, reading starts here and overlaps the analyzer's build.
+    """
+    from custos.privacy.analyzer import build_analyzer
+    from custos.server.engine.startup import finish_loading, start_reading
+
+    ensure_private_dir(settings.resolved_model_cache_dir)
+    if reading is None:
+        reading = start_reading(settings)
     analyzer = build_analyzer(
         spacy_model=settings.spacy_model,
         entities=settings.pii_entities,
@@ -426,6 +421,7 @@ def build_components(settings: Settings, *, progress: ProgressFn | None = None) 
         deny_lists=settings.pii_deny_lists,
         crm_references=settings.pii_crm_references,
     )
+    engine = finish_loading(settings, reading, progress=progress)
     return Components(analyzer=analyzer, engine=engine)
 
 

@@ -72,13 +72,17 @@ def serve(
     metrics_listen: Annotated[str | None, typer.Option(help="Prometheus address HOST:PORT.")] = None,
 ) -> None:
     """Run the server until SIGTERM or Ctrl-C, then drain in-flight requests and exit 0."""
-    from custos.server.app import CustosServer, build_components
+    from custos.server.engine.startup import start_reading
     from custos.server.logs import configure_logging
 
     settings = _settings(config, listen=listen, data_dir=data_dir, metrics_listen=metrics_listen)
     configure_logging(settings.log_level)
+    # The model cache is read on a thread while the server's modules are imported (see engine.startup).
+    reading = start_reading(settings)
+    from custos.server.app import CustosServer, build_components
+
     with _progress() as report:
-        components = build_components(settings, progress=report)
+        components = build_components(settings, progress=report, reading=reading)
     asyncio.run(_serve(CustosServer(settings, components)))
 
 

@@ -89,6 +89,34 @@ def _token_ids(*values: object) -> frozenset[int]:
     return frozenset(ids)
 
 
+@dataclass(frozen=True)
+class CacheContents:
+    """A cache's files read into memory: weights, tokenizer and manifest, before the model is built.
+
+    Reading (file I/O, hashing, the tokenizer's parsing in Rust) mostly runs without the GIL, so it can
+    overlap the server's imports on another thread; building the model imports transformers' modeling
+    code and is left to the caller's thread.
+    """
+
+    cache_dir: Path
+    manifest: Manifest
+    tensors: dict[str, torch.Tensor]
+    tokenizer: PreTrainedTokenizerBase
+
+
+def read_cache_contents(cache_dir: Path, *, verify: bool = True) -> CacheContents:
+    """Read a prepared cache (``verify`` re-hashes every file against the manifest while reading)."""
+    from custos.server.engine import weights
+
+    cache_dir = Path(cache_dir)
+    manifest = load_manifest(cache_dir)
+    check_quality(manifest, cache_dir)
+    # One read per file checks the digest and loads it, into private memory: a memory-mapped file would
+    # let later writes to the verified cache change the running model unnoticed.
+    tensors = weights.read_cache(cache_dir, manifest, verify=verify)
+    return CacheContents(cache_dir, manifest, tensors, weights.load_tokenizer(cache_dir))
+
+
 @dataclass
 class Generation:
     """One request's decode state: what a scheduler would keep per sequence between steps."""
@@ -195,19 +223,32 @@ class TransformersEngine(Engine):
         ``prompt_format`` overrides the manifest's format id. Sets torch's thread count (see
         :func:`configure_threads`).
         """
+        return cls.from_contents(
+            read_cache_contents(cache_dir, verify=verify),
+            device=device,
+            prompt_format=prompt_format,
+            max_context_tokens=max_context_tokens,
+            num_threads=num_threads,
+        )
+
+    @classmethod
+    def from_contents(
+        cls,
+        contents: CacheContents,
+        *,
+        device: str = "cpu",
+        prompt_format: str | None = None,
+        max_context_tokens: int | None = None,
+        num_threads: int | None = None,
+    ) -> TransformersEngine:
+        """The engine from files read by :func:`read_cache_contents` (see :meth:`from_cache`)."""
         from custos.server.engine import weights
 
-        cache_dir = Path(cache_dir)
-        manifest = load_manifest(cache_dir)
-        check_quality(manifest, cache_dir)
+        cache_dir, manifest, tokenizer = contents.cache_dir, contents.manifest, contents.tokenizer
         configure_threads(num_threads)
         dtype = getattr(torch, PRECISIONS[manifest.precision])
-        # One read per file checks the digest and loads it, into private memory: a memory-mapped file would
-        # let later writes to the verified cache change the running model unnoticed.
-        tensors = weights.read_cache(cache_dir, manifest, verify=verify)
         int8 = manifest.precision in INT8_PRECISIONS
-        model = weights.build_model(cache_dir, tensors, dtype=dtype, int8=int8)
-        tokenizer = weights.load_tokenizer(cache_dir)
+        model = weights.build_model(cache_dir, contents.tensors, dtype=dtype, int8=int8)
         torch.nn.Module.to(model, torch.device(device))
         model.eval()
         fmt = get_prompt_format(prompt_format or manifest.prompt_format_id, tokenizer)
