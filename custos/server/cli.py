@@ -110,18 +110,22 @@ def model_prepare(
     source: Annotated[
         str | None, typer.Option(help="'bundled', a GGUF file or a Hugging Face directory.")
     ] = None,
-    precision: Annotated[str | None, typer.Option(help="bf16, fp32 or int8.")] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="bf16, fp32, int8, int8-dynamic or auto (fastest admitted).")
+    ] = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Convert the model once into the cache (with a manifest) so later starts take seconds.
 
     The precision must pass the quality gate against fp32 (stored in the manifest); otherwise no cache is
-    written and the command exits 1.
+    written and the command exits 1. ``auto`` measures every mode's decode speed and quality, prints them
+    and keeps the fastest admitted one.
     """
     from custos.server.app import ensure_private_dir
-    from custos.server.engine.cache import prepare_model
+    from custos.server.engine.cache import load_manifest, prepare_model
     from custos.server.engine.quality import QualityGateError, QualityLimits
+    from custos.server.engine.selection import describe_selection
 
     settings = _settings(config, data_dir=data_dir, model_source=source, precision=precision)
     try:
@@ -136,11 +140,17 @@ def model_prepare(
                     max_perplexity_increase=settings.quality_max_perplexity_increase,
                     min_agreement=settings.quality_min_greedy_agreement,
                 ),
+                auto_time_limit_s=settings.auto_precision_time_limit_s,
             )
     except QualityGateError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
-    out.print(f"model cache ready: {path}")
+    manifest = load_manifest(path)
+    if manifest.selection is not None:
+        out.print(f"precision auto (decode measured within {manifest.selection['time_limit_s']:g} s):")
+        for line in describe_selection(manifest.selection):
+            out.print(f"  {line}", highlight=False, soft_wrap=True)
+    out.print(f"model cache ready: {path} (precision {manifest.precision})")
 
 
 def connection_hint(settings: Settings, port: int, security: Any) -> list[str]:
@@ -172,7 +182,7 @@ def bench_serve(
     source: Annotated[
         str | None, typer.Option(help="'bundled', a GGUF file or a Hugging Face directory.")
     ] = None,
-    precision: Annotated[str | None, typer.Option(help="bf16, fp32 or int8.")] = None,
+    precision: Annotated[str | None, typer.Option(help="bf16, fp32, int8, int8-dynamic or auto.")] = None,
     raw_precision: Annotated[
         str | None,
         typer.Option(help="Precision of the raw generate baseline (default: the server's); needs its cache."),

@@ -100,10 +100,19 @@ class Settings(BaseSettings):
     model_cache_dir: Path | None = Field(
         None, description="Where prepared models are cached; default: models/ in data_dir."
     )
-    precision: Literal["bf16", "fp32", "int8"] = Field(
+    precision: Literal["bf16", "fp32", "int8", "int8-dynamic", "auto"] = Field(
         "bf16",
-        description="Compute precision of the model: bf16, fp32, or int8 (weight-only per-channel int8 "
-        "weights, bf16 activations); each must pass the quality gate at prepare time.",
+        description="Compute precision of the model: bf16, fp32, int8 (weight-only per-channel int8 "
+        "weights, bf16 activations), int8-dynamic (torch.ao dynamic int8 linear layers, fp32 activations), "
+        "or auto (the fastest mode the quality gate admits, measured at prepare time); each must pass the "
+        "quality gate at prepare time.",
+    )
+    auto_precision_time_limit_s: float = Field(
+        60.0,
+        gt=0.0,
+        le=3600.0,
+        description="precision = auto: seconds of decoding, for all candidate modes together, to measure "
+        "their speed (the quality gate and loading come on top).",
     )
     quality_max_perplexity_increase: float = Field(
         0.03,

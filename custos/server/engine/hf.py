@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from custos.server.engine.base import Engine
-from custos.server.engine.cache import INT8_PRECISIONS, PRECISIONS, Manifest, load_manifest
+from custos.server.engine.cache import (
+    DYNAMIC_PRECISIONS,
+    INT8_PRECISIONS,
+    PRECISIONS,
+    QUANTIZED_PRECISIONS,
+    Manifest,
+    load_manifest,
+)
 from custos.server.engine.prompt import PromptFormat, get_prompt_format
 from custos.server.engine.sampling import choose_token, make_generator
 from custos.server.engine.scoring import ContinuationScores, score_continuations
@@ -72,7 +79,7 @@ def configure_threads(num_threads: int | None = None) -> int:
 def check_quality(manifest: Manifest, cache_dir: Path) -> None:
     """Refuse a quantized cache whose manifest does not show an admitted quality gate."""
     quality = manifest.quality or {}
-    if manifest.precision in INT8_PRECISIONS and quality.get("admitted") is not True:
+    if manifest.precision in QUANTIZED_PRECISIONS and quality.get("admitted") is not True:
         raise ModelCacheError(
             f"model cache {cache_dir}: precision {manifest.precision} has no admitted quality gate in its "
             "manifest; run `custos model prepare` to measure it"
@@ -249,6 +256,10 @@ class TransformersEngine(Engine):
         dtype = getattr(torch, PRECISIONS[manifest.precision])
         int8 = manifest.precision in INT8_PRECISIONS
         model = weights.build_model(cache_dir, contents.tensors, dtype=dtype, int8=int8)
+        if manifest.precision in DYNAMIC_PRECISIONS:
+            from custos.server.engine.quant import quantize_dynamic_int8
+
+            quantize_dynamic_int8(model)
         torch.nn.Module.to(model, torch.device(device))
         model.eval()
         fmt = get_prompt_format(prompt_format or manifest.prompt_format_id, tokenizer)

@@ -155,3 +155,22 @@ def int8_structure(model: nn.Module, *, dtype: torch.dtype = torch.bfloat16) -> 
     """The same replacement as :func:`quantize_int8` with empty tensors, ready for ``load_state_dict``."""
     _swap(model, dtype=dtype, quantize=False)
     return model
+
+
+def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
+    """``torch.ao`` dynamic int8 of every ``nn.Linear`` (per-channel weights, float32 activations), in place.
+
+    Activations are quantized per batch at run time by the fbgemm/x86 kernels. The embedding table stays
+    float32; a tied output layer becomes its own quantized copy of the table (the embedding is not
+    quantized). torch deprecates these modules in favour of torchao; its warnings are silenced here.
+    """
+    import warnings
+
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+    return model

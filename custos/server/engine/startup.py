@@ -43,6 +43,7 @@ def _prepare(settings: Settings, progress: ProgressFn | None) -> CacheContents:
         rebuild_invalid=False,
         verify_existing=False,
         limits=_limits(settings),
+        auto_time_limit_s=settings.auto_precision_time_limit_s,
     )
     # Verifies the cache digest while reading the weights (and refuses a cache that does not match it).
     return read_cache_contents(cache_dir, verify=True)
