@@ -84,6 +84,7 @@ def served(settings: Settings, scratch: Path, *, max_queue: int) -> Iterator[Ser
                 "precision": settings.precision,
                 "prompt_format": settings.prompt_format,
                 "device": settings.device,
+                **({"torch_threads": settings.torch_threads} if settings.torch_threads else {}),
                 "listen": f"127.0.0.1:{port}",
                 "metrics_listen": f"127.0.0.1:{metrics_port}",
                 "max_batch_size": settings.max_batch_size,

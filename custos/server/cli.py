@@ -239,7 +239,9 @@ def bench_serve(
             prompt_format=raw_settings.prompt_format,
             rebuild_invalid=False,
         )
-    engine = TransformersEngine.from_cache(cache_dir, device=base.device, verify=False)
+    engine = TransformersEngine.from_cache(
+        cache_dir, device=base.device, verify=False, num_threads=base.torch_threads
+    )
     server_weights = weight_bytes(engine.model) if raw_precision in (None, base.precision) else None
     raw = run_raw_levels(
         engine.model,

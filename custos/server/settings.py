@@ -129,6 +129,13 @@ class Settings(BaseSettings):
         "greedy next token equals fp32's.",
     )
     device: str = Field("cpu", description="Torch device the model runs on, e.g. 'cpu' or 'cuda:0'.")
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Torch intra-op threads of the model; default: the CPUs this process may use. On a host "
+        "whose cores are busy with other work, 1 avoids every operation waiting for a descheduled thread.",
+    )
     prompt_format: str = Field(
         "auto",
         description="Prompt format: 'auto' (chat template if the model has one, else plain), or a name.",

@@ -91,5 +91,7 @@ def finish_loading(
     contents = reading.result() if reading is not None else None
     if contents is None:
         contents = _prepare(settings, progress)
-    model = TransformersEngine.from_contents(contents, device=settings.device)
+    model = TransformersEngine.from_contents(
+        contents, device=settings.device, num_threads=settings.torch_threads
+    )
     return BatchingEngine(model, max_batch=settings.max_batch_size, max_queue=settings.max_queued_requests)

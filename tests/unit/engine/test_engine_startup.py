@@ -91,3 +91,18 @@ def test_an_altered_cache_is_refused_through_the_thread(
     reading = startup.start_reading(settings)
     with pytest.raises(ModelCacheError, match="digest mismatch"):
         startup.finish_loading(settings, reading)
+
+
+def test_the_torch_threads_setting_reaches_the_model(
+    source_dir: Path, prepared: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            settings = _settings(source_dir, prepared.parent, tmp_path, torch_threads=threads)
+            startup.finish_loading(settings, None).close()
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
