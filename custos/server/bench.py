@@ -91,6 +91,8 @@ class BenchReport:
     peak_rss_bytes: int
     weight_bytes: int
     bandwidth_gbps: float
+    load_average: tuple[float, float] | None = None
+    """The host's 1-minute load average at the start and end of the run (shared-host timings follow it)."""
 
 
 def _request(index: int, max_new_tokens: int) -> inference_pb2.GenerateRequest:
@@ -298,6 +300,11 @@ def format_report(report: BenchReport) -> str:
     lines = [
         f"custos bench serve: {report.max_new_tokens} new tokens, precision {report.precision}, "
         f"{report.threads} torch threads, greedy; privacy and audit on for the custos rows",
+        *(
+            [f"load average (1 min) {load[0]:.2f} at start, {load[1]:.2f} at end"]
+            if (load := report.load_average) is not None
+            else []
+        ),
         "",
         f"{'path':<14}{'streams':>8}{'tok/s':>9}{'TTFT p50':>10}{'TTFT p99':>10}{'ITL p50':>9}"
         f"{'ITL p99':>9}{'errors':>8}{'vs raw':>8}",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -207,6 +208,7 @@ def bench_serve(
         err.print("[red]error:[/red] --levels: every level must be at least 1")
         raise typer.Exit(2)
     base = _settings(config, data_dir=data_dir, model_source=source, precision=precision)
+    load_at_start = os.getloadavg()[0]
     with _progress() as report:
         cache_dir = prepare_model(
             source=base.model_source,
@@ -262,6 +264,7 @@ def bench_serve(
         peak_rss_bytes=peak_rss,
         weight_bytes=server_weights if server_weights is not None else _cache_weight_bytes(base),
         bandwidth_gbps=bandwidth_gbps,
+        load_average=(load_at_start, os.getloadavg()[0]),
     )
     typer.echo(format_report(result))  # plain text: a rich console would wrap the table
 

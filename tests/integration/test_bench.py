@@ -54,6 +54,7 @@ def test_bench_serve_short_form(tmp_path: Path) -> None:
     ):
         assert goal in result.output
     assert re.search(r"privacy \+ audit share of end-to-end time\s+<= 10 %\s+[\d.]+ %", result.output)
+    assert re.search(r"^load average \(1 min\) [\d.]+ at start, [\d.]+ at end$", result.output, re.MULTILINE)
     # Nothing of the benchmark lands in the operator's data directory but the model cache.
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["models"]
 
