@@ -9,7 +9,6 @@ once the imports are done, so no two threads import transformers at the same tim
 
 from __future__ import annotations
 
-import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,8 +21,6 @@ from custos.server.engine.scheduler import BatchingEngine
 
 if TYPE_CHECKING:
     from custos.server.settings import Settings
-
-log = logging.getLogger(__name__)
 
 
 def _limits(settings: Settings) -> QualityLimits:
