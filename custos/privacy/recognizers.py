@@ -1,10 +1,10 @@
-"""Recognizers for CRM references that Presidio does not ship: customer, account, order and ticket IDs.
+r"""Recognizers for CRM references that Presidio does not ship: customer, account, order and ticket IDs.
 
 ID formats differ per deployment, so these recognizers key on the label in front of the ID ("order #A-1234",
 "customer no. 55120", "ticket: 4711") rather than on the ID's shape. The label is matched and then dropped
-from the match with ``\\K`` (the ``regex`` module Presidio matches with), so only the ID itself is masked and the
-model still reads "order <ORDER_ID_1>". ``\\K`` rather than a look-behind: a look-behind is tried backwards at
-every position of the text and made these patterns thirty times slower.
+from the match with ``\K`` (the ``regex`` module Presidio matches with), so only the ID itself is masked and
+the model still reads "order <ORDER_ID_1>". ``\K`` rather than a look-behind: a look-behind is tried
+backwards at every position of the text and made these patterns thirty times slower.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ _ID = r"(?=[A-Z0-9/-]*[0-9])[A-Z0-9](?:[A-Z0-9/-]{2,}[A-Z0-9])\b"
 
 
 def crm_reference_regex(labels: tuple[str, ...]) -> str:
-    """Return the regex for one reference type; ``\\K`` drops the label from the match, so only the ID is kept."""
+    r"""Return the regex for one reference type; ``\K`` drops the label from the match, keeping the ID."""
     words = "|".join(sorted((w.replace(" ", r"[ \t]+") for w in labels), key=len, reverse=True))
     return rf"\b(?:{words}){_LABEL_SUFFIX}\K{_ID}"
 
@@ -73,10 +73,10 @@ class CrmReferenceRecognizer(PatternRecognizer):
 
 
 class DateOfBirthRecognizer(PatternRecognizer):
-    """A date announced as a birth date ("born 12/03/1985", "DOB: 1985-03-12", "date of birth 3 March 1985").
+    r"""A date announced as a birth date ("born 12/03/1985", "DOB: 1985-03-12", "date of birth 3 March 1985").
 
     Plain dates are not personal data in CRM text (delivery and due dates), so only a date after a birth
-    label counts; ``\\K`` drops the label from the match, so the date alone is masked.
+    label counts; ``\K`` drops the label from the match, so the date alone is masked.
     """
 
     _LABEL = (
