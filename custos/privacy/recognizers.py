@@ -229,6 +229,13 @@ class StreetAddressRecognizer(PatternRecognizer):
         )
 
 
+def _shifted(match: phonenumbers.PhoneNumberMatch, offset: int) -> phonenumbers.PhoneNumberMatch:
+    """The match with its offsets moved by ``offset`` (from a window to the whole text)."""
+    match.start += offset
+    match.end += offset
+    return match
+
+
 def _national_parsing_rules(region: str) -> tuple[object, ...]:
     """What ``phonenumbers.parse`` takes from the default region when it reads a national number."""
     metadata = PhoneMetadata.metadata_for_region(region)
@@ -251,7 +258,8 @@ class CandidatePhoneRecognizer(PhoneRecognizer):
     slowest recognizer by far (about half of the analysis time of a 500-character message). Here a cheap
     regex first finds runs of digits and phone punctuation with at least six digits; the matcher then runs
     per region on each run plus two characters either side (its checks look one character beyond a match),
-    so it finds the same numbers at the same offsets.
+    so it finds the same numbers at the same offsets. A stretch that is one number written with +country code
+    is matched in the first region only: every region would read it the same.
     """
 
     def _regions(self) -> list[str]:
@@ -267,6 +275,25 @@ class CandidatePhoneRecognizer(PhoneRecognizer):
             regions.setdefault(_national_parsing_rules(region), region)
         return list(regions.values())
 
+    @staticmethod
+    def _international_only(
+        window: str, start: int, end: int, matches: list[phonenumbers.PhoneNumberMatch]
+    ) -> bool:
+        """Whether every other region would find exactly ``matches`` in ``window``.
+
+        True when the one match is the whole candidate ``window[start:end]``, written with ``+country code``,
+        and the window has no other digit: such a number is parsed and validated the same whatever the region
+        (the region only matters for numbers without a country code), and there is nothing else to find.
+        """
+        if len(matches) != 1:
+            return False
+        match = matches[0]
+        return (
+            match.raw_string.startswith("+")
+            and (match.start, match.end) == (start, end)
+            and not any(ch.isdigit() for ch in window[:start] + window[end:])
+        )
+
     _CANDIDATE = re.compile(r"\+?[(\[]?\d[\d \t().\-/\[\]]*\d")
     _MIN_DIGITS = 6
     _MARGIN = 2
@@ -276,21 +303,29 @@ class CandidatePhoneRecognizer(PhoneRecognizer):
     ) -> list[RecognizerResult]:
         """Run the matcher of every region on each candidate stretch; offsets refer to ``text``."""
         results: list[RecognizerResult] = []
+        regions = self._regions()
+        leniency = 1 if self.leniency is None else self.leniency
         for candidate in self._CANDIDATE.finditer(text):
             if sum(ch.isdigit() for ch in candidate.group()) < self._MIN_DIGITS:
                 continue
             lo = max(0, candidate.start() - self._MARGIN)
             hi = min(len(text), candidate.end() + self._MARGIN)
             window = text[lo:hi]
-            leniency = 1 if self.leniency is None else self.leniency
-            for region in self._regions():
-                for match in phonenumbers.PhoneNumberMatcher(window, region, leniency=leniency):
+            for index, region in enumerate(regions):
+                matches = list(phonenumbers.PhoneNumberMatcher(window, region, leniency=leniency))
+                # Checked before the offsets of the matches are moved to the whole text.
+                last = index == 0 and self._international_only(
+                    window, candidate.start() - lo, candidate.end() - lo, matches
+                )
+                for match in matches:
                     try:
                         parsed = phonenumbers.parse(match.raw_string)
                         found_region = phonenumbers.region_code_for_number(parsed)
                     except phonenumbers.NumberParseException:
                         found_region = region
-                    match.start += lo
-                    match.end += lo
-                    results.append(self._get_recognizer_result(match, text, found_region, nlp_artifacts))
+                    results.append(
+                        self._get_recognizer_result(_shifted(match, lo), text, found_region, nlp_artifacts)
+                    )
+                if last:
+                    break
         return EntityRecognizer.remove_duplicates(results)

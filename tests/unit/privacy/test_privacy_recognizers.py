@@ -134,6 +134,9 @@ def test_explanations_carry_the_decision_process_without_values(analyzer: Analyz
         "order 55120, 3 items, no phone here",
         "Vancouver office: (604) 682-3000, Toronto 416 979 3000",
         "guernsey 01481 717000 or jersey 01534 440000",
+        "12+49 30 901820 and +49 30 901820 5",  # digits next to international numbers
+        "+1 212 555 0187, +44 20 7946 0958/+44 20 7946 0959",
+        "Ring +44 7700 900461 or 07700 900462.",
     ],
 )
 @pytest.mark.parametrize(
@@ -167,6 +170,32 @@ def test_phone_regions_that_parse_alike_are_matched_once(
     from custos.privacy.recognizers import CandidatePhoneRecognizer
 
     assert CandidatePhoneRecognizer(supported_regions=regions)._regions() == matched
+
+
+@pytest.mark.parametrize(
+    ("text", "other_regions_skipped"),
+    [
+        ("call +44 20 7946 0958 now", True),  # +country code, nothing else in the window
+        ("call 020 7946 0958 now", False),  # national: each region reads it differently
+        ("x1+44 20 7946 0958", False),  # a digit in the window before the number
+        ("+44 20 7946 0958 / 5", False),  # a digit after it (the window has two characters of margin)
+        ("+44 20 7946 0958 0171 2345", False),  # the number is only part of the digit run
+    ],
+)
+def test_international_numbers_are_matched_in_one_region(text: str, other_regions_skipped: bool) -> None:
+    import phonenumbers
+
+    from custos.privacy.recognizers import CandidatePhoneRecognizer
+
+    recognizer = CandidatePhoneRecognizer(supported_regions=("US", "GB", "DE"))
+    candidate = next(
+        c for c in recognizer._CANDIDATE.finditer(text) if sum(ch.isdigit() for ch in c.group()) >= 6
+    )
+    lo, hi = max(0, candidate.start() - 2), min(len(text), candidate.end() + 2)
+    window = text[lo:hi]
+    matches = list(phonenumbers.PhoneNumberMatcher(window, "US", leniency=1))
+    skipped = recognizer._international_only(window, candidate.start() - lo, candidate.end() - lo, matches)
+    assert skipped is other_regions_skipped
 
 
 @pytest.mark.parametrize(
