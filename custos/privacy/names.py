@@ -238,6 +238,19 @@ class PersonNameRecognizer(LocalRecognizer):
             return None
         return None
 
+    @staticmethod
+    def _middle_initial(text: str, tokens: list[_Token], index: int) -> bool:
+        """A capital letter between two name words ("Liberal A Aranda"); "a" and "I" are common words too."""
+        token = tokens[index]
+        if len(token.text) != 1 or not token.text.isupper() or index + 1 >= len(tokens):
+            return False
+        nxt = tokens[index + 1]
+        return (
+            re.fullmatch(r"\.?[ \t]+", text[token.end : nxt.start]) is not None
+            and nxt.proper
+            and nxt.key not in COMMON_WORDS
+        )
+
     def _cued_name_end(self, text: str, tokens: list[_Token], index: int, *, strong: bool) -> int | None:
         """End of one to three name-like words starting at ``index`` after a cue, or None."""
         head = tokens[index]
@@ -246,9 +259,11 @@ class PersonNameRecognizer(LocalRecognizer):
         if not (self._is_known(head) or (strong and head.capitalised)):
             return None
         end = head.end
-        for nxt in tokens[index + 1 : index + 3]:
+        for offset, nxt in enumerate(tokens[index + 1 : index + 3], start=index + 1):
             gap = text[end : nxt.start]
-            if not re.fullmatch(r"[ \t]+|\.[ \t]+", gap) or nxt.key in COMMON_WORDS:
+            if not re.fullmatch(r"[ \t]+|\.[ \t]+", gap):
+                break
+            if nxt.key in COMMON_WORDS and not self._middle_initial(text, tokens, offset):
                 break
             if not (
                 self._is_known(nxt) or (nxt.capitalised and head.capitalised) or _INITIAL.fullmatch(nxt.text)

@@ -1,8 +1,10 @@
-"""Recognizers for CRM references that Presidio does not ship: customer, account, order and ticket IDs.
+r"""Recognizers for CRM references that Presidio does not ship: customer, account, order and ticket IDs.
 
 ID formats differ per deployment, so these recognizers key on the label in front of the ID ("order #A-1234",
-"customer no. 55120", "ticket: 4711") rather than on the ID's shape. The label is matched by a look-behind,
-so only the ID itself is masked and the model still reads "order <ORDER_ID_1>".
+"customer no. 55120", "ticket: 4711") rather than on the ID's shape. The label is matched and then dropped
+from the match with ``\K`` (the ``regex`` module Presidio matches with), so only the ID itself is masked and
+the model still reads "order <ORDER_ID_1>". ``\K`` rather than a look-behind: a look-behind is tried
+backwards at every position of the text and made these patterns thirty times slower.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import phonenumbers
+from phonenumbers.phonemetadata import PhoneMetadata
 from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer, RecognizerResult
 from presidio_analyzer.nlp_engine import NlpArtifacts
 from presidio_analyzer.predefined_recognizers import PhoneRecognizer
@@ -48,9 +51,9 @@ _ID = r"(?=[A-Z0-9/-]*[0-9])[A-Z0-9](?:[A-Z0-9/-]{2,}[A-Z0-9])\b"
 
 
 def crm_reference_regex(labels: tuple[str, ...]) -> str:
-    """Return the regex for one reference type; the label is a look-behind so only the ID is matched."""
+    r"""Return the regex for one reference type; ``\K`` drops the label from the match, keeping the ID."""
     words = "|".join(sorted((w.replace(" ", r"[ \t]+") for w in labels), key=len, reverse=True))
-    return rf"(?<=\b(?:{words}){_LABEL_SUFFIX}){_ID}"
+    return rf"\b(?:{words}){_LABEL_SUFFIX}\K{_ID}"
 
 
 class CrmReferenceRecognizer(PatternRecognizer):
@@ -70,15 +73,15 @@ class CrmReferenceRecognizer(PatternRecognizer):
 
 
 class DateOfBirthRecognizer(PatternRecognizer):
-    """A date announced as a birth date ("born 12/03/1985", "DOB: 1985-03-12", "date of birth 3 March 1985").
+    r"""A date announced as a birth date ("born 12/03/1985", "DOB: 1985-03-12", "date of birth 3 March 1985").
 
     Plain dates are not personal data in CRM text (delivery and due dates), so only a date after a birth
-    label counts; the label is a look-behind, the date alone is masked.
+    label counts; ``\K`` drops the label from the match, so the date alone is masked.
     """
 
     _LABEL = (
-        r"(?<=\b(?:born(?:[ \t]+on)?|d\.?o\.?b\.?|date[ \t]+of[ \t]+birth|birth[ \t]*date|birthday)"
-        r"(?:[ \t]+is)?[ \t]*[:\-]?[ \t]*)"
+        r"\b(?:born(?:[ \t]+on)?|d\.?o\.?b\.?|date[ \t]+of[ \t]+birth|birth[ \t]*date|birthday)"
+        r"(?:[ \t]+is)?[ \t]*[:\-]?[ \t]*\K"
     )
     _MONTH = (
         r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|"
@@ -102,38 +105,150 @@ class DateOfBirthRecognizer(PatternRecognizer):
         )
 
 
-class StreetAddressRecognizer(PatternRecognizer):
-    """A street address: house number, one to four street words, a street suffix; optional unit.
+#: Street suffixes of the USPS list (Publication 28, appendix C1: the primary names and their usual
+#: abbreviations), with British and Irish ones (close, mews, rise, ...). A capitalised one after a house
+#: number and capitalised street words makes an address.
+_STREET_SUFFIX_TEXT = """
+    alley aly annex anx arcade arc avenue ave av bayou byu beach bch bend bnd bluff blf bluffs blfs
+    bottom btm boulevard blvd branch br bridge brg brook brk brooks burg bg burgs bypass byp camp cp
+    canyon cyn cape cpe causeway cswy circle cir circles cirs cliff clf cliffs clfs common commons
+    corner cor corners cors court ct courts cts cove cv coves creek crk crescent cres crest crst
+    crossing xing crossroad xrd crossroads curve curv dale dl dam dm divide dv drive dr drives drs
+    estate est estates ests expressway expy fall falls fls ferry fry flat flt flats flts ford frd
+    fords forest frst forge frg forges fork frk forks frks fort ft freeway fwy garden gdn gardens
+    gdns glen gln glens green grn greens grove grv groves harbor hbr harbors haven hvn heights hts
+    highway hwy hill hl hills hls hollow holw inlet inlt island isle islands jct junction junctions
+    jcts knoll knl knolls lake lk lakes lks land landing lndg lane ln loaf lf lodge ldg loop manor
+    mnr manors meadow mdw meadows mdws mews mill ml mills mission msn motorway mtwy mount mt
+    mountain mtn mountains mtns neck nck orchard orch oval overpass opas park parks parkway pkwy
+    parkways passage psge pike pine pne pines pnes place pl plain pln plains plns plaza plz prairie
+    pr radial radl ramp ranch rnch rapid rpd rapids rpds ridge rdg ridges rdgs river riv road rd
+    roads rds route rte row rue shoal shl shoals shore shr shores shrs skyway skwy spring spg
+    springs spgs spur spurs square sq squares sqs stravenue stra stream strm street st streets sts
+    terrace ter throughway trwy trafficway trfy trail trl trailer trlr tunnel tunl turnpike tpke
+    underpass upas valley vly valleys vlys viaduct via village vlg villages vlgs ville vl vista vis
+    walk walks way ways wharf yard rise parade quay drove embankment approach
+"""
+STREET_SUFFIXES: frozenset[str] = frozenset(_STREET_SUFFIX_TEXT.split())
+#: Suffixes that are also everyday nouns of support text ("2 License Keys", "7 Help Center", "10 Day Pass",
+#: "3 Charging Stations"): an address only with an address word nearby (see ``StreetAddressRecognizer``).
+_AMBIGUOUS_SUFFIX_TEXT = """
+    center ctr centers ctrs club clb course crse extension ext extensions exts field fld fields flds
+    gateway gtwy key ky keys kys light lgt lights lgts lock lck locks lcks mall pass path point pt
+    points pts port prt ports prts rest rst run station sta summit smt trace trce track trak union
+    un unions uns view vw views vws wall well wl wells wls
+"""
+AMBIGUOUS_STREET_SUFFIXES: frozenset[str] = frozenset(_AMBIGUOUS_SUFFIX_TEXT.split())
 
-    "221B Baker Street", "1600 Pennsylvania Ave NW", "12 rue de la Paix" are matched; a number followed by a
-    common noun ("3 items", "2 days") is not, because the street suffix is required.
+
+#: Words near an address (compared as substrings of the tokens before it: "shipped", "delivery", "reached").
+_ADDRESS_CONTEXT = (
+    "address", "live", "moved", "ship", "deliver", "street", "reach", "arrive", "parcel", "package",
+)  # fmt: skip
+
+
+def _alternation(words: frozenset[str]) -> str:
+    return "|".join(sorted(words, key=lambda w: (-len(w), w)))
+
+
+class StreetAddressRecognizer(PatternRecognizer):
+    """A street address: house number, street words, a street suffix; optional unit and town.
+
+    "221B Baker Street", "1600 Pennsylvania Ave NW, Suite 5", "609 Stacey Roads, New Brendaton",
+    "12 rue de la Paix" and "Hauptstraße 12" are matched; a number followed by common nouns ("3 items",
+    "2 days") is not, because the street suffix is required. The patterns, strongest first:
+
+    * a common suffix (street, road, avenue, ...) in any case;
+    * any USPS or British suffix, capitalised like the street words before it ("5979 Jones Course" is not
+      matched here: course is ambiguous);
+    * any suffix in any case, ambiguous ones included, with a score below the default threshold, so it counts
+      only when an address word is near (Presidio's context enhancer: "ship it to 2 Garcia Locks");
+    * a street word first (rue, via, calle), and a German or Dutch street name followed by the number.
     """
 
-    _SUFFIX = (
+    _COMMON_SUFFIX = (
         r"(?:street|st|avenue|ave|road|rd|boulevard|blvd|lane|ln|drive|dr|court|ct|place|pl|square|sq|"
         r"terrace|way|parkway|pkwy|highway|hwy|circle|cir|trail|close|crescent|row|strasse|straße|weg|"
         r"allee|platz|gasse)\.?"
     )
-    _STREET = rf"\b\d{{1,5}}[A-Za-z]?(?:[ \t]+[A-Z][A-Za-z'\-]*){{1,4}}[ \t]+{_SUFFIX}"
+    _SUFFIX = rf"(?:{_alternation(STREET_SUFFIXES)})"
+    _ANY_SUFFIX = rf"(?:{_alternation(STREET_SUFFIXES | AMBIGUOUS_STREET_SUFFIXES)})"
+    _NUMBER = r"\b\d{1,5}[A-Za-z]?"
+    # "3 PM EST", "9 AM CT": a time and a time zone, not a street.
+    _CAPITALISED = r"(?!(?i:am|pm)\b)[A-Z][A-Za-z'\-]*"
+    # A street word in any case; words that make "2 questions about the way" a sentence are none.
+    _WORD = (
+        r"(?!(?:the|a|an|about|of|to|for|from|in|on|at|by|with|and|or|my|your|our|their|this|that|is|are|"
+        r"was|were|more|other|days|weeks|months|years|times|hours|items|am|pm)\b)[A-Za-z][A-Za-z'\-]*"
+    )
     _STREET_FIRST = r"\b\d{1,5}[ \t]+(?:rue|via|calle|avenida|boulevard)(?:[ \t]+[A-Za-z'\-]+){1,4}"
-    _UNIT = r"(?:[ \t]*,?[ \t]*(?:apt|apartment|suite|ste|unit|flat)\.?[ \t]*#?[ \t]*\w{1,6})?"
-    _DIRECTION = r"(?:[ \t]+(?:N|S|E|W|NE|NW|SE|SW)\b)?"
+    # "Hauptstraße 12", "Am Mühlenweg 3a", "Keizersgracht 123": the street word ends the name.
+    _NUMBER_LAST = (
+        r"\b(?:[A-ZÄÖÜ][\w'\-]*[ \t]+)?[A-ZÄÖÜ][\w'\-]*"
+        r"(?:straße|strasse|str\.|weg|allee|platz|gasse|straat|laan|plein|gracht)[ \t]+\d{1,4}[a-z]?\b"
+    )
+    _UNIT = r"(?:[ \t]*,?[ \t]*(?i:apt|apartment|suite|ste|unit|flat)\.?[ \t]*#?[ \t]*\w{1,6})?"
+    _DIRECTION = r"(?:[ \t]+(?i:N|S|E|W|NE|NW|SE|SW)\b)?"
+    # ", Springfield", ", New Brendaton, IL 62704", ", London SW1A 1AA": capitalised town words after a comma,
+    # then a state or postcode; words that open a new sentence part are no town.
+    _NOT_TOWN = (
+        r"(?!(?:Thanks|Thank|Regards|Cheers|Please|Phone|Tel|Call|Email|Mail|Customer|Order|Account)\b)"
+    )
+    _TOWN = (
+        rf"(?:,[ \t]*{_NOT_TOWN}[A-Z][a-z'\-]+(?:[ \t]+[A-Z][a-z'\-]+){{0,2}}"
+        r"(?:,?[ \t]+[A-Z]{2}\b)?(?:[ \t]+(?:\d{5}(?:-\d{4})?|[A-Z]{1,2}\d[A-Z\d]?[ \t]*\d[A-Z]{2})\b)?)?"
+    )
+    _TAIL = rf"{_DIRECTION}{_UNIT}\b{_TOWN}"
 
     def __init__(self, *, supported_language: str = "en") -> None:
+        common = rf"(?i:{self._NUMBER}(?:[ \t]+{self._WORD}){{1,4}}[ \t]+{self._COMMON_SUFFIX})"
         super().__init__(
             supported_entity="STREET_ADDRESS",
             name="StreetAddressRecognizer",
             supported_language=supported_language,
             patterns=[
+                Pattern("number, street words, common suffix", rf"{common}{self._TAIL}", 0.7),
                 Pattern(
-                    "number, street words, suffix",
-                    rf"(?i:{self._STREET}){self._DIRECTION}{self._UNIT}\b",
-                    0.7,
+                    "number, capitalised street words and suffix",
+                    rf"{self._NUMBER}(?:[ \t]+{self._CAPITALISED}){{1,3}}[ \t]+"
+                    rf"(?=[A-Z])(?i:{self._SUFFIX})\b\.?{self._TAIL}",
+                    0.6,
+                ),
+                Pattern(
+                    "number, street words, any suffix (needs an address word nearby)",
+                    rf"(?i:{self._NUMBER}(?:[ \t]+{self._WORD}){{1,3}}[ \t]+{self._ANY_SUFFIX}\b\.?)"
+                    rf"{self._TAIL}",
+                    0.3,
                 ),
                 Pattern("number, street word first", rf"(?i:{self._STREET_FIRST})\b", 0.6),
+                Pattern("street name, then number", self._NUMBER_LAST, 0.6),
             ],
-            context=["address", "live", "lives", "living", "moved", "ship", "deliver", "street"],
+            context=list(_ADDRESS_CONTEXT),
+            # Case matters: capitalised street words and towns are part of the evidence.
+            global_regex_flags=re.DOTALL | re.MULTILINE,
         )
+
+
+def _shifted(match: phonenumbers.PhoneNumberMatch, offset: int) -> phonenumbers.PhoneNumberMatch:
+    """The match with its offsets moved by ``offset`` (from a window to the whole text)."""
+    match.start += offset
+    match.end += offset
+    return match
+
+
+def _national_parsing_rules(region: str) -> tuple[object, ...]:
+    """What ``phonenumbers.parse`` takes from the default region when it reads a national number."""
+    metadata = PhoneMetadata.metadata_for_region(region)
+    assert metadata is not None  # only called for phonenumbers.SUPPORTED_REGIONS
+    return (
+        metadata.country_code,
+        metadata.national_prefix,
+        metadata.national_prefix_for_parsing,
+        metadata.national_prefix_transform_rule,
+        metadata.international_prefix,
+        metadata.preferred_international_prefix,
+        metadata.leading_digits,
+    )
 
 
 class CandidatePhoneRecognizer(PhoneRecognizer):
@@ -143,14 +258,41 @@ class CandidatePhoneRecognizer(PhoneRecognizer):
     slowest recognizer by far (about half of the analysis time of a 500-character message). Here a cheap
     regex first finds runs of digits and phone punctuation with at least six digits; the matcher then runs
     per region on each run plus two characters either side (its checks look one character beyond a match),
-    so it finds the same numbers at the same offsets.
+    so it finds the same numbers at the same offsets. A stretch that is one number written with +country code
+    is matched in the first region only: every region would read it the same.
     """
 
     def _regions(self) -> list[str]:
         # A region phonenumbers does not know (e.g. "UK" for GB) only finds numbers written with +country
-        # code, which every known region finds too; it is skipped when there is a known one.
+        # code, which every known region finds too; it is skipped when there is a known one. So is a region
+        # that reads national numbers exactly like an earlier one (CA after US: same calling code and
+        # national prefix rules), since its matcher finds the same numbers at the same offsets.
         known = [r for r in self.supported_regions if r in phonenumbers.SUPPORTED_REGIONS]
-        return known or list(self.supported_regions)
+        if not known:
+            return list(self.supported_regions)
+        regions: dict[tuple[object, ...], str] = {}
+        for region in known:
+            regions.setdefault(_national_parsing_rules(region), region)
+        return list(regions.values())
+
+    @staticmethod
+    def _international_only(
+        window: str, start: int, end: int, matches: list[phonenumbers.PhoneNumberMatch]
+    ) -> bool:
+        """Whether every other region would find exactly ``matches`` in ``window``.
+
+        True when the one match is the whole candidate ``window[start:end]``, written with ``+country code``,
+        and the window has no other digit: such a number is parsed and validated the same whatever the region
+        (the region only matters for numbers without a country code), and there is nothing else to find.
+        """
+        if len(matches) != 1:
+            return False
+        match = matches[0]
+        return (
+            match.raw_string.startswith("+")
+            and (match.start, match.end) == (start, end)
+            and not any(ch.isdigit() for ch in window[:start] + window[end:])
+        )
 
     _CANDIDATE = re.compile(r"\+?[(\[]?\d[\d \t().\-/\[\]]*\d")
     _MIN_DIGITS = 6
@@ -161,21 +303,29 @@ class CandidatePhoneRecognizer(PhoneRecognizer):
     ) -> list[RecognizerResult]:
         """Run the matcher of every region on each candidate stretch; offsets refer to ``text``."""
         results: list[RecognizerResult] = []
+        regions = self._regions()
+        leniency = 1 if self.leniency is None else self.leniency
         for candidate in self._CANDIDATE.finditer(text):
             if sum(ch.isdigit() for ch in candidate.group()) < self._MIN_DIGITS:
                 continue
             lo = max(0, candidate.start() - self._MARGIN)
             hi = min(len(text), candidate.end() + self._MARGIN)
             window = text[lo:hi]
-            leniency = 1 if self.leniency is None else self.leniency
-            for region in self._regions():
-                for match in phonenumbers.PhoneNumberMatcher(window, region, leniency=leniency):
+            for index, region in enumerate(regions):
+                matches = list(phonenumbers.PhoneNumberMatcher(window, region, leniency=leniency))
+                # Checked before the offsets of the matches are moved to the whole text.
+                last = index == 0 and self._international_only(
+                    window, candidate.start() - lo, candidate.end() - lo, matches
+                )
+                for match in matches:
                     try:
                         parsed = phonenumbers.parse(match.raw_string)
                         found_region = phonenumbers.region_code_for_number(parsed)
                     except phonenumbers.NumberParseException:
                         found_region = region
-                    match.start += lo
-                    match.end += lo
-                    results.append(self._get_recognizer_result(match, text, found_region, nlp_artifacts))
+                    results.append(
+                        self._get_recognizer_result(_shifted(match, lo), text, found_region, nlp_artifacts)
+                    )
+                if last:
+                    break
         return EntityRecognizer.remove_duplicates(results)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import tldextract
-from presidio_analyzer import AnalyzerEngine
+from presidio_analyzer import AnalyzerEngine, PatternRecognizer
 
 from custos.privacy.analyzer import DISABLED_ENTITIES, ENABLED_ENTITIES, build_analyzer
 from custos.privacy.errors import PrivacyError, UnsupportedEntity
@@ -134,3 +134,18 @@ def test_context_words_still_raise_scores_without_the_lemmatizer(analyzer: Analy
     with_context = analyzer.analyze("my phone: 212 555 0187", language="en", entities=["PHONE_NUMBER"])
     without = analyzer.analyze("the value 212 555 0187", language="en", entities=["PHONE_NUMBER"])
     assert with_context[0].score > without[0].score
+
+
+def test_build_analyzer_compiles_every_pattern(analyzer: AnalyzerEngine) -> None:
+    """The regexes are compiled while the analyzer is built, not on the first request."""
+    patterns = [
+        pattern
+        for recognizer in analyzer.registry.recognizers
+        if isinstance(recognizer, PatternRecognizer)
+        for pattern in recognizer.patterns
+    ]
+    compiled = [pattern.compiled_regex for pattern in patterns]
+    assert any(compiled)
+    analyzer.analyze(text="Ship it to 12 Baker Street, order 55120.", language="en")
+    # Nothing left to compile on a request (Presidio's IBAN recognizer keeps its own compiled regexes).
+    assert [pattern.compiled_regex for pattern in patterns] == compiled

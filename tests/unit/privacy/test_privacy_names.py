@@ -27,6 +27,9 @@ def names(text: str) -> list[str]:
         ("Ticket 4711 - Lukasz Reid cannot log in", ["Lukasz Reid"]),  # listed surname
         ("My name is Zoltan Kiss and I need help", ["Zoltan Kiss"]),  # strong cue, unlisted name
         ("Kind regards, Hudson Caird", ["Hudson Caird"]),
+        ("Kind regards Liberal A Aranda", ["Liberal A Aranda"]),  # a middle initial that is also a word
+        ("Regards, Dana A. Whitfield", ["Dana A. Whitfield"]),
+        ("Cheers, Dana I will call", ["Dana"]),  # "I" before a lower-case word is no initial
         ("Dear Ms. Whitfield, thank you", ["Whitfield"]),
         ("hello, priya here - please call", ["priya"]),  # weak cue and a listed name
         ("date of birth 1990-01-02, name Hudson Caird, email h@c.de", ["Hudson Caird"]),

@@ -132,16 +132,114 @@ def test_explanations_carry_the_decision_process_without_values(analyzer: Analyz
         "ph 9876543210 / 98765 43210",
         "[+1] 212 555 0187",
         "order 55120, 3 items, no phone here",
+        "Vancouver office: (604) 682-3000, Toronto 416 979 3000",
+        "guernsey 01481 717000 or jersey 01534 440000",
+        "12+49 30 901820 and +49 30 901820 5",  # digits next to international numbers
+        "+1 212 555 0187, +44 20 7946 0958/+44 20 7946 0959",
+        "Ring +44 7700 900461 or 07700 900462.",
     ],
 )
-def test_candidate_phone_recognizer_finds_what_presidios_finds(text: str) -> None:
+@pytest.mark.parametrize(
+    "regions", [("US", "UK", "DE", "FE", "IL", "IN", "CA", "BR"), ("CA", "US"), ("GB", "GG", "JE")]
+)
+def test_candidate_phone_recognizer_finds_what_presidios_finds(text: str, regions: tuple[str, ...]) -> None:
     from presidio_analyzer.predefined_recognizers import PhoneRecognizer
 
     from custos.privacy.recognizers import CandidatePhoneRecognizer
 
-    regions = ("US", "UK", "DE", "FE", "IL", "IN", "CA", "BR")
     reference = PhoneRecognizer(supported_regions=regions).analyze(text, ["PHONE_NUMBER"])
     ours = CandidatePhoneRecognizer(supported_regions=regions).analyze(text, ["PHONE_NUMBER"])
     assert sorted((r.start, r.end, r.score) for r in ours) == sorted(
         (r.start, r.end, r.score) for r in reference
     )
+
+
+@pytest.mark.parametrize(
+    ("regions", "matched"),
+    [
+        (("US", "CA", "GB"), ["US", "GB"]),  # CA reads national numbers exactly like US
+        (("CA", "US"), ["CA"]),
+        (("GB", "GG"), ["GB", "GG"]),  # same calling code, other national prefix rules
+        (("UK", "DE"), ["DE"]),  # UK is no phonenumbers region
+        (("UK",), ["UK"]),
+    ],
+)
+def test_phone_regions_that_parse_alike_are_matched_once(
+    regions: tuple[str, ...], matched: list[str]
+) -> None:
+    from custos.privacy.recognizers import CandidatePhoneRecognizer
+
+    assert CandidatePhoneRecognizer(supported_regions=regions)._regions() == matched
+
+
+@pytest.mark.parametrize(
+    ("text", "other_regions_skipped"),
+    [
+        ("call +44 20 7946 0958 now", True),  # +country code, nothing else in the window
+        ("call 020 7946 0958 now", False),  # national: each region reads it differently
+        ("x1+44 20 7946 0958", False),  # a digit in the window before the number
+        ("+44 20 7946 0958 / 5", False),  # a digit after it (the window has two characters of margin)
+        ("+44 20 7946 0958 0171 2345", False),  # the number is only part of the digit run
+    ],
+)
+def test_international_numbers_are_matched_in_one_region(text: str, other_regions_skipped: bool) -> None:
+    import phonenumbers
+
+    from custos.privacy.recognizers import CandidatePhoneRecognizer
+
+    recognizer = CandidatePhoneRecognizer(supported_regions=("US", "GB", "DE"))
+    candidate = next(
+        c for c in recognizer._CANDIDATE.finditer(text) if sum(ch.isdigit() for ch in c.group()) >= 6
+    )
+    lo, hi = max(0, candidate.start() - 2), min(len(text), candidate.end() + 2)
+    window = text[lo:hi]
+    matches = list(phonenumbers.PhoneNumberMatcher(window, "US", leniency=1))
+    skipped = recognizer._international_only(window, candidate.start() - lo, candidate.end() - lo, matches)
+    assert skipped is other_regions_skipped
+
+
+@pytest.mark.parametrize(
+    ("text", "address"),
+    [
+        ("We moved to 609 Stacey Roads, New Brendaton last week.", "609 Stacey Roads, New Brendaton"),
+        ("My address is 12 Elm Grove, Springfield, IL 62704.", "12 Elm Grove, Springfield, IL 62704"),
+        ("Send it to 10 Downing Street, London SW1A 2AA please", "10 Downing Street, London SW1A 2AA"),
+        ("the box is for 2601 Michael Centers Suite 131", None),  # ambiguous suffix, no address word
+        ("ship it to 2601 michael centers suite 131 instead", "2601 michael centers suite 131"),
+        ("Please deliver to 5979 Jones Course.", "5979 Jones Course"),
+        ("The parcel never reached 07871 Garcia Locks.", "07871 Garcia Locks"),
+        ("Invoice for 463 Webb Skyway Apt. 387, thanks", "463 Webb Skyway Apt. 387"),
+        ("It went to 7187 Hughes Fords yesterday.", "7187 Hughes Fords"),
+        ("Lieferung an Hauptstraße 12 bitte.", "Hauptstraße 12"),
+        ("Our office is at Keizersgracht 123, Amsterdam.", "Keizersgracht 123"),
+        ("1420 Maple Avenue, Thanks for the help", "1420 Maple Avenue"),  # "Thanks" is no town
+        ("I have 2 questions about the way you bill.", None),
+        ("We need 2 License Keys and 3 Charging Stations for the office.", None),
+        ("Our 24/7 Help Center is open; the 10 Day Pass costs more.", None),
+        ("My order 5 Smart Locks arrived broken.", None),
+        ("Please add 2 Required Fields to the form.", None),
+        ("There are 3 USB Ports on the 2 Docking Station units.", None),
+        ("It took 2 Business Days and 3 Support Calls.", None),
+        ("Spring 2025 sale: 30 Day Trial for 2 Premium Plans.", None),
+        ("Ordered 2 Apple Pencils and 1 Year Warranty Extension.", None),
+        ("Call me after 3 PM EST or before 9 am ct, please.", None),
+    ],
+)
+def test_street_addresses(pseudonymizer: Pseudonymizer, text: str, address: str | None) -> None:
+    addresses = [value for entity, value in found(pseudonymizer, text) if entity == "STREET_ADDRESS"]
+    assert addresses == ([address] if address else [])
+
+
+def test_context_enhancer_raises_scores_on_the_results_it_is_given(analyzer: AnalyzerEngine) -> None:
+    from presidio_analyzer import RecognizerResult
+
+    text = "Ship it to 07871 Garcia Locks please."
+    artifacts = analyzer.nlp_engine.process_text(text, "en")
+    recognizers = analyzer.registry.get_recognizers("en", entities=["STREET_ADDRESS"])
+    results = [r for rec in recognizers for r in rec.analyze(text, ["STREET_ADDRESS"], artifacts)]
+    for result in results:
+        result.recognition_metadata = {RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: recognizers[0].id}
+    before = [r.score for r in results]
+    enhanced = analyzer.context_aware_enhancer.enhance_using_context(text, results, artifacts, recognizers)
+    assert all(a is b for a, b in zip(enhanced, results, strict=True))  # no copies
+    assert any(r.score > old for r, old in zip(results, before, strict=True))  # "ship" raised a score
