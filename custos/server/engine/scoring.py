@@ -3,17 +3,36 @@
 The prefix runs once; its KV cache is repeated across the batch and every continuation is scored in one
 more forward pass. Continuations are right-padded: under causal attention padding after a token never
 changes that token's logits, so no attention mask is needed to keep the scores exact.
+
+Two things keep a call cheap on a CPU:
+
+* The constant head of a prompt (a label set's instructions and few-shot examples, everything before the
+  message) is computed once: the KV cache of the longest token prefix shared with an earlier call is kept
+  per model (a few entries, most recently used first) and copied for each later call, so only the
+  message's tokens run through the model. The first call with a new prompt keeps its whole prefix (all but
+  the last token) until the second call finds the head the two share; that head then replaces it, so at
+  most one earlier message's KV stays in memory per label set, and nowhere else.
+* The vocabulary projection (the largest matrix of a small model) runs once, over the prefix's last
+  position and every position that predicts a label token together, not over every position.
 """
 
 from __future__ import annotations
 
+import copy
+import threading
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
+
+#: A shared head shorter than this is not worth a cache entry (one more forward pass would cost more).
+MIN_SHARED_TOKENS = 16
+#: Prompt heads kept per model (label sets in use at the same time).
+MAX_HEADS = 4
 
 
 @dataclass(frozen=True)
@@ -24,6 +43,75 @@ class ContinuationScores:
     tokens: tuple[int, ...]
     prefix_tokens: int
     seconds: float
+    reused_tokens: int = 0
+
+
+@dataclass
+class _Head:
+    ids: tuple[int, ...]
+    cache: Any
+
+
+class _HeadCache:
+    """Per model: the KV caches of recent prompt heads, found by token prefix."""
+
+    def __init__(self) -> None:
+        self._heads: weakref.WeakKeyDictionary[Any, list[_Head]] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def forget(self, model: Any) -> None:
+        """Drop every head kept for ``model``."""
+        with self._lock:
+            self._heads.pop(model, None)
+
+    def find(self, model: Any, ids: Sequence[int]) -> tuple[int, Any]:
+        """(tokens covered, a private copy of their cache) for the longest kept head that ``ids`` extends.
+
+        A head is used only when at least one token of ``ids`` follows it. (0, None) when none fits.
+        """
+        with self._lock:
+            heads = self._heads.get(model, [])
+            fitting = [h for h in heads if len(h.ids) < len(ids) and tuple(ids[: len(h.ids)]) == h.ids]
+            if not fitting:
+                return 0, None
+            best = max(fitting, key=lambda h: len(h.ids))
+            heads.remove(best)
+            heads.insert(0, best)
+            return len(best.ids), copy.deepcopy(best.cache)
+
+    def shared_length(self, model: Any, ids: Sequence[int]) -> int:
+        """The longest token prefix ``ids`` shares with a kept head that it does not extend (0: none)."""
+        with self._lock:
+            longest = 0
+            for head in self._heads.get(model, []):
+                n = 0
+                for a, b in zip(head.ids, ids, strict=False):
+                    if a != b:
+                        break
+                    n += 1
+                longest = max(longest, n)
+            return min(longest, len(ids) - 1)
+
+    def keep(self, model: Any, ids: Sequence[int], cache: Any) -> None:
+        """Keep a copy of ``cache`` (covering exactly ``ids``) as the newest head of ``model``."""
+        head = _Head(tuple(ids), copy.deepcopy(cache))
+        with self._lock:
+            # A head replaces the longer entries it was cut from (they hold an earlier message).
+            heads = [h for h in self._heads.get(model, []) if h.ids[: len(head.ids)] != head.ids]
+            self._heads[model] = [head, *heads][:MAX_HEADS]
+
+    def heads(self, model: Any) -> list[tuple[int, ...]]:
+        """The token ids of the heads kept for ``model``, most recently used first."""
+        with self._lock:
+            return [h.ids for h in self._heads.get(model, [])]
+
+
+HEADS = _HeadCache()
+
+
+def forget_prefixes(model: Any) -> None:
+    """Drop the prompt heads kept for ``model`` (for instance after its weights changed)."""
+    HEADS.forget(model)
 
 
 def score_continuations(
@@ -32,8 +120,13 @@ def score_continuations(
     continuations: Sequence[Sequence[int]],
     *,
     cache_kwarg: str = "past_key_values",
+    reuse_prefix: bool = True,
 ) -> ContinuationScores:
-    """Log-likelihood of each continuation (token ids, none empty) after ``prefix_ids``."""
+    """Log-likelihood of each continuation (token ids, none empty) after ``prefix_ids``.
+
+    With ``reuse_prefix`` the KV cache of a prompt head shared with earlier calls is reused (see the
+    module docstring); the scores are the same up to floating-point rounding.
+    """
     import torch
     from transformers import DynamicCache
 
@@ -43,16 +136,30 @@ def score_continuations(
     device = next(model.parameters()).device
     rows = len(continuations)
     width = max(len(c) for c in continuations)
-    totals = [0.0] * rows
+    prefix_ids = list(prefix_ids)
+    body = _body(model, cache_kwarg)
     with torch.inference_mode():
-        cache: Any = DynamicCache(config=model.config)
-        prefix = torch.tensor([list(prefix_ids)], dtype=torch.long, device=device)
-        out = model(input_ids=prefix, use_cache=True, logits_to_keep=1, **{cache_kwarg: cache})
-        first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-        for i, tokens in enumerate(continuations):
-            totals[i] = float(first[tokens[0]])
+        reused, cache = HEADS.find(model, prefix_ids) if reuse_prefix else (0, None)
+        if cache is None:
+            cache = DynamicCache(config=model.config)
+            shared = HEADS.shared_length(model, prefix_ids) if reuse_prefix else 0
+            if shared >= MIN_SHARED_TOKENS:
+                # A new head: run it alone once and keep it, then continue with the message.
+                _run(model, body, cache_kwarg, prefix_ids[:shared], cache, start=0)
+                HEADS.keep(model, prefix_ids[:shared], cache)
+                reused = shared
+            elif reuse_prefix:
+                # First sight of this prompt: keep all but its last token, so the next call finds the
+                # head it shares with this one.
+                _run(model, body, cache_kwarg, prefix_ids[:-1], cache, start=0)
+                HEADS.keep(model, prefix_ids[:-1], cache)
+                reused = len(prefix_ids) - 1
+        last = _run(model, body, cache_kwarg, prefix_ids[reused:], cache, start=reused)
+        # Position j of a continuation predicts its token j + 1: feed every token but the last.
+        rows_at = [i for i, tokens in enumerate(continuations) for _ in range(len(tokens) - 1)]
+        cols_at = [j for tokens in continuations for j in range(len(tokens) - 1)]
+        later = None
         if width > 1:
-            # Feed every continuation but its last token; position j predicts token j + 1.
             cache.batch_repeat_interleave(rows)
             ids = torch.zeros((rows, width - 1), dtype=torch.long, device=device)
             for i, tokens in enumerate(continuations):
@@ -60,50 +167,81 @@ def score_continuations(
             start = len(prefix_ids)
             positions = torch.arange(start, start + width - 1, device=device).expand(rows, -1)
             mask = torch.ones((rows, start + width - 1), dtype=torch.long, device=device)
-            rows_at = [i for i, tokens in enumerate(continuations) for _ in range(len(tokens) - 1)]
-            cols_at = [j for tokens in continuations for j in range(len(tokens) - 1)]
-            targets = torch.tensor(
-                [t for tokens in continuations for t in tokens[1:]], dtype=torch.long, device=device
-            )
-            hidden = _hidden_states(model, cache_kwarg, ids, mask, positions, cache)
-            if hidden is not None:
-                # The vocabulary projection dominates: run it only where a label token is predicted.
-                picked = hidden[torch.tensor(rows_at), torch.tensor(cols_at)]
-                logits = _project(model, picked)
-            else:
-                full = model(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    position_ids=positions,
-                    use_cache=True,
-                    **{cache_kwarg: cache},
-                ).logits
-                logits = full[torch.tensor(rows_at), torch.tensor(cols_at)].float()
-            logprobs = logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
-            for row, value in zip(rows_at, logprobs.tolist(), strict=True):
-                totals[row] += value
+            states = _forward(model, body, cache_kwarg, ids, cache, positions=positions, mask=mask)
+            later = states[torch.tensor(rows_at), torch.tensor(cols_at)]
+        targets = [tokens[0] for tokens in continuations] + [
+            t for tokens in continuations for t in tokens[1:]
+        ]
+        if body is not None:
+            # One vocabulary projection for the prefix's last position and every label position.
+            hidden = last[None] if later is None else torch.cat([last[None], later])
+            logits = _project(model, hidden)
+        else:
+            logits = last[None].float() if later is None else torch.cat([last[None], later]).float()
+        # Row 0 (the prefix's last position) predicts every continuation's first token.
+        at = [0] * rows + list(range(1, 1 + len(rows_at)))
+        picked = logits[torch.tensor(at), torch.tensor(targets, dtype=torch.long, device=device)]
+        norms = torch.logsumexp(logits, dim=-1)[torch.tensor(at)]
+        values = (picked - norms).tolist()
+    totals = values[:rows]
+    for row, value in zip(rows_at, values[rows:], strict=True):
+        totals[row] += value
     return ContinuationScores(
         logprobs=tuple(totals),
         tokens=tuple(len(c) for c in continuations),
         prefix_tokens=len(prefix_ids),
         seconds=time.perf_counter() - started,
+        reused_tokens=reused,
     )
 
 
-def _hidden_states(model: Any, cache_kwarg: str, ids: Any, mask: Any, positions: Any, cache: Any) -> Any:
-    """The decoder's last hidden states, or None when the model does not expose its decoder and head."""
+def _body(model: Any, cache_kwarg: str) -> Any:
+    """The decoder without its vocabulary head, or None when the model does not expose both."""
     import inspect
 
     body = getattr(model, "base_model", None)
     if body is None or body is model or model.get_output_embeddings() is None:
         return None
-    params = inspect.signature(body.forward).parameters
-    if cache_kwarg not in params:
+    if cache_kwarg not in inspect.signature(body.forward).parameters:
         return None
-    out = body(
-        input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_kwarg: cache}
-    )
-    return out.last_hidden_state
+    return body
+
+
+def _run(model: Any, body: Any, cache_kwarg: str, ids: Sequence[int], cache: Any, *, start: int) -> Any:
+    """Append ``ids`` (one sequence, from position ``start``) to ``cache``; the last position's output."""
+    import torch
+
+    device = next(model.parameters()).device
+    tensor = torch.tensor([list(ids)], dtype=torch.long, device=device)
+    positions = torch.arange(start, start + len(ids), device=device)[None]
+    return _forward(model, body, cache_kwarg, tensor, cache, positions=positions, last_only=True)[0, -1]
+
+
+def _forward(
+    model: Any,
+    body: Any,
+    cache_kwarg: str,
+    ids: Any,
+    cache: Any,
+    *,
+    positions: Any,
+    mask: Any = None,
+    last_only: bool = False,
+) -> Any:
+    """The decoder's last hidden states for ``ids``, or, without a separable head, the logits."""
+    kwargs: dict[str, Any] = {
+        "input_ids": ids,
+        "position_ids": positions,
+        "use_cache": True,
+        cache_kwarg: cache,
+    }
+    if mask is not None:
+        kwargs["attention_mask"] = mask
+    if body is not None:
+        return body(**kwargs).last_hidden_state
+    if last_only:
+        kwargs["logits_to_keep"] = 1
+    return model(**kwargs).logits
 
 
 def _project(model: Any, hidden: Any) -> Any:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from custos.server.engine.hf import TransformersEngine
-from custos.server.engine.scoring import score_continuations
+from custos.server.engine.scoring import forget_prefixes, score_continuations
 from custos.server.engine.testing import build_tiny_engine
 from custos.server.engine.types import PromptTooLong
 from custos.tasks.labels import distribution
@@ -65,11 +65,17 @@ def test_the_prefix_runs_once(tiny: TransformersEngine, monkeypatch: pytest.Monk
         calls.append(tuple(ids.shape))
         return forward(*args, **kwargs)
 
+    forget_prefixes(tiny.model)
     monkeypatch.setattr(decoder, "forward", counting)
     tiny.score_continuations(PREFIX, LABELS)
     prefix_tokens = len(tiny.tokenizer(PREFIX)["input_ids"])
-    # The prefix once, then every label in one batch (each label but its last token).
-    assert calls == [(1, prefix_tokens), (len(LABELS), max(len(x) for x in LABELS) - 1)]
+    labels_pass = (len(LABELS), max(len(x) for x in LABELS) - 1)
+    # Each prefix token once (all but the last are kept for later calls), then every label in one batch
+    # (each label but its last token).
+    assert calls == [(1, prefix_tokens - 1), (1, 1), labels_pass]
+    calls.clear()
+    tiny.score_continuations(PREFIX, LABELS)
+    assert calls == [(1, 1), labels_pass]
 
 
 def test_single_token_labels_need_only_the_prefix_pass(tiny: TransformersEngine) -> None:

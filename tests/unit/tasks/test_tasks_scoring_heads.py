@@ -1,0 +1,70 @@
+"""Classify scoring reuses the KV cache of a label set's constant prompt head across messages."""
+
+from __future__ import annotations
+
+import pytest
+
+from custos.server.engine.hf import TransformersEngine
+from custos.server.engine.scoring import HEADS, MAX_HEADS, forget_prefixes, score_continuations
+from custos.server.engine.testing import build_tiny_engine
+
+HEAD = "Customer messages sorted by topic.\nMessage: where is my parcel?\nTopic: tracking\n\nMessage:"
+MESSAGES = [" my card was charged twice", " please cancel the blue sofa", " the lamp arrived broken"]
+LABELS = [" tracking", " refund", " a broken item", " x"]
+
+
+@pytest.fixture()
+def tiny() -> TransformersEngine:
+    engine = build_tiny_engine()
+    forget_prefixes(engine.model)
+    return engine
+
+
+def ids(engine: TransformersEngine, text: str, *, special: bool = False) -> list[int]:
+    return list(engine.tokenizer(text, add_special_tokens=special)["input_ids"])
+
+
+def score(engine: TransformersEngine, message: str, *, reuse: bool) -> tuple[tuple[float, ...], int]:
+    result = score_continuations(
+        engine.model,
+        ids(engine, HEAD + message + "\nTopic:", special=True),
+        [ids(engine, label) for label in LABELS],
+        cache_kwarg=engine.cache_kwarg,
+        reuse_prefix=reuse,
+    )
+    return result.logprobs, result.reused_tokens
+
+
+def test_reusing_the_head_gives_the_same_scores(tiny: TransformersEngine) -> None:
+    fresh = [score(tiny, m, reuse=False) for m in MESSAGES]
+    reused = [score(tiny, m, reuse=True) for m in MESSAGES]
+    for (want, none), (got, _) in zip(fresh, reused, strict=True):
+        assert none == 0
+        assert got == pytest.approx(want, abs=1e-4)
+
+
+def test_only_the_message_runs_once_the_head_is_known(tiny: TransformersEngine) -> None:
+    head = ids(tiny, HEAD + " ", special=True)  # byte-level: the space before every message is shared too
+    first = [score(tiny, m, reuse=True)[1] for m in MESSAGES]
+    prompt = ids(tiny, HEAD + MESSAGES[0] + "\nTopic:", special=True)
+    # First call: all of its prompt but the last token is kept; later calls reuse the shared head.
+    assert first == [len(prompt) - 1, len(head), len(head)]
+    # The head replaced the entry that held the first message.
+    assert HEADS.heads(tiny.model) == [tuple(head)]
+
+
+def test_without_reuse_nothing_is_kept(tiny: TransformersEngine) -> None:
+    score(tiny, MESSAGES[0], reuse=False)
+    assert HEADS.heads(tiny.model) == []
+
+
+def test_a_few_heads_are_kept_per_model(tiny: TransformersEngine) -> None:
+    for n in range(MAX_HEADS + 2):
+        # Different from the first character on: no two share a head worth keeping.
+        prompt = ids(tiny, f"{'ABCDEFGH'[n]} label set with its own long head.\nMessage: hi", special=True)
+        score_continuations(tiny.model, prompt, [ids(tiny, " a")], cache_kwarg=tiny.cache_kwarg)
+    kept = HEADS.heads(tiny.model)
+    assert len(kept) == MAX_HEADS
+    assert tiny.tokenizer.decode(kept[0], skip_special_tokens=True).startswith("F label set")
+    forget_prefixes(tiny.model)
+    assert HEADS.heads(tiny.model) == []
