@@ -9,9 +9,9 @@ Two things keep a call cheap on a CPU:
 * The constant head of a prompt (a label set's instructions and few-shot examples, everything before the
   message) is computed once: the KV cache of the longest token prefix shared with an earlier call is kept
   per model (a few entries, most recently used first) and copied for each later call, so only the
-  message's tokens run through the model. The first call with a new prompt keeps its whole prefix (all but
-  the last token) until the second call finds the head the two share; that head then replaces it, so at
-  most one earlier message's KV stays in memory per label set, and nowhere else.
+  message's tokens run through the model. A prompt seen for the first time is kept whole (a probe) until a
+  later call finds the head the two share; that head then replaces it. One probe is kept per model at
+  most, so at most one earlier message's KV stays in memory, and nowhere else.
 * The vocabulary projection (the largest matrix of a small model) runs once, over the prefix's last
   position and every position that predicts a label token together, not over every position.
 """
@@ -50,6 +50,7 @@ class ContinuationScores:
 class _Head:
     ids: tuple[int, ...]
     cache: Any
+    probe: bool = False
 
 
 class _HeadCache:
@@ -92,12 +93,19 @@ class _HeadCache:
                 longest = max(longest, n)
             return min(longest, len(ids) - 1)
 
-    def keep(self, model: Any, ids: Sequence[int], cache: Any) -> None:
-        """Keep a copy of ``cache`` (covering exactly ``ids``) as the newest head of ``model``."""
-        head = _Head(tuple(ids), copy.deepcopy(cache))
+    def keep(self, model: Any, ids: Sequence[int], cache: Any, *, probe: bool = False) -> None:
+        """Keep a copy of ``cache`` (covering exactly ``ids``) as the newest head of ``model``.
+
+        A probe is a whole prompt seen once (its message included); a model keeps one probe at most, and a
+        head cut from it replaces it.
+        """
+        head = _Head(tuple(ids), copy.deepcopy(cache), probe)
         with self._lock:
-            # A head replaces the longer entries it was cut from (they hold an earlier message).
-            heads = [h for h in self._heads.get(model, []) if h.ids[: len(head.ids)] != head.ids]
+            heads = [
+                h
+                for h in self._heads.get(model, [])
+                if not (probe and h.probe) and h.ids[: len(head.ids)] != head.ids
+            ]
             self._heads[model] = [head, *heads][:MAX_HEADS]
 
     def heads(self, model: Any) -> list[tuple[int, ...]]:
@@ -148,13 +156,10 @@ def score_continuations(
                 _run(model, body, cache_kwarg, prefix_ids[:shared], cache, start=0)
                 HEADS.keep(model, prefix_ids[:shared], cache)
                 reused = shared
-            elif reuse_prefix:
-                # First sight of this prompt: keep all but its last token, so the next call finds the
-                # head it shares with this one.
-                _run(model, body, cache_kwarg, prefix_ids[:-1], cache, start=0)
-                HEADS.keep(model, prefix_ids[:-1], cache)
-                reused = len(prefix_ids) - 1
         last = _run(model, body, cache_kwarg, prefix_ids[reused:], cache, start=reused)
+        if reuse_prefix and not reused:
+            # First sight of this prompt: keep it as the probe the next call looks for a shared head in.
+            HEADS.keep(model, prefix_ids, cache, probe=True)
         # Position j of a continuation predicts its token j + 1: feed every token but the last.
         rows_at = [i for i, tokens in enumerate(continuations) for _ in range(len(tokens) - 1)]
         cols_at = [j for tokens in continuations for j in range(len(tokens) - 1)]

@@ -46,10 +46,10 @@ def test_reusing_the_head_gives_the_same_scores(tiny: TransformersEngine) -> Non
 def test_only_the_message_runs_once_the_head_is_known(tiny: TransformersEngine) -> None:
     head = ids(tiny, HEAD + " ", special=True)  # byte-level: the space before every message is shared too
     first = [score(tiny, m, reuse=True)[1] for m in MESSAGES]
-    prompt = ids(tiny, HEAD + MESSAGES[0] + "\nTopic:", special=True)
-    # First call: all of its prompt but the last token is kept; later calls reuse the shared head.
-    assert first == [len(prompt) - 1, len(head), len(head)]
-    # The head replaced the entry that held the first message.
+    # The first call runs its whole prompt; the second finds the head it shares with the first and runs it
+    # once alone; the third reuses it.
+    assert first == [0, len(head), len(head)]
+    # The head replaced the probe that held the first message.
     assert HEADS.heads(tiny.model) == [tuple(head)]
 
 
@@ -63,8 +63,20 @@ def test_a_few_heads_are_kept_per_model(tiny: TransformersEngine) -> None:
         # Different from the first character on: no two share a head worth keeping.
         prompt = ids(tiny, f"{'ABCDEFGH'[n]} label set with its own long head.\nMessage: hi", special=True)
         score_continuations(tiny.model, prompt, [ids(tiny, " a")], cache_kwarg=tiny.cache_kwarg)
+    # Prompts that share no head: only the latest is kept, as a probe (one earlier message at most).
+    kept = HEADS.heads(tiny.model)
+    assert len(kept) == 1
+    assert tiny.tokenizer.decode(kept[0], skip_special_tokens=True).startswith("F label set")
+    for n in range(MAX_HEADS + 2):
+        head = f"{'ABCDEFGH'[n]} label set with its own long head.\nMessage:"
+        for message in (" hi", " hello"):
+            prompt = ids(tiny, head + message, special=True)
+            score_continuations(tiny.model, prompt, [ids(tiny, " a")], cache_kwarg=tiny.cache_kwarg)
     kept = HEADS.heads(tiny.model)
     assert len(kept) == MAX_HEADS
-    assert tiny.tokenizer.decode(kept[0], skip_special_tokens=True).startswith("F label set")
+    assert (
+        tiny.tokenizer.decode(kept[0], skip_special_tokens=True)
+        == "F label set with its own long head.\nMessage: h"
+    )
     forget_prefixes(tiny.model)
     assert HEADS.heads(tiny.model) == []
