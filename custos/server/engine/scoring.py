@@ -1,10 +1,13 @@
 """Score continuations of one shared prefix: the log-likelihood Classify turns into probabilities.
 
-The prefix runs once; its KV cache is repeated across the batch and every continuation is scored in one
-more forward pass. Continuations are right-padded: under causal attention padding after a token never
-changes that token's logits, so no attention mask is needed to keep the scores exact.
+Each token of the prefix runs once. When the whole sequence fits the model's sliding window (and the
+model uses SDPA attention), the prefix and every continuation run in one packed forward pass: the
+continuations sit side by side after the prefix, each at the positions it would have right after the
+prefix, and an explicit mask lets each attend to the prefix and to its own earlier tokens only. Otherwise
+the prefix runs first and its KV cache is repeated across a batch of right-padded continuations (under
+causal attention padding after a token never changes that token's logits).
 
-Two things keep a call cheap on a CPU:
+Three things keep a call cheap on a CPU:
 
 * The constant head of a prompt (a label set's instructions and few-shot examples, everything before the
   message) is computed once: the KV cache of the longest token prefix shared with an earlier call is kept
@@ -14,6 +17,7 @@ Two things keep a call cheap on a CPU:
   most, so at most one earlier message's KV stays in memory, and nowhere else.
 * The vocabulary projection (the largest matrix of a small model) runs once, over the prefix's last
   position and every position that predicts a label token together, not over every position.
+* The packed pass reads the model's weights once for the prefix and the labels together.
 """
 
 from __future__ import annotations
@@ -156,24 +160,39 @@ def score_continuations(
                 _run(model, body, cache_kwarg, prefix_ids[:shared], cache, start=0)
                 HEADS.keep(model, prefix_ids[:shared], cache)
                 reused = shared
-        last = _run(model, body, cache_kwarg, prefix_ids[reused:], cache, start=reused)
-        if reuse_prefix and not reused:
-            # First sight of this prompt: keep it as the probe the next call looks for a shared head in.
-            HEADS.keep(model, prefix_ids, cache, probe=True)
         # Position j of a continuation predicts its token j + 1: feed every token but the last.
         rows_at = [i for i, tokens in enumerate(continuations) for _ in range(len(tokens) - 1)]
         cols_at = [j for tokens in continuations for j in range(len(tokens) - 1)]
+        rest = prefix_ids[reused:]
         later = None
-        if width > 1:
-            cache.batch_repeat_interleave(rows)
-            ids = torch.zeros((rows, width - 1), dtype=torch.long, device=device)
-            for i, tokens in enumerate(continuations):
-                ids[i, : len(tokens) - 1] = torch.tensor(list(tokens[:-1]), dtype=torch.long)
-            start = len(prefix_ids)
-            positions = torch.arange(start, start + width - 1, device=device).expand(rows, -1)
-            mask = torch.ones((rows, start + width - 1), dtype=torch.long, device=device)
-            states = _forward(model, body, cache_kwarg, ids, cache, positions=positions, mask=mask)
-            later = states[torch.tensor(rows_at), torch.tensor(cols_at)]
+        if body is not None and _packable(model, len(prefix_ids) + len(rows_at)):
+            # One pass: the rest of the prefix and every continuation side by side in one sequence, each
+            # continuation attending to the prefix and to its own earlier tokens only.
+            ids, positions, mask = _packed(prefix_ids, reused, continuations, device)
+            states = _forward(model, body, cache_kwarg, ids, cache, positions=positions, mask=mask)[0]
+            last = states[len(rest) - 1]
+            if rows_at:
+                later = states[len(rest) :]
+            if reuse_prefix and not reused:
+                # First sight of this prompt: keep it as the probe the next call looks for a shared head in.
+                probe = copy.deepcopy(cache)
+                if rows_at:
+                    probe.crop(-len(rows_at))
+                HEADS.keep(model, prefix_ids, probe, probe=True)
+        else:
+            last = _run(model, body, cache_kwarg, rest, cache, start=reused)
+            if reuse_prefix and not reused:
+                HEADS.keep(model, prefix_ids, cache, probe=True)
+            if width > 1:
+                cache.batch_repeat_interleave(rows)
+                batch = torch.zeros((rows, width - 1), dtype=torch.long, device=device)
+                for i, tokens in enumerate(continuations):
+                    batch[i, : len(tokens) - 1] = torch.tensor(list(tokens[:-1]), dtype=torch.long)
+                start = len(prefix_ids)
+                positions = torch.arange(start, start + width - 1, device=device).expand(rows, -1)
+                ones = torch.ones((rows, start + width - 1), dtype=torch.long, device=device)
+                states = _forward(model, body, cache_kwarg, batch, cache, positions=positions, mask=ones)
+                later = states[torch.tensor(rows_at), torch.tensor(cols_at)]
         targets = [tokens[0] for tokens in continuations] + [
             t for tokens in continuations for t in tokens[1:]
         ]
@@ -210,6 +229,51 @@ def _body(model: Any, cache_kwarg: str) -> Any:
     if cache_kwarg not in inspect.signature(body.forward).parameters:
         return None
     return body
+
+
+def _packable(model: Any, tokens: int) -> bool:
+    """Whether one packed pass with an explicit mask fits the model.
+
+    It needs SDPA attention, full and sliding-window layers only, and ``tokens`` (the whole sequence)
+    inside the sliding window, so that no layer drops any of them.
+    """
+    config = model.config
+    kinds = set(getattr(config, "layer_types", None) or ())
+    window = getattr(config, "sliding_window", None)
+    return (
+        getattr(config, "_attn_implementation", None) == "sdpa"
+        and bool(kinds)
+        and kinds <= {"full_attention", "sliding_attention"}
+        and (window is None or tokens < window)
+    )
+
+
+def _packed(
+    prefix_ids: Sequence[int], reused: int, continuations: Sequence[Sequence[int]], device: Any
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Input ids, positions and the boolean attention mask (per layer kind) of the packed pass."""
+    import torch
+
+    rest = list(prefix_ids[reused:])
+    start = len(prefix_ids)
+    tails = [list(tokens[:-1]) for tokens in continuations]
+    flat = rest + [t for tail in tails for t in tail]
+    positions = list(range(reused, start)) + [start + j for tail in tails for j in range(len(tail))]
+    queries, keys = len(flat), reused + len(flat)
+    mask = torch.zeros((queries, keys), dtype=torch.bool, device=device)
+    mask[: len(rest), :] = torch.ones((len(rest), keys), dtype=torch.bool, device=device).tril(reused)
+    row = len(rest)
+    for tail in tails:
+        mask[row : row + len(tail), :start] = True
+        block = torch.ones((len(tail), len(tail)), dtype=torch.bool, device=device).tril()
+        mask[row : row + len(tail), reused + row : reused + row + len(tail)] = block
+        row += len(tail)
+    full = mask[None, None]
+    return (
+        torch.tensor([flat], dtype=torch.long, device=device),
+        torch.tensor([positions], dtype=torch.long, device=device),
+        {"full_attention": full, "sliding_attention": full},
+    )
 
 
 def _run(model: Any, body: Any, cache_kwarg: str, ids: Sequence[int], cache: Any, *, start: int) -> Any:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
+import torch
 
 from custos.server.engine.hf import TransformersEngine
 from custos.server.engine.scoring import HEADS, MAX_HEADS, forget_prefixes, score_continuations
@@ -18,6 +21,15 @@ def tiny() -> TransformersEngine:
     engine = build_tiny_engine()
     forget_prefixes(engine.model)
     return engine
+
+
+def reference(engine: TransformersEngine, prefix: str, ending: str) -> float:
+    """Log-likelihood of ``ending`` from one full forward pass over prefix + ending (no cache)."""
+    prefix_ids, ending_ids = ids(engine, prefix, special=True), ids(engine, ending)
+    with torch.inference_mode():
+        logits = engine.model(input_ids=torch.tensor([prefix_ids + ending_ids])).logits[0].float()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    return sum(float(logprobs[len(prefix_ids) + j - 1, t]) for j, t in enumerate(ending_ids))
 
 
 def ids(engine: TransformersEngine, text: str, *, special: bool = False) -> list[int]:
@@ -80,3 +92,35 @@ def test_a_few_heads_are_kept_per_model(tiny: TransformersEngine) -> None:
     )
     forget_prefixes(tiny.model)
     assert HEADS.heads(tiny.model) == []
+
+
+def test_a_short_prompt_and_its_labels_run_in_one_packed_pass(
+    tiny: TransformersEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Inside the tiny model's sliding window (16 tokens): prompt and label tokens share one forward pass.
+    prefix, labels = "Hi\nTopic:", [" a", " bc", " d"]
+    calls: list[tuple[int, ...]] = []
+    decoder = tiny.model.base_model
+    forward = decoder.forward
+
+    @functools.wraps(forward)
+    def counting(*args: object, **kwargs: object) -> object:
+        ids = kwargs["input_ids"]
+        assert isinstance(ids, torch.Tensor)
+        calls.append(tuple(ids.shape))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(decoder, "forward", counting)
+    result = score_continuations(
+        tiny.model,
+        ids(tiny, prefix, special=True),
+        [ids(tiny, label) for label in labels],
+        cache_kwarg=tiny.cache_kwarg,
+        reuse_prefix=False,
+    )
+    monkeypatch.setattr(decoder, "forward", forward)
+    prefix_tokens = len(ids(tiny, prefix, special=True))
+    # Byte-level tokens: each label feeds all its bytes but the last (" ", " b", " ").
+    assert calls == [(1, prefix_tokens + 4)]
+    for got, label in zip(result.logprobs, labels, strict=True):
+        assert got == pytest.approx(reference(tiny, prefix, label), abs=1e-4)
