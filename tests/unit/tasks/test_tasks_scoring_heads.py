@@ -124,3 +124,20 @@ def test_a_short_prompt_and_its_labels_run_in_one_packed_pass(
     assert calls == [(1, prefix_tokens + 4)]
     for got, label in zip(result.logprobs, labels, strict=True):
         assert got == pytest.approx(reference(tiny, prefix, label), abs=1e-4)
+
+
+def test_latency_messages_are_200_characters_and_share_no_message_head() -> None:
+    from custos.server.eval_cli import LATENCY_MESSAGES
+
+    assert [len(m) for m in LATENCY_MESSAGES] == [200] * len(LATENCY_MESSAGES)
+    assert len({m.split()[0] for m in LATENCY_MESSAGES}) == len(LATENCY_MESSAGES)
+
+
+def test_the_latency_baseline_keeps_no_prompt_head(tiny: TransformersEngine) -> None:
+    from custos.server.eval_cli import _uncached_scorer
+
+    score = _uncached_scorer(tiny)
+    first = score(HEAD + MESSAGES[0], [" a"])
+    second = score(HEAD + MESSAGES[1], [" a"])
+    assert (first.reused_tokens, second.reused_tokens) == (0, 0)
+    assert HEADS.heads(tiny.model) == []
