@@ -17,7 +17,8 @@ def test_bundled_label_sets() -> None:
     registry = LabelSetRegistry.load()
     assert registry.ids == ["intents", "next-best-action", "sentiment"]
     intents = registry.get("intents")
-    assert len(intents.labels) == 12 and intents.calibration is None
+    assert len(intents.labels) == 12 and intents.calibration is not None
+    assert set(intents.calibration.bias) == set(intents.names)
     assert intents.prefix("Where is  my\nparcel?").endswith("\n\nMessage: Where is my parcel?\nTopic:")
     assert all(c.startswith(" ") for c in intents.continuations())
 
