@@ -224,7 +224,8 @@ def eval_latency(
     """Classify scoring p50 (one shared prefix, all labels batched) beside a baseline: one pass per label.
 
     Every run scores another of four 200-character messages, so only a prompt's constant head can come
-    from the kept KV cache, as between two real requests. The baseline keeps nothing.
+    from the kept KV cache, as between two real requests. The baseline keeps nothing. The two alternate
+    call by call.
     """
     from custos.tasks.labels import Label, LabelSet
 
@@ -247,18 +248,19 @@ def eval_latency(
         engine.score_continuations(prefix, endings)
     uncached(prefixes[0], endings[:2])
 
-    def timed(fn: Any) -> list[float]:
-        samples = []
-        for run in range(runs):
-            prefix = prefixes[run % len(prefixes)]
-            started = time.perf_counter()
-            fn(prefix)
-            samples.append((time.perf_counter() - started) * 1000)
-        return samples
-
     shared: list[ContinuationScores] = []
-    batched = timed(lambda prefix: shared.append(engine.score_continuations(prefix, endings)))
-    separate = timed(lambda prefix: [uncached(prefix, [e]) for e in endings])
+    batched: list[float] = []
+    separate: list[float] = []
+    # The two cases alternate call by call, so that load from other work falls on both alike.
+    for run in range(runs):
+        prefix = prefixes[run % len(prefixes)]
+        started = time.perf_counter()
+        shared.append(engine.score_continuations(prefix, endings))
+        batched.append((time.perf_counter() - started) * 1000)
+        started = time.perf_counter()
+        for ending in endings:
+            uncached(prefix, [ending])
+        separate.append((time.perf_counter() - started) * 1000)
     p50, base = statistics.median(batched), statistics.median(separate)
     tokens = max(s.prefix_tokens for s in shared)
     reused = statistics.median(s.reused_tokens for s in shared)
