@@ -290,6 +290,36 @@ def evaluate(
     )
 
 
+def calibrate(
+    examples: Sequence[Example],
+    label_set: LabelSet,
+    score: ScoreFn,
+    *,
+    calibration_every: int = 5,
+) -> tuple[Calibration, int]:
+    """Fit the label set's calibration on the calibration split only (the messages ``evaluate`` holds out).
+
+    Returns the parameters and how many messages they were fitted on. Scoring only that split keeps the
+    evaluation split unseen, so ``evaluate`` still judges a label set that ships these parameters fairly.
+    """
+    unknown = sorted({e.label for e in examples} - set(label_set.names))
+    if unknown:
+        raise EvalDataError(f"labels not in label set {label_set.id!r}: {unknown}")
+    calibration_split, _ = split(examples, calibration_every)
+    if not calibration_split:
+        raise EvalDataError("too few examples to hold out a calibration split")
+    index = {name: i for i, name in enumerate(label_set.names)}
+    scores = [score(e.text) for e in calibration_split]
+    fitted = fit_calibration(scores, [index[e.label] for e in calibration_split], label_set.names)
+    return fitted, len(calibration_split)
+
+
+def calibration_toml(calibration: Calibration) -> str:
+    """The ``[calibration]`` table of a label-set file holding ``calibration``."""
+    bias = ", ".join(f"{name} = {value:.4f}" for name, value in calibration.bias.items())
+    return f"[calibration]\ntemperature = {calibration.temperature:.4f}\nbias = {{ {bias} }}\n"
+
+
 def write_plots(report: EvalReport, directory: Path, *, system: str = CLASSIFY_CALIBRATED) -> list[Path]:
     """Confusion matrix and reliability diagram of ``system`` as PNG files (needs matplotlib)."""
     import matplotlib

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from custos.server.engine.hf import TransformersEngine
-from custos.server.engine.scoring import score_continuations
+from custos.server.engine.scoring import forget_prefixes, score_continuations
 from custos.server.engine.testing import build_tiny_engine
 from custos.server.engine.types import PromptTooLong
 from custos.tasks.labels import distribution
@@ -65,6 +65,7 @@ def test_the_prefix_runs_once(tiny: TransformersEngine, monkeypatch: pytest.Monk
         calls.append(tuple(ids.shape))
         return forward(*args, **kwargs)
 
+    forget_prefixes(tiny.model)
     monkeypatch.setattr(decoder, "forward", counting)
     tiny.score_continuations(PREFIX, LABELS)
     prefix_tokens = len(tiny.tokenizer(PREFIX)["input_ids"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ from custos.tasks.eval import (
     Example,
     accuracy,
     bundled_dataset,
+    calibrate,
+    calibration_toml,
     confusion_matrix,
     evaluate,
     expected_calibration_error,
@@ -100,3 +103,31 @@ def test_plots_are_written_when_matplotlib_is_installed(tmp_path: Path) -> None:
     assert [p.name for p in written] == ["confusion_matrix.png", "reliability.png"]
     for path in written:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 1000
+
+
+def test_calibrate_scores_only_the_calibration_split_and_round_trips_as_toml() -> None:
+    examples = [Example(f"message {i}", "track" if i % 4 else "refund") for i in range(20)]
+    seen: list[str] = []
+
+    def score(text: str) -> list[float]:  # a "model" that always prefers refund by 1 nat
+        seen.append(text)
+        return [0.0, -1.0]
+
+    fitted, count = calibrate(examples, LABELS, score)
+    # Every fifth message (0, 5, 10, 15): what evaluate holds out; the evaluation split is never scored.
+    assert count == 4 and seen == ["message 0", "message 5", "message 10", "message 15"]
+    # Gold there: refund, track, track, track; the bias moves probability towards the underrated track.
+    assert fitted.bias["track"] > fitted.bias["refund"]
+    parsed = LabelSet.from_mapping(
+        {
+            **tomllib.loads(calibration_toml(fitted)),
+            "id": "t",
+            "version": 1,
+            "prompt": "${message}",
+            "labels": [{"name": "refund"}, {"name": "track"}],
+        },
+        source="t.toml",
+    )
+    assert parsed.calibration is not None
+    assert parsed.calibration.temperature == pytest.approx(fitted.temperature, abs=1e-4)
+    assert parsed.calibration.bias == pytest.approx(fitted.bias, abs=1e-4)

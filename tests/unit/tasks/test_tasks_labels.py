@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
 import math
+import re
 from pathlib import Path
 
 import pytest
 
+from custos.tasks.eval import bundled_dataset, load_examples
 from custos.tasks.labels import Calibration, LabelSet, LabelSetRegistry, distribution, fit_calibration
 
 
@@ -14,11 +17,25 @@ def test_bundled_label_sets() -> None:
     registry = LabelSetRegistry.load()
     assert registry.ids == ["intents", "next-best-action", "sentiment"]
     intents = registry.get("intents")
-    assert len(intents.labels) == 12 and intents.calibration is None
-    assert intents.prefix("Where is  my\nparcel?").endswith(
-        "Where is my parcel?\nThe customer wants help with:"
-    )
+    assert len(intents.labels) == 12 and intents.calibration is not None
+    assert set(intents.calibration.bias) == set(intents.names)
+    assert intents.prefix("Where is  my\nparcel?").endswith("\n\nMessage: Where is my parcel?\nTopic:")
     assert all(c.startswith(" ") for c in intents.continuations())
+
+
+def test_intents_few_shot_examples_are_not_messages_of_the_bundled_set() -> None:
+    # The examples in the prompt are hand-written: none may be (nearly) a message the evaluation scores.
+    intents = LabelSetRegistry.load().get("intents")
+    head = intents.prompt.split("${message}")[0]
+    examples = re.findall(r"^Message: (.+)$", head, flags=re.MULTILINE)
+    answers = re.findall(r"^Topic: (.+)$", head, flags=re.MULTILINE)
+    assert len(examples) == len(answers) == 2 * len(intents.labels)
+    # Two examples per label, answered with the label's own text.
+    assert sorted(answers) == sorted(2 * [label.text for label in intents.labels])
+    messages = [e.text.lower() for e in load_examples(bundled_dataset())]
+    for example in examples:
+        closest = max(difflib.SequenceMatcher(None, example.lower(), m).ratio() for m in messages)
+        assert closest < 0.6, example
 
 
 @pytest.mark.parametrize("scores", [[-1.0, -2.0, -3.0], [-500.0, -501.0, -900.0], [0.0, 0.0]])
