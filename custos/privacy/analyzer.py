@@ -15,6 +15,7 @@ Entity decisions (``ENABLED_ENTITIES`` is on, ``DISABLED_ENTITIES`` documents wh
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -135,6 +136,9 @@ _RECOGNIZER_FACTORIES: Mapping[str, _RecognizerFactory] = {
 
 _NER_ENTITIES = frozenset(SPACY_LABEL_TO_ENTITY.values())
 
+#: Key in ``Doc.user_data`` of the tokens' end offsets (``InPlaceContextEnhancer`` searches them).
+END_OFFSETS_KEY = "custos_token_ends"
+
 
 class OfflineSpacyNlpEngine(SpacyNlpEngine):
     """Presidio's spaCy engine that never downloads a model and keeps NER on the CPU.
@@ -160,11 +164,17 @@ class OfflineSpacyNlpEngine(SpacyNlpEngine):
         entities, scores = self._get_updated_entities(
             self._get_entities(doc), self._get_scores_for_entities(doc)
         )
+        starts, ends, lemmas = [], [], []
+        for token in doc:
+            starts.append(token.idx)
+            ends.append(token.idx + len(token))
+            lemmas.append(token.lemma_ or token.lower_)
+        doc.user_data[END_OFFSETS_KEY] = ends
         return NlpArtifacts(
             entities=entities,
             tokens=doc,
-            tokens_indices=[token.idx for token in doc],
-            lemmas=[token.lemma_ or token.lower_ for token in doc],
+            tokens_indices=starts,
+            lemmas=lemmas,
             nlp_engine=self,
             language=language,
             scores=scores,
@@ -179,12 +189,28 @@ class _SharedResults(list[RecognizerResult]):
 
 
 class InPlaceContextEnhancer(LemmaContextAwareEnhancer):
-    """Presidio's context-word enhancer without its deep copy of every result.
+    """Presidio's context-word enhancer without its deep copy of every result, and with a binary search.
 
     The enhancer deep-copies the results (with their explanations) before raising scores, which cost about a
     tenth of the analysis of a 500-character message. ``AnalyzerEngine.analyze`` builds those results in the
     same call and only keeps the enhanced list, so enhancing them in place gives the same outcome.
+
+    To find the token a result starts in, Presidio walks the spaCy ``Doc`` from its first token for every
+    result (a Python object per token: about 0.3 ms for a 500-character message). Token end offsets grow
+    strictly, so the first token ending after the result's start, the token Presidio's walk stops at, is found
+    by bisection in the end offsets ``OfflineSpacyNlpEngine`` stores with the ``Doc``.
     """
+
+    @staticmethod
+    def _find_index_of_match_token(word: str, start: int, tokens: Any, tokens_indices: list[int]) -> int:
+        ends = tokens.user_data.get(END_OFFSETS_KEY) if isinstance(tokens, Doc) else None
+        if ends is None or len(ends) != len(tokens_indices):
+            return LemmaContextAwareEnhancer._find_index_of_match_token(word, start, tokens, tokens_indices)
+        index = bisect.bisect_right(ends, start)
+        if index == len(ends):
+            # Presidio's message carries the matched text; this one does not.
+            raise ValueError("a detection starts after the last token of the text")
+        return index
 
     def enhance_using_context(
         self,

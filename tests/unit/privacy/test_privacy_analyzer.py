@@ -149,3 +149,23 @@ def test_build_analyzer_compiles_every_pattern(analyzer: AnalyzerEngine) -> None
     analyzer.analyze(text="Ship it to 12 Baker Street, order 55120.", language="en")
     # Nothing left to compile on a request (Presidio's IBAN recognizer keeps its own compiled regexes).
     assert [pattern.compiled_regex for pattern in patterns] == compiled
+
+
+def test_context_enhancer_finds_the_token_presidio_would(analyzer: AnalyzerEngine) -> None:
+    from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
+
+    from custos.privacy.analyzer import END_OFFSETS_KEY, InPlaceContextEnhancer
+
+    text = "Call  me on (212) 555-0187, please.\nMy card: 4111-1111-1111-1111 (expires 03/29)!  "
+    artifacts = analyzer.nlp_engine.process_text(text, "en")
+    doc = artifacts.tokens
+    assert doc.user_data[END_OFFSETS_KEY] == [token.idx + len(token) for token in doc]
+    last_end = doc[-1].idx + len(doc[-1])
+    for start in range(last_end):
+        expected = LemmaContextAwareEnhancer._find_index_of_match_token(
+            "x", start, doc, artifacts.tokens_indices
+        )
+        found = InPlaceContextEnhancer._find_index_of_match_token("x", start, doc, artifacts.tokens_indices)
+        assert found == expected, start
+    with pytest.raises(ValueError):
+        InPlaceContextEnhancer._find_index_of_match_token("x", last_end, doc, artifacts.tokens_indices)
