@@ -126,8 +126,31 @@ def test_build_refuses_bad_configuration_without_downloading(kwargs: dict[str, o
 
 def test_only_the_pipes_ner_needs_run(analyzer: AnalyzerEngine) -> None:
     nlp = analyzer.nlp_engine.get_nlp("en")  # type: ignore[attr-defined]
-    assert nlp.pipe_names == ["ner"]
-    assert {"tagger", "parser", "lemmatizer"} <= set(nlp.disabled)
+    assert nlp.pipe_names == ["stepped_ner"]  # spaCy's ner, run by SteppedNer
+    assert {"tagger", "parser", "lemmatizer", "ner"} <= set(nlp.disabled)
+
+
+def test_stepped_ner_finds_what_spacys_greedy_parse_finds(analyzer: AnalyzerEngine) -> None:
+    from custos.privacy import benchmark
+    from custos.privacy.analyzer import SteppedNer
+
+    nlp = analyzer.nlp_engine.get_nlp("en")  # type: ignore[attr-defined]
+    spacy_ner = nlp.get_pipe("ner")
+    stepped = nlp.get_pipe("stepped_ner")
+    assert isinstance(stepped, SteppedNer) and stepped.parser is spacy_ner
+    samples = benchmark.generate_dataset(40, seed=3)
+    texts = [s.text for s in samples] + [s.text for s in benchmark.long_messages(samples, count=10)]
+    texts += [s.text for s in benchmark.HAND_WRITTEN] + ["", " ", "John"]
+
+    def ents(docs: list[object]) -> list[list[tuple[int, int, str]]]:
+        return [[(e.start_char, e.end_char, e.label_) for e in doc.ents] for doc in docs]  # type: ignore[attr-defined]
+
+    expected = ents([spacy_ner(nlp.make_doc(text)) for text in texts])
+    assert any(expected)
+    assert ents([stepped(nlp.make_doc(text)) for text in texts]) == expected
+    for batch_size in (1, 8, 256):
+        assert ents(list(stepped.pipe((nlp.make_doc(t) for t in texts), batch_size=batch_size))) == expected
+        assert ents(list(spacy_ner.pipe((nlp.make_doc(t) for t in texts), batch_size=batch_size))) == expected
 
 
 def test_context_words_still_raise_scores_without_the_lemmatizer(analyzer: AnalyzerEngine) -> None:
