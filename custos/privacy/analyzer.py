@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy
 import spacy
 import tldextract
 from presidio_analyzer import AnalyzerEngine, EntityRecognizer, PatternRecognizer, RecognizerResult
@@ -274,6 +275,15 @@ class SteppedNer:
         batch = parser.moves.init_batch(docs)
         model = parser.model.predict(docs)
         states = [state for state in batch if not state.is_final()]
+        if model.attrs.get("has_upper"):
+            # spaCy's step_forward without the thinc call wrapper and backprop closure per step: the same
+            # layer calls, so the same scores.
+            unseen = model._class_mask == 0
+            while states:
+                vector, _ = model.state2vec(model.get_token_ids(states), False)
+                scores, _ = model.vec2scores(vector, False)
+                scores[:, unseen] = numpy.nanmin(scores)
+                states = parser.transition_states(states, scores)
         while states:
             states = parser.transition_states(states, model.predict(states))
         model.clear_memory()
