@@ -508,11 +508,16 @@ class Pseudonymizer:
         all_texts = [t for call in prepared if isinstance(call, _PreparedCall) for t in call.safe_texts]
         # spaCy's pipe() processes every message of every call as one batch; each is then analysed alone.
         # (Presidio's process_batch defaults to spaCy batches of one text.)
-        artifacts = iter(
-            self._analyzer.nlp_engine.process_batch(
-                all_texts, language=self._language, batch_size=max(1, min(len(all_texts), 256))
+        nlp_engine = self._analyzer.nlp_engine
+        if len(all_texts) == 1:
+            # One message (the usual call): spaCy's direct call, without pipe()'s batching generators.
+            artifacts = iter([(all_texts[0], nlp_engine.process_text(all_texts[0], self._language))])
+        else:
+            artifacts = iter(
+                nlp_engine.process_batch(
+                    all_texts, language=self._language, batch_size=max(1, min(len(all_texts), 256))
+                )
             )
-        )
         all_entities = self._entities if self._entities is not None else self.entities
         pattern_entities = [e for e in all_entities if e not in NER_ENTITY_TYPES]
         outcomes: list[Analysis | Exception] = []

@@ -9,6 +9,7 @@ backwards at every position of the text and made these patterns thirty times slo
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -262,6 +263,11 @@ class CandidatePhoneRecognizer(PhoneRecognizer):
     is matched in the first region only: every region would read it the same.
     """
 
+    @functools.cached_property
+    def _region_order(self) -> list[str]:
+        """``_regions()``, computed on first use (the configured regions do not change after start-up)."""
+        return self._regions()
+
     def _regions(self) -> list[str]:
         # A region phonenumbers does not know (e.g. "UK" for GB) only finds numbers written with +country
         # code, which every known region finds too; it is skipped when there is a known one. So is a region
@@ -303,7 +309,7 @@ class CandidatePhoneRecognizer(PhoneRecognizer):
     ) -> list[RecognizerResult]:
         """Run the matcher of every region on each candidate stretch; offsets refer to ``text``."""
         results: list[RecognizerResult] = []
-        regions = self._regions()
+        regions = self._region_order
         leniency = 1 if self.leniency is None else self.leniency
         for candidate in self._CANDIDATE.finditer(text):
             if sum(ch.isdigit() for ch in candidate.group()) < self._MIN_DIGITS:

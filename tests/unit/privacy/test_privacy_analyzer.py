@@ -126,8 +126,31 @@ def test_build_refuses_bad_configuration_without_downloading(kwargs: dict[str, o
 
 def test_only_the_pipes_ner_needs_run(analyzer: AnalyzerEngine) -> None:
     nlp = analyzer.nlp_engine.get_nlp("en")  # type: ignore[attr-defined]
-    assert nlp.pipe_names == ["ner"]
-    assert {"tagger", "parser", "lemmatizer"} <= set(nlp.disabled)
+    assert nlp.pipe_names == ["stepped_ner"]  # spaCy's ner, run by SteppedNer
+    assert {"tagger", "parser", "lemmatizer", "ner"} <= set(nlp.disabled)
+
+
+def test_stepped_ner_finds_what_spacys_greedy_parse_finds(analyzer: AnalyzerEngine) -> None:
+    from custos.privacy import benchmark
+    from custos.privacy.analyzer import SteppedNer
+
+    nlp = analyzer.nlp_engine.get_nlp("en")  # type: ignore[attr-defined]
+    spacy_ner = nlp.get_pipe("ner")
+    stepped = nlp.get_pipe("stepped_ner")
+    assert isinstance(stepped, SteppedNer) and stepped.parser is spacy_ner
+    samples = benchmark.generate_dataset(40, seed=3)
+    texts = [s.text for s in samples] + [s.text for s in benchmark.long_messages(samples, count=10)]
+    texts += [s.text for s in benchmark.HAND_WRITTEN] + ["", " ", "John"]
+
+    def ents(docs: list[object]) -> list[list[tuple[int, int, str]]]:
+        return [[(e.start_char, e.end_char, e.label_) for e in doc.ents] for doc in docs]  # type: ignore[attr-defined]
+
+    expected = ents([spacy_ner(nlp.make_doc(text)) for text in texts])
+    assert any(expected)
+    assert ents([stepped(nlp.make_doc(text)) for text in texts]) == expected
+    for batch_size in (1, 8, 256):
+        assert ents(list(stepped.pipe((nlp.make_doc(t) for t in texts), batch_size=batch_size))) == expected
+        assert ents(list(spacy_ner.pipe((nlp.make_doc(t) for t in texts), batch_size=batch_size))) == expected
 
 
 def test_context_words_still_raise_scores_without_the_lemmatizer(analyzer: AnalyzerEngine) -> None:
@@ -149,3 +172,23 @@ def test_build_analyzer_compiles_every_pattern(analyzer: AnalyzerEngine) -> None
     analyzer.analyze(text="Ship it to 12 Baker Street, order 55120.", language="en")
     # Nothing left to compile on a request (Presidio's IBAN recognizer keeps its own compiled regexes).
     assert [pattern.compiled_regex for pattern in patterns] == compiled
+
+
+def test_context_enhancer_finds_the_token_presidio_would(analyzer: AnalyzerEngine) -> None:
+    from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
+
+    from custos.privacy.analyzer import END_OFFSETS_KEY, InPlaceContextEnhancer
+
+    text = "Call  me on (212) 555-0187, please.\nMy card: 4111-1111-1111-1111 (expires 03/29)!  "
+    artifacts = analyzer.nlp_engine.process_text(text, "en")
+    doc = artifacts.tokens
+    assert doc.user_data[END_OFFSETS_KEY] == [token.idx + len(token) for token in doc]
+    last_end = doc[-1].idx + len(doc[-1])
+    for start in range(last_end):
+        expected = LemmaContextAwareEnhancer._find_index_of_match_token(
+            "x", start, doc, artifacts.tokens_indices
+        )
+        found = InPlaceContextEnhancer._find_index_of_match_token("x", start, doc, artifacts.tokens_indices)
+        assert found == expected, start
+    with pytest.raises(ValueError):
+        InPlaceContextEnhancer._find_index_of_match_token("x", last_end, doc, artifacts.tokens_indices)

@@ -92,3 +92,21 @@ def test_analyze_many_matches_analysing_each_call_alone(analyzer: AnalyzerEngine
             [(s.start, s.end, s.winner.entity_type) for s in spans] for spans in alone.spans
         ]
         assert batched.counts() == alone.counts() and batched.counts()
+
+
+def test_a_single_message_skips_spacys_pipe_with_the_same_result(
+    analyzer: AnalyzerEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pseudonymizer = Pseudonymizer(analyzer)
+    text = "Hi, I am Maria Lopez, call me on +1 212 555 0187 about order 44120."
+    batched = pseudonymizer.analyze_many([[text], ["Second message from John Smith."]])[0]
+    assert isinstance(batched, Analysis)
+
+    def no_batch(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("process_batch used for one message")
+
+    monkeypatch.setattr(analyzer.nlp_engine, "process_batch", no_batch)
+    single = pseudonymizer.analyze([text])
+    key = [(s.start, s.end, s.winner.entity_type, s.winner.score) for s in single.spans[0]]
+    assert key == [(s.start, s.end, s.winner.entity_type, s.winner.score) for s in batched.spans[0]]
+    assert {"PERSON", "PHONE_NUMBER", "ORDER_ID"} <= single.entity_types()

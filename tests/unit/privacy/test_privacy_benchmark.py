@@ -58,6 +58,9 @@ def test_short_benchmark_reports_goals_beside_measurements(
     hand = results["custos"]["hand_written"]
     assert hand["f2"] > results["presidio"]["hand_written"]["f2"]
     assert results["custos"]["long"]["p50_ms"] > 0
+    for detector in ("custos", "presidio"):
+        assert results[detector]["long"]["cpu_p50_ms"] > 0
+    assert "~500-char messages p50, CPU time of the thread |" in table
     no_window, window = results["streaming"]
     assert no_window["first_release_token_p50"] <= window["first_release_token_p50"]
 

@@ -217,6 +217,9 @@ class _FakeNlp:
         for text in texts:
             yield text, None
 
+    def process_text(self, text: str, language: str) -> None:
+        return None
+
 
 class FakeAnalyzer:
     """Returns fixed detections; just the part of AnalyzerEngine that Pseudonymizer uses."""

@@ -243,3 +243,22 @@ def test_context_enhancer_raises_scores_on_the_results_it_is_given(analyzer: Ana
     enhanced = analyzer.context_aware_enhancer.enhance_using_context(text, results, artifacts, recognizers)
     assert all(a is b for a, b in zip(enhanced, results, strict=True))  # no copies
     assert any(r.score > old for r, old in zip(results, before, strict=True))  # "ship" raised a score
+
+
+def test_phone_regions_are_worked_out_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from custos.privacy.recognizers import CandidatePhoneRecognizer
+
+    recognizer = CandidatePhoneRecognizer(supported_regions=("US", "UK", "DE", "CA"))
+    calls: list[int] = []
+    original = CandidatePhoneRecognizer._regions
+
+    def counting(self: CandidatePhoneRecognizer) -> list[str]:
+        calls.append(1)
+        return original(self)
+
+    monkeypatch.setattr(CandidatePhoneRecognizer, "_regions", counting)
+    for _ in range(3):
+        found = recognizer.analyze("call +1 212 555 0187 or 030 901820", ["PHONE_NUMBER"])
+        assert len(found) == 2
+    assert len(calls) == 1
+    assert recognizer._region_order == ["US", "DE"]  # UK unknown to phonenumbers, CA reads like US

@@ -1,0 +1,95 @@
+"""The language check: clearly English text is recognised without langdetect, everything else goes to it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from custos.privacy.language import SHORTCUT_PROBABILITY, EnglishShortcut, LanguageDetector
+
+ENGLISH = (
+    "Hello, I ordered the blue jacket from your shop last week and it has still not arrived. Could you "
+    "please tell me where the parcel is? The tracking page shows nothing since Monday and I would like "
+    "to know whether it was sent at all."
+)
+GERMAN = (
+    "Hallo, mein Name ist Hans Müller und meine Bestellung ist leider noch nicht angekommen. Können Sie mir "
+    "bitte sagen, wo das Paket gerade ist? Die Sendungsverfolgung zeigt seit Montag nichts mehr an."
+)
+FRENCH = (
+    "Bonjour, je m'appelle Marie Dupont et ma commande n'est toujours pas arrivée. Pourriez-vous me dire "
+    "où se trouve le colis? Le suivi ne montre plus rien depuis lundi."
+)
+
+
+class _CountingFactory:
+    """Stands in for langdetect's factory: counts the detectors made, delegating to the real one."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.created = 0
+
+    def create(self) -> Any:
+        self.created += 1
+        return self.real.create()
+
+
+@pytest.fixture
+def counted() -> tuple[LanguageDetector, _CountingFactory]:
+    detector = LanguageDetector()
+    factory = _CountingFactory(detector._factory)
+    detector._factory = factory  # type: ignore[assignment]
+    return detector, factory
+
+
+def test_clear_english_is_decided_without_langdetect(
+    counted: tuple[LanguageDetector, _CountingFactory],
+) -> None:
+    detector, factory = counted
+    assert detector(ENGLISH) == ("en", SHORTCUT_PROBABILITY)
+    assert factory.created == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "language"),
+    [
+        (GERMAN, "de"),
+        (FRENCH, "fr"),
+        # An English greeting and sign-off around a German message: still German.
+        ("Hello, please help. " + GERMAN + " Thank you from Hans.", "de"),
+        # French with one English sentence: too few English function words for the shortcut.
+        (FRENCH + " Please call me back.", "fr"),
+    ],
+)
+def test_other_languages_go_to_langdetect(
+    counted: tuple[LanguageDetector, _CountingFactory], text: str, language: str
+) -> None:
+    detector, factory = counted
+    result = detector(text)
+    assert factory.created == 1
+    assert result is not None and result[0] == language
+
+
+def test_shortcut_agrees_with_langdetect_on_english() -> None:
+    shortcut = EnglishShortcut()
+    plain = LanguageDetector()
+    for text in (
+        ENGLISH,
+        "Hi, this is about my account. The last invoice shows two charges for the same month and I cannot "
+        "find out why. Could someone from billing please look into it and call me back?",
+    ):
+        assert shortcut(text)
+        detector = plain._factory.create()
+        detector.append(text)
+        best = detector.get_probabilities()[0]
+        assert best.lang == "en" and best.prob > 0.99
+
+
+def test_shortcut_needs_enough_english_function_words() -> None:
+    shortcut = EnglishShortcut()
+    assert not shortcut("the order")  # too few words to judge
+    assert not shortcut(GERMAN)
+    assert not shortcut(FRENCH)
+    # Function words of other languages weigh against it.
+    assert not shortcut("the the the the the und der die das ist nicht mit sich auch noch eine")
