@@ -28,6 +28,12 @@ install-test: $(BIN)/activate ## Install Custos with the test tools (and SoftHSM
 	@command -v systemd-analyze >/dev/null && command -v ip >/dev/null && command -v setpriv >/dev/null \
 		|| (apt-get update -qq && apt-get install -y -qq systemd iproute2 util-linux)
 
+.PHONY: install-llamacpp
+install-llamacpp: $(BIN)/activate ## Add llama-cpp-python for `custos bench serve` (builds ~10 min; cmake, g++)
+	@command -v cmake >/dev/null && command -v g++ >/dev/null \
+		|| (apt-get update -qq && apt-get install -y -qq cmake g++)
+	$(BIN)/python -m pip install --quiet -e ".[llamacpp]"
+
 .PHONY: serve
 serve: install ## Install, then run the server on its embedded defaults (data in ./custos-data)
 	$(BIN)/custos serve --data-dir $(DATA_DIR)
