@@ -478,10 +478,10 @@ def format_report(report: BenchReport) -> str:
     lines.append("(TTFT and ITL in ms; ITL per request = (last - first token time) / (tokens - 1))")
     server = {r.streams: r for r in report.server}
     if report.llamacpp:
-        lines.append(
-            f"llama.cpp rows: {report.llamacpp_note}; one sequence at a time (llama-cpp-python does not "
-            "batch), so its streams run in turn"
-        )
+        lines += [
+            f"llama.cpp rows: {report.llamacpp_note};",
+            "  one sequence at a time (llama-cpp-python does not batch): at N streams, N prompts in turn",
+        ]
         for row in report.llamacpp:
             custos = server.get(row.streams)
             if custos is not None:
