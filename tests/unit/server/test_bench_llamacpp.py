@@ -191,7 +191,9 @@ def test_llamacpp_on_the_bundled_gguf(tmp_path: Path) -> None:
     gguf = bench.source_gguf("bundled", tmp_path)
     assert gguf is not None
     llm: Any = bench.load_llamacpp(gguf, threads=2, n_ctx=128)
-    prompt = llm.tokenize(b"<start_of_turn>user\nWhat is a parcel?<end_of_turn>\n<start_of_turn>model\n")
+    prompt = llm.tokenize(
+        b"<start_of_turn>user\nWhat is a parcel?<end_of_turn>\n<start_of_turn>model\n", special=True
+    )
     row = llamacpp_generate(
         llm, [prompt], 1, requests_per_stream=1, max_new_tokens=8, stop_ids={llm.token_eos()}
     )
