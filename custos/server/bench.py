@@ -416,7 +416,8 @@ def measure_llamacpp(
         max_new_tokens=max_new_tokens,
         stop_ids=stop_ids,
     )
-    return rows, f"llama-cpp-python on {gguf.name}, {threads} threads, greedy, the raw rows' prompt tokens"
+    unit = "thread" if threads == 1 else "threads"
+    return rows, f"llama-cpp-python on {gguf.name}, {threads} {unit}, greedy, the raw rows' prompt tokens"
 
 
 def peak_rss_bytes(pid: int | str = "self") -> int:
