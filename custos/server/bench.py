@@ -322,8 +322,9 @@ def llamacpp_generate(
     """llama.cpp's greedy decode of ``streams`` x ``requests_per_stream`` prompts, one sequence at a time.
 
     llama-cpp-python's ``Llama`` decodes one sequence (no batching), so ``streams`` only sets how many
-    prompts run in turn. Each starts from an empty KV cache, like the raw baseline, and stops at a token
-    of ``stop_ids`` (counted, as the raw baseline counts it) or after ``max_new_tokens``.
+    prompts run in turn; each one's TTFT is timed from its own start, not from the start of the level.
+    Each starts from an empty KV cache, like the raw baseline, and stops at a token of ``stop_ids``
+    (counted, as the raw baseline counts it) or after ``max_new_tokens``.
     """
     result = LevelResult(path="llama.cpp", streams=streams)
     for round_index in range(requests_per_stream):
