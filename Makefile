@@ -28,6 +28,18 @@ install-test: $(BIN)/activate ## Install Custos with the test tools (and SoftHSM
 	@command -v systemd-analyze >/dev/null && command -v ip >/dev/null && command -v setpriv >/dev/null \
 		|| (apt-get update -qq && apt-get install -y -qq systemd iproute2 util-linux)
 
+# llama.cpp's AMX kernels crash (SIGSEGV in ggml_backend_amx_mul_mat) on the reference host; on CPUs with
+# AMX, build for AVX-512 without it instead of -march=native.
+LLAMACPP_CMAKE_ARGS ?= $(shell grep -qw amx_int8 /proc/cpuinfo 2>/dev/null && echo "-DGGML_NATIVE=OFF \
+	-DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=ON \
+	-DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON")
+
+.PHONY: install-llamacpp
+install-llamacpp: $(BIN)/activate ## Add llama-cpp-python for `custos bench serve` (builds ~10 min; cmake, g++)
+	@command -v cmake >/dev/null && command -v g++ >/dev/null \
+		|| (apt-get update -qq && apt-get install -y -qq cmake g++)
+	CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet --no-cache-dir -e ".[llamacpp]"
+
 .PHONY: serve
 serve: install ## Install, then run the server on its embedded defaults (data in ./custos-data)
 	$(BIN)/custos serve --data-dir $(DATA_DIR)

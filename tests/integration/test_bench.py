@@ -54,6 +54,11 @@ def test_bench_serve_short_form(tmp_path: Path) -> None:
     ):
         assert goal in result.output
     assert re.search(r"privacy \+ audit share of end-to-end time\s+<= 10 %\s+[\d.]+ %", result.output)
+    # No GGUF source (a tiny Hugging Face directory) and maybe no llama-cpp-python: named, with the reason.
+    assert re.search(r"^llama\.cpp: not measured \(.+\)$", result.output, re.MULTILINE), result.output
+    assert re.search(
+        r"^single stream vs llama\.cpp \(stretch\)\s+>= 1\.0x\s+-\s+not measured$", result.output, re.M
+    )
     assert re.search(r"^load average \(1 min\) [\d.]+ at start, [\d.]+ at end$", result.output, re.MULTILINE)
     # Nothing of the benchmark lands in the operator's data directory but the model cache.
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["models"]
