@@ -17,9 +17,11 @@ text that passes, langdetect answered English with a probability above 0.99999 o
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
 import threading
 from collections.abc import Iterable
+from pathlib import Path
 
 #: Fewer letters than this and no language is claimed.
 DEFAULT_MIN_LETTERS = 40
@@ -93,8 +95,25 @@ SHORTCUT_PROBABILITY = 1.0
 def _stop_words(languages: Iterable[str]) -> set[str]:
     words: set[str] = set()
     for language in languages:
-        words |= importlib.import_module(f"spacy.lang.{language}.stop_words").STOP_WORDS
+        words |= _language_stop_words(language)
     return words
+
+
+def _language_stop_words(language: str) -> set[str]:
+    """The stop words spaCy lists for ``language``, read from its ``stop_words.py`` alone.
+
+    Importing ``spacy.lang.<language>.stop_words`` runs the language package first, which compiles its
+    tokenizer exceptions (French alone takes seconds); the stop-word module needs none of it.
+    """
+    import spacy.lang
+
+    path = Path(spacy.lang.__file__).parent / language / "stop_words.py"
+    spec = importlib.util.spec_from_file_location(f"_custos_stop_words_{language}", path)
+    if spec is None or spec.loader is None:
+        return set(importlib.import_module(f"spacy.lang.{language}.stop_words").STOP_WORDS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return set(module.STOP_WORDS)
 
 
 class EnglishShortcut:

@@ -93,3 +93,29 @@ def test_shortcut_needs_enough_english_function_words() -> None:
     assert not shortcut(FRENCH)
     # Function words of other languages weigh against it.
     assert not shortcut("the the the the the und der die das ist nicht mit sich auch noch eine")
+
+
+def test_stop_word_lists_load_without_their_language_packages() -> None:
+    """The shortcut reads the stop-word files alone: a language package costs seconds at start."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from custos.privacy.language import _EUROPEAN_LANGUAGES, _OTHER_LANGUAGES, EnglishShortcut\n"
+        "EnglishShortcut()\n"
+        "languages = {'en', *_EUROPEAN_LANGUAGES, *_OTHER_LANGUAGES}\n"
+        "print(sorted(l for l in languages if f'spacy.lang.{l}' in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("language", ["en", "fr", "de", "es", "nl"])
+def test_stop_word_lists_are_spacys(language: str) -> None:
+    import importlib
+
+    from custos.privacy.language import _stop_words
+
+    expected = importlib.import_module(f"spacy.lang.{language}.stop_words").STOP_WORDS
+    assert _stop_words([language]) == set(expected)
