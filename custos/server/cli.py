@@ -124,24 +124,16 @@ def model_prepare(
     and keeps the fastest admitted one.
     """
     from custos.server.app import ensure_private_dir
-    from custos.server.engine.cache import load_manifest, prepare_model
-    from custos.server.engine.quality import QualityGateError, QualityLimits
+    from custos.server.engine.cache import load_manifest
+    from custos.server.engine.quality import QualityGateError
     from custos.server.engine.selection import describe_selection
+    from custos.server.engine.startup import prepare_from_settings
 
     settings = _settings(config, data_dir=data_dir, model_source=source, precision=precision)
     try:
         with _progress() as report:
-            path = prepare_model(
-                prompt_format=settings.prompt_format,
-                source=settings.model_source,
-                cache_root=ensure_private_dir(settings.resolved_model_cache_dir),
-                precision=settings.precision,
-                progress=report,
-                limits=QualityLimits(
-                    max_perplexity_increase=settings.quality_max_perplexity_increase,
-                    min_agreement=settings.quality_min_greedy_agreement,
-                ),
-                auto_time_limit_s=settings.auto_precision_time_limit_s,
+            path = prepare_from_settings(
+                settings, report, cache_root=ensure_private_dir(settings.resolved_model_cache_dir)
             )
     except QualityGateError as exc:
         err.print(f"[red]error:[/red] {exc}")
@@ -203,8 +195,8 @@ def bench_serve(
         run_server_levels,
     )
     from custos.server.bench_process import served, weight_bytes
-    from custos.server.engine.cache import prepare_model
     from custos.server.engine.hf import TransformersEngine
+    from custos.server.engine.startup import prepare_from_settings
 
     try:
         counts = tuple(int(n) for n in levels.split(","))
@@ -217,14 +209,7 @@ def bench_serve(
     base = _settings(config, data_dir=data_dir, model_source=source, precision=precision)
     load_at_start = os.getloadavg()[0]
     with _progress() as report:
-        cache_dir = prepare_model(
-            source=base.model_source,
-            cache_root=base.resolved_model_cache_dir,
-            precision=base.precision,
-            prompt_format=base.prompt_format,
-            progress=report,
-            rebuild_invalid=False,
-        )
+        cache_dir = prepare_from_settings(base, report, rebuild_invalid=False)
     # The server's audit trail of benchmark requests goes to a scratch directory, not the operator's.
     with (
         tempfile.TemporaryDirectory(prefix="custos-bench-") as scratch,
@@ -241,13 +226,7 @@ def bench_serve(
         peak_rss = server.peak_rss()
     if raw_precision is not None and raw_precision != base.precision:
         raw_settings = _settings(config, data_dir=data_dir, model_source=source, precision=raw_precision)
-        cache_dir = prepare_model(
-            source=raw_settings.model_source,
-            cache_root=raw_settings.resolved_model_cache_dir,
-            precision=raw_settings.precision,
-            prompt_format=raw_settings.prompt_format,
-            rebuild_invalid=False,
-        )
+        cache_dir = prepare_from_settings(raw_settings, None, rebuild_invalid=False)
     engine = TransformersEngine.from_cache(
         cache_dir, device=base.device, verify=False, num_threads=base.torch_threads
     )

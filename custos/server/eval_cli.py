@@ -19,9 +19,12 @@ from rich.table import Table
 from custos.server.cli_common import ConfigOpt, DataDirOpt, err, out, settings_or_exit
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from custos.server.engine.base import Engine
     from custos.server.engine.scoring import ContinuationScores
     from custos.server.settings import Settings
+    from custos.tasks.eval import Example
     from custos.tasks.labels import LabelSet
 
 eval_app = typer.Typer(
@@ -57,6 +60,28 @@ def _load(settings: Settings) -> tuple[Engine, Any]:
     return components.engine, build_pseudonymizer(settings, components.analyzer)
 
 
+def _scorer(settings: Settings, labels: LabelSet) -> Callable[[str], list[float]]:
+    """Classify's label scores for a raw message, anonymized first, with the configured model."""
+    engine, pseudonymizer = _load(settings)
+
+    def score(text: str) -> list[float]:
+        anonymized = pseudonymizer.pseudonymize([text]).texts[0]
+        return list(engine.score_continuations(labels.prefix(anonymized), labels.continuations()).logprobs)
+
+    return score
+
+
+def _examples(data: Path | None) -> list[Example]:
+    """The labelled examples of ``data`` (the bundled set when None); a clear exit on a bad file."""
+    from custos.tasks.eval import EvalDataError, bundled_dataset, load_examples
+
+    try:
+        return load_examples(data or bundled_dataset())
+    except (OSError, EvalDataError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
 def _label_set(settings: Settings, name: str) -> LabelSet:
     from custos.tasks.labels import LabelSetRegistry
     from custos.tasks.templates import TemplateError
@@ -86,25 +111,17 @@ def eval_classify(
     """Accuracy, macro-F1, confusion matrix and ECE of Classify beside two baselines."""
     if ctx.invoked_subcommand is not None:
         return
-    from custos.tasks.eval import EvalDataError, bundled_dataset, evaluate, load_examples, write_plots
+    from custos.tasks.eval import EvalDataError, evaluate, write_plots
 
     if output not in ("table", "json"):
         err.print("[red]error:[/red] --format must be table or json")
         raise typer.Exit(2)
     settings = settings_or_exit(config, data_dir=data_dir)
     labels = _label_set(settings, label_set)
-    try:
-        examples = load_examples(data or bundled_dataset())
-    except (OSError, EvalDataError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    examples = _examples(data)
     if limit is not None:
         examples = examples[:limit]
-    engine, pseudonymizer = _load(settings)
-
-    def score(text: str) -> list[float]:
-        anonymized = pseudonymizer.pseudonymize([text]).texts[0]
-        return list(engine.score_continuations(labels.prefix(anonymized), labels.continuations()).logprobs)
+    score = _scorer(settings, labels)
 
     def progress(done: int, total: int) -> None:
         if done % 50 == 0 or done == total:
@@ -181,20 +198,12 @@ def eval_calibrate(
     config: ConfigOpt = None,
 ) -> None:
     """Fit temperature and per-label bias on the calibration split; print the label set's [calibration]."""
-    from custos.tasks.eval import EvalDataError, bundled_dataset, calibrate, calibration_toml, load_examples
+    from custos.tasks.eval import EvalDataError, calibrate, calibration_toml
 
     settings = settings_or_exit(config, data_dir=data_dir)
     labels = _label_set(settings, label_set)
-    try:
-        examples = load_examples(data or bundled_dataset())
-    except (OSError, EvalDataError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
-    engine, pseudonymizer = _load(settings)
-
-    def score(text: str) -> list[float]:
-        anonymized = pseudonymizer.pseudonymize([text]).texts[0]
-        return list(engine.score_continuations(labels.prefix(anonymized), labels.continuations()).logprobs)
+    examples = _examples(data)
+    score = _scorer(settings, labels)
 
     try:
         fitted, count = calibrate(examples, labels, score)

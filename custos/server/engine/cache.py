@@ -192,10 +192,19 @@ def verify_cache(cache_dir: Path) -> Manifest:
     """Re-hash every file and compare with the manifest; ModelCacheError names the first difference."""
     cache_dir = Path(cache_dir)
     manifest = load_manifest(cache_dir)
-    expected = {f.name: f for f in manifest.files}
-    present = _list_files(cache_dir)
-    missing = sorted(set(expected) - set(present))
-    extra = sorted(set(present) - set(expected))
+    check_file_set(cache_dir, manifest)
+    for entry in manifest.files:
+        check_file(cache_dir / entry.name, entry)
+    check_cache_digest(cache_dir, manifest)
+    return manifest
+
+
+def check_file_set(cache_dir: Path, manifest: Manifest) -> None:
+    """ModelCacheError unless ``cache_dir`` holds exactly the files the manifest lists."""
+    expected = {f.name for f in manifest.files}
+    present = set(_list_files(cache_dir))
+    missing = sorted(expected - present)
+    extra = sorted(present - expected)
     if missing:
         raise ModelCacheError(
             f"model cache {cache_dir} is incomplete: {missing[0]} is missing; {PREPARE_HINT}"
@@ -204,16 +213,20 @@ def verify_cache(cache_dir: Path) -> Manifest:
         raise ModelCacheError(
             f"model cache {cache_dir} holds a file the manifest does not list: {extra[0]}; {PREPARE_HINT}"
         )
-    for name in present:
-        entry = expected[name]
-        path = cache_dir / name
-        if path.stat().st_size != entry.size or sha256_file(path) != entry.sha256:
-            raise ModelCacheError(f"model cache file {path} was altered (digest mismatch); {PREPARE_HINT}")
+
+
+def check_file(path: Path, entry: CachedFile) -> None:
+    """ModelCacheError unless the file at ``path`` has the size and SHA-256 its manifest entry lists."""
+    if path.stat().st_size != entry.size or sha256_file(path) != entry.sha256:
+        raise ModelCacheError(f"model cache file {path} was altered (digest mismatch); {PREPARE_HINT}")
+
+
+def check_cache_digest(cache_dir: Path, manifest: Manifest) -> None:
+    """ModelCacheError unless the manifest's cache digest matches its file list."""
     if files_digest(manifest.files) != manifest.cache_digest:
         raise ModelCacheError(
             f"model cache {cache_dir}: manifest cache_digest does not match; {PREPARE_HINT}"
         )
-    return manifest
 
 
 @dataclass(frozen=True)

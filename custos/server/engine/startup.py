@@ -23,25 +23,33 @@ if TYPE_CHECKING:
     from custos.server.settings import Settings
 
 
-def _limits(settings: Settings) -> QualityLimits:
-    return QualityLimits(
-        max_perplexity_increase=settings.quality_max_perplexity_increase,
-        min_agreement=settings.quality_min_greedy_agreement,
+def prepare_from_settings(
+    settings: Settings,
+    progress: ProgressFn | None,
+    *,
+    cache_root: Path | None = None,
+    rebuild_invalid: bool = True,
+    verify_existing: bool = True,
+) -> Path:
+    """``prepare_model`` with the configured source, precision, prompt format, quality and auto limits."""
+    return prepare_model(
+        source=settings.model_source,
+        cache_root=cache_root if cache_root is not None else settings.resolved_model_cache_dir,
+        precision=settings.precision,
+        prompt_format=settings.prompt_format,
+        progress=progress,
+        rebuild_invalid=rebuild_invalid,
+        verify_existing=verify_existing,
+        limits=QualityLimits(
+            max_perplexity_increase=settings.quality_max_perplexity_increase,
+            min_agreement=settings.quality_min_greedy_agreement,
+        ),
+        auto_time_limit_s=settings.auto_precision_time_limit_s,
     )
 
 
 def _prepare(settings: Settings, progress: ProgressFn | None) -> CacheContents:
-    cache_dir = prepare_model(
-        source=settings.model_source,
-        cache_root=settings.resolved_model_cache_dir,
-        precision=settings.precision,
-        prompt_format=settings.prompt_format,
-        progress=progress,
-        rebuild_invalid=False,
-        verify_existing=False,
-        limits=_limits(settings),
-        auto_time_limit_s=settings.auto_precision_time_limit_s,
-    )
+    cache_dir = prepare_from_settings(settings, progress, rebuild_invalid=False, verify_existing=False)
     # Verifies the cache digest while reading the weights (and refuses a cache that does not match it).
     return read_cache_contents(cache_dir, verify=True)
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from custos.server.engine.cache import PREPARE_HINT, Manifest, files_digest
+from custos.server.engine.cache import PREPARE_HINT, Manifest
 from custos.server.engine.types import ModelCacheError
 
 if TYPE_CHECKING:
@@ -100,34 +100,16 @@ def read_cache(cache_dir: Path, manifest: Manifest, *, verify: bool) -> dict[str
 
     Every file other than the weights is only hashed; the weights file is hashed while it is read.
     """
-    from custos.server.engine.cache import _list_files, sha256_file
+    from custos.server.engine.cache import check_cache_digest, check_file, check_file_set
 
     cache_dir = Path(cache_dir)
     expected = {f.name: f for f in manifest.files}
     if verify:
-        present = _list_files(cache_dir)
-        missing = sorted(set(expected) - set(present))
-        extra = sorted(set(present) - set(expected))
-        if missing:
-            raise ModelCacheError(
-                f"model cache {cache_dir} is incomplete: {missing[0]} is missing; {PREPARE_HINT}"
-            )
-        if extra:
-            raise ModelCacheError(
-                f"model cache {cache_dir} holds a file the manifest does not list: {extra[0]}; {PREPARE_HINT}"
-            )
-        if files_digest(manifest.files) != manifest.cache_digest:
-            raise ModelCacheError(
-                f"model cache {cache_dir}: manifest cache_digest does not match; {PREPARE_HINT}"
-            )
+        check_file_set(cache_dir, manifest)
+        check_cache_digest(cache_dir, manifest)
         for name, entry in expected.items():
-            path = cache_dir / name
-            if name == WEIGHTS_NAME:
-                continue
-            if path.stat().st_size != entry.size or sha256_file(path) != entry.sha256:
-                raise ModelCacheError(
-                    f"model cache file {path} was altered (digest mismatch); {PREPARE_HINT}"
-                )
+            if name != WEIGHTS_NAME:
+                check_file(cache_dir / name, entry)
     listed = expected.get(WEIGHTS_NAME)
     if listed is None:
         raise ModelCacheError(f"model cache {cache_dir} has no {WEIGHTS_NAME}; {PREPARE_HINT}")
