@@ -11,8 +11,8 @@ import time
 
 import torch
 
-from custos.server.engine.hf import TransformersEngine
-from custos.server.engine.types import ChatTurn, SamplingParams
+from custos.engine.local import TransformersEngine
+from custos.engine.types import ChatTurn, SamplingParams
 
 PROMPT = "Hello, my parcel has not arrived yet. The tracking page has not changed since Monday. What can I do?"
 

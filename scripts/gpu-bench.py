@@ -86,7 +86,7 @@ def main() -> int:
     modes = {"bf16": model}
     if device.type == "cpu":
         sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
-        from custos.server.engine.quant import quantize_int8
+        from custos.engine.quant import quantize_int8
 
         torch.manual_seed(0)
         int8 = Gemma3ForCausalLM(config).eval()

@@ -38,7 +38,7 @@ def measure(data_dir: str, pythonpath: str | None = None) -> float:
         env["PYTHONPATH"] = pythonpath
     started = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from custos.server.cli import main; main()", "serve", "--data-dir", data_dir,
+        [sys.executable, "-c", "from custos.cli.main import main; main()", "serve", "--data-dir", data_dir,
          "--listen", f"127.0.0.1:{port}", "--metrics-listen", ""],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

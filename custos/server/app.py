@@ -19,48 +19,48 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 from presidio_analyzer import AnalyzerEngine
 
-from custos.audit.db import make_engine, migrate
-from custos.audit.store import AuditStore, TranscriptStore
-from custos.audit.trail import AuditTrail
-from custos.privacy.keys import MasterKeyProvider
-from custos.privacy.pseudonymize import Pseudonymizer
-from custos.privacy.subject_keys import SubjectKeyStore
-from custos.privacy.vault import ConversationVault
-from custos.server.auth import AccessInterceptor, Authenticator
-from custos.server.availability import (
+from custos.api.convert import RequestLimits
+from custos.api.health import (
     AvailabilityInterceptor,
     DatabaseWatchdog,
     HealthReporter,
     flush_pending_tasks,
 )
+from custos.api.interceptors import ObservingInterceptor
+from custos.api.privacy import PrivacyServicer
+from custos.api.servicers import AdminServicer, AuditServicer, raw_bytes_handler
+from custos.api.tasks_servicer import FeedbackServicer, TaskInferenceServicer
+from custos.audit.db import make_engine, migrate
+from custos.audit.store import AuditStore, TranscriptStore
+from custos.audit.trail import AuditTrail
+from custos.engine.base import Engine
+from custos.flows.audit_read import ComplianceService
+from custos.flows.idempotency import IdempotencyStore
+from custos.flows.pipeline import Pipeline
+from custos.flows.privacy_step import PrivacyStage, ReidentifyCheck
+from custos.flows.purposes import PurposePolicy
+from custos.flows.subject_access import SubjectAccess
+from custos.flows.types import Caller
+from custos.privacy.keys import MasterKeyProvider
+from custos.privacy.pseudonymize import Pseudonymizer
+from custos.privacy.subject_keys import SubjectKeyStore
+from custos.privacy.vault import ConversationVault
+from custos.security.auth import AccessInterceptor, Authenticator
+from custos.security.limits import CapacityLimiter
+from custos.security.tls import ReloadingCredentials
+from custos.security.tokens import TokenStore
 from custos.server.bootstrap import SecuritySetup, prepare_security, record_config_change
-from custos.server.compliance import ComplianceService
-from custos.server.convert import RequestLimits
-from custos.server.engine.base import Engine
 from custos.server.housekeeping import VaultPurgeTask
-from custos.server.idempotency import IdempotencyStore
-from custos.server.interceptors import ObservingInterceptor
-from custos.server.keyring import ErasureLedger, SubjectService, open_master_keys, purge_transcripts
-from custos.server.limits import CapacityLimiter
+from custos.server.keys import ErasureLedger, SubjectService, open_master_keys, purge_transcripts
 from custos.server.metrics import Metrics
-from custos.server.pipeline import Pipeline
-from custos.server.privacy_servicer import PrivacyServicer
-from custos.server.privacy_stage import PrivacyStage, ReidentifyCheck
-from custos.server.purposes import PurposePolicy
-from custos.server.requests import Caller
-from custos.server.servicers import AdminServicer, AuditServicer, raw_bytes_handler
 from custos.server.settings import Settings
-from custos.server.subject_access import SubjectAccess
-from custos.server.tasks_servicer import FeedbackServicer, TaskInferenceServicer
-from custos.server.tls import ReloadingCredentials
-from custos.server.tokens import TokenStore
 from custos.tasks.feedback import FeedbackStore
 from custos.tasks.labels import LabelSetRegistry
 from custos.tasks.templates import TemplateRegistry
 from custos.v1 import admin_pb2, audit_pb2, feedback_pb2, inference_pb2, privacy_pb2
 
 if TYPE_CHECKING:
-    from custos.server.engine.hf import CacheContents
+    from custos.engine.local import CacheContents
 
 log = logging.getLogger("custos.server")
 
@@ -408,8 +408,8 @@ def build_components(
     ``reading`` is the model cache already being read on a thread (``engine.startup.start_reading``);
     without it, reading starts here and overlaps the analyzer's build.
     """
+    from custos.engine.startup import finish_loading, start_reading
     from custos.privacy.analyzer import build_analyzer
-    from custos.server.engine.startup import finish_loading, start_reading
 
     ensure_private_dir(settings.resolved_model_cache_dir)
     if reading is None:

@@ -16,9 +16,9 @@ from pathlib import Path
 from custos.audit.canonical import canonical_json
 from custos.audit.events import AuditEvent
 from custos.audit.store import AuditStore
+from custos.security.tls import TLSPaths, init_dev_certs, write_private
+from custos.security.tokens import TokenStore
 from custos.server.settings import Settings
-from custos.server.tls import TLSPaths, init_dev_certs, write_private
-from custos.server.tokens import TokenStore
 
 log = logging.getLogger("custos.server")
 

@@ -78,9 +78,7 @@ class Settings(BaseSettings):
         None, description="PKCS#11 module (.so) when key_provider = 'pkcs11', e.g. libsofthsm2.so."
     )
     pkcs11_token_label: str = Field("custos", description="Label of the PKCS#11 token holding the keys.")
-    pkcs11_pin_file: Path | None = Field(
-        None, description="File (mode 0600) holding the PKCS#11 user PIN."
-    )
+    pkcs11_pin_file: Path | None = Field(None, description="File (mode 0600) holding the PKCS#11 user PIN.")
     pkcs11_key_label: str = Field(
         "custos-master",
         pattern=r"^[A-Za-z0-9_.-]+$",
@@ -201,7 +199,7 @@ class Settings(BaseSettings):
         32, ge=0, le=65536, description="Requests that may wait for the batch; more get RESOURCE_EXHAUSTED."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
-    # Transport, authentication and capacity limits (custos/server/auth.py holds the permission table).
+    # Transport, authentication and capacity limits (custos/security/auth.py holds the permission table).
     plaintext: bool = Field(
         False,
         description="Serve gRPC without TLS (logged as a warning); tokens then cross the wire in clear.",
@@ -322,7 +320,7 @@ class Settings(BaseSettings):
     @field_validator("client_cert_roles")
     @classmethod
     def _roles_exist(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
-        from custos.server.auth import ROLES
+        from custos.security.auth import ROLES
 
         for principal, roles in value.items():
             unknown = sorted(set(roles) - set(ROLES))

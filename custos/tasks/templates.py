@@ -22,7 +22,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from custos.server.engine.types import ChatTurn
+from custos.engine.types import ChatTurn
 
 #: Filled from the request's messages when a template asks for it and the caller did not pass it.
 CONVERSATION = "conversation"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from custos.server.engine.testing import save_tiny_model_dir
-from custos.server.testing_process import write_config
+from custos.testing.process import write_config
+from custos.testing.tiny_engine import save_tiny_model_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 AIRGAP = ROOT / "deploy" / "airgap"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from custos.server.engine.testing import save_tiny_model_dir
+from custos.testing.tiny_engine import save_tiny_model_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "deploy" / "docker"

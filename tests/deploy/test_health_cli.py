@@ -12,10 +12,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from presidio_analyzer import AnalyzerEngine
 from typer.testing import CliRunner
 
+from custos.cli.main import app as cli_app
 from custos.privacy.analyzer import build_analyzer
-from custos.server.cli import app as cli_app
-from custos.server.testing import ScriptedEngine, ServerHarness, make_server
-from custos.server.tls import TLSPaths, init_dev_certs, issue_cert, make_ca
+from custos.security.tls import TLSPaths, init_dev_certs, issue_cert, make_ca
+from custos.testing.server import ScriptedEngine, ServerHarness, make_server
 
 runner = CliRunner()
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from custos.privacy.testing import no_network
-from custos.server.engine.cache import prepare_model
-from custos.server.engine.hf import TransformersEngine
+from custos.engine.cache import prepare_model
+from custos.engine.local import TransformersEngine
+from custos.testing.privacy import no_network
 
 
 @contextlib.contextmanager

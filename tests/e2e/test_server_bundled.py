@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from custos.engine.local import TransformersEngine
 from custos.privacy.analyzer import build_analyzer
-from custos.server.engine.hf import TransformersEngine
-from custos.server.testing import SpyEngine, make_server
+from custos.testing.server import SpyEngine, make_server
 from custos.v1 import audit_pb2, common_pb2, inference_pb2
 
 pytestmark = pytest.mark.e2e

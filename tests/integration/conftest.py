@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from presidio_analyzer import AnalyzerEngine
 
+from custos.engine.base import Engine
 from custos.privacy.analyzer import build_analyzer
-from custos.server.engine.base import Engine
-from custos.server.engine.testing import build_tiny_engine
-from custos.server.testing import ServerHarness, SpyEngine, make_server
+from custos.testing.server import ServerHarness, SpyEngine, make_server
+from custos.testing.tiny_engine import build_tiny_engine
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from custos.audit.export import verify_export
-from custos.server.cli import app as cli_app
-from custos.server.testing import ServerHarness
+from custos.cli.main import app as cli_app
+from custos.testing.server import ServerHarness
 from custos.v1 import audit_pb2, common_pb2, inference_pb2
 
 QUESTION = "Hi, I am John Smith, email john.smith@example.com. Where is my parcel?"
@@ -211,7 +211,7 @@ def test_explanation_records_carry_model_parameters_findings_latency_and_confide
 
 @pytest.fixture
 def purpose_server(tmp_path: Path, analyzer: Any, spy: Any) -> Iterator[ServerHarness]:
-    from custos.server.testing import make_server
+    from custos.testing.server import make_server
 
     with make_server(tmp_path, analyzer, spy, purposes={"admin": ["support"]}) as harness:
         yield harness

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from custos.server.cli import app as cli_app
-from custos.server.engine.testing import save_tiny_model_dir
+from custos.cli.main import app as cli_app
+from custos.testing.tiny_engine import save_tiny_model_dir
 
 
 def test_bench_serve_short_form(tmp_path: Path) -> None:

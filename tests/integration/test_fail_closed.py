@@ -16,9 +16,9 @@ from presidio_analyzer import AnalyzerEngine
 from sqlalchemy.engine import make_url
 
 from custos.audit.db import make_engine
-from custos.audit.testing import TEST_POSTGRES_URL, postgres_schema
-from custos.server.faults import TcpProxy
-from custos.server.testing import ScriptedEngine, ServerHarness, make_server
+from custos.testing.audit import TEST_POSTGRES_URL, postgres_schema
+from custos.testing.faults import TcpProxy
+from custos.testing.server import ScriptedEngine, ServerHarness, make_server
 from custos.v1 import audit_pb2, common_pb2, inference_pb2
 
 pytestmark = pytest.mark.postgres

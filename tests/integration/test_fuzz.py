@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from presidio_analyzer import AnalyzerEngine
 
-from custos.server.engine.base import Engine
-from custos.server.testing import ServerHarness, make_server
-from custos.server.testing_rpcs import FLOAT_TYPES, INT_TYPES, UINT_TYPES, Rpc, all_rpcs, is_repeated
+from custos.engine.base import Engine
+from custos.testing.rpcs import FLOAT_TYPES, INT_TYPES, UINT_TYPES, Rpc, all_rpcs, is_repeated
+from custos.testing.server import ServerHarness, make_server
 from custos.v1 import audit_pb2, common_pb2, inference_pb2
 
 RPCS = all_rpcs()

@@ -14,7 +14,7 @@ import pytest
 from presidio_analyzer import AnalyzerEngine
 
 from custos.privacy.envelope import FORMAT_SUBJECT, read_header
-from custos.server.testing import ScriptedEngine, ServerHarness, make_server
+from custos.testing.server import ScriptedEngine, ServerHarness, make_server
 from custos.v1 import admin_pb2, audit_pb2, common_pb2, inference_pb2
 
 REPLY = "Hello <PERSON_1>, your parcel is on its way."

@@ -20,13 +20,13 @@ import grpc
 import pytest
 from google.protobuf.descriptor import FieldDescriptor
 
-from custos.privacy.testing import is_loopback, no_network
 from custos.server.app import CustosServer, build_components
-from custos.server.engine.testing import save_tiny_model_dir
 from custos.server.logs import JsonFormatter
 from custos.server.settings import load_settings
-from custos.server.testing import ServerHarness
-from custos.server.testing_rpcs import FLOAT_TYPES, Rpc, all_rpcs, fill_message
+from custos.testing.privacy import is_loopback, no_network
+from custos.testing.rpcs import FLOAT_TYPES, Rpc, all_rpcs, fill_message
+from custos.testing.server import ServerHarness
+from custos.testing.tiny_engine import save_tiny_model_dir
 from custos.v1 import common_pb2, inference_pb2
 
 NAME = "Margaret Hollingsworth"

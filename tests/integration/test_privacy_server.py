@@ -15,8 +15,8 @@ from presidio_analyzer import AnalyzerEngine
 from sqlalchemy import create_engine, select, text, update
 
 from custos.audit.models import ConversationVaultRow
-from custos.privacy.testing import no_network
-from custos.server.testing import ScriptedEngine, ServerHarness, SpyEngine, make_server
+from custos.testing.privacy import no_network
+from custos.testing.server import ScriptedEngine, ServerHarness, SpyEngine, make_server
 from custos.v1 import common_pb2, inference_pb2, privacy_pb2, privacy_pb2_grpc
 
 USER = common_pb2.ROLE_USER

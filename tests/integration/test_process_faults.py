@@ -20,9 +20,9 @@ import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from custos.privacy.testing import is_loopback
-from custos.server.engine.testing import save_tiny_model_dir
-from custos.server.testing_process import ServeProcess, write_config
+from custos.testing.privacy import is_loopback
+from custos.testing.process import ServeProcess, write_config
+from custos.testing.tiny_engine import save_tiny_model_dir
 from custos.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -87,7 +87,7 @@ def audit_verify(cfg: Path) -> str:
         [
             sys.executable,
             "-c",
-            "from custos.server.cli import main; main()",
+            "from custos.cli.main import main; main()",
             "audit",
             "verify",
             "--config",

@@ -11,9 +11,9 @@ import pytest
 from presidio_analyzer import AnalyzerEngine
 from sqlalchemy import create_engine, text
 
-from custos.server.engine.scheduler import BatchingEngine
-from custos.server.engine.testing import build_tiny_engine
-from custos.server.testing import ServerHarness, make_server
+from custos.engine.scheduler import BatchingEngine
+from custos.testing.server import ServerHarness, make_server
+from custos.testing.tiny_engine import build_tiny_engine
 from custos.v1 import common_pb2, inference_pb2
 
 

@@ -20,12 +20,12 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from presidio_analyzer import AnalyzerEngine
 from typer.testing import CliRunner
 
+from custos.cli.main import app as cli_app
+from custos.security.auth import ROLES, RPC_PERMISSIONS
+from custos.security.tls import TLSPaths, init_dev_certs, issue_cert, make_ca
 from custos.server.app import SERVICES, Components, CustosServer
-from custos.server.auth import ROLES, RPC_PERMISSIONS
-from custos.server.cli import app as cli_app
 from custos.server.settings import load_settings
-from custos.server.testing import ScriptedEngine, ServerHarness, make_server
-from custos.server.tls import TLSPaths, init_dev_certs, issue_cert, make_ca
+from custos.testing.server import ScriptedEngine, ServerHarness, make_server
 from custos.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -151,7 +151,7 @@ def test_denials_are_audited_and_public_services_stay_open(
 def test_an_rpc_missing_from_the_table_is_denied(
     matrix_server: tuple[ServerHarness, dict[str | None, grpc.Channel]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import custos.server.auth as auth
+    import custos.security.auth as auth
 
     table = dict(auth.RPC_PERMISSIONS)
     del table["/custos.v1.Audit/Verify"]
@@ -437,7 +437,7 @@ def test_certs_and_tokens_commands(tmp_path: Path) -> None:
 
 
 def test_first_start_prints_how_to_connect(scripted: tuple[ServerHarness, ScriptedEngine]) -> None:
-    from custos.server.cli import connection_hint
+    from custos.cli.main import connection_hint
 
     harness, _ = scripted
     settings = harness.server.settings

@@ -18,10 +18,10 @@ from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
 from custos.audit.errors import AuditUnavailable
+from custos.cli.main import app as cli_app
 from custos.privacy.envelope import FORMAT_SUBJECT, read_header
 from custos.privacy.transcripts import open_transcript
-from custos.server.cli import app as cli_app
-from custos.server.testing import ScriptedEngine, ServerHarness, SpyEngine, make_server
+from custos.testing.server import ScriptedEngine, ServerHarness, SpyEngine, make_server
 from custos.v1 import audit_pb2, common_pb2, inference_pb2
 
 NAME = "John Smith"

@@ -13,9 +13,9 @@ import pytest
 from presidio_analyzer import AnalyzerEngine
 from typer.testing import CliRunner
 
-from custos.server.cli import app as cli_app
-from custos.server.testing import ScriptedEngine, ServerHarness, SpyEngine, make_server
+from custos.cli.main import app as cli_app
 from custos.tasks.templates import TemplateRegistry
+from custos.testing.server import ScriptedEngine, ServerHarness, SpyEngine, make_server
 from custos.v1 import common_pb2, feedback_pb2, feedback_pb2_grpc, inference_pb2, inference_pb2_grpc
 
 NAME = "Jonathan Whitfield"

@@ -6,8 +6,8 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from custos.audit.bench import GOAL_PG_APPENDS, GOAL_VERIFY_ROWS, run_audit_bench
-from custos.server.cli import app as cli_app
+from custos.bench.audit import GOAL_PG_APPENDS, GOAL_VERIFY_ROWS, run_audit_bench
+from custos.cli.main import app as cli_app
 
 
 @pytest.mark.postgres

@@ -22,7 +22,7 @@ from custos.audit.checkpoints import (
 from custos.audit.export import verify_export
 from custos.audit.maintenance import archive, record_restore, verify_live
 from custos.audit.models import AuditRecordRow
-from custos.audit.testing import T0, event
+from custos.testing.audit import T0, event
 
 
 @pytest.fixture

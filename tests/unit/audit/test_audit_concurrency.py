@@ -7,7 +7,7 @@ import pytest
 import sqlalchemy as sa
 
 from custos.audit import AuditStore, StoredRecord
-from custos.audit.testing import assert_linear_chain, event
+from custos.testing.audit import assert_linear_chain, event
 
 THREADS = 8
 PER_THREAD = 25

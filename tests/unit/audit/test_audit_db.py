@@ -24,7 +24,7 @@ from custos.audit import db as db_module
 from custos.audit import store as store_module
 from custos.audit.chain import GENESIS_HASH, ChainHead
 from custos.audit.store import APPEND_LOCK_KEY
-from custos.audit.testing import assert_linear_chain, event
+from custos.testing.audit import assert_linear_chain, event
 
 SECRET = "Jane Doe, 12 Baker Street"
 

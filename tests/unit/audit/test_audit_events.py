@@ -18,7 +18,7 @@ from custos.audit.chain import (
     derived_columns,
     payload_template,
 )
-from custos.audit.testing import T0, event
+from custos.testing.audit import T0, event
 
 
 def test_event_types_are_the_documented_list() -> None:

@@ -12,7 +12,7 @@ import pytest
 from custos.audit import AuditStore
 from custos.audit.checkpoints import CheckpointLog, CheckpointSigner, CheckpointWriter
 from custos.audit.export import CSV_COLUMNS, export_csv, export_jsonl, verify_export
-from custos.audit.testing import completion, event
+from custos.testing.audit import completion, event
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from custos.audit import AuditStore, DuplicateId, StoredRecord
 from custos.audit.group import GroupCommitter
-from custos.audit.testing import assert_linear_chain, event
+from custos.testing.audit import assert_linear_chain, event
 
 THREADS = 8
 PER_THREAD = 20

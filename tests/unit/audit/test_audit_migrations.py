@@ -12,7 +12,7 @@ from alembic.script import ScriptDirectory
 from custos.audit import AuditStore, migrate
 from custos.audit.db import alembic_config
 from custos.audit.models import Base
-from custos.audit.testing import assert_linear_chain, event
+from custos.testing.audit import assert_linear_chain, event
 
 
 def _diff(engine: sa.Engine) -> list[object]:

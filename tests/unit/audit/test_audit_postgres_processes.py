@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from custos.audit import AuditStore, make_engine, migrate
 from custos.audit.hardening import harden_postgres
-from custos.audit.testing import assert_linear_chain, event
+from custos.testing.audit import assert_linear_chain, event
 
 pytestmark = pytest.mark.postgres
 
@@ -24,7 +24,7 @@ PER_THREAD = 25
 WRITER = """
 import sys, threading
 from custos.audit import AuditStore, make_engine
-from custos.audit.testing import event
+from custos.testing.audit import event
 url, name, threads, per_thread = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 store = AuditStore(make_engine(url, lock_timeout_s=60))
 barrier = threading.Barrier(threads)
@@ -46,7 +46,7 @@ STUCK_WRITER = """
 import sys, time
 from custos.audit import make_engine
 from custos.audit.store import append_in, lock_chain
-from custos.audit.testing import event
+from custos.testing.audit import event
 engine = make_engine(sys.argv[1])
 with engine.begin() as conn:
     lock_chain(conn)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from custos.audit import AuditStore, InvalidQuery
-from custos.audit.testing import event
+from custos.testing.audit import event
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from custos.audit import (
 from custos.audit import store as store_module
 from custos.audit.chain import GENESIS_HASH, ChainHead, compute_row_hash
 from custos.audit.models import AuditRecordRow
-from custos.audit.testing import T0, all_records, assert_linear_chain, completion, event
+from custos.testing.audit import T0, all_records, assert_linear_chain, completion, event
 
 
 def test_first_append_links_to_genesis_and_get_returns_the_same_record(store: AuditStore) -> None:

@@ -12,7 +12,7 @@ from custos.audit import AuditStore, StoredRecord
 from custos.audit.canonical import canonical_json, format_timestamp
 from custos.audit.chain import GENESIS_HASH, RAW_COLUMNS, ChainHead, ChainVerifier, compute_row_hash
 from custos.audit.models import AuditRecordRow
-from custos.audit.testing import T0, assert_linear_chain, completion, event
+from custos.testing.audit import T0, assert_linear_chain, completion, event
 
 N = 6  # three request/completion pairs: seq 1..6
 

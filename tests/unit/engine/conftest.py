@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from custos.server.engine.hf import TransformersEngine
-from custos.server.engine.testing import build_tiny_engine
-from custos.server.engine.types import ChatTurn
+from custos.engine.local import TransformersEngine
+from custos.engine.types import ChatTurn
+from custos.testing.tiny_engine import build_tiny_engine
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from custos.server.engine.types import GenerationResult
+from custos.engine.types import GenerationResult
 
 
 def assert_result_consistent(result: GenerationResult, deltas: list[str]) -> None:

@@ -14,8 +14,8 @@ import pytest
 import torch
 import transformers
 
-from custos.server.engine import cache
-from custos.server.engine.cache import (
+from custos.engine import cache
+from custos.engine.cache import (
     MANIFEST_NAME,
     ModelSourceError,
     files_digest,
@@ -26,16 +26,16 @@ from custos.server.engine.cache import (
     resolve_source,
     verify_cache,
 )
-from custos.server.engine.hf import TransformersEngine
-from custos.server.engine.prompt import PLAIN_CUSTOMER_SERVICE_FORMAT, PromptFormatError
-from custos.server.engine.testing import TINY_CHAT_TEMPLATE, build_tiny_engine, save_tiny_model_dir
-from custos.server.engine.types import (
+from custos.engine.local import TransformersEngine
+from custos.engine.prompt import PLAIN_CUSTOMER_SERVICE_FORMAT, PromptFormatError
+from custos.engine.types import (
     ChatTurn,
     EngineError,
     GenerationResult,
     ModelCacheError,
     SamplingParams,
 )
+from custos.testing.tiny_engine import TINY_CHAT_TEMPLATE, build_tiny_engine, save_tiny_model_dir
 
 TURNS = (ChatTurn("user", "Hello, where is <ORDER_ID_1>?"),)
 GREEDY = SamplingParams(max_new_tokens=20)

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import torch
 
-from custos.server.engine.base import Engine
-from custos.server.engine.hf import TransformersEngine
-from custos.server.engine.prompt import PLAIN_CUSTOMER_SERVICE_FORMAT
-from custos.server.engine.testing import TINY_CHAT_TEMPLATE, build_tiny_engine
-from custos.server.engine.types import ChatTurn, GenerationResult, PromptTooLong, SamplingParams
+from custos.engine.base import Engine
+from custos.engine.local import TransformersEngine
+from custos.engine.prompt import PLAIN_CUSTOMER_SERVICE_FORMAT
+from custos.engine.types import ChatTurn, GenerationResult, PromptTooLong, SamplingParams
+from custos.testing.tiny_engine import TINY_CHAT_TEMPLATE, build_tiny_engine
 from tests.unit.engine.engine_asserts import assert_result_consistent
 
 Turns = tuple[ChatTurn, ...]

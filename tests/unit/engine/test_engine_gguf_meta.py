@@ -8,7 +8,7 @@ import gguf
 import numpy as np
 import pytest
 
-from custos.server.engine.gguf_meta import GGUFFormatError, file_type_name, is_gguf, read_gguf_metadata
+from custos.engine.gguf_meta import GGUFFormatError, file_type_name, is_gguf, read_gguf_metadata
 
 
 def write_gguf(path: Path, *, file_type: int | None = 15, tokens: int = 5000) -> Path:

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from custos.server.engine.prompt import (
+from custos.engine.prompt import (
     CHAT_TEMPLATE,
     PLAIN_CUSTOMER_SERVICE,
     PLAIN_CUSTOMER_SERVICE_FORMAT,
@@ -19,14 +19,14 @@ from custos.server.engine.prompt import (
     has_chat_template,
     select_prompt_format,
 )
-from custos.server.engine.testing import (
+from custos.engine.types import ChatTurn
+from custos.testing.tiny_engine import (
     BOS_ID,
     EOS_ID,
     SPECIAL_TOKENS,
     TINY_CHAT_TEMPLATE,
     build_tiny_tokenizer,
 )
-from custos.server.engine.types import ChatTurn
 
 PLAIN = PLAIN_CUSTOMER_SERVICE_FORMAT
 END_OF_TURN_ID = SPECIAL_TOKENS.index("<end_of_turn>")

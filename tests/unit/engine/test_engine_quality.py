@@ -8,20 +8,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from custos.server.engine import weights
-from custos.server.engine.cache import MANIFEST_NAME, load_manifest, prepare_model
-from custos.server.engine.hf import TransformersEngine
-from custos.server.engine.quality import (
+from custos.engine import weights
+from custos.engine.cache import MANIFEST_NAME, load_manifest, prepare_model
+from custos.engine.local import TransformersEngine
+from custos.engine.quality import (
     SUPPORT_TEXT_SHA256,
     Measurement,
     QualityGateError,
     QualityLimits,
     judge,
 )
-from custos.server.engine.quant import Int8Linear, TiedInt8Head
-from custos.server.engine.scheduler import BatchingEngine
-from custos.server.engine.testing import build_tiny_engine, save_tiny_model_dir
-from custos.server.engine.types import ChatTurn, ModelCacheError, SamplingParams
+from custos.engine.quant import Int8Linear, TiedInt8Head
+from custos.engine.scheduler import BatchingEngine
+from custos.engine.types import ChatTurn, ModelCacheError, SamplingParams
+from custos.testing.tiny_engine import build_tiny_engine, save_tiny_model_dir
 
 TURNS = (ChatTurn("user", "Hello, where is <ORDER_ID_1>?"),)
 GREEDY = SamplingParams(max_new_tokens=12)

@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 import torch
 
-from custos.server.engine.sampling import _top_p_filter, choose_token, make_generator
-from custos.server.engine.types import SamplingParams
+from custos.engine.sampling import _top_p_filter, choose_token, make_generator
+from custos.engine.types import SamplingParams
 
 LOGITS = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
 

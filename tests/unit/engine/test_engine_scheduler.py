@@ -7,10 +7,10 @@ from collections.abc import Callable
 
 import pytest
 
-from custos.server.engine.scheduler import BatchingEngine
-from custos.server.engine.testing import build_tiny_engine
-from custos.server.engine.types import ChatTurn, EngineBusy, GenerationResult, SamplingParams
+from custos.engine.scheduler import BatchingEngine
+from custos.engine.types import ChatTurn, EngineBusy, GenerationResult, SamplingParams
 from custos.server.metrics import Metrics
+from custos.testing.tiny_engine import build_tiny_engine
 from tests.unit.engine.engine_asserts import assert_result_consistent
 
 PROMPTS = (

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from custos.server.engine.hf import TransformersEngine
-from custos.server.engine.scoring import forget_prefixes, score_continuations
-from custos.server.engine.testing import build_tiny_engine
-from custos.server.engine.types import PromptTooLong
+from custos.engine.local import TransformersEngine
+from custos.engine.scoring import forget_prefixes, score_continuations
+from custos.engine.types import PromptTooLong
 from custos.tasks.labels import distribution
+from custos.testing.tiny_engine import build_tiny_engine
 
 PREFIX = "Customer message: where is my parcel? It should have arrived on Monday.\nTopic:"
 LABELS = [" delivery", " refund", " a broken item", " x", " login trouble and passwords"]

@@ -9,20 +9,20 @@ from typing import Any
 import pytest
 import torch
 
-from custos.server.engine import selection
-from custos.server.engine.cache import (
+from custos.engine import selection
+from custos.engine.cache import (
     AUTO_CANDIDATES,
     load_manifest,
     prepare_model,
     resolve_cache,
 )
-from custos.server.engine.hf import TransformersEngine
-from custos.server.engine.quality import QualityGateError, QualityLimits
-from custos.server.engine.selection import CandidateResult, choose, decode_speed
-from custos.server.engine.startup import finish_loading
-from custos.server.engine.testing import build_tiny_model, save_tiny_model_dir
-from custos.server.engine.types import ChatTurn, EngineError, SamplingParams
+from custos.engine.local import TransformersEngine
+from custos.engine.quality import QualityGateError, QualityLimits
+from custos.engine.selection import CandidateResult, choose, decode_speed
+from custos.engine.startup import finish_loading
+from custos.engine.types import ChatTurn, EngineError, SamplingParams
 from custos.server.settings import load_settings
+from custos.testing.tiny_engine import build_tiny_model, save_tiny_model_dir
 
 TURNS = (ChatTurn("user", "Where is my parcel?"),)
 

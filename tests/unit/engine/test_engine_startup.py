@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from custos.server.engine import hf, startup
-from custos.server.engine.cache import prepare_model
-from custos.server.engine.hf import CacheContents
-from custos.server.engine.testing import save_tiny_model_dir
-from custos.server.engine.types import ModelCacheError, SamplingParams
+from custos.engine import local, startup
+from custos.engine.cache import prepare_model
+from custos.engine.local import CacheContents
+from custos.engine.types import ModelCacheError, SamplingParams
 from custos.server.settings import Settings, load_settings
+from custos.testing.tiny_engine import save_tiny_model_dir
 from tests.unit.engine.test_engine_cache import TURNS, flip_byte
 
 
@@ -41,7 +41,7 @@ def test_an_existing_cache_is_read_on_another_thread(
     source_dir: Path, prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     threads: list[str] = []
-    real = hf.read_cache_contents
+    real = local.read_cache_contents
 
     def spy(cache_dir: Path, *, verify: bool = True) -> CacheContents:
         threads.append(threading.current_thread().name)

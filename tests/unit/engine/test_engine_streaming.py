@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from custos.server.engine.streaming import TextStream
-from custos.server.engine.testing import build_tiny_tokenizer
+from custos.engine.streaming import TextStream
+from custos.testing.tiny_engine import build_tiny_tokenizer
 
 Decoder = Callable[[list[int]], str]
 

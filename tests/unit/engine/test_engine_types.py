@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from custos.server.engine.types import (
+from custos.engine.types import (
     ChatTurn,
     EngineError,
     InvalidSamplingParams,

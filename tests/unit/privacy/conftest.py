@@ -9,7 +9,7 @@ from presidio_analyzer import AnalyzerEngine
 
 from custos.privacy.analyzer import build_analyzer
 from custos.privacy.pseudonymize import Pseudonymizer
-from custos.privacy.testing import BuiltAnalyzer, no_network
+from custos.testing.privacy import BuiltAnalyzer, no_network
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from presidio_analyzer import AnalyzerEngine, PatternRecognizer
 from custos.privacy.analyzer import DISABLED_ENTITIES, ENABLED_ENTITIES, build_analyzer
 from custos.privacy.errors import PrivacyError, UnsupportedEntity
 from custos.privacy.pseudonymize import Pseudonymizer
-from custos.privacy.testing import BuiltAnalyzer, no_network
+from custos.testing.privacy import BuiltAnalyzer, no_network
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -131,7 +131,7 @@ def test_only_the_pipes_ner_needs_run(analyzer: AnalyzerEngine) -> None:
 
 
 def test_stepped_ner_finds_what_spacys_greedy_parse_finds(analyzer: AnalyzerEngine) -> None:
-    from custos.privacy import benchmark
+    from custos.bench import privacy as benchmark
     from custos.privacy.analyzer import SteppedNer
 
     nlp = analyzer.nlp_engine.get_nlp("en")  # type: ignore[attr-defined]

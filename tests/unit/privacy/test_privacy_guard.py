@@ -146,7 +146,7 @@ def test_stream_releases_text_before_the_end(guard: OutputGuard, mapping: Placeh
 
 
 def test_stream_at_tiny_tokenizer_boundaries(guard: OutputGuard, mapping: PlaceholderMap) -> None:
-    from custos.server.engine.testing import build_tiny_tokenizer
+    from custos.testing.tiny_engine import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()
     text = STREAM_TEXTS[0] + " " + STREAM_TEXTS[1]

@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 
 from custos.audit import make_engine, migrate
 from custos.audit.models import TranscriptRow
+from custos.cli.main import app
 from custos.privacy.errors import KeyFileError, KeyRetired
 from custos.privacy.transcripts import open_transcript, seal_transcript
-from custos.server.cli import app
-from custos.server.keyring import open_master_keys
+from custos.server.keys import open_master_keys
 from custos.server.settings import load_settings
 
 runner = CliRunner()

@@ -11,7 +11,6 @@ import sqlalchemy as sa
 
 from custos.audit import AuditStore, default_sqlite_url, make_engine, migrate
 from custos.audit.models import ConversationVaultRow, SubjectKeyRow, TranscriptRow
-from custos.audit.testing import all_records
 from custos.privacy.envelope import (
     FORMAT_SUBJECT,
     WRAP_SUBJECT,
@@ -27,7 +26,8 @@ from custos.privacy.keys import FileKeyProvider, RetiringKeyProvider
 from custos.privacy.subject_keys import SubjectKeyStore
 from custos.privacy.transcripts import open_transcript, seal_transcript, transcript_aad
 from custos.privacy.vault import ConversationVault
-from custos.server.keyring import ErasureLedger, SubjectService
+from custos.server.keys import ErasureLedger, SubjectService
+from custos.testing.audit import all_records
 
 KEY_1 = b"\x01" * 32
 KEY_2 = b"\x02" * 32

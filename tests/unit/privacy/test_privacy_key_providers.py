@@ -181,8 +181,8 @@ def test_pkcs11_wrong_pin_is_refused(token: Path) -> None:
 def test_pkcs11_from_settings_through_the_commands(hsm: object, token: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from custos.server.cli import app
-    from custos.server.keyring import open_master_keys
+    from custos.cli.main import app
+    from custos.server.keys import open_master_keys
     from custos.server.settings import load_settings
 
     pin_file = tmp_path / "pin"

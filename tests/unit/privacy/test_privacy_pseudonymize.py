@@ -7,7 +7,7 @@ from presidio_analyzer import AnalyzerEngine
 
 from custos.privacy.errors import UnsupportedEntity, UnsupportedLanguage
 from custos.privacy.pseudonymize import PlaceholderMap, Pseudonymizer, restore
-from custos.privacy.testing import (
+from custos.testing.privacy import (
     assert_audit_has_no_values,
     assert_only_issued_placeholders,
     assert_values_masked,

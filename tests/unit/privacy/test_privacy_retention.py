@@ -12,12 +12,12 @@ from typer.testing import CliRunner
 from custos.audit import AuditStore, make_engine, migrate
 from custos.audit.events import AuditEvent
 from custos.audit.models import TranscriptRow
-from custos.audit.testing import all_records
+from custos.cli.main import app
 from custos.privacy.subject_keys import SubjectKeyStore
 from custos.privacy.transcripts import seal_transcript
-from custos.server.cli import app
-from custos.server.keyring import open_master_keys, subject_ref_of
+from custos.server.keys import open_master_keys, subject_ref_of
 from custos.server.settings import load_settings
+from custos.testing.audit import all_records
 
 runner = CliRunner()
 

@@ -12,11 +12,11 @@ import sqlalchemy as sa
 
 from custos.audit import default_sqlite_url, make_engine, migrate
 from custos.audit.models import ConversationVaultRow
-from custos.audit.testing import postgres_schema, schema_url
 from custos.privacy.errors import DecryptionFailed
 from custos.privacy.keys import FileKeyProvider
 from custos.privacy.pseudonymize import PlaceholderMap
 from custos.privacy.vault import ConversationVault
+from custos.testing.audit import postgres_schema, schema_url
 
 KEYS = FileKeyProvider(primary=1, master_keys={1: b"k" * 32}, index_key=b"i" * 32)
 

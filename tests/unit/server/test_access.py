@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from custos.audit import AuditStore, default_sqlite_url, make_engine, migrate
+from custos.flows.errors import ResourceExhausted
+from custos.security.limits import CapacityLimiter
+from custos.security.tokens import TokenError, TokenStore
 from custos.server.bootstrap import record_config_change
-from custos.server.errors import ResourceExhausted
-from custos.server.limits import CapacityLimiter
 from custos.server.settings import load_settings
-from custos.server.tokens import TokenError, TokenStore
 
 
 class Clock:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from custos.api.health import NOT_SERVING, SERVING, DatabaseWatchdog, HealthReporter
 from custos.audit.db import default_sqlite_url, make_engine, migrate
-from custos.server.availability import NOT_SERVING, SERVING, DatabaseWatchdog, HealthReporter
 
 
 class FakeHealth:

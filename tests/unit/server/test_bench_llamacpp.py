@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from custos.server import bench
-from custos.server.bench import (
+from custos.bench import serve as bench
+from custos.bench.serve import (
     LLAMACPP_INSTALL_HINT,
     BenchReport,
     LevelResult,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from custos.server.convert import RequestLimits, generate_call_from_pb, parse_message
-from custos.server.errors import InvalidArgument
+from custos.api.convert import RequestLimits, generate_call_from_pb, parse_message
+from custos.flows.errors import InvalidArgument
 from custos.v1 import common_pb2, inference_pb2
 
 LIMITS = RequestLimits(

@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
-from custos.server.cli import app
-from custos.server.privacy_cli import InputError, parse_jsonl
+from custos.cli.main import app
+from custos.cli.privacy import InputError, parse_jsonl
 
 
 def test_anonymize_jsonl_and_text(tmp_path: Path) -> None:

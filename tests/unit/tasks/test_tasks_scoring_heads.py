@@ -7,9 +7,9 @@ import functools
 import pytest
 import torch
 
-from custos.server.engine.hf import TransformersEngine
-from custos.server.engine.scoring import HEADS, MAX_HEADS, forget_prefixes, score_continuations
-from custos.server.engine.testing import build_tiny_engine
+from custos.engine.local import TransformersEngine
+from custos.engine.scoring import HEADS, MAX_HEADS, forget_prefixes, score_continuations
+from custos.testing.tiny_engine import build_tiny_engine
 
 HEAD = "Customer messages sorted by topic.\nMessage: where is my parcel?\nTopic: tracking\n\nMessage:"
 MESSAGES = [" my card was charged twice", " please cancel the blue sofa", " the lamp arrived broken"]
@@ -127,14 +127,14 @@ def test_a_short_prompt_and_its_labels_run_in_one_packed_pass(
 
 
 def test_latency_messages_are_200_characters_and_share_no_message_head() -> None:
-    from custos.server.eval_cli import LATENCY_MESSAGES
+    from custos.cli.eval import LATENCY_MESSAGES
 
     assert [len(m) for m in LATENCY_MESSAGES] == [200] * len(LATENCY_MESSAGES)
     assert len({m.split()[0] for m in LATENCY_MESSAGES}) == len(LATENCY_MESSAGES)
 
 
 def test_the_latency_baseline_keeps_no_prompt_head(tiny: TransformersEngine) -> None:
-    from custos.server.eval_cli import _uncached_scorer
+    from custos.cli.eval import _uncached_scorer
 
     score = _uncached_scorer(tiny)
     first = score(HEAD + MESSAGES[0], [" a"])

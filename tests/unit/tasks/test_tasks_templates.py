@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from custos.server.engine.types import ChatTurn
+from custos.engine.types import ChatTurn
 from custos.tasks.templates import TemplateError, TemplateRegistry
 
 BUNDLED = ["answer", "extract-needs", "next-best-action", "sentiment", "summarise"]

@@ -1,0 +1,288 @@
+"""Protobuf <-> domain conversion at the edge, with request validation that names the field."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from google.protobuf.message import DecodeError
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from custos.api.privacy_convert import privacy_policy_from_pb
+from custos.audit.events import StoredRecord
+from custos.audit.store import VerifyReport
+from custos.engine.types import ChatTurn, FinishReason, Role, SamplingParams
+from custos.flows.audit_read import AuditFilter
+from custos.flows.errors import InvalidArgument
+from custos.flows.types import (
+    GenerateCall,
+    GenerateOutcome,
+    StreamDelta,
+    StreamEvent,
+    StreamFinished,
+    StreamStarted,
+)
+from custos.v1 import audit_pb2, common_pb2, inference_pb2
+
+_ROLES: Mapping[int, Role] = {
+    common_pb2.ROLE_SYSTEM: "system",
+    common_pb2.ROLE_USER: "user",
+    common_pb2.ROLE_ASSISTANT: "assistant",
+}
+_FINISH: Mapping[FinishReason, inference_pb2.FinishReason.ValueType] = {
+    "stop": inference_pb2.FINISH_REASON_STOP,
+    "length": inference_pb2.FINISH_REASON_LENGTH,
+    "stop_sequence": inference_pb2.FINISH_REASON_STOP_SEQUENCE,
+    "cancelled": inference_pb2.FINISH_REASON_CANCELLED,
+}
+MAX_ID_CHARS = 256
+M = TypeVar("M")
+MAX_STOP_SEQUENCES = 8
+MAX_STOP_CHARS = 64
+# The purpose goes into audit records verbatim, so it must be a label, never free text (or personal data).
+PURPOSE_PATTERN = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
+PURPOSE_RULE = "must be a label: 1..64 of a-z, 0-9, '_', '.', '-', starting with a letter"
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """Request-shape limits from the settings."""
+
+    max_new_tokens_limit: int
+    default_max_new_tokens: int
+    max_prompt_chars: int
+    max_messages: int
+
+
+def parse_message(message_type: type[M], raw: bytes) -> M:
+    """Parse raw request bytes; a malformed message is the caller's error, not ours."""
+    try:
+        return message_type.FromString(raw)  # type: ignore[attr-defined]
+    except (DecodeError, RuntimeError, ValueError):
+        raise InvalidArgument("request", "malformed protobuf message") from None
+
+
+def _check_id(value: str, field: str, *, required: bool) -> None:
+    if not value:
+        if required:
+            raise InvalidArgument(field, "required")
+        return
+    if len(value) > MAX_ID_CHARS:
+        raise InvalidArgument(field, f"longer than {MAX_ID_CHARS} characters")
+    if not value.isprintable():
+        raise InvalidArgument(field, "contains control characters")
+
+
+def generate_call_from_pb(request: inference_pb2.GenerateRequest, limits: RequestLimits) -> GenerateCall:
+    """Validate a GenerateRequest and convert it to the domain request."""
+    _check_id(request.conversation_id, "conversation_id", required=True)
+    task: str | None = None
+    if request.HasField("task"):
+        _check_id(request.task, "task", required=True)
+        task = request.task
+    elif request.variables:
+        raise InvalidArgument("variables", "only allowed with a task")
+    if not request.messages and task is None:
+        raise InvalidArgument("messages", "at least one message is required")
+    if len(request.messages) > limits.max_messages:
+        raise InvalidArgument("messages", f"more than {limits.max_messages} messages")
+    turns: list[ChatTurn] = []
+    total_chars = 0
+    for index, message in enumerate(request.messages):
+        role = _ROLES.get(message.role)
+        if role is None:
+            raise InvalidArgument(
+                f"messages[{index}].role", "must be ROLE_SYSTEM, ROLE_USER or ROLE_ASSISTANT"
+            )
+        if not message.content.strip():
+            raise InvalidArgument(f"messages[{index}].content", "must not be empty")
+        total_chars += len(message.content)
+        turns.append(ChatTurn(role=role, content=message.content))
+    for name, value in sorted(request.variables.items()):
+        if not name or len(name) > MAX_STOP_CHARS or not name.isidentifier():
+            raise InvalidArgument("variables", "names must be identifiers of 1..64 characters")
+        if not value.strip():
+            raise InvalidArgument(f"variables[{name}]", "must not be empty")
+        total_chars += len(value)
+    if total_chars > limits.max_prompt_chars:
+        raise InvalidArgument("messages", f"total content exceeds {limits.max_prompt_chars} characters")
+
+    params = request.parameters
+    max_new_tokens = limits.default_max_new_tokens
+    if params.HasField("max_new_tokens"):
+        max_new_tokens = params.max_new_tokens
+        if not 1 <= max_new_tokens <= limits.max_new_tokens_limit:
+            raise InvalidArgument(
+                "parameters.max_new_tokens", f"must be between 1 and {limits.max_new_tokens_limit}"
+            )
+    temperature = 0.0
+    if params.HasField("temperature"):
+        temperature = params.temperature
+        if not math.isfinite(temperature) or temperature < 0 or temperature > 2:
+            raise InvalidArgument("parameters.temperature", "must be between 0 and 2")
+    top_p = 1.0
+    if params.HasField("top_p"):
+        top_p = params.top_p
+        if not math.isfinite(top_p) or not 0 < top_p <= 1:
+            raise InvalidArgument("parameters.top_p", "must be in (0, 1]")
+    if params.HasField("seed") and params.seed < 0:
+        raise InvalidArgument("parameters.seed", "must not be negative")
+    if len(params.stop) > MAX_STOP_SEQUENCES:
+        raise InvalidArgument("parameters.stop", f"at most {MAX_STOP_SEQUENCES} stop sequences")
+    for index, stop in enumerate(params.stop):
+        if not stop or len(stop) > MAX_STOP_CHARS:
+            raise InvalidArgument(f"parameters.stop[{index}]", f"must be 1..{MAX_STOP_CHARS} characters")
+
+    subject_id: str | None = None
+    if request.HasField("subject_id"):
+        _check_id(request.subject_id, "subject_id", required=True)
+        subject_id = request.subject_id
+    purpose: str | None = None
+    if request.HasField("purpose"):
+        if not PURPOSE_PATTERN.fullmatch(request.purpose):
+            raise InvalidArgument("purpose", PURPOSE_RULE)
+        purpose = request.purpose
+    idempotency_key: str | None = None
+    if request.HasField("idempotency_key"):
+        _check_id(request.idempotency_key, "idempotency_key", required=True)
+        idempotency_key = request.idempotency_key
+    privacy_mode, block_entities = privacy_policy_from_pb(request.privacy_mode, request.block_entity_types)
+
+    return GenerateCall(
+        conversation_id=request.conversation_id,
+        turns=tuple(turns),
+        params=SamplingParams(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=params.seed if params.HasField("seed") else None,
+            stop=tuple(params.stop),
+        ),
+        subject_id=subject_id,
+        reidentify=request.reidentify,
+        purpose=purpose,
+        idempotency_key=idempotency_key,
+        privacy_mode=privacy_mode,
+        block_entities=block_entities,
+        task=task,
+        variables=tuple(sorted(request.variables.items())),
+    )
+
+
+def redaction_to_pb(counts: Mapping[str, int]) -> common_pb2.RedactionSummary:
+    """Entity types and counts only; values never leave the privacy stage."""
+    return common_pb2.RedactionSummary(
+        entities=[common_pb2.EntityCount(entity_type=t, count=n) for t, n in sorted(counts.items())],
+        total=sum(counts.values()),
+    )
+
+
+def generate_outcome_to_pb(outcome: GenerateOutcome) -> inference_pb2.GenerateResponse:
+    """Convert the pipeline's outcome to the response message."""
+    return inference_pb2.GenerateResponse(
+        text=outcome.text,
+        request_id=outcome.request_id,
+        finish_reason=_FINISH[outcome.finish_reason],
+        usage=inference_pb2.Usage(
+            prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens
+        ),
+        redaction=redaction_to_pb(outcome.redaction),
+    )
+
+
+def stream_event_to_pb(event: StreamEvent) -> inference_pb2.GenerateStreamResponse:
+    """Convert one stream event to its message."""
+    if isinstance(event, StreamStarted):
+        return inference_pb2.GenerateStreamResponse(
+            start=inference_pb2.StreamStart(
+                request_id=event.request_id, redaction=redaction_to_pb(event.redaction)
+            )
+        )
+    if isinstance(event, StreamDelta):
+        return inference_pb2.GenerateStreamResponse(delta=event.text)
+    if isinstance(event, StreamFinished):
+        return inference_pb2.GenerateStreamResponse(
+            end=inference_pb2.StreamEnd(
+                finish_reason=_FINISH[event.finish_reason],
+                usage=inference_pb2.Usage(
+                    prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens
+                ),
+            )
+        )
+    raise TypeError(f"unknown stream event {type(event).__name__}")
+
+
+def _timestamp(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(value.astimezone(UTC))
+    return stamp
+
+
+def timestamp_from_pb(message: audit_pb2.AuditQueryRequest, field: str) -> datetime | None:
+    """An optional timestamp filter, tz-aware UTC."""
+    if not message.HasField(field):  # type: ignore[arg-type]
+        return None
+    stamp: Timestamp = getattr(message, field)
+    try:
+        return stamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):  # outside 0001-01-01 .. 9999-12-31, or nanos out of range
+        raise InvalidArgument(field, "timestamp out of range") from None
+
+
+def audit_filter_from_pb(request: audit_pb2.AuditQueryRequest) -> AuditFilter:
+    """The filters of a Query (or an Export's ``filter``); empty strings mean "any"."""
+    return AuditFilter(
+        since=timestamp_from_pb(request, "since"),
+        until=timestamp_from_pb(request, "until"),
+        event_type=request.event_type or None,
+        actor=request.actor or None,
+        status=request.status or None,
+        model=request.model or None,
+        entity_type=request.entity_type or None,
+        conversation_ref=request.conversation_ref or None,
+        subject_ref=request.subject_ref or None,
+        request_id=request.request_id or None,
+        phase=request.phase or None,
+        purpose=request.purpose or None,
+    )
+
+
+def audit_record_to_pb(record: StoredRecord) -> audit_pb2.AuditRecord:
+    """Convert a stored audit record, including its exact hashed payload."""
+    return audit_pb2.AuditRecord(
+        id=record.id,
+        seq=record.seq,
+        event_type=record.event_type,
+        phase=record.phase,
+        request_id=record.request_id,
+        start_time=_timestamp(record.start_time),
+        end_time=_timestamp(record.end_time),
+        actor=record.actor,
+        rpc=record.rpc,
+        status=record.status,
+        model=record.model or "",
+        prev_hash=record.prev_hash,
+        row_hash=record.row_hash,
+        schema_version=record.schema_version,
+        payload_json=record.payload_json,
+    )
+
+
+def verify_report_to_pb(report: VerifyReport) -> audit_pb2.AuditVerifyResponse:
+    """Convert the verifier's report."""
+    response = audit_pb2.AuditVerifyResponse(
+        ok=report.ok,
+        count=report.count,
+        head_hash=report.head_hash or "",
+        reason=report.reason,
+        incomplete=report.incomplete,
+    )
+    if report.first_bad_seq is not None:
+        response.first_bad_seq = report.first_bad_seq
+    return response
