@@ -73,8 +73,8 @@ def serve(
     metrics_listen: Annotated[str | None, typer.Option(help="Prometheus address HOST:PORT.")] = None,
 ) -> None:
     """Run the server until SIGTERM or Ctrl-C, then drain in-flight requests and exit 0."""
-    from custos.engine.startup import start_reading
     from custos.server.logs import configure_logging
+    from custos.server.model import start_reading
 
     settings = _settings(config, listen=listen, data_dir=data_dir, metrics_listen=metrics_listen)
     configure_logging(settings.log_level)
@@ -123,11 +123,11 @@ def model_prepare(
     written and the command exits 1. ``auto`` measures every mode's decode speed and quality, prints them
     and keeps the fastest admitted one.
     """
-    from custos.engine.cache import load_manifest
+    from custos.engine.manifest import load_manifest
     from custos.engine.quality import QualityGateError
     from custos.engine.selection import describe_selection
-    from custos.engine.startup import prepare_from_settings
     from custos.server.app import ensure_private_dir
+    from custos.server.model import prepare_from_settings
 
     settings = _settings(config, data_dir=data_dir, model_source=source, precision=precision)
     try:
@@ -196,7 +196,7 @@ def bench_serve(
         run_server_levels,
     )
     from custos.engine.local import TransformersEngine
-    from custos.engine.startup import prepare_from_settings
+    from custos.server.model import prepare_from_settings
 
     try:
         counts = tuple(int(n) for n in levels.split(","))

@@ -405,11 +405,11 @@ def build_components(
 ) -> Components:
     """Build the analyzer and load the model, preparing the model cache on first use.
 
-    ``reading`` is the model cache already being read on a thread (``engine.startup.start_reading``);
+    ``reading`` is the model cache already being read on a thread (``server.model.start_reading``);
     without it, reading starts here and overlaps the analyzer's build.
     """
-    from custos.engine.startup import finish_loading, start_reading
     from custos.privacy.analyzer import build_analyzer
+    from custos.server.model import finish_loading, start_reading
 
     ensure_private_dir(settings.resolved_model_cache_dir)
     if reading is None:
