@@ -40,7 +40,8 @@ def subjects_erase(
 ) -> None:
     """Erase a subject: destroy its key and vault rows (its transcripts become unreadable); audited."""
     from custos.audit.store import AuditStore
-    from custos.server.keys import ErasureLedger, SubjectService, open_master_keys
+    from custos.privacy.erasure import ErasureLedger, SubjectService
+    from custos.server.keys import open_master_keys
 
     if (subject_id is None) == (principal is None or conversation is None):
         err.print("[red]error:[/red] give SUBJECT_ID, or --principal and --conversation")
@@ -54,7 +55,7 @@ def subjects_erase(
             engine,
             keys,
             AuditStore(engine),
-            ErasureLedger.beside_checkpoints(settings),
+            ErasureLedger.beside_checkpoints(settings.data_dir),
             vault_ttl_seconds=settings.vault_ttl_seconds,
         )
         result = service.erase(ref, actor=os_actor(), rpc="cli:subjects erase")
@@ -73,7 +74,7 @@ def subjects_erase(
 
 
 def _subject_ref(keys: Any, subject_id: str | None, principal: str | None, conversation: str | None) -> str:
-    from custos.server.keys import anonymous_subject_ref, subject_ref_of
+    from custos.privacy.subject_keys import anonymous_subject_ref, subject_ref_of
 
     if subject_id is not None:
         return subject_ref_of(keys, subject_id)
@@ -90,7 +91,9 @@ def subjects_export(
 ) -> None:
     """Right of access: decrypted transcripts and audit records of one subject, as one JSON file; audited."""
     from custos.audit.store import AuditStore
-    from custos.server.keys import export_subject, open_master_keys, subject_ref_of
+    from custos.privacy.erasure import export_subject
+    from custos.privacy.subject_keys import subject_ref_of
+    from custos.server.keys import open_master_keys
 
     settings = settings_or_exit(config, data_dir=data_dir)
     with exit_on_privacy_errors():

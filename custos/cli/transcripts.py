@@ -25,7 +25,7 @@ def transcripts_purge(
 ) -> None:
     """Destroy transcripts past the retention period; audited (transcript_purge)."""
     from custos.audit.store import AuditStore
-    from custos.server.keys import purge_transcripts
+    from custos.privacy.erasure import purge_transcripts
 
     settings = settings_or_exit(config, data_dir=data_dir)
     days = older_than_days or settings.transcript_retention_days
