@@ -21,6 +21,7 @@ bench_app = typer.Typer(
     help="Benchmarks that print a table beside a same-run baseline.", no_args_is_help=True
 )
 
+# The short names the bench serve and bench privacy bodies use.
 _settings = settings_or_exit
 _progress = model_progress
 

@@ -42,6 +42,7 @@ app.add_typer(subjects_app, name="subjects")
 app.add_typer(transcripts_app, name="transcripts")
 app.add_typer(eval_app, name="eval")
 
+# The short names the serve and model prepare bodies use.
 _settings = settings_or_exit
 _progress = model_progress
 
@@ -148,6 +149,7 @@ def connection_hint(settings: Settings, port: int, security: Any) -> list[str]:
     return lines
 
 
+# The root commands, in the order ``custos --help`` lists them (before the groups).
 app.command("health")(health)
 app.command()(serve)
 app.command("anonymize")(anonymize)
