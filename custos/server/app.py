@@ -41,6 +41,7 @@ from custos.flows.privacy_step import PrivacyStage, ReidentifyCheck
 from custos.flows.purposes import PurposePolicy
 from custos.flows.subject_access import SubjectAccess
 from custos.flows.types import Caller
+from custos.privacy.erasure import ErasureLedger, SubjectService, purge_transcripts
 from custos.privacy.keys import MasterKeyProvider
 from custos.privacy.pseudonymize import Pseudonymizer
 from custos.privacy.subject_keys import SubjectKeyStore
@@ -51,7 +52,7 @@ from custos.security.tls import ReloadingCredentials
 from custos.security.tokens import TokenStore
 from custos.server.bootstrap import SecuritySetup, prepare_security, record_config_change
 from custos.server.housekeeping import VaultPurgeTask
-from custos.server.keys import ErasureLedger, SubjectService, open_master_keys, purge_transcripts
+from custos.server.keys import open_master_keys
 from custos.server.metrics import Metrics
 from custos.server.settings import Settings
 from custos.tasks.feedback import FeedbackStore
@@ -149,7 +150,7 @@ class CustosServer:
             db,
             self.keys,
             self.audit,
-            ErasureLedger.beside_checkpoints(settings),
+            ErasureLedger.beside_checkpoints(settings.data_dir),
             vault_ttl_seconds=settings.vault_ttl_seconds,
         )
         self.subject_keys = self.subjects.subject_keys
