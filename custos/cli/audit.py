@@ -669,8 +669,8 @@ def audit_harden(
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """PostgreSQL: make audit rows append-only for the app role (grants plus a trigger)."""
-    from custos.audit.db import make_engine
+    """PostgreSQL, as the database owner: migrate, then make audit rows append-only for the app role."""
+    from custos.audit.db import make_engine, migrate
     from custos.audit.hardening import harden_postgres
 
     try:
@@ -679,6 +679,8 @@ def audit_harden(
         raise _fail(str(exc)) from None
     engine = make_engine(settings.resolved_database_url)
     try:
+        if engine.dialect.name == "postgresql":
+            migrate(engine)  # the triggers need the tables; the server's role cannot create them
         harden_postgres(engine, app_role=app_role, maintenance_role=maintenance_role)
     except ValueError as exc:
         raise _fail(str(exc)) from None
