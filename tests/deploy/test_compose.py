@@ -184,10 +184,11 @@ def test_init_secrets_makes_every_referenced_file(compose_copy: Path, tmp_path: 
 def test_the_server_connects_as_a_role_that_is_not_the_superuser() -> None:
     """The owner (POSTGRES_USER, a superuser) migrates and hardens; the server is a plain login role."""
     doc = load()
-    custos, migrate, postgres = (doc["services"][name] for name in ("custos", "migrate", "postgres"))
+    custos, postgres = doc["services"]["custos"], doc["services"]["postgres"]
     superuser = postgres["environment"]["POSTGRES_USER"]
     server_user = make_url(custos["environment"]["CUSTOS_DATABASE_URL"]).username
     assert server_user and server_user != superuser
+    migrate = doc["services"]["migrate"]
     # The owner's credentials reach only the one-shot migrate service.
     assert "pgpass" not in names(custos["secrets"]) and custos["environment"]["PGPASSFILE"] == (
         "/run/secrets/app-pgpass"
