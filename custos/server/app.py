@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -163,7 +164,10 @@ class CustosServer:
         self.tokens = TokenStore(db, self.audit)
         loop = asyncio.get_running_loop()
         self.security = await loop.run_in_executor(self._executor, prepare_security, settings, self.tokens)
-        await loop.run_in_executor(self._executor, record_config_change, self.audit, settings)
+        await loop.run_in_executor(
+            self._executor,
+            functools.partial(record_config_change, self.audit, settings, index_key=self.keys.index_key()),
+        )
         self.watchdog = DatabaseWatchdog(
             db,
             HealthReporter(self.health, [s.full_name for s in SERVICES]),
