@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -27,6 +28,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from custos.server.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from custos.audit.trail import AuditTrail
 
 audit_app = typer.Typer(
     help="Read, verify and export the audit trail (compliance officers).", no_args_is_help=True
@@ -151,7 +155,6 @@ class _Local:
     def __init__(self, settings: Settings) -> None:
         from custos.audit.db import make_engine, migrate
         from custos.audit.store import AuditStore
-        from custos.audit.trail import AuditTrail
 
         if settings.database_url is None and not (settings.data_dir / "custos.db").exists():
             raise _fail(
@@ -161,13 +164,19 @@ class _Local:
         engine = make_engine(settings.resolved_database_url)
         migrate(engine)
         self.store = AuditStore(engine, group_commit=False)
-        self.trail = AuditTrail.open(
-            self.store,
-            settings.data_dir,
-            every_records=settings.checkpoint_every_records,
-            every_seconds=settings.checkpoint_every_seconds,
-        )
+        self.settings = settings
         self.actor = f"os:{getpass.getuser()}"
+
+    @cached_property
+    def trail(self) -> AuditTrail:
+        """The signing key and checkpoints, opened only by the commands that need them (never made here)."""
+        from custos.audit.checkpoints import CheckpointError
+        from custos.server.bootstrap import open_audit_trail
+
+        try:
+            return open_audit_trail(self.settings, self.store)
+        except CheckpointError as exc:
+            raise _fail(str(exc), 1) from None
 
     def record(self, rpc: str, details: dict[str, Any]) -> None:
         from custos.audit.events import AuditEvent
@@ -434,15 +443,34 @@ def audit_verify(
         Path | None, typer.Option("--export", help="Check an export file offline instead of the live log.")
     ] = None,
     public_key: Annotated[
-        str | None, typer.Option(help="Expected signing key (hex) of the export's checkpoints.")
+        str | None,
+        typer.Option(
+            help="Expected public key of the checkpoints: 64 hex characters, or a file holding them or a PEM "
+            "key (default: audit_public_key_file, else the data directory's signing key)."
+        ),
+    ] = None,
+    checkpoints_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoints",
+            help="Checkpoint file to verify the live log against, e.g. the copy shipped off the host "
+            "(default: audit_checkpoint_file).",
+        ),
     ] = None,
     output: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
 ) -> None:
-    """Re-hash every record, check it against the signed checkpoints; exit 1 naming the first bad one."""
+    """Re-hash every record, check it against the signed checkpoints; exit 1 naming the first bad one.
+
+    A non-empty log that no signed checkpoint covers fails too.
+    """
     _check_format(output, ("table", "json"))
     if export is not None:
+        if checkpoints_file is not None:
+            raise _fail("--checkpoints is for the live log; an export carries its own checkpoints")
         _verify_export(export, public_key, output)
         return
+    if server is not None and (public_key is not None or checkpoints_file is not None):
+        raise _fail("--public-key and --checkpoints verify locally; the server uses its own settings")
     backend = _backend(server, token, ca_file, data_dir, config)
     if isinstance(backend, _Remote):
         from custos.v1 import audit_pb2
@@ -460,9 +488,16 @@ def audit_verify(
             "reason": response.reason,
         }
     else:
+        from custos.audit.checkpoints import CheckpointLog
+        from custos.audit.maintenance import verify_live
+
+        key = _verifying_key(backend, public_key)
+        log = CheckpointLog(checkpoints_file or backend.settings.resolved_audit_checkpoint_file)
+        if checkpoints_file is not None and not checkpoints_file.is_file():
+            raise _fail(f"--checkpoints {checkpoints_file} is not a file")
         total = backend.store.count()
         with _progress("verifying", total) as update:
-            report, checkpoints = backend.trail.verify(progress=update)
+            report, checkpoints = verify_live(backend.store, log, key, progress=update)
         backend.record(
             "cli.verify",
             {
@@ -497,19 +532,43 @@ def _print_verify(result: dict[str, Any], output: str) -> None:
                 soft_wrap=True,
             )
         return
-    err.print(f"[red]audit chain broken at record seq {result['first_bad_seq']}: {result['reason']}[/red]")
+    if result["first_bad_seq"] is None:
+        err.print(f"[red]audit chain not verified: {result['reason']}[/red]")
+    else:
+        err.print(
+            f"[red]audit chain broken at record seq {result['first_bad_seq']}: {result['reason']}[/red]"
+        )
     raise typer.Exit(1)
 
 
+def _verifying_key(backend: _Local, public_key: str | None) -> Any:
+    """The key checkpoints must verify with: --public-key, else audit_public_key_file, else the signer's."""
+    from custos.audit.checkpoints import CheckpointError, CheckpointSigner, load_public_key
+
+    try:
+        if public_key is not None:
+            return load_public_key(public_key)
+        if backend.settings.audit_public_key_file is not None:
+            return load_public_key(backend.settings.audit_public_key_file)
+        return CheckpointSigner.load(backend.settings.resolved_audit_signing_key_file).public_key
+    except CheckpointError as exc:
+        raise _fail(f"{exc}; pass --public-key", 1) from None
+
+
 def _verify_export(path: Path, public_key: str | None, output: str) -> None:
+    from custos.audit.checkpoints import CheckpointError, load_public_key, public_key_hex
     from custos.audit.export import verify_export
 
+    try:
+        expected = public_key_hex(load_public_key(public_key)) if public_key is not None else None
+    except CheckpointError as exc:
+        raise _fail(f"--public-key: {exc}") from None
     try:
         handle = path.open("rb")
     except OSError:
         raise _fail(f"cannot read {path}") from None
     with handle, _progress("verifying export", None) as update:
-        report = verify_export(handle, expected_public_key=public_key, progress=update)
+        report = verify_export(handle, expected_public_key=expected, progress=update)
     result = {
         "ok": report.ok,
         "rows": report.rows,
@@ -649,15 +708,46 @@ def audit_archive(
 @audit_app.command("record-restore")
 def audit_record_restore(
     note: Annotated[str, typer.Option(help="Why (e.g. a ticket number); no personal data.")],
+    new_signing_key: Annotated[
+        bool,
+        typer.Option(
+            "--new-signing-key",
+            help="The signing key is lost (or was never made, for a log written by commands before the first "
+            "start): make a new one and vouch for the current head with it. Refused while the key exists "
+            "or the checkpoint file holds checkpoints (move it aside first).",
+        ),
+    ] = False,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """After a deliberate restore from backup, sign a restore checkpoint of the restored head."""
+    from custos.audit.checkpoints import CheckpointLog, CheckpointSigner
     from custos.audit.maintenance import record_restore
 
     backend = _local(data_dir, config)
-    record = record_restore(backend.store, backend.trail.log, backend.trail.signer, note=note)
-    out.print(f"restore recorded at seq {record.seq}; verification continues from the restored head")
+    if not new_signing_key:
+        record = record_restore(backend.store, backend.trail.log, backend.trail.signer, note=note)
+        out.print(f"restore recorded at seq {record.seq}; verification continues from the restored head")
+        return
+    settings = backend.settings
+    key_path, log = (
+        settings.resolved_audit_signing_key_file,
+        CheckpointLog(settings.resolved_audit_checkpoint_file),
+    )
+    if log.read():
+        raise _fail(
+            f"{log.path} holds checkpoints signed by the old key: move it aside (keep it as evidence) first"
+        )
+    try:
+        signer = CheckpointSigner.create(key_path)
+    except FileExistsError:
+        raise _fail(f"the audit signing key {key_path} exists; run without --new-signing-key") from None
+    record = record_restore(backend.store, log, signer, note=note)
+    out.print(
+        f"new audit signing key {key_path}, public key {signer.public_key_hex} "
+        f"(pin it: audit_public_key_file); restore recorded at seq {record.seq}",
+        soft_wrap=True,
+    )
 
 
 @audit_app.command("harden")

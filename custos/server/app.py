@@ -50,7 +50,12 @@ from custos.security.auth import AccessInterceptor, Authenticator
 from custos.security.limits import CapacityLimiter
 from custos.security.tls import ReloadingCredentials
 from custos.security.tokens import TokenStore
-from custos.server.bootstrap import SecuritySetup, prepare_security, record_config_change
+from custos.server.bootstrap import (
+    SecuritySetup,
+    open_audit_trail,
+    prepare_security,
+    record_config_change,
+)
 from custos.server.housekeeping import VaultPurgeTask
 from custos.server.keys import ErasureLedger, SubjectService, open_master_keys, purge_transcripts
 from custos.server.metrics import Metrics
@@ -146,6 +151,10 @@ class CustosServer:
         db = make_engine(settings.resolved_database_url)
         await asyncio.get_running_loop().run_in_executor(self._executor, migrate, db)
         self.audit = AuditStore(db)
+        # Before anything is appended: the signing key may be made only while the log is still empty.
+        self.trail = await asyncio.get_running_loop().run_in_executor(
+            self._executor, functools.partial(open_audit_trail, settings, self.audit, create_key=True)
+        )
         self.subjects = SubjectService(
             db,
             self.keys,
@@ -174,11 +183,9 @@ class CustosServer:
             interval_s=settings.db_probe_interval_s,
         )
         self._availability = AvailabilityInterceptor(self.watchdog)
-        self.trail = AuditTrail.open(
-            self.audit,
-            settings.data_dir,
-            every_records=settings.checkpoint_every_records,
-            every_seconds=settings.checkpoint_every_seconds,
+        # Sign the head with the start's own records, so a log is covered from its first minute.
+        await loop.run_in_executor(
+            self._executor, functools.partial(self.trail.writer.maybe_write, force=True)
         )
         self._checkpoint_task = asyncio.create_task(self._checkpoint_timer())
         if settings.transcript_retention_days:

@@ -1,7 +1,8 @@
 """Secure by default on first start: development certificates, an admin token, configuration audit.
 
-The first start makes a development CA and server certificate and a bootstrap admin token; every start
-appends a ``config_change`` record when the settings differ from the last start's.
+The first start makes a development CA and server certificate, a bootstrap admin token and the audit
+signing key (only while the log is empty: :func:`open_audit_trail`); every start appends a ``config_change``
+record when the settings differ from the last start's.
 
 The record holds a keyed digest per setting, never a value: HMAC-SHA256 under the blind-index key, which
 never leaves the server, so nobody reading the audit log can test guesses against it (an unkeyed hash of a
@@ -25,8 +26,10 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from custos.audit.canonical import canonical_json
+from custos.audit.checkpoints import load_public_key
 from custos.audit.events import AuditEvent
 from custos.audit.store import AuditStore
+from custos.audit.trail import AuditTrail
 from custos.privacy.keys import blind_index
 from custos.security.tls import TLSPaths, init_dev_certs, write_private
 from custos.security.tokens import TokenStore
@@ -80,6 +83,27 @@ def prepare_security(settings: Settings, tokens: TokenStore) -> SecuritySetup:
         write_private(settings.admin_token_file, token.encode() + b"\n")
         admin_file = settings.admin_token_file
     return SecuritySetup(ca_file=ca_file, created_certs=created_certs, admin_token_file=admin_file)
+
+
+def open_audit_trail(settings: Settings, store: AuditStore, *, create_key: bool = False) -> AuditTrail:
+    """The audit trail at the configured paths, with the pinned public key when one is configured.
+
+    ``create_key`` is for the server's start: the signing key is made there, and only for an empty log.
+    Raises :class:`~custos.audit.checkpoints.CheckpointError` (naming the file) when the key is missing for
+    a log that has records or checkpoints, or differs from the pinned key.
+    """
+    key_file = settings.audit_public_key_file
+    pinned = load_public_key(key_file) if key_file is not None else None
+    return AuditTrail.open(
+        store,
+        settings.data_dir,
+        every_records=settings.checkpoint_every_records,
+        every_seconds=settings.checkpoint_every_seconds,
+        signing_key=settings.resolved_audit_signing_key_file,
+        checkpoint_file=settings.resolved_audit_checkpoint_file,
+        public_key=pinned,
+        create_key=create_key,
+    )
 
 
 def split_secrets(settings: Settings) -> tuple[dict[str, Any], dict[str, str]]:
