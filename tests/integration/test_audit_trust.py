@@ -118,7 +118,7 @@ def test_a_deleted_signing_key_is_not_remade_at_the_next_start(
     tmp_path: Path, analyzer: AnalyzerEngine
 ) -> None:
     with _harness(tmp_path, analyzer) as harness:
-        key = harness.server.settings.resolved_audit_signing_key_file
+        key = harness.server.settings.data_dir / "keys" / "audit-signing.pem"  # the default
         first = key.read_bytes()
     assert key.stat().st_mode & 0o777 == 0o600
     key.unlink()
@@ -137,7 +137,7 @@ def test_verify_over_the_socket_fails_once_the_checkpoint_file_is_emptied(
     with _harness(tmp_path, analyzer) as harness:
         verified = harness.audit.Verify(audit_pb2.AuditVerifyRequest())
         assert verified.ok and verified.checkpoints >= 1, verified  # the start signs its own records
-        harness.server.settings.resolved_audit_checkpoint_file.write_text("")
+        (harness.server.settings.data_dir / "audit-checkpoints.jsonl").write_text("")
         emptied = harness.audit.Verify(audit_pb2.AuditVerifyRequest())
         assert not emptied.ok and emptied.checkpoints == 0
         assert emptied.reason.startswith(NO_CHECKPOINT) and not emptied.HasField("first_bad_seq")
@@ -155,7 +155,7 @@ def test_cli_verifies_against_a_shipped_checkpoint_file_and_a_pinned_key(
         assert harness.server.trail is not None
         signed = harness.server.trail.writer.maybe_write(force=True)
         assert signed is not None
-        shipped.write_bytes(settings.resolved_audit_checkpoint_file.read_bytes())
+        shipped.write_bytes((settings.data_dir / "audit-checkpoints.jsonl").read_bytes())
         pinned = tmp_path / "audit-public.hex"
         pinned.write_text(harness.server.trail.signer.public_key_hex + "\n")
         other = _other_public_key_hex()
@@ -172,7 +172,7 @@ def test_cli_verifies_against_a_shipped_checkpoint_file_and_a_pinned_key(
         with engine.begin() as conn:
             conn.execute(sa.text("DELETE FROM audit_records WHERE seq >= :cut"), {"cut": signed.seq - 1})
         engine.dispose()
-        settings.resolved_audit_checkpoint_file.write_text("")
+        (settings.data_dir / "audit-checkpoints.jsonl").write_text("")
         # (each verify appends its own audit_read record, so the copy is checked first)
         against_copy = _cli("audit", "verify", "--data-dir", data_dir, *trusted, "--format", "json")
         assert against_copy.exit_code == 1  # type: ignore[attr-defined]
