@@ -12,13 +12,17 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from custos.cli.common import err, os_actor
 from custos.server.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from custos.audit.trail import AuditTrail
 
 OUTPUT_FORMATS = ("table", "json", "csv")
 
@@ -105,7 +109,6 @@ class _Local:
     def __init__(self, settings: Settings) -> None:
         from custos.audit.db import make_engine, migrate
         from custos.audit.store import AuditStore
-        from custos.audit.trail import AuditTrail
 
         if settings.database_url is None and not (settings.data_dir / "custos.db").exists():
             raise _fail(
@@ -115,13 +118,19 @@ class _Local:
         engine = make_engine(settings.resolved_database_url)
         migrate(engine)
         self.store = AuditStore(engine, group_commit=False)
-        self.trail = AuditTrail.open(
-            self.store,
-            settings.data_dir,
-            every_records=settings.checkpoint_every_records,
-            every_seconds=settings.checkpoint_every_seconds,
-        )
+        self.settings = settings
         self.actor = os_actor()
+
+    @cached_property
+    def trail(self) -> AuditTrail:
+        """The signing key and checkpoints, opened only by the commands that need them (never made here)."""
+        from custos.audit.checkpoints import CheckpointError
+        from custos.server.bootstrap import open_audit_trail
+
+        try:
+            return open_audit_trail(self.settings, self.store)
+        except CheckpointError as exc:
+            raise _fail(str(exc), 1) from None
 
     def record(self, rpc: str, details: dict[str, Any]) -> None:
         from custos.audit.events import AuditEvent

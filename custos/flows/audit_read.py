@@ -14,6 +14,7 @@ from custos.audit.chain import VerifyReport
 from custos.audit.errors import InvalidQuery, RecordNotFound
 from custos.audit.events import AuditEvent, StoredRecord
 from custos.audit.export import FORMATS
+from custos.audit.maintenance import require_checkpoint
 from custos.audit.store import AuditStore
 from custos.audit.trail import AuditTrail
 from custos.flows.errors import InvalidArgument
@@ -136,7 +137,7 @@ class ComplianceService:
         return record
 
     async def verify(self, caller: Caller) -> VerifyReport:
-        """Verify the chain (against the signed checkpoints when the trail has them)."""
+        """Verify the chain against the signed checkpoints; a non-empty chain without any fails."""
         report, _ = await self.verify_with_checkpoints(caller)
         return report
 
@@ -145,8 +146,8 @@ class ComplianceService:
         trail = self._trail
         if trail is not None:
             report, checkpoints = await self._run(trail.verify)
-        else:
-            report, checkpoints = await self._run(self._audit.verify), 0
+        else:  # no checkpoint trail: a non-empty chain is not verified, only found consistent
+            report, checkpoints = require_checkpoint(await self._run(self._audit.verify), 0), 0
         await self._record(
             caller,
             "Verify",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -50,7 +51,12 @@ from custos.security.auth import AccessInterceptor, Authenticator
 from custos.security.limits import CapacityLimiter
 from custos.security.tls import ReloadingCredentials
 from custos.security.tokens import TokenStore
-from custos.server.bootstrap import SecuritySetup, prepare_security, record_config_change
+from custos.server.bootstrap import (
+    SecuritySetup,
+    open_audit_trail,
+    prepare_security,
+    record_config_change,
+)
 from custos.server.housekeeping import VaultPurgeTask
 from custos.server.keys import open_master_keys
 from custos.server.metrics import Metrics
@@ -146,6 +152,10 @@ class CustosServer:
         db = make_engine(settings.resolved_database_url)
         await asyncio.get_running_loop().run_in_executor(self._executor, migrate, db)
         self.audit = AuditStore(db)
+        # Before anything is appended: the signing key may be made only while the log is still empty.
+        self.trail = await asyncio.get_running_loop().run_in_executor(
+            self._executor, functools.partial(open_audit_trail, settings, self.audit, create_key=True)
+        )
         self.subjects = SubjectService(
             db,
             self.keys,
@@ -164,18 +174,19 @@ class CustosServer:
         self.tokens = TokenStore(db, self.audit)
         loop = asyncio.get_running_loop()
         self.security = await loop.run_in_executor(self._executor, prepare_security, settings, self.tokens)
-        await loop.run_in_executor(self._executor, record_config_change, self.audit, settings)
+        await loop.run_in_executor(
+            self._executor,
+            functools.partial(record_config_change, self.audit, settings, index_key=self.keys.index_key()),
+        )
         self.watchdog = DatabaseWatchdog(
             db,
             HealthReporter(self.health, [s.full_name for s in SERVICES]),
             interval_s=settings.db_probe_interval_s,
         )
         self._availability = AvailabilityInterceptor(self.watchdog)
-        self.trail = AuditTrail.open(
-            self.audit,
-            settings.data_dir,
-            every_records=settings.checkpoint_every_records,
-            every_seconds=settings.checkpoint_every_seconds,
+        # Sign the head with the start's own records, so a log is covered from its first minute.
+        await loop.run_in_executor(
+            self._executor, functools.partial(self.trail.writer.maybe_write, force=True)
         )
         self._checkpoint_task = asyncio.create_task(self._checkpoint_timer())
         if settings.transcript_retention_days:
