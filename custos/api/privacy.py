@@ -80,6 +80,6 @@ class PrivacyServicer:
             field = exc.field if isinstance(exc, InvalidArgument) else "request"
             problem = exc.problem if isinstance(exc, InvalidArgument) else exc.message
             await self._pipeline.record_invalid(
-                caller, "Anonymize", status=exc.code.name, field=field, problem=problem
+                caller, "Anonymize", status=exc.status, field=field, problem=problem
             )
             raise

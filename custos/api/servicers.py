@@ -79,7 +79,7 @@ class InferenceServicer:
                 )
             except IdempotencyConflict as exc:
                 await self._pipeline.record_invalid(
-                    caller, "Generate", status=exc.code.name, field=exc.field, problem=exc.problem
+                    caller, "Generate", status=exc.status, field=exc.field, problem=exc.problem
                 )
                 raise
         else:
@@ -117,7 +117,7 @@ class InferenceServicer:
             field = exc.field if isinstance(exc, InvalidArgument) else "request"
             problem = exc.problem if isinstance(exc, InvalidArgument) else exc.message
             await self._pipeline.record_invalid(
-                caller, rpc, status=exc.code.name, field=field, problem=problem
+                caller, rpc, status=exc.status, field=field, problem=problem
             )
             raise
 

@@ -44,7 +44,7 @@ class TaskInferenceServicer(InferenceServicer):
             self._pipeline.check_task(call)
         except InvalidArgument as exc:
             await self._pipeline.record_invalid(
-                caller, rpc, status=exc.code.name, field=exc.field, problem=exc.problem
+                caller, rpc, status=exc.status, field=exc.field, problem=exc.problem
             )
             raise
         return call
@@ -66,7 +66,7 @@ class TaskInferenceServicer(InferenceServicer):
             field = exc.field if isinstance(exc, InvalidArgument) else "request"
             problem = exc.problem if isinstance(exc, InvalidArgument) else exc.message
             await self._pipeline.record_invalid(
-                caller, "Classify", status=exc.code.name, field=field, problem=problem
+                caller, "Classify", status=exc.status, field=field, problem=problem
             )
             raise
         outcome = await self._pipeline.classify(call, caller)
@@ -90,7 +90,7 @@ class FeedbackServicer:
             call = tasks_convert.feedback_call_from_pb(request)
         except InvalidArgument as exc:
             await self._pipeline.record_invalid(
-                caller, "Submit", status=exc.code.name, field=exc.field, problem=exc.problem
+                caller, "Submit", status=exc.status, field=exc.field, problem=exc.problem
             )
             raise
         outcome = await self._pipeline.submit_feedback(call, caller)

@@ -555,7 +555,7 @@ class Pipeline:
                 caller,
                 rpc,
                 start_time,
-                status=refusal.error.code.name,
+                status=refusal.error.status,
                 event_type=event_type if refusal.event_type == "generate" else refusal.event_type,
                 conversation_ref=conversation_ref,
                 subject_ref=subject_ref,

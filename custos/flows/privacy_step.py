@@ -15,9 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import grpc
-
-from custos.flows.errors import InvalidArgument, RequestError
+from custos.flows.errors import FailedPrecondition, InvalidArgument, PermissionDenied, RequestError
 from custos.flows.types import Caller
 from custos.privacy.batching import AnalysisBatcher
 from custos.privacy.errors import UnsupportedLanguage
@@ -34,18 +32,6 @@ ReidentifyCheck = Callable[[Caller], bool]
 def everyone_may_reidentify(_caller: Caller) -> bool:
     """The re-identification check used until permissions are configured."""
     return True
-
-
-class FailedPrecondition(RequestError):
-    """The request cannot be served as asked (blocked entity types, unsupported language)."""
-
-    code = grpc.StatusCode.FAILED_PRECONDITION
-
-
-class PermissionDenied(RequestError):
-    """The caller lacks a permission the request needs."""
-
-    code = grpc.StatusCode.PERMISSION_DENIED
 
 
 class PrivacyRefusal(Exception):

@@ -13,13 +13,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import grpc
-
 from custos.audit.errors import RecordNotFound
 from custos.audit.events import AuditEvent
 from custos.audit.store import AuditStore, TranscriptStore
 from custos.flows.audit_read import safe_record_id
-from custos.flows.errors import InvalidArgument, NotFound, RequestError
+from custos.flows.errors import FailedPrecondition, InvalidArgument, NotFound, RequestError
 from custos.flows.types import Caller
 from custos.privacy.errors import DecryptionFailed, KeyNotFound, SubjectKeyMissing
 from custos.privacy.keys import MasterKeyProvider
@@ -34,12 +32,6 @@ from custos.server.keys import (
 
 T = TypeVar("T")
 MAX_REASON_CHARS = 500
-
-
-class FailedPrecondition(RequestError):
-    """The object exists but cannot be served in its current state (erased subject, retired key)."""
-
-    code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 @dataclass(frozen=True)

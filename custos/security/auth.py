@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError
 
 from custos.audit.events import AuditEvent
 from custos.audit.store import AuditStore
-from custos.flows.errors import RequestError, ResourceExhausted
+from custos.flows.errors import PermissionDenied, RequestError, ResourceExhausted, Unauthenticated
 from custos.flows.types import Caller
 from custos.security.limits import CapacityLimiter
 from custos.security.tls import certificate_fingerprint
@@ -106,22 +106,10 @@ def permissions_of(roles: Sequence[str]) -> frozenset[str]:
 # ---- errors -------------------------------------------------------------------------------------
 
 
-class Unauthenticated(RequestError):
-    """Missing, malformed, expired, revoked or wrong credentials."""
-
-    code = grpc.StatusCode.UNAUTHENTICATED
-
-
-class PermissionDenied(RequestError):
-    """The caller is known but lacks the permission."""
-
-    code = grpc.StatusCode.PERMISSION_DENIED
-
-
 class Unimplemented(RequestError):
     """The API declares the method, this server does not implement it yet."""
 
-    code = grpc.StatusCode.UNIMPLEMENTED
+    status = "UNIMPLEMENTED"
 
 
 # ---- who is calling -----------------------------------------------------------------------------
@@ -341,7 +329,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
             end_time=now,
             actor=principal,
             rpc=rpc,
-            status=exc.code.name,
+            status=exc.status,
             details={"method": name, "reason": reason, "permission": permission, "actor": actor},
         )
         await self._run(self._audit.append, event)
