@@ -116,9 +116,7 @@ class InferenceServicer:
         except RequestError as exc:
             field = exc.field if isinstance(exc, InvalidArgument) else "request"
             problem = exc.problem if isinstance(exc, InvalidArgument) else exc.message
-            await self._pipeline.record_invalid(
-                caller, rpc, status=exc.status, field=field, problem=problem
-            )
+            await self._pipeline.record_invalid(caller, rpc, status=exc.status, field=field, problem=problem)
             raise
 
 

@@ -19,6 +19,7 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 from presidio_analyzer import AnalyzerEngine
 
+from custos.api.auth import AccessInterceptor
 from custos.api.convert import RequestLimits
 from custos.api.health import (
     AvailabilityInterceptor,
@@ -30,6 +31,7 @@ from custos.api.interceptors import ObservingInterceptor
 from custos.api.privacy import PrivacyServicer
 from custos.api.servicers import AdminServicer, AuditServicer, raw_bytes_handler
 from custos.api.tasks_servicer import FeedbackServicer, TaskInferenceServicer
+from custos.api.tls import ReloadingCredentials
 from custos.audit.db import make_engine, migrate
 from custos.audit.store import AuditStore, TranscriptStore
 from custos.audit.trail import AuditTrail
@@ -45,9 +47,8 @@ from custos.privacy.keys import MasterKeyProvider
 from custos.privacy.pseudonymize import Pseudonymizer
 from custos.privacy.subject_keys import SubjectKeyStore
 from custos.privacy.vault import ConversationVault
-from custos.security.auth import AccessInterceptor, Authenticator
+from custos.security.auth import AccessControl, Authenticator
 from custos.security.limits import CapacityLimiter
-from custos.security.tls import ReloadingCredentials
 from custos.security.tokens import TokenStore
 from custos.server.bootstrap import SecuritySetup, prepare_security, record_config_change
 from custos.server.housekeeping import VaultPurgeTask
@@ -230,14 +231,16 @@ class CustosServer:
                 self._availability,
                 AccessInterceptor(
                     services=SERVICES,
-                    authenticator=Authenticator(self.tokens, settings.client_cert_roles),
-                    limiter=CapacityLimiter(
-                        rate=settings.rate_limit_per_s,
-                        burst=settings.rate_limit_burst,
-                        max_in_flight=settings.max_in_flight_per_principal,
+                    access=AccessControl(
+                        authenticator=Authenticator(self.tokens, settings.client_cert_roles),
+                        limiter=CapacityLimiter(
+                            rate=settings.rate_limit_per_s,
+                            burst=settings.rate_limit_burst,
+                            max_in_flight=settings.max_in_flight_per_principal,
+                        ),
+                        audit=self.audit,
+                        executor=self._executor,
                     ),
-                    audit=self.audit,
-                    executor=self._executor,
                 ),
             ],
             options=[("grpc.max_receive_message_length", core_limit)],
