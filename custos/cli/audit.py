@@ -16,10 +16,9 @@ import json
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -27,6 +26,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from custos.server.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from custos.audit.store import AuditFilter
 
 audit_app = typer.Typer(
     help="Read, verify and export the audit trail (compliance officers).", no_args_is_help=True
@@ -60,28 +62,6 @@ CaOpt = Annotated[Path | None, typer.Option("--ca-file", help="CA certificate (P
 FormatOpt = Annotated[str, typer.Option("--format", help="table, json or csv.")]
 
 
-@dataclass(frozen=True)
-class Filters:
-    """The query filters, named as in the API."""
-
-    since: datetime | None = None
-    until: datetime | None = None
-    event_type: str | None = None
-    actor: str | None = None
-    status: str | None = None
-    model: str | None = None
-    entity_type: str | None = None
-    conversation_ref: str | None = None
-    subject_ref: str | None = None
-    request_id: str | None = None
-    phase: str | None = None
-    purpose: str | None = None
-
-    def as_kwargs(self) -> dict[str, Any]:
-        """The set filters as keyword arguments."""
-        return {k: v for k, v in self.__dict__.items() if v is not None}
-
-
 def _fail(message: str, code: int = 2) -> typer.Exit:
     err.print(f"[red]error:[/red] {message}")
     return typer.Exit(code)
@@ -110,8 +90,10 @@ def _filters(
     request_id: str | None,
     phase: str | None,
     purpose: str | None,
-) -> Filters:
-    return Filters(
+) -> AuditFilter:
+    from custos.audit.store import AuditFilter
+
+    return AuditFilter(
         since=_parse_time(since, "since"),
         until=_parse_time(until, "until"),
         event_type=event_type,
@@ -191,10 +173,6 @@ class _Local:
         )
 
 
-def _filters_for_audit(filters: Filters) -> dict[str, Any]:
-    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in filters.as_kwargs().items()}
-
-
 class _Remote:
     """A gRPC client of the Audit service with the bearer token attached to every call."""
 
@@ -214,13 +192,13 @@ class _Remote:
         self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
         self.stub = audit_pb2_grpc.AuditStub(self.channel)
 
-    def request(self, filters: Filters) -> Any:
+    def request(self, filters: AuditFilter) -> Any:
         from google.protobuf.timestamp_pb2 import Timestamp
 
         from custos.v1 import audit_pb2
 
         fields: dict[str, Any] = {}
-        for name, value in filters.as_kwargs().items():
+        for name, value in filters.given().items():
             if isinstance(value, datetime):
                 stamp = Timestamp()
                 stamp.FromDatetime(value.astimezone(UTC))
@@ -374,12 +352,10 @@ def audit_query(
         from custos.audit.errors import InvalidQuery
 
         try:
-            records, next_token = backend.store.query(
-                **filters.as_kwargs(), page_size=limit, page_token=page_token
-            )
+            records, next_token = backend.store.query(filters, page_size=limit, page_token=page_token)
         except InvalidQuery as exc:
             raise _fail(f"--{exc.field.replace('_', '-')}: {exc}") from None
-        backend.record("cli.query", {"filters": _filters_for_audit(filters), "returned": len(records)})
+        backend.record("cli.query", {"filters": filters.to_json(), "returned": len(records)})
         rows = [_row(r) for r in records]
     _print_records(rows, output)
     if next_token:
@@ -587,9 +563,9 @@ def audit_export(
                 total = backend.store.count()
             except InvalidQuery as exc:
                 raise _fail(str(exc)) from None
-            backend.record("cli.export", {"filters": _filters_for_audit(filters), "format": fmt})
+            backend.record("cli.export", {"filters": filters.to_json(), "format": fmt})
             try:
-                lines = backend.trail.export(fmt, filters.as_kwargs())
+                lines = backend.trail.export(fmt, filters.given())
                 with _progress("exporting", total if fmt == "jsonl" else None) as update:
                     written = 0
                     for line in lines:
