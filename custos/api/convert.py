@@ -27,7 +27,7 @@ from custos.flows.types import (
 )
 from custos.v1 import common_pb2, inference_pb2
 
-ROLES_FROM_PB: Mapping[int, Role] = {
+ROLES_FROM_PB: Mapping[common_pb2.Role.ValueType, Role] = {
     common_pb2.ROLE_SYSTEM: "system",
     common_pb2.ROLE_USER: "user",
     common_pb2.ROLE_ASSISTANT: "assistant",

@@ -112,8 +112,8 @@ def feedback_outcome_to_pb(outcome: FeedbackOutcome) -> feedback_pb2.FeedbackRes
 
 def satisfaction_query_from_pb(request: feedback_pb2.SatisfactionRequest) -> SatisfactionQuery:
     """Validate a SatisfactionRequest: a known period (default ``day``) and timestamps in range."""
-    period = request.period or "day"
-    if period not in PERIODS:
+    period = next((p for p in PERIODS if p == (request.period or "day")), None)
+    if period is None:
         raise InvalidArgument("period", f"must be one of {', '.join(PERIODS)}")
     return SatisfactionQuery(period=period, since=_time(request, "since"), until=_time(request, "until"))
 

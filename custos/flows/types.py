@@ -10,6 +10,7 @@ from typing import Literal
 
 from custos.engine.types import ChatTurn, FinishReason, SamplingParams
 from custos.privacy.pseudonymize import Finding
+from custos.tasks.feedback import Period
 
 #: Privacy policy of a request: mask personal data, or refuse the request when block types are present.
 PrivacyMode = Literal["mask", "block"]
@@ -156,7 +157,7 @@ class FeedbackOutcome:
 class SatisfactionQuery:
     """One Feedback.Satisfaction request, validated."""
 
-    period: str
+    period: Period
     since: datetime | None = None
     until: datetime | None = None
 
