@@ -33,7 +33,7 @@ def everyone_may_reidentify(_caller: Caller) -> bool:
 
 
 class PrivacyRefusal(Exception):
-    """A refusal with its audit details; the pipeline audits it, then raises ``error``."""
+    """A refusal with its audit details; the flow audits it, then raises ``error``."""
 
     def __init__(self, error: RequestError, event_type: str, details: dict[str, Any]) -> None:
         super().__init__(error.message)
