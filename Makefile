@@ -52,6 +52,7 @@ services: ## Start the local PostgreSQL used by the tests if it is not running
 lint: ## ruff, mypy and the generated-code check
 	$(BIN)/ruff check custos tests setup.py
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python -m custos.protogen --check
 
 .PHONY: test

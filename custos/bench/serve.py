@@ -379,7 +379,7 @@ def run_llamacpp_levels(
 
 def source_gguf(source: str, scratch: Path) -> Path | None:
     """The GGUF file of model source ``source`` (the bundled one assembled under ``scratch``), or None."""
-    from custos.engine.cache import resolve_source
+    from custos.engine.sources import resolve_source
 
     src = resolve_source(source)
     if src.kind == "bundled":

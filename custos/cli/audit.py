@@ -1,6 +1,4 @@
-"""Compliance commands: ``custos audit ...``, ``custos report processing`` and ``custos bench audit``.
-
-``audit`` has query, show, verify, export, archive, record-restore and harden.
+"""``custos audit``: query, show, verify, export, archive, record-restore and harden the audit trail.
 
 They run locally on ``--data-dir`` / ``--config`` (audited with the operating-system user as actor) or, for
 query, show, verify and export, remotely with ``--server`` (plus ``--ca-file`` for TLS and ``--token``, sent
@@ -10,103 +8,41 @@ as ``authorization: Bearer TOKEN``); the server then audits the read under the t
 from __future__ import annotations
 
 import csv
-import getpass
 import io
 import json
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from custos.server.settings import Settings, SettingsError, load_settings
-
-if TYPE_CHECKING:
-    from custos.audit.store import AuditFilter
+from custos.cli.common import ConfigOpt, DataDirOpt, err, out
+from custos.cli.trail import (
+    CaOpt,
+    ServerOpt,
+    TokenOpt,
+    _backend,
+    _check_format,
+    _fail,
+    _filters,
+    _local,
+    _parse_time,
+    _Remote,
+)
+from custos.server.settings import SettingsError, load_settings
 
 audit_app = typer.Typer(
     help="Read, verify and export the audit trail (compliance officers).", no_args_is_help=True
 )
-report_app = typer.Typer(
-    help="Reports for compliance (GDPR Art. 30 records of processing).", no_args_is_help=True
-)
-bench_app = typer.Typer(
-    help="Benchmarks that print a table beside a same-run baseline.", no_args_is_help=True
-)
 
-out = Console()
-err = Console(stderr=True)
-
-OUTPUT_FORMATS = ("table", "json", "csv")
 TABLE_COLUMNS = ("seq", "start_time", "event_type", "phase", "rpc", "status", "actor", "model", "request_id")
-
-DataDirOpt = Annotated[
-    Path | None,
-    typer.Option("--data-dir", help="Data directory (default ./custos-data, or CUSTOS_DATA_DIR)."),
-]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML settings file.")]
-ServerOpt = Annotated[
-    str | None, typer.Option("--server", help="Query a running server at HOST:PORT instead of --data-dir.")
-]
-TokenOpt = Annotated[
-    str | None,
-    typer.Option("--token", envvar="CUSTOS_TOKEN", help="Bearer token for --server (or CUSTOS_TOKEN)."),
-]
-CaOpt = Annotated[Path | None, typer.Option("--ca-file", help="CA certificate (PEM) for TLS to --server.")]
 FormatOpt = Annotated[str, typer.Option("--format", help="table, json or csv.")]
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}")
-    return typer.Exit(code)
-
-
-def _parse_time(value: str | None, name: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise _fail(f"--{name} must be an ISO-8601 time, e.g. 2026-01-31T12:00:00Z") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def _filters(
-    since: str | None,
-    until: str | None,
-    event_type: str | None,
-    actor: str | None,
-    status: str | None,
-    model: str | None,
-    entity_type: str | None,
-    conversation_ref: str | None,
-    subject_ref: str | None,
-    request_id: str | None,
-    phase: str | None,
-    purpose: str | None,
-) -> AuditFilter:
-    from custos.audit.store import AuditFilter
-
-    return AuditFilter(
-        since=_parse_time(since, "since"),
-        until=_parse_time(until, "until"),
-        event_type=event_type,
-        actor=actor,
-        status=status,
-        model=model,
-        entity_type=entity_type,
-        conversation_ref=conversation_ref,
-        subject_ref=subject_ref,
-        request_id=request_id,
-        phase=phase,
-        purpose=purpose,
-    )
 
 
 # Filter options shared by query and export (typer needs them spelled out per command).
@@ -122,115 +58,6 @@ SubjectOpt = Annotated[str | None, typer.Option(help="Only this subject referenc
 RequestOpt = Annotated[str | None, typer.Option(help="Only the records of this request id.")]
 PhaseOpt = Annotated[str | None, typer.Option(help="request, completion or event.")]
 PurposeOpt = Annotated[str | None, typer.Option(help="Only this declared purpose.")]
-
-
-# ---- where the trail is: local data directory or remote server ----------------------------------------
-
-
-class _Local:
-    """The trail in a data directory; every read is appended as an ``audit_read`` by the OS user."""
-
-    def __init__(self, settings: Settings) -> None:
-        from custos.audit.db import make_engine, migrate
-        from custos.audit.store import AuditStore
-        from custos.audit.trail import AuditTrail
-
-        if settings.database_url is None and not (settings.data_dir / "custos.db").exists():
-            raise _fail(
-                f"no audit database in {settings.data_dir} "
-                "(start the server once, or pass --data-dir / --config)"
-            )
-        engine = make_engine(settings.resolved_database_url)
-        migrate(engine)
-        self.store = AuditStore(engine, group_commit=False)
-        self.trail = AuditTrail.open(
-            self.store,
-            settings.data_dir,
-            every_records=settings.checkpoint_every_records,
-            every_seconds=settings.checkpoint_every_seconds,
-        )
-        self.actor = f"os:{getpass.getuser()}"
-
-    def record(self, rpc: str, details: dict[str, Any]) -> None:
-        from custos.audit.events import AuditEvent
-
-        now = datetime.now(UTC)
-        self.store.append(
-            AuditEvent(
-                event_type="audit_read",
-                phase="event",
-                start_time=now,
-                end_time=now,
-                actor=self.actor,
-                rpc=rpc,
-                status="OK",
-                details={
-                    "kind": rpc.removeprefix("cli."),
-                    **details,
-                    "actor": {"principal": self.actor, "peer": "local"},
-                },
-            )
-        )
-
-
-class _Remote:
-    """A gRPC client of the Audit service with the bearer token attached to every call."""
-
-    def __init__(self, target: str, *, token: str | None, ca_file: Path | None) -> None:
-        import grpc
-
-        from custos.v1 import audit_pb2_grpc
-
-        if ca_file is not None:
-            try:
-                root = ca_file.read_bytes()
-            except OSError:
-                raise _fail(f"cannot read --ca-file {ca_file}") from None
-            self.channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=root))
-        else:
-            self.channel = grpc.insecure_channel(target)
-        self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
-        self.stub = audit_pb2_grpc.AuditStub(self.channel)
-
-    def request(self, filters: AuditFilter) -> Any:
-        from google.protobuf.timestamp_pb2 import Timestamp
-
-        from custos.v1 import audit_pb2
-
-        fields: dict[str, Any] = {}
-        for name, value in filters.given().items():
-            if isinstance(value, datetime):
-                stamp = Timestamp()
-                stamp.FromDatetime(value.astimezone(UTC))
-                fields[name] = stamp
-            else:
-                fields[name] = value
-        return audit_pb2.AuditQueryRequest(**fields)
-
-    @contextmanager
-    def calling(self) -> Iterator[None]:
-        import grpc
-
-        try:
-            yield
-        except grpc.RpcError as exc:
-            code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
-            details = exc.details() if hasattr(exc, "details") else ""
-            raise _fail(f"server answered {code}: {details}", 1) from None
-
-
-def _backend(
-    server: str | None, token: str | None, ca_file: Path | None, data_dir: Path | None, config: Path | None
-) -> _Local | _Remote:
-    if server is not None:
-        return _Remote(server, token=token, ca_file=ca_file)
-    if token is not None or ca_file is not None:
-        raise _fail("--token and --ca-file need --server")
-    try:
-        settings = load_settings(config, data_dir=data_dir)
-    except SettingsError as exc:
-        raise _fail(str(exc)) from None
-    return _Local(settings)
 
 
 # ---- output -------------------------------------------------------------------------------------------
@@ -281,12 +108,6 @@ def _print_records(rows: list[dict[str, Any]], fmt: str) -> None:
         table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in TABLE_COLUMNS))
     # Piped output (files, scripts, tests) gets full rows instead of a table squeezed to 80 columns.
     (out if out.is_terminal else Console(width=240)).print(table)
-
-
-def _check_format(fmt: str, allowed: Iterable[str] = OUTPUT_FORMATS) -> None:
-    allowed = tuple(allowed)
-    if fmt not in allowed:
-        raise _fail(f"--format must be one of: {', '.join(allowed)}")
 
 
 @contextmanager
@@ -585,12 +406,6 @@ def audit_export(
         err.print(f"wrote {output_file}")
 
 
-def _local(data_dir: Path | None, config: Path | None) -> _Local:
-    backend = _backend(None, None, None, data_dir, config)
-    assert isinstance(backend, _Local)
-    return backend
-
-
 @audit_app.command("archive")
 def audit_archive(
     before: Annotated[str, typer.Option(help="Archive records that started before this ISO-8601 time.")],
@@ -661,103 +476,3 @@ def audit_harden(
     finally:
         engine.dispose()
     out.print(f"audit_records is append-only for {app_role}")
-
-
-@report_app.command("processing")
-def report_processing(
-    data_dir: DataDirOpt = None,
-    config: ConfigOpt = None,
-    output: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
-) -> None:
-    """Records of processing (GDPR Art. 30) from the configuration and the audit log."""
-    from custos.audit.report import processing_summary
-
-    _check_format(output, ("table", "json"))
-    try:
-        settings = load_settings(config, data_dir=data_dir)
-    except SettingsError as exc:
-        raise _fail(str(exc)) from None
-    backend = _Local(settings)
-    summary = processing_summary(backend.store)
-    backend.record("cli.report", {"report": "processing"})
-    backend_name = "PostgreSQL" if settings.resolved_database_url.startswith("postgresql") else "SQLite"
-    report = {
-        "controller_system": "Custos (on-premise LLM inference with privacy filter and audit trail)",
-        "period": {
-            "first": summary.first.isoformat() if summary.first else None,
-            "last": summary.last.isoformat() if summary.last else None,
-            "requests_and_events": summary.records,
-        },
-        "purposes": summary.purposes or {"(none declared)": 0},
-        "categories_of_personal_data": summary.entity_types,
-        "recipients": summary.recipients,
-        "models": summary.models,
-        "retention": {
-            "configured_class": settings.retention_class,
-            "classes_in_log": summary.retention_classes,
-        },
-        "security_measures": [
-            "PII detected and replaced by placeholders before the model sees the text",
-            "transcripts encrypted (AES-256-GCM envelope, per-subject keys; crypto-shredding on erasure)",
-            "conversation and subject references stored as HMAC blind indexes, never raw ids",
-            "audit records in a SHA-256 hash chain with Ed25519-signed checkpoints outside the database "
-            f"(key {backend.trail.signer.key_id})",
-            f"audit database: {backend_name}; reads of the audit trail are themselves audited",
-            "no outbound network at run time",
-        ],
-    }
-    if output == "json":
-        print(json.dumps(report, indent=2, sort_keys=True))
-        return
-    table = Table("item", "value", title="Records of processing (GDPR Art. 30)", show_lines=True)
-    for key, value in report.items():
-        if isinstance(value, dict):
-            text = "\n".join(f"{k}: {v}" for k, v in value.items()) or "(none)"
-        elif isinstance(value, list):
-            text = "\n".join(f"- {v}" for v in value)
-        else:
-            text = str(value)
-        table.add_row(key.replace("_", " "), text)
-    (out if out.is_terminal else Console(width=160)).print(table)
-
-
-@bench_app.command("audit")
-def bench_audit(
-    appends: Annotated[int, typer.Option(min=8, help="Appends per case.")] = 2000,
-    verify_rows: Annotated[int, typer.Option(min=100, help="Rows for the verify case.")] = 50_000,
-    repeat: Annotated[
-        int,
-        typer.Option(min=1, help="Runs of each case, interleaved with its baseline; medians are printed."),
-    ] = 3,
-    postgres_url: Annotated[
-        str | None,
-        typer.Option(
-            envvar="CUSTOS_TEST_POSTGRES_URL", help="PostgreSQL URL (a schema is created and dropped)."
-        ),
-    ] = "postgresql+psycopg://postgres@127.0.0.1:5432/test",
-    no_postgres: Annotated[bool, typer.Option("--no-postgres", help="SQLite only.")] = False,
-) -> None:
-    """Append and verify throughput, each beside its baseline from the same run, with the goals."""
-    from custos.bench.audit import run_audit_bench
-
-    rows, notes = run_audit_bench(
-        appends=appends,
-        verify_rows=verify_rows,
-        repeats=repeat,
-        postgres_url=None if no_postgres else postgres_url,
-        say=lambda msg: err.print(f"[dim]{msg}[/dim]"),
-    )
-    table = Table("case", "value", "baseline", "baseline value", "ratio", "goal", "met")
-    for row in rows:
-        table.add_row(
-            row.case,
-            f"{row.value:,.0f} {row.unit}",
-            row.baseline_name,
-            f"{row.baseline:,.0f}",
-            f"{row.ratio:.2f}x",
-            "" if row.goal is None else f">= {row.goal:,.0f}",
-            "" if row.goal is None else ("yes" if row.value >= row.goal else "no"),
-        )
-    (out if out.is_terminal else Console(width=160)).print(table)
-    for note in notes:
-        err.print(note)

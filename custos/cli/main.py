@@ -1,26 +1,28 @@
-"""The ``custos`` command line: serve, model preparation and the audit trail, on --data-dir / --config."""
+"""The ``custos`` command line: the root app with ``serve`` and ``model``; every other group has its module.
+
+Commands work on --data-dir / --config. Registration order is the order ``custos --help`` lists them in.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from custos.cli.audit import audit_app, bench_app, report_app
-from custos.cli.common import ConfigOpt, DataDirOpt, err, out, settings_or_exit
+from custos.cli.audit import audit_app
+from custos.cli.bench import bench_app
+from custos.cli.certs import certs_app
+from custos.cli.common import ConfigOpt, DataDirOpt, err, model_progress, out, settings_or_exit
 from custos.cli.eval import eval_app
 from custos.cli.health import health
-from custos.cli.keys import bench_keys, keys_app, subjects_app, transcripts_app
-from custos.cli.report import report_satisfaction
-from custos.cli.security import certs_app, tokens_app
+from custos.cli.keys import keys_app
+from custos.cli.privacy import anonymize
+from custos.cli.report import report_app
+from custos.cli.subjects import subjects_app
+from custos.cli.tokens import tokens_app
+from custos.cli.transcripts import transcripts_app
 from custos.server.settings import Settings
 
 app = typer.Typer(
@@ -38,32 +40,13 @@ app.add_typer(tokens_app, name="tokens")
 app.add_typer(keys_app, name="keys")
 app.add_typer(subjects_app, name="subjects")
 app.add_typer(transcripts_app, name="transcripts")
-bench_app.command("keys")(bench_keys)
-app.command("health")(health)
 app.add_typer(eval_app, name="eval")
-# ``report satisfaction`` is registered on report_app by its module.
-assert report_satisfaction is not None
 
+# The short names the serve and model prepare bodies use.
 _settings = settings_or_exit
+_progress = model_progress
 
 
-@contextmanager
-def _progress() -> Iterator[Any]:
-    """A rich progress display fed by the model-preparation callback (step text, fraction or None)."""
-    with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err
-    ) as progress:
-        task = progress.add_task("preparing model", total=None)
-
-        def report(step: str, fraction: float | None) -> None:
-            progress.update(
-                task, description=step, total=1.0 if fraction is not None else None, completed=fraction or 0.0
-            )
-
-        yield report
-
-
-@app.command()
 def serve(
     listen: Annotated[
         str | None, typer.Option(help="gRPC address HOST:PORT (default 127.0.0.1:50051).")
@@ -73,12 +56,12 @@ def serve(
     metrics_listen: Annotated[str | None, typer.Option(help="Prometheus address HOST:PORT.")] = None,
 ) -> None:
     """Run the server until SIGTERM or Ctrl-C, then drain in-flight requests and exit 0."""
-    from custos.engine.startup import start_reading
     from custos.server.logs import configure_logging
+    from custos.server.model import start_reading
 
     settings = _settings(config, listen=listen, data_dir=data_dir, metrics_listen=metrics_listen)
     configure_logging(settings.log_level)
-    # The model cache is read on a thread while the server's modules are imported (see engine.startup).
+    # The model cache is read on a thread while the server's modules are imported (see server.model).
     reading = start_reading(settings)
     from custos.server.app import CustosServer, build_components
 
@@ -123,11 +106,11 @@ def model_prepare(
     written and the command exits 1. ``auto`` measures every mode's decode speed and quality, prints them
     and keeps the fastest admitted one.
     """
-    from custos.engine.cache import load_manifest
+    from custos.engine.manifest import load_manifest
     from custos.engine.quality import QualityGateError
     from custos.engine.selection import describe_selection
-    from custos.engine.startup import prepare_from_settings
     from custos.server.app import ensure_private_dir
+    from custos.server.model import prepare_from_settings
 
     settings = _settings(config, data_dir=data_dir, model_source=source, precision=precision)
     try:
@@ -166,193 +149,10 @@ def connection_hint(settings: Settings, port: int, security: Any) -> list[str]:
     return lines
 
 
-@bench_app.command("serve")
-def bench_serve(
-    levels: Annotated[str, typer.Option(help="Concurrent streams to measure, comma-separated.")] = "1,4,8,32",
-    requests: Annotated[int, typer.Option(min=1, help="Requests each stream sends in turn.")] = 1,
-    max_new_tokens: Annotated[int, typer.Option(min=1, help="New tokens per answer.")] = 64,
-    bandwidth_gbps: Annotated[float, typer.Option(help="Memory bandwidth for the roofline, GB/s.")] = 30.0,
-    source: Annotated[
-        str | None, typer.Option(help="'bundled', a GGUF file or a Hugging Face directory.")
-    ] = None,
-    precision: Annotated[str | None, typer.Option(help="bf16, fp32, int8, int8-dynamic or auto.")] = None,
-    raw_precision: Annotated[
-        str | None,
-        typer.Option(help="Precision of the raw generate baseline (default: the server's); needs its cache."),
-    ] = None,
-    data_dir: DataDirOpt = None,
-    config: ConfigOpt = None,
-) -> None:
-    """Start ``custos serve`` on loopback, drive it over gRPC, then compare with raw ``generate``."""
-    import tempfile
-
-    from custos.bench.process import served, weight_bytes
-    from custos.bench.serve import (
-        BenchReport,
-        bench_prompts,
-        format_report,
-        measure_llamacpp,
-        run_raw_levels,
-        run_server_levels,
-    )
-    from custos.engine.local import TransformersEngine
-    from custos.engine.startup import prepare_from_settings
-
-    try:
-        counts = tuple(int(n) for n in levels.split(","))
-    except ValueError:
-        err.print("[red]error:[/red] --levels: expected comma-separated integers such as 1,4,8,32")
-        raise typer.Exit(2) from None
-    if not counts or min(counts) < 1:
-        err.print("[red]error:[/red] --levels: every level must be at least 1")
-        raise typer.Exit(2)
-    base = _settings(config, data_dir=data_dir, model_source=source, precision=precision)
-    load_at_start = os.getloadavg()[0]
-    with _progress() as report:
-        cache_dir = prepare_from_settings(base, report, rebuild_invalid=False)
-    # The server's audit trail of benchmark requests goes to a scratch directory, not the operator's.
-    with (
-        tempfile.TemporaryDirectory(prefix="custos-bench-") as scratch,
-        served(base, Path(scratch), max_queue=max(counts)) as server,
-    ):
-        measured = run_server_levels(
-            server.target,
-            levels=counts,
-            requests_per_stream=requests,
-            max_new_tokens=max_new_tokens,
-            stages=server.stages,
-            token=server.token,
-        )
-        peak_rss = server.peak_rss()
-    if raw_precision is not None and raw_precision != base.precision:
-        raw_settings = _settings(config, data_dir=data_dir, model_source=source, precision=raw_precision)
-        cache_dir = prepare_from_settings(raw_settings, None, rebuild_invalid=False)
-    engine = TransformersEngine.from_cache(
-        cache_dir, device=base.device, verify=False, num_threads=base.torch_threads
-    )
-    server_weights = weight_bytes(engine.model) if raw_precision in (None, base.precision) else None
-    raw = run_raw_levels(
-        engine.model,
-        engine.tokenizer,
-        engine.prompt_format,
-        levels=counts,
-        requests_per_stream=requests,
-        max_new_tokens=max_new_tokens,
-    )
-    with tempfile.TemporaryDirectory(prefix="custos-bench-gguf-") as gguf_scratch:
-        llamacpp, llamacpp_note = measure_llamacpp(
-            base.model_source,
-            Path(gguf_scratch),
-            bench_prompts(engine.tokenizer, engine.prompt_format),
-            threads=torch_threads(),
-            levels=counts,
-            requests_per_stream=requests,
-            max_new_tokens=max_new_tokens,
-            stop_ids=set(engine.eos_token_ids),
-        )
-    result = BenchReport(
-        server=measured,
-        raw=raw,
-        llamacpp=llamacpp,
-        llamacpp_note=llamacpp_note,
-        max_new_tokens=max_new_tokens,
-        precision=base.precision
-        if raw_precision in (None, base.precision)
-        else f"{base.precision} (raw generate: {raw_precision})",
-        threads=torch_threads(),
-        peak_rss_bytes=peak_rss,
-        weight_bytes=server_weights if server_weights is not None else _cache_weight_bytes(base),
-        bandwidth_gbps=bandwidth_gbps,
-        load_average=(load_at_start, os.getloadavg()[0]),
-    )
-    typer.echo(format_report(result))  # plain text: a rich console would wrap the table
-
-
-def _cache_weight_bytes(settings: Settings) -> int:
-    """Weight bytes of the server's model, read from its cache (for a baseline in another precision)."""
-    from custos.bench.serve import weight_bytes
-    from custos.engine.cache import resolve_cache
-    from custos.engine.local import TransformersEngine
-
-    cache_dir = resolve_cache(
-        source=settings.model_source,
-        cache_root=settings.resolved_model_cache_dir,
-        precision=settings.precision,
-    )
-    return weight_bytes(TransformersEngine.from_cache(cache_dir, device=settings.device, verify=False).model)
-
-
-def torch_threads() -> int:
-    """Torch's intra-op thread count in this process (the raw baseline's)."""
-    import torch
-
-    return int(torch.get_num_threads())
-
-
-@app.command("anonymize")
-def anonymize(
-    text: Annotated[str | None, typer.Argument(help="Text to anonymize (or use --file).")] = None,
-    file: Annotated[
-        Path | None,
-        typer.Option("--file", help='JSONL: {"text"} or {"conversation_id", "messages"} per line.'),
-    ] = None,
-    conversation_id: Annotated[str, typer.Option(help="Conversation of TEXT (scopes placeholders).")] = "cli",
-    data_dir: DataDirOpt = None,
-    config: ConfigOpt = None,
-) -> None:
-    """Print, as JSONL, exactly the text the model would be given and the findings; audited, no model."""
-    from custos.cli.privacy import AnonymizeInput, InputError, LocalAnonymizer, parse_jsonl
-
-    if (text is None) == (file is None):
-        err.print("[red]error:[/red] give TEXT or --file, not both")
-        raise typer.Exit(2)
-    settings = _settings(config, data_dir=data_dir)
-    try:
-        if file is not None:
-            items = list(parse_jsonl(file.read_text(encoding="utf-8").splitlines()))
-        else:
-            assert text is not None
-            items = [AnonymizeInput(conversation_id, [{"role": "user", "content": text}])]
-    except (InputError, OSError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
-    anonymizer = LocalAnonymizer(settings)
-    for item in items:
-        print(json.dumps(anonymizer.anonymize(item), ensure_ascii=False))
-
-
-@bench_app.command("privacy")
-def bench_privacy(
-    count: Annotated[int, typer.Option(min=10, help="Generated messages.")] = 2000,
-    seed: Annotated[int, typer.Option(help="Seed of the generated dataset.")] = 7,
-    long_count: Annotated[int, typer.Option(min=1, help="~500-character messages for latency.")] = 100,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the raw results here.")] = None,
-    data_dir: DataDirOpt = None,
-    config: ConfigOpt = None,
-) -> None:
-    """Custos vs plain Presidio (same spaCy pipeline): P/R/F2 per type, leak rate, latency, goals."""
-    from custos.bench import privacy as benchmark
-    from custos.privacy.analyzer import build_analyzer
-    from custos.server.app import build_pseudonymizer
-
-    settings = _settings(config, data_dir=data_dir)
-    analyzer = build_analyzer(
-        spacy_model=settings.spacy_model,
-        entities=settings.pii_entities,
-        phone_regions=settings.pii_phone_regions,
-        deny_lists=settings.pii_deny_lists,
-        crm_references=settings.pii_crm_references,
-    )
-    results = benchmark.run(
-        build_pseudonymizer(settings, analyzer),
-        benchmark.build_plain_presidio(settings.spacy_model),
-        count=count,
-        seed=seed,
-        long_count=long_count,
-    )
-    print(benchmark.render(results))
-    if json_out is not None:
-        json_out.write_text(json.dumps(results, indent=2, sort_keys=True))
+# The root commands, in the order ``custos --help`` lists them (before the groups).
+app.command("health")(health)
+app.command()(serve)
+app.command("anonymize")(anonymize)
 
 
 def main() -> None:

@@ -1,19 +1,22 @@
-"""``custos anonymize`` and ``custos bench privacy``: the privacy stage from the command line.
+"""``custos anonymize``: the privacy stage from the command line.
 
-``anonymize`` runs locally on --data-dir / --config like the other operator commands: the same analyzer
-settings, the same conversation vault, and an audit record per input with the operating-system user as
-actor. No model is loaded.
+It runs locally on --data-dir / --config like the other operator commands: the same analyzer settings, the
+same conversation vault, and an audit record per input with the operating-system user as actor. No model is
+loaded.
 """
 
 from __future__ import annotations
 
-import getpass
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
+import typer
+
+from custos.cli.common import ConfigOpt, DataDirOpt, err, os_actor, settings_or_exit
 from custos.server.settings import Settings
 
 ROLES = ("system", "user", "assistant")
@@ -98,7 +101,7 @@ class LocalAnonymizer:
             block_entities=settings.pii_block_entities,
             language_policy=settings.pii_language_policy,
         )
-        self._actor = f"os:{getpass.getuser()}"
+        self._actor = os_actor()
         self._retention = settings.retention_class
 
     def anonymize(self, item: AnonymizeInput) -> dict[str, Any]:
@@ -153,3 +156,32 @@ class LocalAnonymizer:
                 for f in anon.findings
             ],
         }
+
+
+def anonymize(
+    text: Annotated[str | None, typer.Argument(help="Text to anonymize (or use --file).")] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", help='JSONL: {"text"} or {"conversation_id", "messages"} per line.'),
+    ] = None,
+    conversation_id: Annotated[str, typer.Option(help="Conversation of TEXT (scopes placeholders).")] = "cli",
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Print, as JSONL, exactly the text the model would be given and the findings; audited, no model."""
+    if (text is None) == (file is None):
+        err.print("[red]error:[/red] give TEXT or --file, not both")
+        raise typer.Exit(2)
+    settings = settings_or_exit(config, data_dir=data_dir)
+    try:
+        if file is not None:
+            items = list(parse_jsonl(file.read_text(encoding="utf-8").splitlines()))
+        else:
+            assert text is not None
+            items = [AnonymizeInput(conversation_id, [{"role": "user", "content": text}])]
+    except (InputError, OSError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    anonymizer = LocalAnonymizer(settings)
+    for item in items:
+        print(json.dumps(anonymizer.anonymize(item), ensure_ascii=False))

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 from custos.engine.types import ChatTurn, GenerationResult, ModelInfo, SamplingParams
 
 if TYPE_CHECKING:
+    from custos.engine.metrics import EngineMetrics
     from custos.engine.scoring import ContinuationScores
-    from custos.server.metrics import Metrics
 
 
 class Engine(ABC):
@@ -20,7 +20,7 @@ class Engine(ABC):
     concurrency: int = 1
     """How many ``generate`` calls may usefully block at once (running plus queued); sizes the worker pool."""
 
-    def observe(self, metrics: Metrics) -> None:  # noqa: B027 - optional: most engines report nothing
+    def observe(self, metrics: EngineMetrics) -> None:  # noqa: B027 - optional: most engines report nothing
         """Report engine metrics (queue, latency, throughput) into ``metrics``; the default reports none."""
 
     def close(self) -> None:  # noqa: B027 - optional: most engines hold no background work

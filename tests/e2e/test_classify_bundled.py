@@ -9,7 +9,6 @@ import torch
 
 from custos.engine.local import TransformersEngine
 from custos.engine.scoring import score_continuations
-from custos.privacy.analyzer import build_analyzer
 from custos.privacy.pseudonymize import Pseudonymizer
 from custos.tasks.eval import CLASSIFY, CLASSIFY_CALIBRATED, bundled_dataset, evaluate, load_examples
 from custos.tasks.labels import LabelSetRegistry
@@ -21,8 +20,9 @@ pytestmark = pytest.mark.e2e
 MESSAGES = 180
 
 
-def test_classify_beats_both_baselines_on_the_bundled_set(bundled_engine: TransformersEngine) -> None:
-    pseudonymizer = Pseudonymizer(build_analyzer())
+def test_classify_beats_both_baselines_on_the_bundled_set(
+    bundled_engine: TransformersEngine, pseudonymizer: Pseudonymizer
+) -> None:
     intents = LabelSetRegistry.load().get("intents")
 
     def score(text: str) -> list[float]:

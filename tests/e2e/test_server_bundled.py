@@ -6,22 +6,24 @@ import json
 from pathlib import Path
 
 import pytest
+from presidio_analyzer import AnalyzerEngine
 
 from custos.engine.local import TransformersEngine
-from custos.privacy.analyzer import build_analyzer
 from custos.testing.server import SpyEngine, make_server
 from custos.v1 import audit_pb2, common_pb2, inference_pb2
 
 pytestmark = pytest.mark.e2e
 
 
-def test_bundled_model_answers_a_customer_question(tmp_path: Path, bundled_cache: Path) -> None:
+def test_bundled_model_answers_a_customer_question(
+    tmp_path: Path, bundled_cache: Path, analyzer: AnalyzerEngine
+) -> None:
     engine = SpyEngine(TransformersEngine.from_cache(bundled_cache))
     question = (
         "Hello, this is Maria Garcia, my email is maria.garcia@example.com. "
         "I ordered a blue jacket two weeks ago and it has not arrived yet. What should I do?"
     )
-    with make_server(tmp_path, build_analyzer(), engine) as server:
+    with make_server(tmp_path, analyzer, engine) as server:
         reply = server.inference.Generate(
             inference_pb2.GenerateRequest(
                 conversation_id="ticket-1",

@@ -1,4 +1,4 @@
-"""Fixtures: a real Custos server on port 0 over a real socket, with a tiny model or a scripted engine."""
+"""Fixtures: a real Custos server on port 0 over a real socket with a tiny model; the analyzer is shared."""
 
 from __future__ import annotations
 
@@ -9,14 +9,8 @@ import pytest
 from presidio_analyzer import AnalyzerEngine
 
 from custos.engine.base import Engine
-from custos.privacy.analyzer import build_analyzer
 from custos.testing.server import ServerHarness, SpyEngine, make_server
 from custos.testing.tiny_engine import build_tiny_engine
-
-
-@pytest.fixture(scope="session")
-def analyzer() -> AnalyzerEngine:
-    return build_analyzer()
 
 
 @pytest.fixture(scope="session")

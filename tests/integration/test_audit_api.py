@@ -16,21 +16,16 @@ from typer.testing import CliRunner
 
 from custos.audit.export import verify_export
 from custos.cli.main import app as cli_app
+from custos.testing.builders import generate_request
 from custos.testing.server import ServerHarness
-from custos.v1 import audit_pb2, common_pb2, inference_pb2
+from custos.v1 import audit_pb2, inference_pb2
 
 QUESTION = "Hi, I am John Smith, email john.smith@example.com. Where is my parcel?"
 
 
 def _generate(harness: ServerHarness, **fields: Any) -> inference_pb2.GenerateResponse:
-    return harness.inference.Generate(  # type: ignore[no-any-return]
-        inference_pb2.GenerateRequest(
-            conversation_id="conv-1",
-            messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=QUESTION)],
-            parameters=inference_pb2.GenerationParameters(max_new_tokens=4),
-            **fields,
-        )
-    )
+    request = generate_request(QUESTION, max_new_tokens=4, **fields)
+    return harness.inference.Generate(request)  # type: ignore[no-any-return]
 
 
 def _reads(harness: ServerHarness) -> list[dict[str, Any]]:

@@ -17,9 +17,10 @@ from sqlalchemy.engine import make_url
 
 from custos.audit.db import make_engine
 from custos.testing.audit import TEST_POSTGRES_URL, postgres_schema
+from custos.testing.builders import generate_request
 from custos.testing.faults import TcpProxy
 from custos.testing.server import ScriptedEngine, ServerHarness, make_server
-from custos.v1 import audit_pb2, common_pb2, inference_pb2
+from custos.v1 import audit_pb2, inference_pb2
 
 pytestmark = pytest.mark.postgres
 
@@ -36,11 +37,7 @@ def pg_schema() -> Iterator[str]:
 
 
 def request(conversation: str) -> inference_pb2.GenerateRequest:
-    return inference_pb2.GenerateRequest(
-        conversation_id=conversation,
-        messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content="Where is my parcel?")],
-        parameters=inference_pb2.GenerationParameters(max_new_tokens=8),
-    )
+    return generate_request("Where is my parcel?", conversation_id=conversation)
 
 
 def health_status(harness: ServerHarness, service: str = "") -> int:

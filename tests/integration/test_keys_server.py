@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +13,17 @@ import pytest
 from presidio_analyzer import AnalyzerEngine
 
 from custos.privacy.envelope import FORMAT_SUBJECT, read_header
-from custos.testing.server import ScriptedEngine, ServerHarness, make_server
-from custos.v1 import admin_pb2, audit_pb2, common_pb2, inference_pb2
+from custos.testing.builders import generate_request
+from custos.testing.server import ScriptedEngine, ScriptedServer, ServerHarness, make_server
+from custos.v1 import admin_pb2, audit_pb2, inference_pb2
 
 REPLY = "Hello <PERSON_1>, your parcel is on its way."
 
 
 @pytest.fixture
-def server(tmp_path: Path, analyzer: AnalyzerEngine) -> Iterator[ServerHarness]:
-    with make_server(tmp_path, analyzer, ScriptedEngine(REPLY)) as harness:
-        yield harness
+def server(scripted_server: ScriptedServer) -> ServerHarness:
+    harness, _ = scripted_server(REPLY)
+    return harness
 
 
 def rows_at(database: Path, sql: str) -> list[tuple[Any, ...]]:
@@ -38,12 +38,11 @@ def generate(
     conversation: str,
     idempotency_key: str | None = None,
 ) -> str:
-    request = inference_pb2.GenerateRequest(
+    request = generate_request(
+        "I am John Smith, where is it?",
         conversation_id=conversation,
         subject_id=subject_id,
         idempotency_key=idempotency_key,
-        messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content="I am John Smith, where is it?")],
-        parameters=inference_pb2.GenerationParameters(max_new_tokens=8),
     )
     response = channel.unary_unary(
         "/custos.v1.Inference/Generate", response_deserializer=inference_pb2.GenerateResponse.FromString

@@ -15,6 +15,7 @@ from presidio_analyzer import AnalyzerEngine
 from sqlalchemy import create_engine, select, text, update
 
 from custos.audit.models import ConversationVaultRow
+from custos.testing.builders import generate_request
 from custos.testing.privacy import no_network
 from custos.testing.server import ScriptedEngine, ServerHarness, SpyEngine, make_server
 from custos.v1 import common_pb2, inference_pb2, privacy_pb2, privacy_pb2_grpc
@@ -28,12 +29,7 @@ def msg(content: str, role: int = USER) -> common_pb2.ChatMessage:
 
 
 def gen(conversation: str, *contents: str, **fields: Any) -> inference_pb2.GenerateRequest:
-    return inference_pb2.GenerateRequest(
-        conversation_id=conversation,
-        messages=[msg(c) for c in contents],
-        parameters=inference_pb2.GenerationParameters(max_new_tokens=2),
-        **fields,
-    )
+    return generate_request(*contents, conversation_id=conversation, max_new_tokens=2, **fields)
 
 
 def records(harness: ServerHarness) -> list[dict[str, Any]]:

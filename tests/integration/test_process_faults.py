@@ -20,10 +20,11 @@ import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from custos.testing.builders import generate_request
 from custos.testing.privacy import is_loopback
 from custos.testing.process import ServeProcess, write_config
 from custos.testing.tiny_engine import save_tiny_model_dir
-from custos.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+from custos.v1 import inference_pb2, inference_pb2_grpc
 
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 300)]
@@ -56,10 +57,8 @@ def config(tmp_path: Path, model_dirs: dict[str, str], **settings: Any) -> Path:
 
 
 def request(conversation: str, max_new_tokens: int) -> inference_pb2.GenerateRequest:
-    return inference_pb2.GenerateRequest(
-        conversation_id=conversation,
-        messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content="Where is my parcel, please?")],
-        parameters=inference_pb2.GenerationParameters(max_new_tokens=max_new_tokens),
+    return generate_request(
+        "Where is my parcel, please?", conversation_id=conversation, max_new_tokens=max_new_tokens
     )
 
 

@@ -12,16 +12,15 @@ from presidio_analyzer import AnalyzerEngine
 from sqlalchemy import create_engine, text
 
 from custos.engine.scheduler import BatchingEngine
+from custos.testing.builders import generate_request
 from custos.testing.server import ServerHarness, make_server
 from custos.testing.tiny_engine import build_tiny_engine
-from custos.v1 import common_pb2, inference_pb2
+from custos.v1 import inference_pb2
 
 
 def _request(max_new_tokens: int) -> inference_pb2.GenerateRequest:
-    return inference_pb2.GenerateRequest(
-        conversation_id="conv-sched",
-        messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content="Where is my parcel?")],
-        parameters=inference_pb2.GenerationParameters(max_new_tokens=max_new_tokens),
+    return generate_request(
+        "Where is my parcel?", conversation_id="conv-sched", max_new_tokens=max_new_tokens
     )
 
 

@@ -25,8 +25,9 @@ from custos.security.auth import ROLES, RPC_PERMISSIONS
 from custos.security.tls import TLSPaths, init_dev_certs, issue_cert, make_ca
 from custos.server.app import SERVICES, Components, CustosServer
 from custos.server.settings import load_settings
-from custos.testing.server import ScriptedEngine, ServerHarness, make_server
-from custos.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+from custos.testing.builders import generate_request
+from custos.testing.server import ScriptedEngine, ScriptedServer, ServerHarness, make_server
+from custos.v1 import inference_pb2_grpc
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 REPLY = "Hello <PERSON_1>, your parcel is on its way."
@@ -60,12 +61,7 @@ CALLERS = [None, "no-roles", *sorted(EXPECTED_ROLES)]
 
 
 def request(content: str = "Hi, I am John Smith. Where is my parcel?", **fields: Any) -> Any:
-    return inference_pb2.GenerateRequest(
-        conversation_id="conv-1",
-        messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=content)],
-        parameters=inference_pb2.GenerationParameters(max_new_tokens=8),
-        **fields,
-    )
+    return generate_request(content, **fields)
 
 
 def call_code(channel: grpc.Channel, method: str, streaming: bool, payload: bytes = b"") -> grpc.StatusCode:
@@ -80,10 +76,8 @@ def call_code(channel: grpc.Channel, method: str, streaming: bool, payload: byte
 
 
 @pytest.fixture
-def scripted(tmp_path: Path, analyzer: AnalyzerEngine) -> Iterator[tuple[ServerHarness, ScriptedEngine]]:
-    engine = ScriptedEngine(REPLY, chunk=4)
-    with make_server(tmp_path, analyzer, engine) as harness:
-        yield harness, engine
+def scripted(scripted_server: ScriptedServer) -> tuple[ServerHarness, ScriptedEngine]:
+    return scripted_server(REPLY, chunk=4)
 
 
 @pytest.fixture(scope="module")

@@ -6,14 +6,11 @@ import json
 import logging
 import sqlite3
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from presidio_analyzer import AnalyzerEngine
 from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
@@ -21,7 +18,8 @@ from custos.audit.errors import AuditUnavailable
 from custos.cli.main import app as cli_app
 from custos.privacy.envelope import FORMAT_SUBJECT, read_header
 from custos.privacy.transcripts import open_transcript
-from custos.testing.server import ScriptedEngine, ServerHarness, SpyEngine, make_server
+from custos.testing.builders import generate_request
+from custos.testing.server import ScriptedEngine, ScriptedServer, ServerHarness, SpyEngine
 from custos.v1 import audit_pb2, common_pb2, inference_pb2
 
 NAME = "John Smith"
@@ -35,12 +33,7 @@ QUESTION = (
 
 
 def request(content: str = QUESTION, **fields: object) -> inference_pb2.GenerateRequest:
-    return inference_pb2.GenerateRequest(
-        conversation_id="conv-1",
-        messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=content)],
-        parameters=inference_pb2.GenerationParameters(max_new_tokens=8),
-        **fields,  # type: ignore[arg-type]
-    )
+    return generate_request(content, **fields)
 
 
 def db_rows(harness: ServerHarness, table: str) -> list[dict[str, object]]:
@@ -94,10 +87,8 @@ REPLY = "Hello <PERSON_1>, we wrote to <EMAIL_ADDRESS_1> about <CREDIT_CARD_1>. 
 
 
 @pytest.fixture
-def scripted(tmp_path: Path, analyzer: AnalyzerEngine) -> Iterator[tuple[ServerHarness, ScriptedEngine]]:
-    engine = ScriptedEngine(REPLY, chunk=2)
-    with make_server(tmp_path, analyzer, engine) as harness:
-        yield harness, engine
+def scripted(scripted_server: ScriptedServer) -> tuple[ServerHarness, ScriptedEngine]:
+    return scripted_server(REPLY, chunk=2)
 
 
 @pytest.mark.parametrize(

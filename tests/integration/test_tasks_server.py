@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from typer.testing import CliRunner
 
 from custos.cli.main import app as cli_app
 from custos.tasks.templates import TemplateRegistry
-from custos.testing.server import ScriptedEngine, ServerHarness, SpyEngine, make_server
+from custos.testing.server import ScriptedEngine, ScriptedServer, ServerHarness, SpyEngine, make_server
 from custos.v1 import common_pb2, feedback_pb2, feedback_pb2_grpc, inference_pb2, inference_pb2_grpc
 
 NAME = "Jonathan Whitfield"
@@ -23,7 +22,7 @@ EMAIL = "jonathan.whitfield@example.com"
 
 
 @pytest.fixture
-def scripted(tmp_path: Path, analyzer: AnalyzerEngine) -> Iterator[tuple[ServerHarness, ScriptedEngine]]:
+def scripted(tmp_path: Path, scripted_server: ScriptedServer) -> tuple[ServerHarness, ScriptedEngine]:
     labels = tmp_path / "labels"
     labels.mkdir()
     (labels / "tone.toml").write_text(
@@ -31,9 +30,7 @@ def scripted(tmp_path: Path, analyzer: AnalyzerEngine) -> Iterator[tuple[ServerH
         '[[labels]]\nname = "happy"\n[[labels]]\nname = "angry"\n'
         "[calibration]\ntemperature = 1.0\nbias = { happy = 2.0, angry = -2.0 }\n"
     )
-    engine = ScriptedEngine("Thanks <PERSON_1>.", chunk=5)
-    with make_server(tmp_path, analyzer, engine, label_sets_dir=labels, plaintext=True) as harness:
-        yield harness, engine
+    return scripted_server("Thanks <PERSON_1>.", chunk=5, label_sets_dir=labels, plaintext=True)
 
 
 def test_generate_with_a_task_renders_the_template_and_records_its_version(

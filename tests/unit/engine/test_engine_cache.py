@@ -15,19 +15,11 @@ import torch
 import transformers
 
 from custos.engine import cache
-from custos.engine.cache import (
-    MANIFEST_NAME,
-    ModelSourceError,
-    files_digest,
-    hash_files,
-    load_manifest,
-    prepare_model,
-    resolve_cache,
-    resolve_source,
-    verify_cache,
-)
+from custos.engine.cache import prepare_model, resolve_cache
 from custos.engine.local import TransformersEngine
+from custos.engine.manifest import MANIFEST_NAME, files_digest, hash_files, load_manifest, verify_cache
 from custos.engine.prompt import PLAIN_CUSTOMER_SERVICE_FORMAT, PromptFormatError
+from custos.engine.sources import ModelSourceError, resolve_source
 from custos.engine.types import (
     ChatTurn,
     EngineError,

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from custos.engine import weights
-from custos.engine.cache import MANIFEST_NAME, load_manifest, prepare_model
+from custos.engine.cache import prepare_model
 from custos.engine.local import TransformersEngine
+from custos.engine.manifest import MANIFEST_NAME, load_manifest
 from custos.engine.quality import (
     SUPPORT_TEXT_SHA256,
     Measurement,

@@ -10,17 +10,14 @@ import pytest
 import torch
 
 from custos.engine import selection
-from custos.engine.cache import (
-    AUTO_CANDIDATES,
-    load_manifest,
-    prepare_model,
-    resolve_cache,
-)
+from custos.engine.cache import prepare_model, resolve_cache
 from custos.engine.local import TransformersEngine
+from custos.engine.manifest import load_manifest
+from custos.engine.precision import AUTO_CANDIDATES
 from custos.engine.quality import QualityGateError, QualityLimits
 from custos.engine.selection import CandidateResult, choose, decode_speed
-from custos.engine.startup import finish_loading
 from custos.engine.types import ChatTurn, EngineError, SamplingParams
+from custos.server.model import finish_loading
 from custos.server.settings import load_settings
 from custos.testing.tiny_engine import build_tiny_model, save_tiny_model_dir
 

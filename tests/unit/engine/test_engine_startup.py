@@ -1,4 +1,4 @@
-"""Reading the model cache on a thread while the server is built (``engine.startup``)."""
+"""Reading the model cache on a thread while the server is built (``engine.startup``, ``server.model``)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from custos.engine import local, startup
 from custos.engine.cache import prepare_model
 from custos.engine.local import CacheContents
 from custos.engine.types import ModelCacheError, SamplingParams
+from custos.server.model import finish_loading, start_reading
 from custos.server.settings import Settings, load_settings
 from custos.testing.tiny_engine import save_tiny_model_dir
 from tests.unit.engine.test_engine_cache import TURNS, flip_byte
@@ -49,12 +50,12 @@ def test_an_existing_cache_is_read_on_another_thread(
 
     monkeypatch.setattr(startup, "read_cache_contents", spy)
     settings = _settings(source_dir, prepared.parent, tmp_path)
-    reading = startup.start_reading(settings)
+    reading = start_reading(settings)
     assert reading is not None
     contents = reading.result(timeout=60)
     assert contents is not None and contents.cache_dir == prepared
     assert threads and threads[0] != threading.current_thread().name
-    engine = startup.finish_loading(settings, reading)
+    engine = finish_loading(settings, reading)
     try:
         assert engine.generate(TURNS, SamplingParams(max_new_tokens=3)).completion_tokens == 3
     finally:
@@ -73,10 +74,10 @@ def test_without_a_cache_nothing_is_built_on_the_thread(
 
     monkeypatch.setattr(startup, "prepare_model", spy)
     settings = _settings(source_dir, tmp_path / "empty-root", tmp_path)
-    reading = startup.start_reading(settings)
+    reading = start_reading(settings)
     assert reading is not None and reading.result(timeout=60) is None
     assert built_on == []
-    engine = startup.finish_loading(settings, reading)
+    engine = finish_loading(settings, reading)
     engine.close()
     assert built_on == [threading.current_thread().name]  # built on the caller's thread
 
@@ -88,9 +89,9 @@ def test_an_altered_cache_is_refused_through_the_thread(
     shutil.copytree(prepared, copy)
     flip_byte(copy / "model.safetensors")
     settings = _settings(source_dir, copy.parent, tmp_path)
-    reading = startup.start_reading(settings)
+    reading = start_reading(settings)
     with pytest.raises(ModelCacheError, match="digest mismatch"):
-        startup.finish_loading(settings, reading)
+        finish_loading(settings, reading)
 
 
 def test_the_torch_threads_setting_reaches_the_model(
@@ -102,7 +103,7 @@ def test_the_torch_threads_setting_reaches_the_model(
     try:
         for threads in (1, 2):
             settings = _settings(source_dir, prepared.parent, tmp_path, torch_threads=threads)
-            startup.finish_loading(settings, None).close()
+            finish_loading(settings, None).close()
             assert torch.get_num_threads() == threads
     finally:
         torch.set_num_threads(before)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from presidio_analyzer import AnalyzerEngine
 
-from custos.bench.privacy import Label, Sample, score, summary
 from custos.bench import privacy as benchmark
+from custos.bench.privacy import Label, Sample, score, summary
 from custos.privacy.pseudonymize import Pseudonymizer
 
 

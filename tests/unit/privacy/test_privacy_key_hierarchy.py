@@ -21,12 +21,12 @@ from custos.privacy.envelope import (
     seal,
     seal_for_subject,
 )
+from custos.privacy.erasure import ErasureLedger, SubjectService
 from custos.privacy.errors import DecryptionFailed, KeyNotFound, KeyRetired, SubjectKeyMissing
 from custos.privacy.keys import FileKeyProvider, RetiringKeyProvider
 from custos.privacy.subject_keys import SubjectKeyStore
 from custos.privacy.transcripts import open_transcript, seal_transcript, transcript_aad
 from custos.privacy.vault import ConversationVault
-from custos.server.keys import ErasureLedger, SubjectService
 from custos.testing.audit import all_records
 
 KEY_1 = b"\x01" * 32

@@ -13,9 +13,9 @@ from custos.audit import AuditStore, make_engine, migrate
 from custos.audit.events import AuditEvent
 from custos.audit.models import TranscriptRow
 from custos.cli.main import app
-from custos.privacy.subject_keys import SubjectKeyStore
+from custos.privacy.subject_keys import SubjectKeyStore, subject_ref_of
 from custos.privacy.transcripts import seal_transcript
-from custos.server.keys import open_master_keys, subject_ref_of
+from custos.server.keys import open_master_keys
 from custos.server.settings import load_settings
 from custos.testing.audit import all_records
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
-from custos.privacy.analyzer import build_analyzer
 from custos.privacy.pseudonymize import Pseudonymizer
 from custos.tasks.fairness import MESSAGES, NAMES, FairnessReport, check_fairness, name_swapped_pairs
 
@@ -26,11 +23,6 @@ def test_a_surviving_attribute_is_reported() -> None:
     report = check_fairness(pairs, lambda text: text, lambda text: len(text))
     assert report.identical_inputs == 0
     assert report.surviving
-
-
-@pytest.fixture(scope="module")
-def pseudonymizer() -> Pseudonymizer:
-    return Pseudonymizer(build_analyzer())
 
 
 def run(pseudonymizer: Pseudonymizer) -> FairnessReport:

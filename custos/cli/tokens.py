@@ -1,11 +1,10 @@
-"""``custos certs`` and ``custos tokens``: local operator commands on --data-dir / --config.
+"""``custos tokens``: create, list and revoke bearer tokens on --data-dir / --config.
 
 Token changes are audited with the operating-system user as actor.
 """
 
 from __future__ import annotations
 
-import getpass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -13,49 +12,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from custos.cli.common import ConfigOpt, DataDirOpt, err, out, settings_or_exit
+from custos.cli.common import ConfigOpt, DataDirOpt, err, open_database, os_actor, out, settings_or_exit
 from custos.server.settings import Settings
 
-certs_app = typer.Typer(help="Make the development CA and server certificate.", no_args_is_help=True)
 tokens_app = typer.Typer(help="Create, list and revoke bearer tokens.", no_args_is_help=True)
 
 _settings = settings_or_exit
 
 
-def _actor() -> str:
-    return f"os:{getpass.getuser()}"
-
-
-@certs_app.command("init")
-def certs_init(
-    data_dir: DataDirOpt = None,
-    config: ConfigOpt = None,
-    listen: Annotated[str | None, typer.Option(help="Address the server certificate is for.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace existing certificates.")] = False,
-) -> None:
-    """Create a development CA and a server certificate (0600) in DATA_DIR/tls."""
-    from custos.security.tls import TLSFilesExist, TLSPaths, init_dev_certs, server_names
-
-    settings = _settings(config, data_dir=data_dir, listen=listen)
-    paths = TLSPaths.in_dir(settings.tls_dir)
-    try:
-        init_dev_certs(paths, settings.listen, force=force)
-    except TLSFilesExist as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
-    out.print(f"CA certificate: {paths.ca_cert}")
-    out.print(f"server certificate: {paths.server_cert} for {', '.join(server_names(settings.listen))}")
-    out.print("A running server picks the new certificate up on its next connection.")
-
-
 def _token_store(settings: Settings) -> Any:
-    from custos.audit.db import make_engine, migrate
     from custos.audit.store import AuditStore
     from custos.security.tokens import TokenStore
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    engine = make_engine(settings.resolved_database_url)
-    migrate(engine)
+    engine = open_database(settings)
     return TokenStore(engine, AuditStore(engine))
 
 
@@ -77,7 +46,7 @@ def tokens_create(
     store = _token_store(settings)
     expires = timedelta(days=expires_in_days) if expires_in_days is not None else None
     try:
-        token, info = store.create(principal, role, actor=_actor(), expires_in=expires)
+        token, info = store.create(principal, role, actor=os_actor(), expires_in=expires)
     except ValueError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -112,7 +81,7 @@ def tokens_revoke(
     """Revoke a token; calls with it get UNAUTHENTICATED from then on."""
     settings = _settings(config, data_dir=data_dir)
     try:
-        _token_store(settings).revoke(token_id, actor=_actor())
+        _token_store(settings).revoke(token_id, actor=os_actor())
     except KeyError:
         err.print(f"[red]error:[/red] no token with id {token_id}")
         raise typer.Exit(1) from None

@@ -1,0 +1,242 @@
+"""``custos bench``: the serve, privacy, audit and keys benchmarks, each beside a same-run baseline.
+
+The measuring code is in ``custos.bench``; these commands load settings, run it and print its table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from custos.cli.common import ConfigOpt, DataDirOpt, err, model_progress, out, settings_or_exit
+from custos.server.settings import Settings
+
+bench_app = typer.Typer(
+    help="Benchmarks that print a table beside a same-run baseline.", no_args_is_help=True
+)
+
+# The short names the bench serve and bench privacy bodies use.
+_settings = settings_or_exit
+_progress = model_progress
+
+
+@bench_app.command("audit")
+def bench_audit(
+    appends: Annotated[int, typer.Option(min=8, help="Appends per case.")] = 2000,
+    verify_rows: Annotated[int, typer.Option(min=100, help="Rows for the verify case.")] = 50_000,
+    repeat: Annotated[
+        int,
+        typer.Option(min=1, help="Runs of each case, interleaved with its baseline; medians are printed."),
+    ] = 3,
+    postgres_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CUSTOS_TEST_POSTGRES_URL", help="PostgreSQL URL (a schema is created and dropped)."
+        ),
+    ] = "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+    no_postgres: Annotated[bool, typer.Option("--no-postgres", help="SQLite only.")] = False,
+) -> None:
+    """Append and verify throughput, each beside its baseline from the same run, with the goals."""
+    from custos.bench.audit import run_audit_bench
+
+    rows, notes = run_audit_bench(
+        appends=appends,
+        verify_rows=verify_rows,
+        repeats=repeat,
+        postgres_url=None if no_postgres else postgres_url,
+        say=lambda msg: err.print(f"[dim]{msg}[/dim]"),
+    )
+    table = Table("case", "value", "baseline", "baseline value", "ratio", "goal", "met")
+    for row in rows:
+        table.add_row(
+            row.case,
+            f"{row.value:,.0f} {row.unit}",
+            row.baseline_name,
+            f"{row.baseline:,.0f}",
+            f"{row.ratio:.2f}x",
+            "" if row.goal is None else f">= {row.goal:,.0f}",
+            "" if row.goal is None else ("yes" if row.value >= row.goal else "no"),
+        )
+    (out if out.is_terminal else Console(width=160)).print(table)
+    for note in notes:
+        err.print(note)
+
+
+@bench_app.command("keys")
+def bench_keys(
+    transcript_bytes: Annotated[int, typer.Option(min=16, help="Size of the sealed transcript.")] = 4096,
+    repeat: Annotated[int, typer.Option(min=10, help="Runs per step (the median is printed).")] = 2000,
+) -> None:
+    """Encryption and key-wrapping cost per transcript, in µs, step by step (file provider, SQLite)."""
+    from custos.bench.keys import render, run
+
+    print(
+        render(
+            run(transcript_bytes=transcript_bytes, repeat=repeat),
+            transcript_bytes=transcript_bytes,
+            repeat=repeat,
+        )
+    )
+
+
+@bench_app.command("serve")
+def bench_serve(
+    levels: Annotated[str, typer.Option(help="Concurrent streams to measure, comma-separated.")] = "1,4,8,32",
+    requests: Annotated[int, typer.Option(min=1, help="Requests each stream sends in turn.")] = 1,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="New tokens per answer.")] = 64,
+    bandwidth_gbps: Annotated[float, typer.Option(help="Memory bandwidth for the roofline, GB/s.")] = 30.0,
+    source: Annotated[
+        str | None, typer.Option(help="'bundled', a GGUF file or a Hugging Face directory.")
+    ] = None,
+    precision: Annotated[str | None, typer.Option(help="bf16, fp32, int8, int8-dynamic or auto.")] = None,
+    raw_precision: Annotated[
+        str | None,
+        typer.Option(help="Precision of the raw generate baseline (default: the server's); needs its cache."),
+    ] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Start ``custos serve`` on loopback, drive it over gRPC, then compare with raw ``generate``."""
+    import tempfile
+
+    from custos.bench.process import served, weight_bytes
+    from custos.bench.serve import (
+        BenchReport,
+        bench_prompts,
+        format_report,
+        measure_llamacpp,
+        run_raw_levels,
+        run_server_levels,
+    )
+    from custos.engine.local import TransformersEngine
+    from custos.server.model import prepare_from_settings
+
+    try:
+        counts = tuple(int(n) for n in levels.split(","))
+    except ValueError:
+        err.print("[red]error:[/red] --levels: expected comma-separated integers such as 1,4,8,32")
+        raise typer.Exit(2) from None
+    if not counts or min(counts) < 1:
+        err.print("[red]error:[/red] --levels: every level must be at least 1")
+        raise typer.Exit(2)
+    base = _settings(config, data_dir=data_dir, model_source=source, precision=precision)
+    load_at_start = os.getloadavg()[0]
+    with _progress() as report:
+        cache_dir = prepare_from_settings(base, report, rebuild_invalid=False)
+    # The server's audit trail of benchmark requests goes to a scratch directory, not the operator's.
+    with (
+        tempfile.TemporaryDirectory(prefix="custos-bench-") as scratch,
+        served(base, Path(scratch), max_queue=max(counts)) as server,
+    ):
+        measured = run_server_levels(
+            server.target,
+            levels=counts,
+            requests_per_stream=requests,
+            max_new_tokens=max_new_tokens,
+            stages=server.stages,
+            token=server.token,
+        )
+        peak_rss = server.peak_rss()
+    if raw_precision is not None and raw_precision != base.precision:
+        raw_settings = _settings(config, data_dir=data_dir, model_source=source, precision=raw_precision)
+        cache_dir = prepare_from_settings(raw_settings, None, rebuild_invalid=False)
+    engine = TransformersEngine.from_cache(
+        cache_dir, device=base.device, verify=False, num_threads=base.torch_threads
+    )
+    server_weights = weight_bytes(engine.model) if raw_precision in (None, base.precision) else None
+    raw = run_raw_levels(
+        engine.model,
+        engine.tokenizer,
+        engine.prompt_format,
+        levels=counts,
+        requests_per_stream=requests,
+        max_new_tokens=max_new_tokens,
+    )
+    with tempfile.TemporaryDirectory(prefix="custos-bench-gguf-") as gguf_scratch:
+        llamacpp, llamacpp_note = measure_llamacpp(
+            base.model_source,
+            Path(gguf_scratch),
+            bench_prompts(engine.tokenizer, engine.prompt_format),
+            threads=torch_threads(),
+            levels=counts,
+            requests_per_stream=requests,
+            max_new_tokens=max_new_tokens,
+            stop_ids=set(engine.eos_token_ids),
+        )
+    result = BenchReport(
+        server=measured,
+        raw=raw,
+        llamacpp=llamacpp,
+        llamacpp_note=llamacpp_note,
+        max_new_tokens=max_new_tokens,
+        precision=base.precision
+        if raw_precision in (None, base.precision)
+        else f"{base.precision} (raw generate: {raw_precision})",
+        threads=torch_threads(),
+        peak_rss_bytes=peak_rss,
+        weight_bytes=server_weights if server_weights is not None else _cache_weight_bytes(base),
+        bandwidth_gbps=bandwidth_gbps,
+        load_average=(load_at_start, os.getloadavg()[0]),
+    )
+    typer.echo(format_report(result))  # plain text: a rich console would wrap the table
+
+
+def _cache_weight_bytes(settings: Settings) -> int:
+    """Weight bytes of the server's model, read from its cache (for a baseline in another precision)."""
+    from custos.bench.serve import weight_bytes
+    from custos.engine.cache import resolve_cache
+    from custos.engine.local import TransformersEngine
+
+    cache_dir = resolve_cache(
+        source=settings.model_source,
+        cache_root=settings.resolved_model_cache_dir,
+        precision=settings.precision,
+    )
+    return weight_bytes(TransformersEngine.from_cache(cache_dir, device=settings.device, verify=False).model)
+
+
+def torch_threads() -> int:
+    """Torch's intra-op thread count in this process (the raw baseline's)."""
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+@bench_app.command("privacy")
+def bench_privacy(
+    count: Annotated[int, typer.Option(min=10, help="Generated messages.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Seed of the generated dataset.")] = 7,
+    long_count: Annotated[int, typer.Option(min=1, help="~500-character messages for latency.")] = 100,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the raw results here.")] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Custos vs plain Presidio (same spaCy pipeline): P/R/F2 per type, leak rate, latency, goals."""
+    from custos.bench import privacy as benchmark
+    from custos.privacy.analyzer import build_analyzer
+    from custos.server.app import build_pseudonymizer
+
+    settings = _settings(config, data_dir=data_dir)
+    analyzer = build_analyzer(
+        spacy_model=settings.spacy_model,
+        entities=settings.pii_entities,
+        phone_regions=settings.pii_phone_regions,
+        deny_lists=settings.pii_deny_lists,
+        crm_references=settings.pii_crm_references,
+    )
+    results = benchmark.run(
+        build_pseudonymizer(settings, analyzer),
+        benchmark.build_plain_presidio(settings.spacy_model),
+        count=count,
+        seed=seed,
+        long_count=long_count,
+    )
+    print(benchmark.render(results))
+    if json_out is not None:
+        json_out.write_text(json.dumps(results, indent=2, sort_keys=True))
