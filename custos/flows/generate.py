@@ -1,4 +1,4 @@
-"""Generate and GenerateStream: the request flow of the architecture page in one function.
+"""Generate and GenerateStream: the request flow of docs/architecture.md in one function.
 
 0 checks (purpose, task) -> 1 privacy -> 2 request record -> 3 generate -> 4 output guard -> 5 transcript ->
 6 completion record. :meth:`GenerateFlow._stream` shows every step; the unary call collects the stream.

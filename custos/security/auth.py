@@ -30,7 +30,7 @@ from custos.security.tokens import TokenError, TokenStore
 
 T = TypeVar("T")
 
-# ---- the table of ARCHITECTURE.md ---------------------------------------------------------------
+# ---- the permission table (the README lists it by role) ----------------------------------------
 
 PERMISSIONS = frozenset(
     {
