@@ -31,7 +31,6 @@ from custos.cli.trail import (
     _check_format,
     _fail,
     _filters,
-    _filters_for_audit,
     _Local,
     _local,
     _parse_time,
@@ -175,12 +174,10 @@ def audit_query(
         from custos.audit.errors import InvalidQuery
 
         try:
-            records, next_token = backend.store.query(
-                **filters.as_kwargs(), page_size=limit, page_token=page_token
-            )
+            records, next_token = backend.store.query(filters, page_size=limit, page_token=page_token)
         except InvalidQuery as exc:
             raise _fail(f"--{exc.field.replace('_', '-')}: {exc}") from None
-        backend.record("cli.query", {"filters": _filters_for_audit(filters), "returned": len(records)})
+        backend.record("cli.query", {"filters": filters.to_json(), "returned": len(records)})
         rows = [_row(r) for r in records]
     _print_records(rows, output)
     if next_token:
@@ -438,9 +435,9 @@ def audit_export(
                 total = backend.store.count()
             except InvalidQuery as exc:
                 raise _fail(str(exc)) from None
-            backend.record("cli.export", {"filters": _filters_for_audit(filters), "format": fmt})
+            backend.record("cli.export", {"filters": filters.to_json(), "format": fmt})
             try:
-                lines = backend.trail.export(fmt, filters.as_kwargs())
+                lines = backend.trail.export(fmt, filters.given())
                 with _progress("exporting", total if fmt == "jsonl" else None) as update:
                     written = 0
                     for line in lines:
