@@ -1851,11 +1851,20 @@ def _fill(ctx: _Context, template: str, focus: str | None) -> tuple[str, tuple[G
     return "".join(text_parts), tuple(spans)
 
 
-def make_sample(half: Half, kind: str, seed: int, *, index: int = -1) -> RedTeamSample:
-    """One message of ``kind`` drawn with ``seed`` from ``half``'s templates (same seed, same message)."""
+def make_sample(
+    half: Half, kind: str, seed: int, *, index: int = -1, language: str | None = None
+) -> RedTeamSample:
+    """One message of ``kind`` drawn with ``seed`` from ``half``'s templates (same seed, same message).
+
+    ``language`` fixes the language instead of drawing it (it must be one of the kind's); the rest of the
+    message is drawn as without it.
+    """
     spec = KINDS[kind]
     rng = random.Random(f"{half.name}:{half.seed}:{kind}:{seed}")
-    language = rng.choice(spec.languages)
+    drawn = rng.choice(spec.languages)
+    if language is not None and language not in spec.languages:
+        raise ValueError(f"kind {kind!r} has no {language!r} messages; its languages: {spec.languages}")
+    language = language or drawn
     if kind.startswith("negative_"):
         templates = half.negatives[kind][language]
         template = rng.choice(templates)
