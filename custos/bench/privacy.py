@@ -635,9 +635,9 @@ def score_redteam(samples: Iterable[RedTeamSample], analyze: Analyze) -> RedTeam
                 covered[index] = True
         squashed_input = _squash(model_input(sample.text, spans))
         for gold in sample.spans:
-            value_keys = ("all", f"lang:{sample.language}", f"kind:{gold.kind}", f"type:{gold.entity_type}")
+            value_keys = ["all", f"lang:{sample.language}", f"kind:{gold.kind}", f"type:{gold.entity_type}"]
             if gold.entity_type == "PERSON":
-                value_keys += (f"person:{sample.language}",)
+                value_keys.append(f"person:{sample.language}")
             leaked = leaked_characters(sample.text, gold.start, gold.end, covered) > 0
             value = _squash(sample.text[gold.start : gold.end])
             verbatim = bool(value) and value in squashed_input
