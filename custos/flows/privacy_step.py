@@ -21,7 +21,7 @@ from custos.privacy.errors import UnsupportedLanguage
 from custos.privacy.guard import Detection, OutputGuard
 from custos.privacy.pseudonymize import Analysis, PlaceholderMap, Pseudonymized, Pseudonymizer
 from custos.privacy.streaming import StreamRestorer
-from custos.privacy.vault import ConversationVault
+from custos.privacy.vault import ConversationVault, SubjectMismatch
 
 #: Who may have placeholders restored; the default lets every caller (no permissions configured yet).
 ReidentifyCheck = Callable[[Caller], bool]
@@ -140,7 +140,17 @@ class PrivacyStage:
                         "pii": {"counts": analysis.counts()},
                     },
                 )
-        anon, vault_info = self._assign(analysis, conversation_ref, subject_ref)
+        try:
+            anon, vault_info = self._assign(analysis, conversation_ref, subject_ref)
+        except SubjectMismatch:
+            raise PrivacyRefusal(
+                FailedPrecondition(
+                    "subject_id: the conversation was started with another subject_id (or without one); "
+                    "use a new conversation_id for this subject"
+                ),
+                "generate",
+                {"privacy_policy": {**policy, "decision": "refused_subject"}},
+            ) from None
         policy["decision"] = "masked"
         return PrivacyDecision(anon=anon, audit={"privacy_policy": policy, "vault": vault_info})
 
