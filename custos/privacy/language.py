@@ -1,10 +1,17 @@
-"""Language detection for the language policy.
+"""Language detection: which language's pipeline analyses a message.
 
-Text in a language without an analyzer pipeline is refused or analysed with pattern recognizers only, never
-passed silently.
+Text in a served language goes to that language's pipeline; text in a language without one is refused or
+analysed with pattern recognizers only, never passed silently (``choose_pipeline``).
 
-Uses langdetect's bundled profiles (no download), with a fixed seed so the same text always gets the same
-answer. Short texts are not judged (too few characters to tell languages apart reliably).
+Uses langdetect's bundled profiles (no download), loaded in sorted order and with a fixed seed, so the same
+text gets the same answer in every process. Short texts are judged by their function words alone, and only
+when those are decisive (too few characters for langdetect to tell languages apart reliably).
+
+Names, e-mail domains and addresses say nothing about the language of a message, but langdetect counts
+their letters like any others: "Hi, Astrid Björgvinsdóttir here" reads as Swedish. A language langdetect
+names must therefore be backed by function words of its own (spaCy's stop-word lists): when the message
+has more English function words than function words of that language, it is English; when it has none of
+that language's, the answer rests on names alone and is not given.
 
 langdetect's sampling loop is pure Python and cost about 2 ms per 500-character message, an eighth of the
 whole analysis. Text that is clearly English is therefore recognised first by its function words, using
@@ -18,15 +25,22 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from custos.privacy.languages import DEFAULT_LANGUAGES
 
 #: Fewer letters than this and no language is claimed.
 DEFAULT_MIN_LETTERS = 40
-# Placeholders, e-mail addresses, URLs and digits say nothing about the language.
-_NOISE = re.compile(r"<[A-Z_0-9]+>|\S+@\S+|https?://\S+|[0-9]+")
+# Placeholders, e-mail addresses, URLs, host names ("orange.fr"), spelled-out top-level domains ("dot de")
+# and digits say nothing about the language.
+_NOISE = re.compile(
+    r"<[A-Z_0-9]+>|\S+@\S+|https?://\S+|\b[\w\-]{1,63}(?:\.[\w\-]{1,63}){1,8}\b"
+    r"|[\[(]?\b(?i:dot|punkt|point|punto|ponto|punt)\b[\])]?[ \t]+[A-Za-z]{2,3}\b|[0-9]+"
+)
 _WORD = re.compile(r"[^\W\d_]+")
 
 #: spaCy languages with stop-word lists (Latin script) whose stop words do not count as English evidence.
@@ -99,6 +113,11 @@ def _stop_words(languages: Iterable[str]) -> set[str]:
     return words
 
 
+def language_stop_words(language: str) -> set[str]:
+    """The stop words spaCy lists for ``language`` (see ``_language_stop_words``)."""
+    return _language_stop_words(language)
+
+
 def _language_stop_words(language: str) -> set[str]:
     """The stop words spaCy lists for ``language``, read from its ``stop_words.py`` alone.
 
@@ -134,24 +153,91 @@ class EnglishShortcut:
         return foreign <= _MAX_FOREIGN_PER_ENGLISH * english
 
 
-class LanguageDetector:
-    """Callable ``text -> (language, probability) | None``; profiles load once, here, not at import."""
+class FunctionWords:
+    """Function-word evidence for a language against English, from spaCy's stop-word lists.
 
-    def __init__(self, *, min_letters: int = DEFAULT_MIN_LETTERS, seed: int = 0) -> None:
+    ``own(words, language)`` counts the words that are stop words of ``language`` and not of English;
+    ``english(words, language)`` the words that are English stop words and not of ``language``.
+    """
+
+    def __init__(self) -> None:
+        self._english = frozenset(_language_stop_words("en"))
+        self._lists: dict[str, frozenset[str] | None] = {}
+        self._lock = threading.Lock()
+
+    def stop_words(self, language: str) -> frozenset[str]:
+        """The stop words spaCy lists for ``language`` (empty where it has none)."""
+        return self._english if language == "en" else (self._list(language) or frozenset())
+
+    def _list(self, language: str) -> frozenset[str] | None:
+        with self._lock:
+            if language not in self._lists:
+                try:
+                    self._lists[language] = frozenset(_language_stop_words(language))
+                except (OSError, ImportError, AttributeError):
+                    self._lists[language] = None  # spaCy has no stop-word list for it
+            return self._lists[language]
+
+    def known(self, language: str) -> bool:
+        """Whether spaCy has a stop-word list for ``language``."""
+        return language == "en" or self._list(language) is not None
+
+    def own(self, words: Sequence[str], language: str) -> int:
+        """Words that are function words of ``language`` and not of English."""
+        stop = self._list(language) or frozenset()
+        return sum(1 for word in words if word in stop and word not in self._english)
+
+    def english(self, words: Sequence[str], language: str) -> int:
+        """Words that are English function words and not of ``language``."""
+        stop = self._list(language) or frozenset()
+        return sum(1 for word in words if word in self._english and word not in stop)
+
+
+#: Function words of its own a language needs before a short text (too short for langdetect) is judged
+#: to be in it, and how many times the runner-up's they must be.
+_MIN_SHORT_TEXT_WORDS = 2
+_SHORT_TEXT_MARGIN = 2
+
+
+class LanguageDetector:
+    """Callable ``text -> (language, probability) | None``; profiles load once, here, not at import.
+
+    ``languages`` are the ones short texts may be judged to be in by their function words (the served
+    ones); longer texts may be in any language langdetect knows.
+    """
+
+    def __init__(
+        self,
+        *,
+        min_letters: int = DEFAULT_MIN_LETTERS,
+        seed: int = 0,
+        languages: Sequence[str] = DEFAULT_LANGUAGES,
+    ) -> None:
         from langdetect.detector_factory import PROFILES_DIRECTORY, DetectorFactory
 
         self._factory = DetectorFactory()
-        self._factory.load_profile(PROFILES_DIRECTORY)
+        # Sorted, so the language order (which breaks ties) is the same on every file system.
+        profiles = []
+        for name in sorted(os.listdir(PROFILES_DIRECTORY)):
+            path = Path(PROFILES_DIRECTORY) / name
+            if path.is_file() and not name.startswith("."):
+                profiles.append(path.read_text(encoding="utf-8"))
+        self._factory.load_json_profile(profiles)
         self._factory.set_seed(seed)
         self._min_letters = min_letters
         self._lock = threading.Lock()
         self._clearly_english = EnglishShortcut()
+        self._function_words = FunctionWords()
+        self._languages = tuple(languages)
+        others = [self._function_words.stop_words(code) for code in self._languages if code != "en"]
+        self._english_distinct = self._function_words.stop_words("en").difference(*others)
 
     def __call__(self, text: str) -> tuple[str, float] | None:
-        """Return the most probable language code and its probability, or None for too little text."""
+        """Return the most probable language code and its probability, or None when it cannot be told."""
         cleaned = _NOISE.sub(" ", text)
+        words = _WORD.findall(cleaned.lower())
         if sum(ch.isalpha() for ch in cleaned) < self._min_letters:
-            return None
+            return self._by_function_words(words)
         if self._clearly_english(cleaned):
             return "en", SHORTCUT_PROBABILITY
         from langdetect.lang_detect_exception import LangDetectException
@@ -163,4 +249,41 @@ class LanguageDetector:
                 best = detector.get_probabilities()[0]
             except (LangDetectException, IndexError):
                 return None
-        return str(best.lang), float(best.prob)
+        language, probability = str(best.lang), float(best.prob)
+        if language == "en":
+            return language, probability
+        return self._backed(words, language, probability)
+
+    def _backed(self, words: Sequence[str], language: str, probability: float) -> tuple[str, float] | None:
+        """The answer of langdetect if the message's function words back it (see the module)."""
+        evidence = self._function_words
+        if not evidence.known(language):
+            return language, probability  # nothing to check it against
+        own = evidence.own(words, language)
+        english = evidence.english(words, language)
+        if english > own and english >= _MIN_ENGLISH_WORDS // 2:
+            return "en", probability
+        if own == 0:
+            return None  # letters of names and domains only
+        return language, probability
+
+    def _by_function_words(self, words: Sequence[str]) -> tuple[str, float] | None:
+        """A short text's language when its function words decide it among ``languages``, else None."""
+        evidence = self._function_words
+        counts = sorted(
+            (
+                (evidence.own(words, code) if code != "en" else self._english_only(words), code)
+                for code in self._languages
+            ),
+            reverse=True,
+        )
+        if not counts:
+            return None
+        (best, language), runner_up = counts[0], (counts[1][0] if len(counts) > 1 else 0)
+        if best >= _MIN_SHORT_TEXT_WORDS and best >= _SHORT_TEXT_MARGIN * runner_up:
+            return language, SHORTCUT_PROBABILITY
+        return None
+
+    def _english_only(self, words: Sequence[str]) -> int:
+        """English function words that are function words of no other served language."""
+        return sum(1 for word in words if word in self._english_distinct)
