@@ -34,12 +34,15 @@ from pathlib import Path
 from custos.privacy.languages import DEFAULT_LANGUAGES
 
 #: Fewer letters than this and no language is claimed.
-DEFAULT_MIN_LETTERS = 40
-# Placeholders, e-mail addresses, URLs, host names ("orange.fr"), spelled-out top-level domains ("dot de")
-# and digits say nothing about the language.
+DEFAULT_MIN_LETTERS = 12
+# Placeholders, e-mail addresses, URLs, host names ("orange.fr"), spelled-out top-level domains ("dot de"),
+# bracketed "at" words, words with digits (an IBAN's "IT60", "12h00") and digits say nothing about the
+# language.
 _NOISE = re.compile(
     r"<[A-Z_0-9]+>|\S+@\S+|https?://\S+|\b[\w\-]{1,63}(?:\.[\w\-]{1,63}){1,8}\b"
-    r"|[\[(]?\b(?i:dot|punkt|point|punto|ponto|punt)\b[\])]?[ \t]+[A-Za-z]{2,3}\b|[0-9]+"
+    r"|[\[({]?\b(?i:dot|punkt|point|punto|ponto|punt)\b[\])}]?[ \t]*[A-Za-z]{2,3}\b"
+    r"|[\[({][ \t]*(?i:at|arroba|chiocciola|apenstaartje|klammeraffe|arobase)[ \t]*[\])}]"
+    r"|\b\w{0,40}\d\w{0,40}|[0-9]+"
 )
 _WORD = re.compile(r"[^\W\d_]+")
 
@@ -197,6 +200,8 @@ class FunctionWords:
 #: to be in it, and how many times the runner-up's they must be.
 _MIN_SHORT_TEXT_WORDS = 2
 _SHORT_TEXT_MARGIN = 2
+#: How many more function words another served language needs to override langdetect's served answer.
+_OVERRIDE_MARGIN = 2
 
 
 class LanguageDetector:
@@ -249,23 +254,47 @@ class LanguageDetector:
                 best = detector.get_probabilities()[0]
             except (LangDetectException, IndexError):
                 return None
-        language, probability = str(best.lang), float(best.prob)
-        if language == "en":
-            return language, probability
-        return self._backed(words, language, probability)
+        return self._decide([w for w in words if len(w) > 1], str(best.lang), float(best.prob))
 
-    def _backed(self, words: Sequence[str], language: str, probability: float) -> tuple[str, float] | None:
-        """The answer of langdetect if the message's function words back it (see the module)."""
+    def _decide(self, words: Sequence[str], detected: str, probability: float) -> tuple[str, float] | None:
+        """The answer of langdetect, checked against the message's function words (see the module docstring).
+
+        The candidate is the language with most function words of its own among the served ones and the
+        detected one; ties go to the detected language if served, then to a served one, so a Spanish message
+        langdetect calls Catalan is served as Spanish. English wins when it has at least as many function
+        words as the candidate (names and domains are not evidence); a language not served without any
+        function words of its own is no answer ("Astrid Björgvinsdóttir" is not Swedish).
+        Single letters are no evidence either ("Jana V Pátková": an initial, not a Slovak preposition).
+        """
         evidence = self._function_words
-        if not evidence.known(language):
-            return language, probability  # nothing to check it against
-        own = evidence.own(words, language)
-        english = evidence.english(words, language)
-        if english > own and english >= _MIN_ENGLISH_WORDS // 2:
+        served = set(self._languages)
+        candidates = {code for code in self._languages if code != "en"}
+        if detected != "en" and evidence.known(detected):
+            candidates.add(detected)
+        if not candidates:
+            return detected, probability
+        best = max(
+            sorted(candidates),
+            key=lambda code: (evidence.own(words, code), code == detected and code in served, code in served),
+        )
+        if detected in served and detected != "en" and best != detected:
+            # Close languages share function words: langdetect's served answer stands unless another served
+            # language has clearly more ("Cara Gracinda, recebemos o seu pedido e estamos...": Portuguese).
+            if evidence.own(words, best) < evidence.own(words, detected) + _OVERRIDE_MARGIN:
+                best = detected
+        own = evidence.own(words, best)
+        english = evidence.english(words, best)
+        if detected == "en":
+            if own >= _MIN_SHORT_TEXT_WORDS and own > english:
+                return best, probability
             return "en", probability
-        if own == 0:
-            return None  # letters of names and domains only
-        return language, probability
+        if not evidence.known(detected):
+            return detected, probability  # nothing to check it against
+        if english >= own and english > 0:
+            return "en", probability
+        if own == 0 and best not in served:
+            return None  # letters of names and domains only, of a language not served
+        return best, probability
 
     def _by_function_words(self, words: Sequence[str]) -> tuple[str, float] | None:
         """A short text's language when its function words decide it among ``languages``, else None."""

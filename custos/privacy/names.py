@@ -60,7 +60,7 @@ _STRONG_CUES = (
     r"my\s+name\s+is", r"my\s+name's", r"name\s*[:=-]?", r"user",
     r"names?\s+on\s+the\s+(?:card|account)\s+(?:is\s+)?",
     r"dear", r"mr\.?", r"mrs\.?", r"ms\.?", r"miss", r"dr\.?", r"prof\.?", r"regards\s*,?", r"sincerely\s*,?",
-    r"cheers\s*,?", r"thanks\s*,", r"thank\s+you\s*,", r"best\s*,", r"(?:card|account)\s*holder\s*:?",
+    r"cheers\s*,?", r"thanks\s*,", r"thank\s+you\s*,", r"best\s*,", r"(?:card|account)\s*holder(?:\s+is)?\s*:?",
     r"holder\s*:?", r"signed\s*:?", r"(?:called|call|calls|calling)\s+(?:me\s+)?by", r"on\s+behalf\s+of",
 )  # fmt: skip
 _WEAK_CUES = (
@@ -89,7 +89,10 @@ class NameCues:
     ``full_names_after_weak_cues``, a weak cue also takes two capitalised unknown words ("soy Urko
     Zubizarreta"): in English "I am Very Upset" is common enough to leave that off. With
     ``unlisted_pairs``, two proper words inside a sentence are a name (for languages without NER; English
-    capitalises product and team names too often).
+    capitalises product and team names too often). ``introductions`` ("my name is") take one or two words
+    in any case when a clause ends after them; ``signature_names``: proper words alone after the last
+    sentence are a name ("... reply to me there. Hylke"); ``name_then`` words follow a name that opens a
+    clause ("Millicent here").
     """
 
     strong: tuple[str, ...]
@@ -100,6 +103,9 @@ class NameCues:
     lower_common_words: frozenset[str] = frozenset()
     full_names_after_weak_cues: bool = False
     unlisted_pairs: bool = False
+    introductions: tuple[str, ...] = ()
+    signature_names: bool = False
+    name_then: tuple[str, ...] = ()
 
     def compile(self) -> tuple[re.Pattern[str], re.Pattern[str] | None]:
         """The cue regex and the sign-off regex (cue, line break), anchored where the name starts."""
@@ -113,7 +119,15 @@ class NameCues:
 
 
 #: The English cues; the default of ``PersonNameRecognizer``.
-ENGLISH_CUES = NameCues(strong=_STRONG_CUES, weak=_WEAK_CUES, sign_offs=_SIGN_OFFS)
+ENGLISH_CUES = NameCues(
+    strong=_STRONG_CUES,
+    weak=_WEAK_CUES,
+    sign_offs=_SIGN_OFFS,
+    full_names_after_weak_cues=True,
+    introductions=(r"my\s+name\s+is", r"my\s+name's", r"i'?m\s+called"),
+    signature_names=True,
+    name_then=("here", "speaking"),
+)
 
 # A word of letters (inner apostrophes and hyphens allowed), not glued to digits ("DE89" is no word).
 _WORD = re.compile(r"(?<![\w])[^\W\d_][^\W\d_'\u2019\-]*(?:['\u2019\-][^\W\d_]+)*(?![\w])")
@@ -206,6 +220,7 @@ class PersonNameRecognizer(LocalRecognizer):
     STRONG_CUE_SCORE = 0.75
     WEAK_CUE_SCORE = 0.6
     UNLISTED_PAIR_SCORE = 0.5
+    SIGNATURE_SCORE = 0.6
 
     def __init__(
         self, names: NameLists, *, cues: NameCues = ENGLISH_CUES, supported_language: str = "en"
@@ -213,6 +228,19 @@ class PersonNameRecognizer(LocalRecognizer):
         self._names = names
         self._cues = cues
         self._cue, self._sign_off = cues.compile()
+        self._name_then = (
+            re.compile(
+                rf"(?P<name>[^\W\d_][\w'\u2019\-]{{0,30}}(?:[ \t]+[^\W\d_][\w'\u2019\-]{{0,30}})?)"
+                rf"[ \t]+(?i:{'|'.join(cues.name_then)})(?=[ \t]*[,.!;:\-\u2013]|[ \t]*$)"
+            )
+            if cues.name_then
+            else None
+        )
+        self._introduction = (
+            re.compile(rf"(?i)\b(?:{'|'.join(cues.introductions)})[ \t]*[,:]?[ \t]*\Z")
+            if cues.introductions
+            else None
+        )
         self._common = cues.common_words
         self._lower_common = cues.lower_common_words
         self._particles = frozenset(cues.particles)
@@ -249,6 +277,12 @@ class PersonNameRecognizer(LocalRecognizer):
                     )
                     continue
             window = max(0, token.start - 60)
+            if self._introduction is not None and self._introduction.search(text, window, token.start):
+                # "ich heiße gismund zwirnlein": after an introduction, a name in any case.
+                end = self._introduced_name_end(text, tokens, index)
+                if end is not None:
+                    found.append((token.start, end, self.STRONG_CUE_SCORE, "name after an introduction"))
+                    continue
             cue = self._cue.search(text, window, token.start)
             if cue is not None:
                 strong = cue.group("strong") is not None
@@ -260,6 +294,10 @@ class PersonNameRecognizer(LocalRecognizer):
             if end is not None:
                 score = self.STRONG_CUE_SCORE if strong else self.WEAK_CUE_SCORE
                 found.append((token.start, end, score, f"name after a {'strong' if strong else 'weak'} cue"))
+        found.extend(self._announced_by_following_word(text, tokens))
+        signature = self._signature(text, tokens)
+        if signature is not None:
+            found.append((*signature, self.SIGNATURE_SCORE, "name alone at the end of the message"))
         merged: list[tuple[int, int, float, str]] = []
         for start, end, score, why in sorted(found):
             if merged and start < merged[-1][1]:  # overlapping finds become one name
@@ -423,6 +461,71 @@ class PersonNameRecognizer(LocalRecognizer):
         if following is not None and following.proper and _BLANKS.fullmatch(text[nxt.end : following.start]):
             return False  # three or more capitalised words: a title or an organisation, more likely
         return True
+
+    def _introduced_name_end(self, text: str, tokens: list[_Token], index: int) -> int | None:
+        """End of one or two words in any case after an introduction, if a clause ends after them.
+
+        ("mein Name ist gismund zwirnlein, ..."; "mein Name ist leider falsch geschrieben" is no name: the
+        words after it go on.)
+        """
+        end = None
+        for position in range(index, min(index + 2, len(tokens))):
+            token = tokens[position]
+            if len(token.text) == 1:
+                return None  # an initial: the cue rules read "Perpetua F. Oakenshaw" whole
+            if self._is_common(token) or token.key in self._lower_common:
+                break
+            if position > index and not _BLANKS.fullmatch(text[tokens[position - 1].end : token.start]):
+                break
+            end = token.end
+            rest = text[end:]
+            following = tokens[position + 1] if position + 1 < len(tokens) else None
+            if (
+                re.match(r"[ \t]*(?:[,.;:!?)\n]|$)", rest)
+                or following is not None
+                and _BLANKS.fullmatch(text[end : following.start])
+                and (self._is_common(following) or following.key in self._lower_common)
+            ):
+                return end
+        return None
+
+    def _announced_by_following_word(
+        self, text: str, tokens: list[_Token]
+    ) -> list[tuple[int, int, float, str]]:
+        """ "Hey, Millicent here.": one or two proper words before the language's "here", opening a clause."""
+        if self._name_then is None:
+            return []
+        found = []
+        for match in self._name_then.finditer(text):
+            start = match.start()
+            before = text[:start].rstrip(" \t")
+            if before and before[-1] not in ",.!?:;\n":
+                continue
+            words = [t for t in tokens if start <= t.start and t.end <= match.end("name")]
+            if words and all(w.proper and not self._is_common(w) for w in words):
+                found.append((words[0].start, words[-1].end, self.WEAK_CUE_SCORE, "name before a cue"))
+        return found
+
+    def _signature(self, text: str, tokens: list[_Token]) -> tuple[int, int] | None:
+        """One to three proper words alone after the last sentence of the message ("... PUNT nl. Hylke")."""
+        if not self._cues.signature_names or not tokens:
+            return None
+        if not re.fullmatch(r"[ \t.!\n]*", text[tokens[-1].end :]):
+            return None
+        for position in range(len(tokens) - 1, max(-1, len(tokens) - 4), -1):
+            token = tokens[position]
+            if not token.proper or self._is_common(token) or token.key in self._lower_common:
+                return None
+            if position < len(tokens) - 1 and not _BLANKS.fullmatch(
+                text[token.end : tokens[position + 1].start]
+            ):
+                return None
+            before = text[: token.start].rstrip(" \t")
+            if not before:
+                return None  # the whole message: a greeting or a word, not a signature
+            if before.endswith(("\n", ".", "!", "?", "-", "\u2013", "\u2014")):
+                return token.start, tokens[-1].end
+        return None
 
     def _full_name(self, text: str, tokens: list[_Token], index: int) -> bool:
         """Two proper, uncommon words from ``index`` ("Ich bin Almtraud Haverkamp"), where the cues allow it."""

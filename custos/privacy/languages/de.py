@@ -83,6 +83,12 @@ CUES = NameCues(
     ),
     full_names_after_weak_cues=True,
     unlisted_pairs=True,
+    introductions=(
+        r"mein\s+name\s+ist",
+        r"ich\s+hei(?:ß|ss)e",
+    ),
+    signature_names=True,
+    name_then=("hier", "am Apparat"),
     lower_common_words=NAME_LIKE_ENGLISH,
 )
 

@@ -69,6 +69,12 @@ CUES = NameCues(
     ),
     full_names_after_weak_cues=True,
     unlisted_pairs=True,
+    introductions=(
+        r"me\s+llamo",
+        r"mi\s+nombre\s+es",
+    ),
+    signature_names=True,
+    name_then=("aquí", "al habla"),
     lower_common_words=NAME_LIKE_ENGLISH | words("domingo abril mayo julio sábado rosa blanca luz paz sol"),
 )
 
@@ -93,6 +99,7 @@ PROFILE = LanguageProfile(
     number_words=(r"n[º°]\.?", r"no\.?", r"núm\.?", r"número", r"nro\.?"),
     copulas=("es", "era"),
     birth_labels=(
+        r"nací\s+el",
         r"nacid[oa]\s+el",
         r"nacid[oa]",
         r"fecha\s+de\s+nacimiento",

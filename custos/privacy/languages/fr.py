@@ -71,6 +71,12 @@ CUES = NameCues(
     ),
     full_names_after_weak_cues=True,
     unlisted_pairs=True,
+    introductions=(
+        r"je\s+m['\u2019]appelle",
+        r"mon\s+nom\s+est",
+    ),
+    signature_names=True,
+    name_then=("ici", "à l'appareil"),
     lower_common_words=NAME_LIKE_ENGLISH,
 )
 

@@ -71,6 +71,12 @@ CUES = NameCues(
     ),
     full_names_after_weak_cues=True,
     unlisted_pairs=True,
+    introductions=(
+        r"mi\s+chiamo",
+        r"il\s+mio\s+nome\s+è",
+    ),
+    signature_names=True,
+    name_then=("qui", "al telefono"),
     lower_common_words=NAME_LIKE_ENGLISH | words("rosa bianca sara otto ella mia"),
 )
 
@@ -103,7 +109,7 @@ PROFILE = LanguageProfile(
     },
     number_words=(r"n\.?[°º]?", r"num\.?", r"numero", r"nr\.?"),
     copulas=("è", "era"),
-    birth_labels=(r"nat[oa]\s+il", r"nat[oa]", r"data\s+di\s+nascita", r"nascita"),
+    birth_labels=(r"sono\s+nat[oa]\s+il", r"nat[oa]\s+il", r"nat[oa]", r"data\s+di\s+nascita", r"nascita"),
     months=(
         "gennaio",
         "febbraio",

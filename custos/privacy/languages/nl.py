@@ -69,6 +69,12 @@ CUES = NameCues(
     ),
     full_names_after_weak_cues=True,
     unlisted_pairs=True,
+    introductions=(
+        r"mijn\s+naam\s+is",
+        r"ik\s+heet",
+    ),
+    signature_names=True,
+    name_then=("hier", "aan de lijn"),
     lower_common_words=NAME_LIKE_ENGLISH | words("april juni september november beste ben"),
 )
 

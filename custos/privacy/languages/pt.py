@@ -75,6 +75,13 @@ CUES = NameCues(
     ),
     full_names_after_weak_cues=True,
     unlisted_pairs=True,
+    introductions=(
+        r"chamo-me",
+        r"(?:eu\s+)?me\s+chamo",
+        r"(?:o\s+)?meu\s+nome\s+é",
+    ),
+    signature_names=True,
+    name_then=("aqui", "falando"),
     lower_common_words=NAME_LIKE_ENGLISH | words("domingo abril dia boa bom nova"),
 )
 
@@ -114,7 +121,13 @@ PROFILE = LanguageProfile(
     },
     number_words=(r"n\.?[º°]", r"no\.?", r"número", r"nr\.?"),
     copulas=("é", "era"),
-    birth_labels=(r"nascid[oa]\s+(?:em|a)", r"nascid[oa]", r"data\s+de\s+nascimento", r"nascimento"),
+    birth_labels=(
+        r"nasci\s+(?:em|a|no\s+dia)",
+        r"nascid[oa]\s+(?:em|a)",
+        r"nascid[oa]",
+        r"data\s+de\s+nascimento",
+        r"nascimento",
+    ),
     months=(
         "janeiro",
         "fevereiro",
