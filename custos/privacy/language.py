@@ -277,11 +277,15 @@ class LanguageDetector:
             sorted(candidates),
             key=lambda code: (evidence.own(words, code), code == detected and code in served, code in served),
         )
-        if detected in served and detected != "en" and best != detected:
-            # Close languages share function words: langdetect's served answer stands unless another served
-            # language has clearly more ("Cara Gracinda, recebemos o seu pedido e estamos...": Portuguese).
-            if evidence.own(words, best) < evidence.own(words, detected) + _OVERRIDE_MARGIN:
-                best = detected
+        # Close languages share function words: langdetect's served answer stands unless another served
+        # language has clearly more ("Cara Gracinda, recebemos o seu pedido e estamos...": Portuguese).
+        if (
+            detected in served
+            and detected != "en"
+            and best != detected
+            and evidence.own(words, best) < evidence.own(words, detected) + _OVERRIDE_MARGIN
+        ):
+            best = detected
         own = evidence.own(words, best)
         english = evidence.english(words, best)
         if detected == "en":

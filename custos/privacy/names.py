@@ -60,8 +60,9 @@ _STRONG_CUES = (
     r"my\s+name\s+is", r"my\s+name's", r"name\s*[:=-]?", r"user",
     r"names?\s+on\s+the\s+(?:card|account)\s+(?:is\s+)?",
     r"dear", r"mr\.?", r"mrs\.?", r"ms\.?", r"miss", r"dr\.?", r"prof\.?", r"regards\s*,?", r"sincerely\s*,?",
-    r"cheers\s*,?", r"thanks\s*,", r"thank\s+you\s*,", r"best\s*,", r"(?:card|account)\s*holder(?:\s+is)?\s*:?",
-    r"holder\s*:?", r"signed\s*:?", r"(?:called|call|calls|calling)\s+(?:me\s+)?by", r"on\s+behalf\s+of",
+    r"cheers\s*,?", r"thanks\s*,", r"thank\s+you\s*,", r"best\s*,",
+    r"(?:card|account)\s*holder(?:\s+is)?\s*:?", r"holder\s*:?", r"signed\s*:?",
+    r"(?:called|call|calls|calling)\s+(?:me\s+)?by", r"on\s+behalf\s+of",
 )  # fmt: skip
 _WEAK_CUES = (
     r"this\s+is", r"i\s+am", r"i'?m", r"it'?s", r"hi", r"hello", r"hey", r"customer",
@@ -458,9 +459,12 @@ class PersonNameRecognizer(LocalRecognizer):
         if re.match(r"[ \t]*[\w-]*\d", after):
             return False  # "Galaxy S21", "Straße 12"
         following = tokens[index + 2] if index + 2 < len(tokens) else None
-        if following is not None and following.proper and _BLANKS.fullmatch(text[nxt.end : following.start]):
-            return False  # three or more capitalised words: a title or an organisation, more likely
-        return True
+        # Three or more capitalised words: a title or an organisation, more likely.
+        return not (
+            following is not None
+            and following.proper
+            and _BLANKS.fullmatch(text[nxt.end : following.start]) is not None
+        )
 
     def _introduced_name_end(self, text: str, tokens: list[_Token], index: int) -> int | None:
         """End of one or two words in any case after an introduction, if a clause ends after them.
@@ -480,9 +484,8 @@ class PersonNameRecognizer(LocalRecognizer):
             end = token.end
             rest = text[end:]
             following = tokens[position + 1] if position + 1 < len(tokens) else None
-            if (
-                re.match(r"[ \t]*(?:[,.;:!?)\n]|$)", rest)
-                or following is not None
+            if re.match(r"[ \t]*(?:[,.;:!?)\n]|$)", rest) or (
+                following is not None
                 and _BLANKS.fullmatch(text[end : following.start])
                 and (self._is_common(following) or following.key in self._lower_common)
             ):
@@ -492,7 +495,7 @@ class PersonNameRecognizer(LocalRecognizer):
     def _announced_by_following_word(
         self, text: str, tokens: list[_Token]
     ) -> list[tuple[int, int, float, str]]:
-        """ "Hey, Millicent here.": one or two proper words before the language's "here", opening a clause."""
+        """One or two proper words before the language's "here", opening a clause: "Hey, Millicent here."."""
         if self._name_then is None:
             return []
         found = []
@@ -528,7 +531,7 @@ class PersonNameRecognizer(LocalRecognizer):
         return None
 
     def _full_name(self, text: str, tokens: list[_Token], index: int) -> bool:
-        """Two proper, uncommon words from ``index`` ("Ich bin Almtraud Haverkamp"), where the cues allow it."""
+        """Two proper, uncommon words from ``index`` ("Ich bin Almtraud Haverkamp"), if the cues allow it."""
         if not self._cues.full_names_after_weak_cues or index + 1 >= len(tokens):
             return False
         head, nxt = tokens[index], tokens[index + 1]

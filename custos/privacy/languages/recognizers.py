@@ -1,4 +1,4 @@
-r"""Recognizers built from a ``LanguageProfile``: street addresses and postcodes, birth dates, reference labels.
+r"""Recognizers built from a ``LanguageProfile``: street addresses, postcodes, birth dates, reference labels.
 
 English text is served by the recognizers of ``custos.privacy.analyzer`` alone; every other language gets
 those (e-mail, card, IBAN, ... read the same in any language) plus the ones here, which know its street words
@@ -62,7 +62,8 @@ _NOT_TOWN = (
     r"(?!(?:Euro|EUR|Uhr|Stück|Mal|Tage|Jahre|Minuten|Stunden|Punkte|Bitte|Danke|Kunden|Kilometer|Meter|Km|"
     r"Dollar|USD|Francs|Jours|Ans|Heures|Días|Años|Horas|Giorni|Anni|Ore|Dias|Anos|Dagen|Jaar|Uur)\b)"
 )
-_TOWN = rf"{_NOT_TOWN}\p{{Lu}}[\p{{L}}'\u2019\-]{{1,30}}(?:[ \t]+(?:{_TOWN_LINK}[ \t]+)?\p{{Lu}}[\p{{L}}'\u2019\-]{{1,30}}){{0,2}}"
+_TOWN_WORD = r"\p{Lu}[\p{L}'\u2019\-]{1,30}"
+_TOWN = rf"{_NOT_TOWN}{_TOWN_WORD}(?:[ \t]+(?:{_TOWN_LINK}[ \t]+)?{_TOWN_WORD}){{0,2}}"
 # Where a postcode and town may start: a line, a comma, or a preposition ("in 10115 Berlin", "à 75001 Paris").
 _BEFORE_POSTCODE = (
     r"(?:^|[,;:(\n]|\b(?i:in|à|a|en|em|te|nach|aus|bei|per|da|de|naar|uit|op|cp|c\.p\.|plz|cap))[ \t]*\K"
@@ -90,7 +91,8 @@ class LocalStreetAddressRecognizer(PatternRecognizer):
                 # "Via Roma 10", "Calle Mayor, 5, 3º B", "Rua Augusta, n.º 100", "Laan van Meerdervoort 5".
                 Pattern(
                     "street word, street name, number",
-                    rf"\b(?i:{before})[ \t]+{_STREET_NAME},?[ \t]*{_NUMBER_LABEL}{_HOUSE_NUMBER}(?![\d\p{{L}}]){_FLOOR}",
+                    rf"\b(?i:{before})[ \t]+{_STREET_NAME},?[ \t]*{_NUMBER_LABEL}{_HOUSE_NUMBER}"
+                    rf"(?![\d\p{{L}}]){_FLOOR}",
                     STREET_SCORE,
                 ),
                 # "12 rue de la Paix", "12, Avenue Victor Hugo": the number first, a capitalised name.
@@ -118,7 +120,8 @@ class LocalStreetAddressRecognizer(PatternRecognizer):
                 # "Hauptstraße 12", "Karl-Marx-Str. 3a", "Berliner Straße 5", "Prinsengracht 263-267".
                 Pattern(
                     "street name with street word, number",
-                    rf"\b(?:\p{{Lu}}[\p{{L}}\-]{{0,30}}?(?i:{after})|(?:{_NAME_WORD}[ \t]+){{1,2}}(?=\p{{Lu}})(?i:{after}))"
+                    rf"\b(?:\p{{Lu}}[\p{{L}}\-]{{0,30}}?(?i:{after})"
+                    rf"|(?:{_NAME_WORD}[ \t]+){{1,2}}(?=\p{{Lu}})(?i:{after}))"
                     rf"(?![\p{{L}}])[ \t]+{_HOUSE_NUMBER}(?![\d\p{{L}}])",
                     STREET_SCORE,
                 )
@@ -223,7 +226,7 @@ class TitleFilteringSpacyRecognizer(SpacyRecognizer):
     def analyze(
         self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
     ) -> list[RecognizerResult]:
-        """spaCy's entities, less the PERSON spans whose every word is a title or a common word."""
+        """The entities spaCy found, less the PERSON spans whose every word is a title or a common word."""
         results = super().analyze(text, entities, nlp_artifacts)
         return [
             r

