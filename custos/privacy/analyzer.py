@@ -200,10 +200,11 @@ class MultilingualNlpEngine(OfflineSpacyNlpEngine):
 
     def load(self) -> None:
         """Load every configured pipeline, offline."""
-        self.nlp = {}
+        pipelines: dict[str, Language] = {}
         for model in self.models:
             self._validate_model_params(model)
-            self.nlp[model["lang_code"]] = load_pipeline(model["model_name"])
+            pipelines[model["lang_code"]] = load_pipeline(model["model_name"])
+        self.nlp = pipelines  # type: ignore[assignment]  # Presidio annotates it as None until loaded
 
 
 class _SharedResults(list[RecognizerResult]):

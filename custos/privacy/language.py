@@ -1,24 +1,27 @@
 """Language detection: which language's pipeline analyses a message.
 
 Text in a served language goes to that language's pipeline; text in a language without one is refused or
-analysed with pattern recognizers only, never passed silently (``choose_pipeline``).
+analysed with pattern recognizers only, never passed silently (``Pseudonymizer`` applies the policy).
 
 Uses langdetect's bundled profiles (no download), loaded in sorted order and with a fixed seed, so the same
-text gets the same answer in every process. Short texts are judged by their function words alone, and only
-when those are decisive (too few characters for langdetect to tell languages apart reliably).
+text gets the same answer in every process. Texts of fewer than ``DEFAULT_MIN_LETTERS`` letters are judged
+by their function words alone, and only when those are decisive.
 
 Names, e-mail domains and addresses say nothing about the language of a message, but langdetect counts
-their letters like any others: "Hi, Astrid Björgvinsdóttir here" reads as Swedish. A language langdetect
-names must therefore be backed by function words of its own (spaCy's stop-word lists): when the message
-has more English function words than function words of that language, it is English; when it has none of
-that language's, the answer rests on names alone and is not given.
+their letters like any others: "dob: ...; name: Astrid M Björgvinsdóttir" reads as Swedish. Its answer is
+therefore checked against the function words (spaCy's stop-word lists) of the message: English wins when it
+has at least as many as the candidate language; a served language with clearly more function words than
+langdetect's choice wins over it (Spanish that langdetect calls Catalan); a language that is not served
+and has no function words of its own in the message is no answer at all. Single letters are no evidence.
 
-langdetect's sampling loop is pure Python and cost about 2 ms per 500-character message, an eighth of the
-whole analysis. Text that is clearly English is therefore recognised first by its function words, using
-spaCy's stop-word lists: enough words that are English stop words and a stop word of none of 33 other
-languages spaCy knows ("the", "please", "from", "would", ...), at least 8 % of all words, and at most half as
-many stop words of the common European languages. Only text that fails this check goes to langdetect; on
-text that passes, langdetect answered English with a probability above 0.99999 on every benchmark message.
+langdetect's sampling loop is pure Python and costs 2 to 15 ms per 500-character message. Text that is
+clearly English is therefore recognised first by its function words: enough words that are English stop
+words and a stop word of none of 33 other languages spaCy knows ("the", "please", "from", "would", ...), at
+least 8 % of all words, and at most half as many stop words of the common European languages. Text that is
+clearly in another served language is recognised the same way, by function words of that language and of
+no other served one ("und", "nicht"; "vous", "les"), four times as many as any other served language's or
+English's. Only the rest goes to langdetect; on 1,797 benchmark, red-team and test messages both shortcuts
+gave langdetect's answer.
 """
 
 from __future__ import annotations

@@ -264,12 +264,14 @@ class PersonNameRecognizer(LocalRecognizer):
         for index, token in enumerate(tokens):
             if self._unknown_before_surname(text, tokens, index):
                 # "Lukasz Reid": a capitalised unknown first name before a listed surname.
-                end = self._surname_end(text, tokens, index + 1)
-                found.append((token.start, end, self.LIST_PAIR_SCORE, "name before a listed surname"))
+                surname_end = self._surname_end(text, tokens, index + 1)
+                found.append((token.start, surname_end, self.LIST_PAIR_SCORE, "name before a listed surname"))
             if self._unlisted_pair(text, tokens, index):
                 # "die Gutschrift an Detwin Schwieters": two unknown proper words inside a sentence.
-                end = self._surname_end(text, tokens, index + 1)
-                found.append((token.start, end, self.UNLISTED_PAIR_SCORE, "two proper words in a sentence"))
+                pair_end = self._surname_end(text, tokens, index + 1)
+                found.append(
+                    (token.start, pair_end, self.UNLISTED_PAIR_SCORE, "two proper words in a sentence")
+                )
             if token.key in self._names.first and not self._is_common(token):
                 end = self._list_pair_end(text, tokens, index)
                 if end is not None:
