@@ -556,7 +556,11 @@ def language_recognizers(
         else:
             # "Madame, Monsieur" is no person (custos.privacy.languages.recognizers).
             never = profile.person_cues().common_words
-            recognizers.append(TitleFilteringSpacyRecognizer(never_names=never, **options))
+            recognizers.append(
+                TitleFilteringSpacyRecognizer(
+                    never_names=never, verb_endings=profile.ner_verb_endings, **options
+                )
+            )
     return recognizers
 
 

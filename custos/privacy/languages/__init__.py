@@ -61,6 +61,8 @@ class LanguageProfile:
     postcodes: tuple[str, ...] = ()
     #: Words near an address ("wohne", "Lieferadresse").
     address_context: tuple[str, ...] = ()
+    #: Endings of verbs that the language's small NER model takes for a name when they open a sentence.
+    ner_verb_endings: tuple[str, ...] = ()
     #: Whether function words are capitalised mid-sentence (German "Sie"), so never a name in any case;
     #: and the function words that are names all the same.
     capitalised_function_words: bool = False

@@ -163,6 +163,7 @@ PROFILE = LanguageProfile(
         r"rue\s+du\s+faubourg",
     ),
     postcodes=(r"\d{5}", r"(?:B-|CH-|L-)\d{4}"),
+    ner_verb_endings=("ez",),
     address_context=(
         "adresse",
         "habite",

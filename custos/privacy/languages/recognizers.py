@@ -216,12 +216,34 @@ class TitleFilteringSpacyRecognizer(SpacyRecognizer):
     """Presidio's spaCy recognizer without PERSON spans made of titles and greetings alone.
 
     French NER tags "Madame" and "Monsieur" in "Madame, Monsieur," as persons; such a span names no one.
-    A span with any other word ("Monsieur Lachaume") is kept whole.
+    A span with any other word ("Monsieur Lachaume") is kept whole. The small French model also takes a
+    verb opening a sentence for a person or place ("Livrez-vous à Lyon ?", "Répondez à ..."): a single word
+    with one of ``verb_endings`` at the start of a sentence, followed by a hyphen or a lower-case word, is
+    dropped too.
     """
 
-    def __init__(self, *, never_names: frozenset[str], **kwargs: Any) -> None:
+    def __init__(
+        self, *, never_names: frozenset[str], verb_endings: tuple[str, ...] = (), **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self._never_names = never_names
+        self._verb_start = (
+            re.compile(rf"[^\W\d_]{{2,31}}(?:{'|'.join(verb_endings)})(?=-|[ \t]+[^\W\d_])")
+            if verb_endings
+            else None
+        )
+
+    def _sentence_initial_verb(self, text: str, result: RecognizerResult) -> bool:
+        if self._verb_start is None or result.entity_type not in ("PERSON", "LOCATION"):
+            return False
+        before = text[: result.start].rstrip()
+        if before and before[-1] not in ".!?\n":
+            return False
+        match = self._verb_start.match(text, result.start)
+        if match is None or match.end() != result.end or not text[result.start].isupper():
+            return False
+        following = text[result.end :].lstrip(" \t")
+        return following.startswith("-") or following[:1].islower()
 
     def analyze(
         self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
@@ -231,6 +253,11 @@ class TitleFilteringSpacyRecognizer(SpacyRecognizer):
         return [
             r
             for r in results
-            if r.entity_type != "PERSON"
-            or not all(w.casefold() in self._never_names for w in _SPAN_WORD.findall(text[r.start : r.end]))
+            if not self._sentence_initial_verb(text, r)
+            and (
+                r.entity_type != "PERSON"
+                or not all(
+                    w.casefold() in self._never_names for w in _SPAN_WORD.findall(text[r.start : r.end])
+                )
+            )
         ]

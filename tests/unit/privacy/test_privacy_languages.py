@@ -367,3 +367,23 @@ def test_every_analysis_names_its_pipeline(served: Pseudonymizer) -> None:
     }  # fmt: skip
     english = served.analyze(["Hello, my name is John Smith and my parcel has not arrived yet."])
     assert english.pipeline.startswith("en_core_web_sm") and english.language == "en"
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ("Livrez-vous aussi à Lyon ? Répondez-moi par courriel, merci.", ["Lyon"]),
+        ("Pouvez-vous rappeler Monsieur Lachaume demain ?", ["Monsieur Lachaume"]),
+        ("Madame, Monsieur, le colis n'est pas arrivé.", []),
+    ],
+)
+def test_french_ner_spans_of_titles_or_opening_verbs_are_dropped(
+    served: Pseudonymizer, text: str, kept: list[str]
+) -> None:
+    analysis = served.analyze([text])
+    assert analysis.language == "fr"
+    found = [
+        text[s.start : s.end] for s in analysis.spans[0] if s.winner.entity_type in ("PERSON", "LOCATION")
+    ]
+    assert [value for value in found if value not in kept] == []
+    assert all(any(value in f for f in found) for value in kept), found
