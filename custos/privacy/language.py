@@ -34,7 +34,9 @@ import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from custos.privacy.languages import DEFAULT_LANGUAGES
+#: Languages served by default: English first (the language of text too short to tell), then the others
+#: that have a profile in ``custos.privacy.languages`` (here so that detection imports no analyzer code).
+DEFAULT_LANGUAGES: tuple[str, ...] = ("en", "de", "fr", "es", "it", "pt", "nl")
 
 #: Fewer letters than this and no language is claimed.
 DEFAULT_MIN_LETTERS = 12

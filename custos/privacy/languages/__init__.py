@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from custos.privacy.errors import UnsupportedLanguage
+from custos.privacy.language import DEFAULT_LANGUAGES as _DEFAULT_LANGUAGES
 from custos.privacy.names import NameCues
 
 _PLAIN_WORD = re.compile(r"[^\W\d_]+")
@@ -114,8 +115,8 @@ def _profiles() -> dict[str, LanguageProfile]:
 #: Registry by language code.
 LANGUAGE_PROFILES: Mapping[str, LanguageProfile] = _profiles()
 
-#: Languages served by default: English first (the language of text too short to judge), then the others.
-DEFAULT_LANGUAGES: tuple[str, ...] = ("en", "de", "fr", "es", "it", "pt", "nl")
+#: Languages served by default (defined with the language detection, which needs no analyzer code).
+DEFAULT_LANGUAGES = _DEFAULT_LANGUAGES
 
 
 def language_profile(code: str) -> LanguageProfile:

@@ -246,6 +246,11 @@ def test_names_are_not_in_the_name_lists() -> None:
 def test_the_six_languages_are_served_by_default(analyzer: AnalyzerEngine) -> None:
     assert list(DEFAULT_LANGUAGES) == ["en", "de", "fr", "es", "it", "pt", "nl"]
     assert analyzer.supported_languages == list(DEFAULT_LANGUAGES)
+    assert set(LANGUAGE_PROFILES) == set(DEFAULT_LANGUAGES)
+    from custos.server.settings import Settings
+
+    assert Settings.model_fields["pii_languages"].default == list(DEFAULT_LANGUAGES)
+    assert Settings.model_fields["pii_language_policy"].default == "refuse"  # for languages not served
     assert {code for code, profile in LANGUAGE_PROFILES.items() if profile.has_ner} == {"en", "fr"}
 
 
