@@ -91,6 +91,7 @@ class LocalAnonymizer:
         self._audit = AuditStore(db)
         analyzer = build_analyzer(
             spacy_model=settings.spacy_model,
+            languages=settings.pii_languages,
             entities=settings.pii_entities,
             phone_regions=settings.pii_phone_regions,
             deny_lists=settings.pii_deny_lists,

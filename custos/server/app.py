@@ -449,6 +449,7 @@ def build_components(
         reading = start_reading(settings)
     analyzer = build_analyzer(
         spacy_model=settings.spacy_model,
+        languages=settings.pii_languages,
         entities=settings.pii_entities,
         phone_regions=settings.pii_phone_regions,
         deny_lists=settings.pii_deny_lists,
@@ -468,7 +469,7 @@ def build_pseudonymizer(
     if detector is None and settings.pii_language_detection:
         from custos.privacy.language import LanguageDetector
 
-        detector = LanguageDetector()
+        detector = LanguageDetector(languages=analyzer.supported_languages)
     return Pseudonymizer(
         analyzer,
         score_threshold=settings.pii_score_threshold,

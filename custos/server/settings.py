@@ -272,12 +272,21 @@ class Settings(BaseSettings):
         description="Extra CRM reference types (or new labels for built-in ones) -> label words, e.g. "
         '{"CONTRACT_ID": ["contract"]}.',
     )
+    pii_languages: list[str] = Field(
+        ["en", "de", "fr", "es", "it", "pt", "nl"],
+        min_length=1,
+        description="Languages served, each with its own pipeline (spaCy NER for en and fr, patterns, name "
+        "cues and national formats for de, es, it, pt, nl). English (spacy_model) is always served: it "
+        "analyses text too short to tell.",
+    )
     pii_language_detection: bool = Field(
-        True, description="Detect the language of requests; other languages follow pii_language_policy."
+        True,
+        description="Detect the language of requests: a served language gets its pipeline, others follow "
+        "pii_language_policy.",
     )
     pii_language_policy: Literal["refuse", "patterns"] = Field(
         "refuse",
-        description="Text in a language without a pipeline: 'refuse' (FAILED_PRECONDITION) or 'patterns' "
+        description="Text in a language not in pii_languages: 'refuse' (FAILED_PRECONDITION) or 'patterns' "
         "(pattern recognizers only, marked in the audit record).",
     )
     pii_block_entities: list[str] = Field(
@@ -312,6 +321,18 @@ class Settings(BaseSettings):
         description="Directory of Classify label-set TOML files (with optional calibration); same id "
         "replaces a bundled set. Unset: only the bundled label sets.",
     )
+
+    @field_validator("pii_languages")
+    @classmethod
+    def _known_languages(cls, value: list[str]) -> list[str]:
+        from custos.privacy.languages import LANGUAGE_PROFILES
+
+        unknown = sorted(set(value) - set(LANGUAGE_PROFILES))
+        if unknown:
+            raise ValueError(f"no language profile for {unknown}; known: {sorted(LANGUAGE_PROFILES)}")
+        if len(set(value)) != len(value):
+            raise ValueError("pii_languages lists a language twice")
+        return value
 
     @field_validator("listen")
     @classmethod

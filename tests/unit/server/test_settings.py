@@ -42,6 +42,8 @@ def test_precedence_file_env_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         ({"max_new_tokens_limit": 0}, "max_new_tokens_limit"),
         ({"default_max_new_tokens": 600}, "default_max_new_tokens"),
         ({"pii_score_threshold": 1.5}, "pii_score_threshold"),
+        ({"pii_languages": ["en", "xx"]}, "pii_languages"),
+        ({"pii_languages": ["de", "de"]}, "pii_languages"),
         ({"no_such_setting": 1}, "no_such_setting"),
     ],
 )
