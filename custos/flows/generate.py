@@ -169,7 +169,9 @@ class GenerateFlow:
 
         # 3 generate from the anonymized conversation; 4 guard: restore placeholders only when asked.
         anon_turns = self._model_turns(call, anon)
-        restorer = services.privacy.restorer(anon.mapping, reidentify=call.reidentify)
+        restorer = services.privacy.restorer(
+            anon.mapping, reidentify=call.reidentify, language=decision.audit["privacy_policy"]["language"]
+        )
         run = _EngineRun(services.engine, services.executor, anon_turns, call, ctx.deadline)
         sent: list[str] = []
         status = "INTERNAL"

