@@ -20,10 +20,11 @@ from sqlalchemy import Engine, delete, func, select
 
 from custos.audit.db import translate_db_errors
 from custos.audit.events import AuditEvent
-from custos.audit.models import AuditRecordRow, IdempotencyRow, TranscriptRow
+from custos.audit.models import TranscriptRow
 from custos.audit.store import AuditStore
 from custos.privacy.errors import PrivacyError
 from custos.privacy.keys import MasterKeyProvider
+from custos.privacy.replies import erase_subject_replies
 from custos.privacy.subject_keys import SubjectKeyStore
 from custos.privacy.transcripts import open_transcript
 from custos.privacy.vault import ConversationVault
@@ -109,11 +110,8 @@ class SubjectService:
         return destroyed, self._vault.erase_subject(subject_ref)
 
     def _delete_stored_replies(self, subject_ref: str) -> int:
-        """Delete the stored idempotency replies of the subject's requests (sealed by a master key)."""
-        requests = select(AuditRecordRow.request_id).where(AuditRecordRow.subject_ref == subject_ref)
-        with translate_db_errors(), self._engine.begin() as conn:
-            deleted = conn.execute(delete(IdempotencyRow).where(IdempotencyRow.request_id.in_(requests)))
-        return int(deleted.rowcount or 0)
+        """Delete the subject's stored idempotency replies and pending claims (see privacy/replies.py)."""
+        return erase_subject_replies(self._engine, subject_ref)
 
     def erase(self, subject_ref: str, *, actor: str, rpc: str) -> ErasureResult:
         """Destroy the subject's key and vault rows, audit it, and append it to the ledger."""
