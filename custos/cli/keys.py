@@ -139,7 +139,12 @@ def keys_rewrap(
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Rewrap every subject key to the primary master version; safe to interrupt and run again."""
+    """Rewrap every subject key to the primary master version; safe to interrupt and run again.
+
+    Idempotency replies still sealed by a master key alone (written by the previous release) are resealed
+    for their subject first, so nothing is left that only a master key version opens.
+    """
+    from custos.privacy.replies import reseal_legacy_replies
     from custos.privacy.subject_keys import SubjectKeyStore
     from custos.server.keys import open_master_keys
 
@@ -149,6 +154,7 @@ def keys_rewrap(
         engine = open_database(settings)
         store = SubjectKeyStore(engine, keys)
         before = store.usage()
+        replies = reseal_legacy_replies(engine, keys, store, batch_size=batch_size)
         pending = store.pending_rewrap()
         with Progress(
             TextColumn("rewrapping subject keys"),
@@ -168,7 +174,14 @@ def keys_rewrap(
                 "primary": keys.current_version,
                 "moved": moved,
                 "before": {str(v): n for v, n in sorted(before.items())},
+                "replies_resealed": replies.resealed,
+                "replies_dropped": replies.dropped,
             },
+        )
+    if replies.resealed or replies.dropped:
+        out.print(
+            f"{replies.resealed} idempotency replies resealed for their subjects, {replies.dropped} deleted "
+            "(subject unknown or erased)"
         )
     out.print(
         f"{moved} subject keys rewrapped to master key version {keys.current_version} (audit record {record})"

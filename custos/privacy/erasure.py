@@ -24,10 +24,11 @@ from sqlalchemy import Engine, Select, delete, func, select, union, update
 
 from custos.audit.db import translate_db_errors
 from custos.audit.events import AuditEvent
-from custos.audit.models import AuditRecordRow, FeedbackRow, IdempotencyRow, TranscriptRow
+from custos.audit.models import AuditRecordRow, FeedbackRow, TranscriptRow
 from custos.audit.store import AuditStore
 from custos.privacy.errors import PrivacyError
 from custos.privacy.keys import MasterKeyProvider
+from custos.privacy.replies import erase_subject_replies
 from custos.privacy.subject_keys import SubjectKeyStore
 from custos.privacy.transcripts import open_transcript
 from custos.privacy.vault import ConversationVault
@@ -161,14 +162,11 @@ class SubjectService:
             .where(FeedbackRow.request_id.in_(requests), FeedbackRow.comment.is_not(None))
             .values(comment=None)
         )
-        # Stored idempotency replies hold the answer, sealed by a master key.
-        replies = delete(IdempotencyRow).where(IdempotencyRow.request_id.in_(requests))
         if before is not None:
             comments = comments.where(FeedbackRow.created_at < before)
-            replies = replies.where(IdempotencyRow.created_at < before)
         with translate_db_errors(), self._engine.begin() as conn:
             erased_comments = int(conn.execute(comments).rowcount or 0)
-            deleted_replies = int(conn.execute(replies).rowcount or 0)
+        deleted_replies = erase_subject_replies(self._engine, subject_ref, before=before)
         destroyed = self.subject_keys.erase(subject_ref, created_before=before)
         return _Destroyed(destroyed, vault_rows, erased_comments, deleted_replies)
 

@@ -55,6 +55,7 @@ from custos.flows.types import Caller
 from custos.privacy.erasure import ErasureLedger, SubjectService, purge_transcripts
 from custos.privacy.keys import MasterKeyProvider
 from custos.privacy.pseudonymize import Pseudonymizer
+from custos.privacy.replies import purge_expired_replies, purge_replies_before
 from custos.privacy.subject_keys import SubjectKeyStore
 from custos.privacy.vault import ConversationVault
 from custos.security.auth import AccessControl, Authenticator
@@ -150,6 +151,8 @@ class CustosServer:
         self._checkpoint_task: asyncio.Task[None] | None = None
         self._retention_task: asyncio.Task[None] | None = None
         self.vault_purge: VaultPurgeTask | None = None
+        #: Deletes idempotency replies past ``idempotency_ttl_s`` (the same housekeeping as the vault's).
+        self.reply_purge: VaultPurgeTask | None = None
         #: Who may have placeholders restored: holders of the ``reidentify`` permission.
         self.may_reidentify: ReidentifyCheck = holds_reidentify_permission
 
@@ -216,6 +219,13 @@ class CustosServer:
             on_failure=lambda: self.metrics.vault_purge_runs.labels("failed").inc(),
         )
         self.vault_purge.start()
+        self.reply_purge = VaultPurgeTask(
+            lambda: purge_expired_replies(db, now=datetime.now(UTC)),
+            interval_s=settings.vault_purge_interval_s,
+            executor=self._executor,
+            what="idempotency replies",
+        )
+        self.reply_purge.start()
         privacy = PrivacyStage(
             pseudonymizer,
             vault=vault,
@@ -280,7 +290,9 @@ class CustosServer:
                     subject_keys=self.subject_keys,
                     templates=templates,
                     label_sets=label_sets,
-                    idempotency=IdempotencyStore(db, self.keys, self._executor),
+                    idempotency=IdempotencyStore(
+                        db, self.keys, self.subject_keys, self._executor, ttl_s=settings.idempotency_ttl_s
+                    ),
                 ),
                 classify=ClassifyFlow(flows, label_sets=label_sets),
                 admission=admission,
@@ -356,11 +368,18 @@ class CustosServer:
                 log.error("writing an audit checkpoint failed", extra={"fields": fields})
 
     async def purge_expired_transcripts(self) -> int:
-        """Destroy transcripts past ``transcript_retention_days`` (audited, counted in metrics)."""
+        """Destroy transcripts past ``transcript_retention_days`` (audited, counted in metrics).
+
+        Idempotency replies as old go too: a stored answer never outlives its transcript.
+        """
         audit = self.audit
         assert audit is not None
         cutoff = datetime.now(UTC) - timedelta(days=self.settings.transcript_retention_days)
-        deleted = await asyncio.get_running_loop().run_in_executor(
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(
+            self._executor, lambda: purge_replies_before(audit.engine, older_than=cutoff)
+        )
+        deleted = await loop.run_in_executor(
             self._executor,
             lambda: purge_transcripts(
                 audit.engine, audit, older_than=cutoff, actor="custos:retention", rpc="retention purge"
@@ -418,6 +437,8 @@ class CustosServer:
             self._retention_task = None
         if self.vault_purge is not None:
             await self.vault_purge.stop()
+        if self.reply_purge is not None:
+            await self.reply_purge.stop()
         # The scheduler thread finishes what it holds (calls past the deadline were cancelled above).
         await asyncio.get_running_loop().run_in_executor(None, self.components.engine.close)
         await flush_pending_tasks(timeout=max(grace, 5.0))

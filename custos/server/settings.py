@@ -90,6 +90,14 @@ class Settings(BaseSettings):
         description="Transcripts older than this are destroyed by the server and custos transcripts purge; "
         "0 keeps them.",
     )
+    idempotency_ttl_s: int = Field(
+        24 * 3600,
+        ge=60,
+        le=366 * 24 * 3600,
+        description="How long the sealed first answer to a Generate idempotency key is kept and replayed; "
+        "never longer than transcript_retention_days. Expired replies are deleted every "
+        "vault_purge_interval_s.",
+    )
     model_source: str = Field(
         "bundled",
         description="'bundled' (Gemma 3 270M from the installed package), a local GGUF file or a local "
@@ -369,6 +377,17 @@ class Settings(BaseSettings):
     def _cert_and_key_together(cls, value: Path | None, info: Any) -> Path | None:
         if (value is None) != (info.data.get("tls_cert_file") is None):
             raise ValueError("set tls_cert_file and tls_key_file together")
+        return value
+
+    @field_validator("idempotency_ttl_s")
+    @classmethod
+    def _replies_within_retention(cls, value: int, info: Any) -> int:
+        days = info.data.get("transcript_retention_days")
+        if days and value > days * 24 * 3600:
+            raise ValueError(
+                f"must not exceed transcript_retention_days ({days} d = {days * 24 * 3600} s): "
+                "a stored answer must not outlive its transcript"
+            )
         return value
 
     @field_validator("default_max_new_tokens")
