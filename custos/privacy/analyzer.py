@@ -6,10 +6,10 @@ seconds) and is meant to be called once, in app wiring, and the result passed to
 Entity decisions (``ENABLED_ENTITIES`` is on, ``DISABLED_ENTITIES`` documents what is off and why):
 
 * On: names (spaCy NER plus name lists and cues, ``custos.privacy.names``) and locations (spaCy NER),
-  e-mail, phone (by region), card numbers (Luhn), IBAN (any case, checksum), US SSN, IP address, crypto
-  wallet (checksum), labelled CRM references (customer/account/order/ticket IDs), dates after a birth
-  label (numeric and in words), street addresses, URLs that carry an identifier. ORGANIZATION (spaCy ORG)
-  exists but is off by default.
+  e-mail, phone (by region), card numbers (Luhn), IBAN (any case, checksum), US SSN, national identity
+  numbers (checksums: DE, FR, ES, IT, NL, PT), IP address, crypto wallet (checksum), labelled CRM
+  references (customer/account/order/ticket IDs), dates after a birth label (numeric and in words),
+  street addresses, URLs that carry an identifier. ORGANIZATION (spaCy ORG) exists but is off by default.
 * Off: see ``DISABLED_ENTITIES``. They either fire on ordinary CRM text (dates, nationalities, US phone
   numbers read as UK NHS numbers) or need a use case that asks for them. Where Presidio's recognizer is
   off but what it caught when it was right is personal data, a Custos recognizer covers that part:
@@ -29,12 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy
+import phonenumbers
 import spacy
 import tldextract
 from presidio_analyzer import AnalyzerEngine, EntityRecognizer, RecognizerResult
 from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
 from presidio_analyzer.nlp_engine import NlpArtifacts, NlpEngine, NlpEngineProvider, SpacyNlpEngine
-from presidio_analyzer.predefined_recognizers import PhoneRecognizer, SpacyRecognizer
+from presidio_analyzer.predefined_recognizers import SpacyRecognizer
 from presidio_analyzer.recognizer_registry import RecognizerRegistry
 from spacy.language import Language
 from spacy.tokens import Doc
@@ -57,6 +58,7 @@ from custos.privacy.structured import (
     IbanCodeRecognizer,
     IdentifyingUrlRecognizer,
     IpAddressRecognizer,
+    NationalIdRecognizer,
     NormalizedTextRecognizer,
     SsnRecognizer,
 )
@@ -74,6 +76,7 @@ ENABLED_ENTITIES: tuple[str, ...] = (
     "CREDIT_CARD",
     "IBAN_CODE",
     "US_SSN",
+    "NATIONAL_ID",
     "IP_ADDRESS",
     "CRYPTO",
     "DATE_OF_BIRTH",
@@ -102,8 +105,11 @@ DISABLED_ENTITIES: Mapping[str, str] = {
 }
 
 #: Regions whose national formats are matched without a leading +country code; numbers written with +CC are
-#: found in any region. Presidio's default list.
-DEFAULT_PHONE_REGIONS: tuple[str, ...] = PhoneRecognizer.DEFAULT_SUPPORTED_REGIONS
+#: found in any region. Presidio's default list has "UK" and "FE", which phonenumbers does not know (the
+#: United Kingdom is "GB"); the European languages served are added. Same list as the settings' default.
+DEFAULT_PHONE_REGIONS: tuple[str, ...] = (
+    "US", "GB", "DE", "FR", "ES", "IT", "PT", "NL", "IL", "IN", "CA", "BR",
+)  # fmt: skip
 
 #: spaCy (OntoNotes) NER labels that become Presidio entities; every other label the model has is ignored.
 SPACY_LABEL_TO_ENTITY: Mapping[str, str] = {
@@ -137,6 +143,7 @@ _RECOGNIZER_FACTORIES: Mapping[str, _RecognizerFactory] = {
     "CREDIT_CARD": lambda lang, _regions: CreditCardNumberRecognizer(supported_language=lang),
     "IBAN_CODE": lambda lang, _regions: IbanCodeRecognizer(supported_language=lang),
     "US_SSN": lambda lang, _regions: SsnRecognizer(supported_language=lang),
+    "NATIONAL_ID": lambda lang, _regions: NationalIdRecognizer(supported_language=lang),
     "IP_ADDRESS": lambda lang, _regions: IpAddressRecognizer(supported_language=lang),
     "CRYPTO": lambda lang, _regions: CryptoWalletRecognizer(supported_language=lang),
     "DATE_OF_BIRTH": lambda lang, _regions: DateOfBirthRecognizer(supported_language=lang),
@@ -150,7 +157,16 @@ _NER_ENTITIES = frozenset(SPACY_LABEL_TO_ENTITY.values())
 #: Entity types whose recognizer also runs on the normalised text (``normalized_text_recognizers``); CRM
 #: reference types, built-in or configured, are added to these.
 NORMALIZED_TEXT_ENTITIES: frozenset[str] = frozenset(
-    {"EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS", "DATE_OF_BIRTH"}
+    {
+        "EMAIL_ADDRESS",
+        "PHONE_NUMBER",
+        "CREDIT_CARD",
+        "IBAN_CODE",
+        "US_SSN",
+        "NATIONAL_ID",
+        "IP_ADDRESS",
+        "DATE_OF_BIRTH",
+    }
 )
 
 #: Key in ``Doc.user_data`` of the tokens' end offsets (``InPlaceContextEnhancer`` searches them).
@@ -424,7 +440,8 @@ def build_analyzer(
     ``crm_references`` maps an extra reference entity type (e.g. ``CONTRACT_ID``) to its label words, or
     replaces the label words of a built-in one; such types are enabled.
     Raises ``UnsupportedLanguage`` when the spaCy model is for another language, ``UnsupportedEntity`` for an
-    entity type no recognizer here detects, ``PrivacyError`` when the model package is not installed.
+    entity type no recognizer here detects, ``PrivacyError`` when the model package is not installed or a
+    phone region is not one phonenumbers knows.
     """
     crm_specs = {
         entity: CrmReferenceSpec(entity, tuple(labels)) for entity, labels in (crm_references or {}).items()
@@ -444,6 +461,12 @@ def build_analyzer(
     if not wanted and not deny_lists:
         # Presidio would load *all* predefined recognizers for an empty registry.
         raise UnsupportedEntity("at least one entity type must be enabled")
+
+    unknown_regions = [region for region in phone_regions if region not in phonenumbers.SUPPORTED_REGIONS]
+    if unknown_regions:
+        raise PrivacyError(
+            f"unknown phone region(s) {unknown_regions}: use phonenumbers' ISO 3166 codes (GB, not UK)"
+        )
 
     make_tldextract_offline()
     silence_text_logging()

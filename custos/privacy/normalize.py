@@ -27,6 +27,7 @@ exactly the original characters of the value, whatever was rewritten inside it.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import itertools
 import re
 import unicodedata
@@ -108,6 +109,40 @@ _CHARACTER_TROUBLE = re.compile(
 )
 
 
+_LINE_BREAK = re.compile(r"[\n\r\v\f]")
+_SHORT_CAPITALS = re.compile(r"[A-Z]{1,2}")
+
+
+def _token_before(text: str, start: int) -> str:
+    piece = text[max(0, start - 64) : start]
+    return re.split(r"\s", piece)[-1]
+
+
+def _token_after(text: str, end: int) -> str:
+    piece = text[end : end + 64]
+    return re.split(r"\s", piece)[0]
+
+
+def _breaks_a_value(text: str, start: int, end: int) -> bool:
+    r"""Whether a line break at ``text[start:end]`` falls inside a value rather than between two words.
+
+    Inside an e-mail address (the joined word has an "@"), between two pieces of a number (both hold
+    digits), or after one or two capitals before digits (an IBAN's country code: "D\nE\n8514...").
+    """
+    left, right = _token_before(text, start), _token_after(text, end)
+    if not left or not right or left[-1] in ".!?;:,)":
+        return False
+    if "@" in left + right:
+        return True
+    left_digits, right_digits = any(c.isdigit() for c in left), any(c.isdigit() for c in right)
+    if left_digits and right_digits:
+        return True
+    return bool(
+        (_SHORT_CAPITALS.fullmatch(left) and (right_digits or _SHORT_CAPITALS.fullmatch(right)))
+        or (_SHORT_CAPITALS.fullmatch(right) and left_digits)
+    )
+
+
 def _characters(text: str) -> tuple[str, list[int], list[int]]:
     out = _Builder(text)
     cursor = 0
@@ -125,6 +160,8 @@ def _characters(text: str) -> tuple[str, list[int], list[int]]:
                 continue  # "exam-\nple": a word hyphenated across a line break
             if piece[0] == "-":
                 out.emit("-", start, end)  # "4111-\n1111"
+            elif _LINE_BREAK.search(piece) and _breaks_a_value(text, start, end):
+                out.emit("", start, end)  # "jane.doe@exam\nple.com", "DE44 5001\n0517", "836-2\n7-5305"
             else:
                 out.emit(" ", start, end)
             continue
@@ -153,7 +190,9 @@ def _alternation(words: Iterable[str]) -> str:
 
 
 #: Words for "@" in English, French, Spanish, Portuguese, Italian, German and Dutch.
-AT_WORDS = ("at", "arobase", "arrobase", "arroba", "chiocciola", "klammeraffe", "apenstaartje", "apestaart")
+AT_WORDS = (
+    "at", "ät", "arobase", "arrobase", "arroba", "chiocciola", "klammeraffe", "apenstaartje", "apestaart",
+)  # fmt: skip
 #: Words for "." in e-mail addresses.
 DOT_WORDS = ("dot", "point", "punkt", "punto", "punt", "ponto")
 _UNDERSCORE_WORDS = (
@@ -238,9 +277,15 @@ def _separator_symbol(separator: str) -> str:
     return "-"
 
 
+@functools.cache
+def _suffix_extractor() -> tldextract.TLDExtract:
+    """The tldextract extractor with its bundled public-suffix snapshot: no download, no cache on disk."""
+    return tldextract.TLDExtract(cache_dir=None, suffix_list_urls=(), fallback_to_snapshot=True)
+
+
 @functools.lru_cache(maxsize=4096)
 def _has_public_suffix(domain: str) -> bool:
-    parts = tldextract.extract(domain)
+    parts = _suffix_extractor()(domain)
     return bool(parts.suffix and parts.domain)
 
 
@@ -343,7 +388,7 @@ _DATE_SHAPES = (
     re.compile(r"\d{1,2}([./\-])\d{1,2}\1(?:\d{2}|\d{4})"),
     re.compile(r"\d{4}([./\-])\d{1,2}\1\d{1,2}"),
 )
-_IP_SHAPE = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
+
 _AMOUNT_SHAPE = re.compile(r"[1-9]\d{0,2}(?:([.,])\d{3})(?:\1\d{3})*(?:[.,]\d{1,2})?|\d+[.,]\d{1,2}")
 _STANDARD_SEPARATOR = re.compile(r"[ ]|-|[ ]?[()][ ]?")
 
@@ -397,7 +442,8 @@ def _rewrite_run(run: str, offset: int, plus: tuple[int, int] | None, out: _Buil
         else:
             groups.append(_item_digits(pieces[index][1]))
     splitting = [pieces[i][1] for i, join in zip(range(1, len(pieces), 2), joins, strict=True) if not join]
-    ip_like = len(groups) == 4 and all(len(g) <= 3 for g in groups) and all(map(_is_dot, splitting))
+    # "one nine two dot one six eight ...", "217 . 143 . 145 . 70": an IPv4 address keeps its dots.
+    ip_like = len(groups) == 4 and all(map(_is_dot, splitting)) and _is_ip_address(".".join(groups))
     single_digits = not words and sum(len(group) == 1 for group in groups) >= 3
     if plus is not None:
         out.emit("+", *plus)
@@ -419,14 +465,23 @@ def _rewrite_run(run: str, offset: int, plus: tuple[int, int] | None, out: _Buil
 
 
 def _keeps_its_form(run: str, separators: list[str], groups: list[str]) -> bool:
-    """A digits-only run written normally, a list ("1234, 5678"), a date, an IP address or an amount."""
+    """A digits-only run written normally, a list, two sentences, a date, an IP address or an amount."""
     if sum(len(group) == 1 for group in groups) < 3 and all(
         _STANDARD_SEPARATOR.fullmatch(s) for s in separators
     ):
         return True
-    if any(s.strip(" ") == "," and s.endswith(" ") for s in separators):
-        return True
-    return any(shape.fullmatch(run) for shape in (*_DATE_SHAPES, _IP_SHAPE, _AMOUNT_SHAPE))
+    if any(s.strip(" ") in (",", ".") and s.endswith(" ") and not s.startswith(" ") for s in separators):
+        return True  # "1234, 5678", "order 12345. 67890 is ...": a list or a sentence end
+    return _is_ip_address(run) or any(shape.fullmatch(run) for shape in (*_DATE_SHAPES, _AMOUNT_SHAPE))
+
+
+def _is_ip_address(run: str) -> bool:
+    """An IPv4 address as written ("192.168.0.1"; "81.06.43.106" with its leading zero is a phone number)."""
+    try:
+        ipaddress.IPv4Address(run)
+    except ValueError:
+        return False
+    return True
 
 
 def _numbers(text: str) -> tuple[str, list[int], list[int]]:

@@ -36,15 +36,19 @@ class CrmReferenceSpec:
     score: float = 0.6
 
 
-#: Label words of the built-in reference types, in English, German, French, Spanish, Italian, Portuguese and
-#: Dutch (German compounds by their first part: "Kunden" + "nummer").
+#: Label words of the built-in reference types and their usual abbreviations, in English, German, French,
+#: Spanish, Italian, Portuguese and Dutch. German and Dutch compounds match by their first part ("Kunden" +
+#: "nummer", "klant" + "nr"); an abbreviation that is also an English word is listed with its dot ("best.").
 _CRM_LABELS = {
-    "CUSTOMER_ID": "customer client member membership kunde kunden kd cliente klant",
-    "ACCOUNT_ID": "account acct acc konto compte cuenta conto conta rekening",
-    "ORDER_ID": "order purchase_order po invoice contract bestellung bestell auftrag auftrags rechnung "
-    "rechnungs commande facture pedido factura ordine fattura encomenda fatura bestelling factuur",
-    "TICKET_ID": "ticket case incident reference ref vorgang vorgangs dossier incidencia caso pratica "
-    "chamado protocolo melding zaak",
+    "CUSTOMER_ID": "customer cust cst client clt cli member membership kunde kunden kd cliente klant "
+    "klanten abonné abonnee socio",
+    "ACCOUNT_ID": "account acct acc konto kto kundenkonto compte cpte cpt cuenta cta conto c/c conta "
+    "rekening klantaccount",
+    "ORDER_ID": "order ord purchase_order po invoice inv contract bestellung bestell best. auftrag auftrags "
+    "rechnung rechnungs commande cde cmd facture pedido factura ordine fattura encomenda fatura bestelling "
+    "bestel factuur",
+    "TICKET_ID": "ticket tkt tck case incident incid reference ref réf vorgang vorgangs dossier incidencia "
+    "caso pratica chamado protocolo melding zaak suporte soporte",
 }
 
 #: Registry by entity type; extend here (or pass extra specs to ``build_analyzer``) for new reference types.
@@ -53,22 +57,44 @@ CRM_REFERENCE_SPECS: Mapping[str, CrmReferenceSpec] = {
     for entity, words in _CRM_LABELS.items()
 }
 
-# What may sit between the label and the ID: "id", "no.", "number", "nummer", "n°", "is", "#", ":" in any
-# combination. Possessive spaces: a label followed by a long run of spaces is one pass, not one per split.
-_LABEL_SUFFIX = (
-    r"(?:[ \t]*+(?:id|no\.?|number|nr\.?|num\.?|reference|ref\.?|nummer|num[eé]ro|n[°º]|code))?"
-    r"(?:[ \t]++(?:is|was|ist|est|es|[eè]))?[ \t]*+[:#=]?[ \t]*+#?[ \t]*+"
+# Before the label: "n°", "no.", "número de", "cod.", "réf." ("n° client", "numero d'ordine", "cod.cli.").
+_LABEL_PREFIX = (
+    r"(?:(?:n[°º]|n\.[ \t]?º|n\.|no\.|nr\.?|num\.|numero|número|numéro|cod\.?|code|codice|código|ref\.|réf\.)"
+    r"[ \t]*+(?:(?:de|del|da|do|di)[ \t]++|d'[ \t]*+)?)?"
 )
-# An ID: 4+ characters of letters, digits and inner hyphens/slashes/underscores, at least one digit (so "order
-# please" is not an ID), starting and ending with a letter or digit. Bounded: IDs are short, and the
-# look-ahead then never scans a long word.
-_ID = r"(?=[A-Z0-9/_-]{0,63}[0-9])[A-Z0-9](?:[A-Z0-9/_-]{2,62}[A-Z0-9])\b"
+# After it, in any combination: "id", "no.", "nummer", "n°", "#", "(Kunde)", "is", ":". A compound
+# ("Kundennr", "meldingnr") has the suffix right after the label; otherwise the label must end its word
+# ("accountant" is no label). Possessive spaces: a label followed by a long run of spaces is one pass, not
+# one per split.
+_SUFFIX_WORD = r"(?:reference|nummer|number|numéro|número|numero|n\.[ \t]?º|code|num|ref|n[°º]|id|no|nr)\.?"
+_LABEL_SUFFIX = (
+    rf"(?:{_SUFFIX_WORD}|(?![^\W\d_]))"
+    rf"(?:[ \t]*+[.\-]{{0,2}}+[ \t]*+{_SUFFIX_WORD}){{0,2}}"
+    r"(?:[ \t]*+\([^()\n]{1,24}+\))?"
+    r"(?:[ \t]++(?:is|was|ist|lautet|est|es|[eèé]))?[ \t]*+[:#=.]?[ \t]*+#?[ \t]*+"
+)
+# Words that are no prefix of an ID ("order on 12/03", "ticket for 4711").
+_NOT_ID_PREFIX = r"(?!(?:on|at|in|for|of|to|from|by|is|was|am|im|vom|and|und|the|le|la|du|de|el|il|em|op)\b)"
+_DIGIT_GROUPS = r"\d{1,12}+(?:[ .\-/]\d{2,12}+){0,4}+"
+_ID_TAIL = r"(?:[\-/]?[A-Z][A-Z0-9]{0,7}+)?(?![A-Z0-9])"
+# An ID, bounded (IDs are short, so no look-ahead scans a long word):
+# * letters, then a separator, then 3+ digits in groups: "ORD-55120", "ord.8059839", "c 6511787", "INC 4711";
+# * 4+ digits in groups, with a letter tail: "981 7064", "2022/7876941", "88213-B";
+# * any 4+ characters of letters, digits and inner "/", "_", "-" with a digit: "A1B2C3D4", "X-77-Q".
+_ID = (
+    r"(?:"
+    rf"{_NOT_ID_PREFIX}[A-Z]{{1,5}}+[ .\-/_#:]{{0,2}}+(?=(?:[ .\-/]?\d){{3}}){_DIGIT_GROUPS}{_ID_TAIL}"
+    rf"|(?=(?:[ .\-/]?\d){{4}}){_DIGIT_GROUPS}{_ID_TAIL}"
+    r"|(?=[A-Z0-9/_-]{0,63}[0-9])[A-Z0-9](?:[A-Z0-9/_-]{2,62}[A-Z0-9])\b"
+    r")"
+)
 
 
 def crm_reference_regex(labels: tuple[str, ...]) -> str:
     r"""Return the regex for one reference type; ``\K`` drops the label from the match, keeping the ID."""
-    words = "|".join(sorted((w.replace(" ", r"[ \t]+") for w in labels), key=len, reverse=True))
-    return rf"\b(?:{words}){_LABEL_SUFFIX}\K{_ID}"
+    escaped = (re.escape(word).replace(r"\ ", r"[ \t]+") for word in labels)
+    words = "|".join(sorted(escaped, key=len, reverse=True))
+    return rf"(?<![^\W\d_]){_LABEL_PREFIX}(?:{words}){_LABEL_SUFFIX}\K{_ID}"
 
 
 class CrmReferenceRecognizer(BackstopPatternMixin, PatternRecognizer):
@@ -111,6 +137,41 @@ _ORDINALS = (
     "fourteenth fifteenth sixteenth seventeenth eighteenth nineteenth twentieth thirtieth"
 )
 _SEP = r"[ \t-]"
+#: Days of the month in words in German (ordinals, stem + ending), French, Spanish, Italian, Portuguese and
+#: Dutch, as a birth date is written after its label ("am zwölften Mai", "le douze mai", "el nueve de mayo").
+_DE_ORDINAL_STEMS = (
+    "erst zweit dritt viert fünft fuenft sechst siebt acht neunt zehnt elft zwölft zwoelft dreizehnt "
+    "vierzehnt fünfzehnt sechzehnt siebzehnt achtzehnt neunzehnt zwanzigst einundzwanzigst "
+    "zweiundzwanzigst dreiundzwanzigst vierundzwanzigst fünfundzwanzigst sechsundzwanzigst "
+    "siebenundzwanzigst achtundzwanzigst neunundzwanzigst dreißigst dreissigst einunddreißigst"
+)
+_FOREIGN_DAY_WORDS = (
+    # French
+    "premier un deux trois quatre cinq six sept huit neuf dix onze douze treize quatorze quinze seize "
+    "dix-sept dix-huit dix-neuf vingt vingt_et_un vingt-deux vingt-trois vingt-quatre vingt-cinq vingt-six "
+    "vingt-sept vingt-huit vingt-neuf trente trente_et_un "
+    # Spanish
+    "primero uno dos tres cuatro cinco seis siete ocho nueve diez once doce trece catorce quince dieciséis "
+    "diecisiete dieciocho diecinueve veinte veintiuno veintidós veintitrés veinticuatro veinticinco "
+    "veintiséis veintisiete veintiocho veintinueve treinta treinta_y_uno "
+    # Italian
+    "primo due tre quattro cinque sei sette otto nove dieci undici dodici tredici quattordici quindici "
+    "sedici diciassette diciotto diciannove venti ventuno ventidue ventitré ventiquattro venticinque "
+    "ventisei ventisette ventotto ventinove trenta trentuno "
+    # Portuguese
+    "primeiro um dois três quatro sete oito dez doze treze catorze quatorze dezasseis dezesseis dezassete "
+    "dezessete dezoito dezanove dezenove vinte vinte_e_um vinte_e_dois vinte_e_três vinte_e_quatro "
+    "vinte_e_cinco vinte_e_seis vinte_e_sete vinte_e_oito vinte_e_nove trinta trinta_e_um "
+    # Dutch
+    "eerste een één twee drie vier vijf zes zeven negen tien elf twaalf dertien veertien vijftien zestien "
+    "zeventien achttien negentien twintig eenentwintig tweeëntwintig drieëntwintig vierentwintig "
+    "vijfentwintig zesentwintig zevenentwintig achtentwintig negenentwintig dertig eenendertig"
+)
+
+
+def _spaced_words(text: str) -> str:
+    """Like ``_words``; an underscore in a word stands for spaces ("vingt_et_un")."""
+    return _words(text).replace("_", r"[ \t]+")
 
 
 class DateOfBirthRecognizer(BackstopPatternMixin, PatternRecognizer):
@@ -130,10 +191,10 @@ class DateOfBirthRecognizer(BackstopPatternMixin, PatternRecognizer):
         r"born|d\.?o\.?b\.?|date[ \t]+of[ \t]+birth|birth[ \t]*date|birthday|b-?day"
         # German, Dutch
         r"|geboren|geb\.|geburtsdatum|geburtstag|geb\.?[ \t]*datum|geboortedatum|verjaardag"
-        # French, Spanish, Italian, Portuguese
-        r"|n[ée]e?|date[ \t]+de[ \t]+naissance|anniversaire|nacid[oa]|fecha[ \t]+de[ \t]+nacimiento"
-        r"|cumpleaños|nat[oa]|data[ \t]+di[ \t]+nascita|compleanno|nascid[oa]|data[ \t]+de[ \t]+nascimento"
-        r"|anivers[aá]rio"
+        # French, Spanish, Italian, Portuguese ("nací", "nasci", "nacque": I/he was born)
+        r"|n[ée]e?|date[ \t]+de[ \t]+naissance|anniversaire|nacid[oa]|nac[ií]|fecha[ \t]+de[ \t]+nacimiento"
+        r"|cumpleaños|nat[oa]|nacque|data[ \t]+di[ \t]+nascita|compleanno|nascid[oa]|nasci|nasceu"
+        r"|data[ \t]+de[ \t]+nascimento|anivers[aá]rio"
         r")\b"
         # "is", "was", ":", "on the": bounded, possessive.
         r"(?:[ \t]++(?:is|was|ist|war|est|es|era|è|é|foi|is))?[ \t]*+[:=\-]?"
@@ -144,7 +205,8 @@ class DateOfBirthRecognizer(BackstopPatternMixin, PatternRecognizer):
     _DAY = r"(?:[0-2]?\d|3[01])(?:st|nd|rd|th|er|º|°|\.)?"
     _DAY_WORD = (
         rf"(?:(?:twenty|thirty){_SEP}(?:{_words(_ORDINALS)}|{_words(_UNITS)})|{_words(_ORDINALS)}"
-        rf"|{_words(_TEENS)}|{_words(_UNITS)}|twenty|thirty)"
+        rf"|{_words(_TEENS)}|{_words(_UNITS)}|twenty|thirty"
+        rf"|(?:{_words(_DE_ORDINAL_STEMS)})(?:en|er|e)|{_spaced_words(_FOREIGN_DAY_WORDS)})"
     )
     _YEAR = r"(?:19|20)\d{2}"
     _YEAR_WORD = (
@@ -171,6 +233,9 @@ class DateOfBirthRecognizer(BackstopPatternMixin, PatternRecognizer):
         r"(?:[ \t]++(?:is|was))?[ \t]*+[:=\-]?[ \t]*+\K"
     )
 
+    # German and Dutch put the participle last: "ich bin am 22.09.1969 geboren", "op 3 mei 1980 geboren".
+    _BORN_AFTER = r"(?=[ \t,]{1,3}+(?:[^\W\d_]{1,20}+[ \t]{1,3}+){0,2}?geboren\b)"
+
     def __init__(self, *, supported_language: str = "en") -> None:
         year = rf"(?:{self._YEAR}|{self._YEAR_WORD})\b"
         super().__init__(
@@ -179,6 +244,11 @@ class DateOfBirthRecognizer(BackstopPatternMixin, PatternRecognizer):
             supported_language=supported_language,
             patterns=[
                 Pattern("date after a birth label", rf"{self._LABEL}(?:{'|'.join(self._DATES)})\b", 0.85),
+                Pattern(
+                    "date before 'geboren'",
+                    rf"\b(?:{'|'.join(self._DATES)})\b{self._BORN_AFTER}",
+                    0.85,
+                ),
                 Pattern("year after 'born in'", rf"{self._BORN_IN}{year}", 0.85),
                 Pattern("year after a birth-year label", rf"{self._YEAR_LABEL}{year}", 0.85),
             ],

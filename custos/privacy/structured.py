@@ -66,7 +66,36 @@ class EmailAddressRecognizer(BackstopPatternMixin, EmailRecognizer):
 
 
 class CreditCardNumberRecognizer(BackstopPatternMixin, CreditCardRecognizer):
-    """Presidio's card recognizer (bounded pattern, Luhn check) with the timeout backstop."""
+    """Presidio's card recognizer (Luhn check) with the timeout backstop, and card numbers in any grouping.
+
+    Presidio's pattern wants four groups ("4111 1111 1111 1111"); people also write "553 854 381 0045 517",
+    "601.184.9085.632.549" or "55-01-233-19-024-9573". The second pattern takes up to seven groups of digits
+    (two or more each) starting with a card network's first digit (2-6); 13 to 19 digits and the Luhn check
+    on the digits alone decide, as for Presidio's.
+    """
+
+    PATTERNS: ClassVar[list[Pattern]] = [
+        *CreditCardRecognizer.PATTERNS,
+        Pattern(
+            "Card number, any grouping",
+            # Not inside an IBAN ("DE89 3704 0044 ..." holds 18 digits that may pass Luhn).
+            r"(?<![\w+.\-/])(?<![A-Z]{2}\d{2}[ \-]?(?:[A-Z0-9]{4}[ \-]?){0,3})"
+            r"[2-6]\d{1,8}+(?:[ .\-/]{1,3}+\d{2,8}+){0,6}+(?![\w]|[.\-/]\d)",
+            0.3,
+        ),
+    ]
+
+    def __init__(self, *, supported_language: str = "en") -> None:
+        super().__init__(
+            supported_language=supported_language,
+            patterns=list(self.PATTERNS),
+            replacement_pairs=[("-", ""), (" ", ""), (".", ""), ("/", "")],
+        )
+
+    def validate_result(self, pattern_text: str) -> bool:
+        """13 to 19 digits and the Luhn check (Presidio's)."""
+        digits = EntityRecognizer.sanitize_value(pattern_text, self.replacement_pairs)
+        return 13 <= len(digits) <= 19 and digits.isdigit() and bool(super().validate_result(pattern_text))
 
 
 class SsnRecognizer(BackstopPatternMixin, UsSsnRecognizer):
@@ -103,15 +132,15 @@ def iban_is_valid(value: str) -> bool:
 class IbanCodeRecognizer(BackstopPatternMixin, PatternRecognizer):
     """An IBAN in any case and grouping, checked on its normalised value (country format, mod 97).
 
-    The pattern takes up to 34 characters after the country code and check digits; the longest prefix of
-    the match that ends at a word boundary and validates is the IBAN, so a word after it ("... 31 and")
-    is not masked with it.
+    "de44 5001 0517 ...", "GB5 7B DHK 3119 ..." are IBANs too. The pattern takes up to 34 characters after
+    the country code and check digits; the longest prefix of the match that ends at a word boundary and
+    validates is the IBAN, so a word after it ("... 31 and") is not masked with it.
     """
 
     PATTERNS: ClassVar[list[Pattern]] = [
         Pattern(
             "IBAN, any case",
-            r"(?<![A-Z0-9])[A-Z]{2}[ \-]?[0-9]{2}(?:[ \-]?[A-Z0-9]){11,30}",
+            r"(?<![A-Z0-9])[A-Z][ \-]?[A-Z][ \-]?[0-9][ \-]?[0-9](?:[ \-]?[A-Z0-9]){11,30}",
             0.5,
         )
     ]
@@ -311,3 +340,141 @@ class NormalizedTextRecognizer(EntityRecognizer):
                 )
             )
         return results
+
+
+# ---- national identity numbers ---------------------------------------------------------------------------
+
+
+def _nl_bsn_valid(digits: str) -> bool:
+    """Dutch BSN: nine digits passing the "11-proof" (the last digit weighs -1)."""
+    if len(digits) != 9 or digits == "0" * 9:
+        return False
+    total = sum(int(d) * w for d, w in zip(digits[:8], range(9, 1, -1), strict=True)) - int(digits[8])
+    return total % 11 == 0
+
+
+def _pt_nif_valid(digits: str) -> bool:
+    """Portuguese NIF: nine digits, a known first digit, mod 11 check digit."""
+    if len(digits) != 9 or (
+        digits[0] not in "1235689" and digits[:2] not in ("45", "70", "71", "72", "74", "75", "77", "79")
+    ):
+        return False
+    remainder = sum(int(d) * w for d, w in zip(digits[:8], range(9, 1, -1), strict=True)) % 11
+    check = 0 if remainder < 2 else 11 - remainder
+    return check == int(digits[8])
+
+
+def _fr_nir_valid(digits: str) -> bool:
+    """French NIR (numéro de sécurité sociale): 13 digits and a key of 97 minus their value mod 97."""
+    if (
+        len(digits) != 15
+        or digits[0] not in "12378"
+        or not ("01" <= digits[3:5] <= "12" or digits[3:5] >= "20")
+    ):
+        return False
+    return 97 - int(digits[:13]) % 97 == int(digits[13:])
+
+
+class NationalIdRecognizer(BackstopPatternMixin, PatternRecognizer):
+    """National identity numbers of the European languages served, in any grouping, checked by checksum.
+
+    French NIR (15 digits, key mod 97), Italian codice fiscale (16 characters, check letter) and Spanish DNI
+    and NIE (8 digits and a check letter) carry enough check data to stand alone. A German Steuer-ID (11
+    digits), a Dutch BSN or a Portuguese NIF (9 digits) passes its checksum by chance once in ten or eleven
+    numbers, so it counts only after a label ("Steuer-ID", "BSN", "NIF", ...) in the 48 characters before it.
+    US SSNs have their own recognizer (``SsnRecognizer``).
+    """
+
+    PATTERNS: ClassVar[list[Pattern]] = [
+        Pattern(
+            "national number, any grouping",
+            r"(?<![\w.+\-/])(?:[XYZ][ .\-]?)?\d(?:[ .\-/]{0,3}\d){7,14}(?:[ .\-]{0,2}[A-Z])?(?![\w])",
+            0.85,
+        ),
+        Pattern(
+            "codice fiscale, any grouping",
+            r"(?<![\w])(?:[A-Z][ .\-]?){6}(?:[0-9LMNPQRSTUV][ .\-]?){2}[A-Z][ .\-]?"
+            r"(?:[0-9LMNPQRSTUV][ .\-]?){2}[A-Z][ .\-]?(?:[0-9LMNPQRSTUV][ .\-]?){3}[A-Z](?![\w])",
+            0.85,
+        ),
+    ]
+    CONTEXT: ClassVar[list[str]] = [
+        "steuer", "identifikationsnummer", "idnr", "bsn", "burgerservicenummer", "sofinummer", "nif",
+        "contribuinte", "dni", "nie", "sécurité", "securite", "nir", "insee", "fiscale", "national",
+    ]  # fmt: skip
+    _LABEL = regex.compile(
+        r"(?i)\b(?:steuer[ \-]?id(?:entifikationsnummer)?|steuer[ \-]?nummer|idnr|identifikationsnummer|tin"
+        r"|tax[ \-]?id|bsn|burgerservicenummer|sofi(?:nummer)?|nif|contribuinte|n[úu]mero[ \t]+fiscal|dni|nie"
+        r"|documento|s[ée]curit[ée][ \t]+sociale|s[ée]cu|nir|insee|codice[ \t]+fiscale|c\.?f\.?"
+        r"|national[ \t]+(?:id|insurance|identity)|id[ \t]+number|identity[ \t]+number|personalausweis)\b"
+    )
+    _LABEL_WINDOW = 48
+    _SEPARATORS = regex.compile(r"[ .\-/]+")
+
+    def __init__(self, *, supported_language: str = "en") -> None:
+        from presidio_analyzer.predefined_recognizers import (
+            DeTaxIdRecognizer,
+            EsNieRecognizer,
+            EsNifRecognizer,
+            ItFiscalCodeRecognizer,
+        )
+
+        super().__init__(
+            supported_entity="NATIONAL_ID",
+            name="NationalIdRecognizer",
+            supported_language=supported_language,
+            patterns=list(self.PATTERNS),
+            context=list(self.CONTEXT),
+            global_regex_flags=regex.DOTALL | regex.MULTILINE | regex.IGNORECASE,
+        )
+        self._de_tax_id = DeTaxIdRecognizer()
+        self._es_nif = EsNifRecognizer()
+        self._es_nie = EsNieRecognizer()
+        self._it_fiscal_code = ItFiscalCodeRecognizer()
+
+    def _labelled(self, text: str, start: int) -> bool:
+        return self._LABEL.search(text, max(0, start - self._LABEL_WINDOW), start) is not None
+
+    def _kind(self, compact: str) -> tuple[str, bool] | None:
+        """(what the number is, whether it needs a label), or None when no checksum holds."""
+        if len(compact) == 16 and compact[:6].isalpha():
+            return ("IT codice fiscale", False) if self._it_fiscal_code.validate_result(compact) else None
+        if compact[-1].isalpha():
+            if compact[0] in "XYZ" and self._es_nie.validate_result(compact):
+                return "ES NIE", False
+            if compact[:-1].isdigit() and len(compact) == 9 and self._es_nif.validate_result(compact):
+                return "ES DNI", False
+            return None
+        if not compact.isdigit():
+            return None
+        if _fr_nir_valid(compact):
+            return "FR NIR", False
+        if len(compact) == 11 and self._de_tax_id.validate_result(compact):
+            return "DE Steuer-ID", True
+        if _nl_bsn_valid(compact):
+            return "NL BSN", True
+        if _pt_nif_valid(compact):
+            return "PT NIF", True
+        return None
+
+    def pattern_result(
+        self, pattern: Pattern, text: str, start: int, end: int, flags: int
+    ) -> RecognizerResult | None:
+        """The number if a checksum holds (with its trailing letter only if that is its check letter)."""
+        candidates = [end]
+        if text[end - 1].isalpha() and pattern is self.patterns[0]:
+            stop = end - 1
+            while stop > start and not text[stop - 1].isalnum():
+                stop -= 1
+            candidates.append(stop)
+        for stop in candidates:
+            compact = self._SEPARATORS.sub("", text[start:stop]).upper()
+            kind = self._kind(compact)
+            if kind is None or (kind[1] and not self._labelled(text, start)):
+                continue
+            result = super().pattern_result(pattern, text, start, stop, flags)
+            if result is not None and result.analysis_explanation is not None:
+                result.analysis_explanation.textual_explanation = f"{kind[0]}, checksum valid"
+                result.analysis_explanation.validation_result = True
+            return result
+        return None
