@@ -130,10 +130,12 @@ def _breaks_a_value(text: str, start: int, end: int) -> bool:
     digits), or after one or two capitals before digits (an IBAN's country code: "D\nE\n8514...").
     """
     left, right = _token_before(text, start), _token_after(text, end)
-    if not left or not right or left[-1] in ".!?;:,)":
+    if not left or not right:
         return False
     if "@" in left + right:
         return True
+    if left[-1] in ".!?;:,)":
+        return False
     left_digits, right_digits = any(c.isdigit() for c in left), any(c.isdigit() for c in right)
     if left_digits and right_digits:
         return True
