@@ -334,7 +334,7 @@ def test_urls_without_identifier_are_left(pseudonymizer: Pseudonymizer, text: st
         ("4111.1111.1111.1111", "4111-1111-1111-1111"),
         ("call five five five, one two three", "call 555 123"),
         ("x\u200b1\u00ad2", "x12"),
-        ("ＡＢ１２", "AB12"),
+        ("\uff21\uff22\uff11\uff12", "AB12"),
         ("a  b\n\nc", "a b c"),
     ],
 )
@@ -362,7 +362,8 @@ def test_ordinary_text_keeps_its_form(text: str) -> None:
 _PIECES = st.sampled_from(
     [
         "jane", " at ", " dot ", "com", "[at]", "(dot)", "four", " one ", "5", "55", ".", "-", " ", "\n",
-        "\u200b", "\u00ad", "ＡＢ", "é", "plus ", "ät", "punkt", ",", "double ", "x", "@", "192", "  ",
+        "\u200b", "\u00ad", "\uff21\uff22", "é", "plus ", "ät", "punkt", ",", "double ", "x", "@", "192",
+        "  ",
     ]
 )  # fmt: skip
 
