@@ -187,8 +187,30 @@ def _strip_accents(word: str) -> str:
 
 
 def _alternation(words: Iterable[str]) -> str:
-    variants = {v for word in words for v in (word, _strip_accents(word))}
-    return "|".join(re.escape(w).replace(r"\ ", "[ ]") for w in sorted(variants, key=lambda w: (-len(w), w)))
+    """A regex matching any of ``words`` (with or without accents), as a trie: longest first, and fast.
+
+    Python's ``re`` tries the branches of a flat alternation one by one at every position; the trie
+    shares prefixes, so a position that starts no word fails at its first character.
+    """
+    trie: dict[str, dict] = {}  # type: ignore[type-arg]
+    for word in {v for word in words for v in (word, _strip_accents(word))}:
+        node = trie
+        for char in word:
+            node = node.setdefault(char, {})
+        node[""] = {}
+
+    def pattern(node: dict) -> str:  # type: ignore[type-arg]
+        branches = [
+            ("[ ]" if char == " " else re.escape(char)) + pattern(child)
+            for char, child in sorted(node.items())
+            if char
+        ]
+        if not branches:
+            return ""
+        body = branches[0] if len(branches) == 1 else f"(?:{'|'.join(branches)})"
+        return f"(?:{body})?" if "" in node else body
+
+    return pattern(trie)
 
 
 #: Words for "@" in English, French, Spanish, Portuguese, Italian, German and Dutch.

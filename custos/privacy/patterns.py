@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 import regex
@@ -107,6 +108,13 @@ class BackstopPatternMixin:
 
     #: Seconds per pattern and text; a class attribute so a test can lower it.
     regex_timeout_s: float = REGEX_TIMEOUT_S
+    #: Names of the patterns matched at every start (the ``regex`` module's ``overlapped``): patterns whose
+    #: matches are checked afterwards, where a long match that fails its checksum must not hide a valid value
+    #: that starts inside it ("account 77467446 and my IBAN is DE61...").
+    overlapping_patterns: frozenset[str] = frozenset()
+    #: Pattern name -> a cheap regex the text must contain for the pattern to be tried at all (a pattern that
+    #: may start at every position, but only matches near a rare word, skips most texts this way).
+    pattern_prefilters: Mapping[str, regex.Pattern[str]] = {}
 
     def analyze(
         self,
@@ -121,14 +129,20 @@ class BackstopPatternMixin:
         flags = regex_flags if regex_flags else recognizer.global_regex_flags
         results: list[RecognizerResult] = []
         for pattern in recognizer.patterns:
+            prefilter = self.pattern_prefilters.get(pattern.name)
+            if prefilter is not None and prefilter.search(text) is None:
+                continue
             if not pattern.compiled_regex or pattern.compiled_with_flags != flags:
                 pattern.compiled_with_flags = flags
                 pattern.compiled_regex = regex.compile(pattern.regex, flags=flags)
             analysed_to = 0
+            overlapped = pattern.name in self.overlapping_patterns
             try:
-                for match in pattern.compiled_regex.finditer(text, timeout=self.regex_timeout_s):
+                for match in pattern.compiled_regex.finditer(
+                    text, overlapped=overlapped, timeout=self.regex_timeout_s
+                ):
                     start, end = match.span()
-                    analysed_to = end
+                    analysed_to = start if overlapped else end
                     result = self.pattern_result(pattern, text, start, end, flags)
                     if result is not None:
                         results.append(result)

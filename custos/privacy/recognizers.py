@@ -17,8 +17,10 @@ import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import phonenumbers
+import regex
 from phonenumbers.phonemetadata import PhoneMetadata
 from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer, RecognizerResult
 from presidio_analyzer.nlp_engine import NlpArtifacts
@@ -235,6 +237,10 @@ class DateOfBirthRecognizer(BackstopPatternMixin, PatternRecognizer):
 
     # German and Dutch put the participle last: "ich bin am 22.09.1969 geboren", "op 3 mei 1980 geboren".
     _BORN_AFTER = r"(?=[ \t,]{1,3}+(?:[^\W\d_]{1,20}+[ \t]{1,3}+){0,2}?geboren\b)"
+    # That pattern may start at any date, so it only runs on text that has the word.
+    pattern_prefilters: ClassVar[Mapping[str, regex.Pattern[str]]] = {
+        "date before 'geboren'": regex.compile(r"(?i)geboren")
+    }
 
     def __init__(self, *, supported_language: str = "en") -> None:
         year = rf"(?:{self._YEAR}|{self._YEAR_WORD})\b"

@@ -92,6 +92,21 @@ class CreditCardNumberRecognizer(BackstopPatternMixin, CreditCardRecognizer):
             replacement_pairs=[("-", ""), (" ", ""), (".", ""), ("/", "")],
         )
 
+    overlapping_patterns = frozenset({"Card number, any grouping"})
+
+    def pattern_result(
+        self, pattern: Pattern, text: str, start: int, end: int, flags: int
+    ) -> RecognizerResult | None:
+        """For a number in any grouping, the longest run of whole groups from the start that validates."""
+        if pattern.name != "Card number, any grouping":
+            return super().pattern_result(pattern, text, start, end, flags)
+        stops = [m.end() for m in regex.finditer(r"\d+", text[start:end])]
+        for stop in reversed(stops):
+            result = super().pattern_result(pattern, text, start, start + stop, flags)
+            if result is not None:
+                return result
+        return None
+
     def validate_result(self, pattern_text: str) -> bool:
         """13 to 19 digits and the Luhn check (Presidio's)."""
         digits = EntityRecognizer.sanitize_value(pattern_text, self.replacement_pairs)
@@ -154,6 +169,7 @@ class IbanCodeRecognizer(BackstopPatternMixin, PatternRecognizer):
         "conto",
         "rekening",
     ]
+    overlapping_patterns = frozenset({"IBAN, any case"})
 
     def __init__(self, *, supported_language: str = "en") -> None:
         super().__init__(
@@ -409,6 +425,7 @@ class NationalIdRecognizer(BackstopPatternMixin, PatternRecognizer):
         r"|national[ \t]+(?:id|insurance|identity)|id[ \t]+number|identity[ \t]+number|personalausweis)\b"
     )
     _LABEL_WINDOW = 48
+    overlapping_patterns = frozenset({"national number, any grouping", "codice fiscale, any grouping"})
     _SEPARATORS = regex.compile(r"[ .\-/]+")
 
     def __init__(self, *, supported_language: str = "en") -> None:
