@@ -193,9 +193,9 @@ def _alternation(words: Iterable[str]) -> str:
     shares prefixes, so a position that starts no word fails at its first character.
     """
     trie: dict[str, dict] = {}  # type: ignore[type-arg]
-    for word in {v for word in words for v in (word, _strip_accents(word))}:
+    for variant in {v for word in words for v in (word, _strip_accents(word))}:
         node = trie
-        for char in word:
+        for char in variant:
             node = node.setdefault(char, {})
         node[""] = {}
 
