@@ -6,11 +6,18 @@ seconds) and is meant to be called once, in app wiring, and the result passed to
 Entity decisions (``ENABLED_ENTITIES`` is on, ``DISABLED_ENTITIES`` documents what is off and why):
 
 * On: names (spaCy NER plus name lists and cues, ``custos.privacy.names``) and locations (spaCy NER),
-  e-mail, phone (by region), card numbers (Luhn), IBAN (checksum), US SSN, IP address, crypto wallet
-  (checksum), labelled CRM references (customer/account/order/ticket IDs), dates after a birth label,
-  street addresses. ORGANIZATION (spaCy ORG) exists but is off by default.
-* Off: see ``DISABLED_ENTITIES``. They either fire on ordinary CRM text (dates, nationalities, URLs of
-  the vendor's own site, US phone numbers read as UK NHS numbers) or need a use case that asks for them.
+  e-mail, phone (by region), card numbers (Luhn), IBAN (any case, checksum), US SSN, national identity
+  numbers (checksums: DE, FR, ES, IT, NL, PT), IP address, crypto wallet (checksum), labelled CRM
+  references (customer/account/order/ticket IDs), dates after a birth label (numeric and in words),
+  street addresses, URLs that carry an identifier. ORGANIZATION (spaCy ORG) exists but is off by default.
+* Off: see ``DISABLED_ENTITIES``. They either fire on ordinary CRM text (dates, nationalities, US phone
+  numbers read as UK NHS numbers) or need a use case that asks for them. Where Presidio's recognizer is
+  off but what it caught when it was right is personal data, a Custos recognizer covers that part:
+  birth dates (``DateOfBirthRecognizer``) for DATE_TIME, identifying URLs for URL.
+* Structured identifiers are also looked for in the normalised text (``custos.privacy.normalize``:
+  spelled-out separators, digits as words, odd separators and formatting undone), see
+  ``normalized_text_recognizers``. Every pattern runs in linear time, with a timeout that masks what it
+  could not analyse (``custos.privacy.patterns``).
 """
 
 from __future__ import annotations
@@ -22,21 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy
+import phonenumbers
 import spacy
 import tldextract
-from presidio_analyzer import AnalyzerEngine, EntityRecognizer, PatternRecognizer, RecognizerResult
+from presidio_analyzer import AnalyzerEngine, EntityRecognizer, RecognizerResult
 from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
 from presidio_analyzer.nlp_engine import NlpArtifacts, NlpEngine, NlpEngineProvider, SpacyNlpEngine
-from presidio_analyzer.predefined_recognizers import (
-    CreditCardRecognizer,
-    CryptoRecognizer,
-    EmailRecognizer,
-    IbanRecognizer,
-    IpRecognizer,
-    PhoneRecognizer,
-    SpacyRecognizer,
-    UsSsnRecognizer,
-)
+from presidio_analyzer.predefined_recognizers import SpacyRecognizer
 from presidio_analyzer.recognizer_registry import RecognizerRegistry
 from spacy.language import Language
 from spacy.tokens import Doc
@@ -59,6 +58,18 @@ from custos.privacy.recognizers import (
     DateOfBirthRecognizer,
     StreetAddressRecognizer,
 )
+from custos.privacy.structured import (
+    CreditCardNumberRecognizer,
+    CryptoWalletRecognizer,
+    DenyListRecognizer,
+    EmailAddressRecognizer,
+    IbanCodeRecognizer,
+    IdentifyingUrlRecognizer,
+    IpAddressRecognizer,
+    NationalIdRecognizer,
+    NormalizedTextRecognizer,
+    SsnRecognizer,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -73,10 +84,12 @@ ENABLED_ENTITIES: tuple[str, ...] = (
     "CREDIT_CARD",
     "IBAN_CODE",
     "US_SSN",
+    "NATIONAL_ID",
     "IP_ADDRESS",
     "CRYPTO",
     "DATE_OF_BIRTH",
     "STREET_ADDRESS",
+    "URL",
     *CRM_REFERENCE_SPECS,
 )
 
@@ -89,7 +102,6 @@ DISABLED_ENTITIES: Mapping[str, str] = {
     "DATE_TIME": "spaCy DATE/TIME fires on 'Monday', 'next week', delivery dates the model needs to answer",
     "NRP": "spaCy NORP is noisy on CRM text (product lines, 'European' plans); no reliable signal",
     "ORGANIZATION": "off by default: company names are not personal data and spaCy ORG is noisy",
-    "URL": "most URLs in tickets are the vendor's own pages; e-mail and IP cover the personal ones",
     "UK_NHS": "fires on 10-digit US phone numbers",
     "US_DRIVER_LICENSE": "matches ordinary alphanumeric codes (order and product numbers)",
     "US_BANK_NUMBER": "matches any 8-17 digit number",
@@ -101,8 +113,11 @@ DISABLED_ENTITIES: Mapping[str, str] = {
 }
 
 #: Regions whose national formats are matched without a leading +country code; numbers written with +CC are
-#: found in any region. Presidio's default list.
-DEFAULT_PHONE_REGIONS: tuple[str, ...] = PhoneRecognizer.DEFAULT_SUPPORTED_REGIONS
+#: found in any region. Presidio's default list has "UK" and "FE", which phonenumbers does not know (the
+#: United Kingdom is "GB"); the European languages served are added. Same list as the settings' default.
+DEFAULT_PHONE_REGIONS: tuple[str, ...] = (
+    "US", "GB", "DE", "FR", "ES", "IT", "PT", "NL", "IL", "IN", "CA", "BR",
+)  # fmt: skip
 
 #: spaCy (OntoNotes) NER labels that become Presidio entities; every other label the model has is ignored.
 SPACY_LABEL_TO_ENTITY: Mapping[str, str] = {
@@ -129,21 +144,38 @@ def _crm_factory(spec: CrmReferenceSpec) -> _RecognizerFactory:
 
 #: Pattern/checksum recognizers by entity type; PERSON and LOCATION come from the NLP engine.
 _RECOGNIZER_FACTORIES: Mapping[str, _RecognizerFactory] = {
-    "EMAIL_ADDRESS": lambda lang, _regions: EmailRecognizer(supported_language=lang),
+    "EMAIL_ADDRESS": lambda lang, _regions: EmailAddressRecognizer(supported_language=lang),
     "PHONE_NUMBER": lambda lang, regions: CandidatePhoneRecognizer(
         supported_language=lang, supported_regions=regions
     ),
-    "CREDIT_CARD": lambda lang, _regions: CreditCardRecognizer(supported_language=lang),
-    "IBAN_CODE": lambda lang, _regions: IbanRecognizer(supported_language=lang),
-    "US_SSN": lambda lang, _regions: UsSsnRecognizer(supported_language=lang),
-    "IP_ADDRESS": lambda lang, _regions: IpRecognizer(supported_language=lang),
-    "CRYPTO": lambda lang, _regions: CryptoRecognizer(supported_language=lang),
+    "CREDIT_CARD": lambda lang, _regions: CreditCardNumberRecognizer(supported_language=lang),
+    "IBAN_CODE": lambda lang, _regions: IbanCodeRecognizer(supported_language=lang),
+    "US_SSN": lambda lang, _regions: SsnRecognizer(supported_language=lang),
+    "NATIONAL_ID": lambda lang, _regions: NationalIdRecognizer(supported_language=lang),
+    "IP_ADDRESS": lambda lang, _regions: IpAddressRecognizer(supported_language=lang),
+    "CRYPTO": lambda lang, _regions: CryptoWalletRecognizer(supported_language=lang),
     "DATE_OF_BIRTH": lambda lang, _regions: DateOfBirthRecognizer(supported_language=lang),
     "STREET_ADDRESS": lambda lang, _regions: StreetAddressRecognizer(supported_language=lang),
+    "URL": lambda lang, _regions: IdentifyingUrlRecognizer(supported_language=lang),
     **{entity: _crm_factory(spec) for entity, spec in CRM_REFERENCE_SPECS.items()},
 }
 
 _NER_ENTITIES = frozenset(SPACY_LABEL_TO_ENTITY.values())
+
+#: Entity types whose recognizer also runs on the normalised text (``normalized_text_recognizers``); CRM
+#: reference types, built-in or configured, are added to these.
+NORMALIZED_TEXT_ENTITIES: frozenset[str] = frozenset(
+    {
+        "EMAIL_ADDRESS",
+        "PHONE_NUMBER",
+        "CREDIT_CARD",
+        "IBAN_CODE",
+        "US_SSN",
+        "NATIONAL_ID",
+        "IP_ADDRESS",
+        "DATE_OF_BIRTH",
+    }
+)
 
 #: Key in ``Doc.user_data`` of the tokens' end offsets (``InPlaceContextEnhancer`` searches them).
 END_OFFSETS_KEY = "custos_token_ends"
@@ -407,6 +439,27 @@ def silence_text_logging() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def normalized_text_recognizers(
+    factories: Mapping[str, _RecognizerFactory],
+    entities: Sequence[str],
+    language: str,
+    phone_regions: Sequence[str],
+    *,
+    crm_entities: Iterable[str] = (),
+) -> list[EntityRecognizer]:
+    """A second instance of each structured recognizer in ``entities``, run on the normalised text.
+
+    These find what is written to get past the patterns ("jane at example dot com", digits as words,
+    "4111.1111.1111.1111"); their findings are mapped back onto the original characters.
+    """
+    wanted = NORMALIZED_TEXT_ENTITIES | set(crm_entities)
+    return [
+        NormalizedTextRecognizer(factories[entity](language, tuple(phone_regions)))
+        for entity in entities
+        if entity in wanted and entity in factories
+    ]
+
+
 def build_analyzer(
     *,
     spacy_model: str = DEFAULT_SPACY_MODEL,
@@ -426,7 +479,7 @@ def build_analyzer(
     replaces the label words of a built-in one; such types are enabled.
     Raises ``UnsupportedLanguage`` when the spaCy model is for another language or a language has no
     profile, ``UnsupportedEntity`` for an entity type no recognizer here detects, ``PrivacyError`` when a
-    model package is not installed.
+    model package is not installed or a phone region is not one phonenumbers knows.
     """
     served = tuple(dict.fromkeys([language, *(DEFAULT_LANGUAGES if languages is None else languages)]))
     profiles = {code: language_profile(code) for code in served}
@@ -448,6 +501,12 @@ def build_analyzer(
     if not wanted and not deny_lists:
         # Presidio would load *all* predefined recognizers for an empty registry.
         raise UnsupportedEntity("at least one entity type must be enabled")
+
+    unknown_regions = [region for region in phone_regions if region not in phonenumbers.SUPPORTED_REGIONS]
+    if unknown_regions:
+        raise PrivacyError(
+            f"unknown phone region(s) {unknown_regions}: use phonenumbers' ISO 3166 codes (GB, not UK)"
+        )
 
     make_tldextract_offline()
     silence_text_logging()
@@ -527,7 +586,12 @@ def language_recognizers(
     recognizers += profile_recognizers(profile, wanted)
     add_context_words(recognizers, profile)
     recognizers.extend(
-        PatternRecognizer(
+        normalized_text_recognizers(
+            local, wanted, language, regions, crm_entities={*CRM_REFERENCE_SPECS, *crm_specs}
+        )
+    )
+    recognizers.extend(
+        DenyListRecognizer(
             supported_entity=entity,
             name=f"DenyListRecognizer[{entity}]",
             supported_language=language,

@@ -271,9 +271,10 @@ class Settings(BaseSettings):
         description='Entity type -> terms always masked as that type (e.g. {"PERSON": ["Big Joe"]}).',
     )
     pii_phone_regions: list[str] = Field(
-        ["US", "UK", "DE", "FE", "IL", "IN", "CA", "BR"],
+        ["US", "GB", "DE", "FR", "ES", "IT", "PT", "NL", "IL", "IN", "CA", "BR"],
         min_length=1,
-        description="Regions whose national phone formats are detected; +country numbers are found anywhere.",
+        description="Regions (ISO 3166 codes phonenumbers knows, e.g. GB, not UK) whose national phone "
+        "formats are detected; +country numbers are found anywhere.",
     )
     pii_crm_references: dict[str, list[str]] = Field(
         default_factory=dict,
@@ -360,6 +361,21 @@ class Settings(BaseSettings):
         if value in (None, ""):
             return None
         return _check_host_port(value, "health_listen")
+
+    @field_validator("pii_phone_regions")
+    @classmethod
+    def _phone_regions_known(cls, value: list[str]) -> list[str]:
+        # A region phonenumbers does not know was skipped silently before: its national numbers were missed.
+        import phonenumbers
+
+        unknown = [region for region in value if region not in phonenumbers.SUPPORTED_REGIONS]
+        if unknown:
+            hint = " (the United Kingdom is GB)" if "UK" in unknown else ""
+            raise ValueError(
+                f"unknown phone region(s) {', '.join(map(repr, unknown))}{hint}; use the ISO 3166 codes "
+                "of phonenumbers.SUPPORTED_REGIONS"
+            )
+        return value
 
     @field_validator("client_cert_roles")
     @classmethod
