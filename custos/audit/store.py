@@ -28,16 +28,13 @@ from typing import Any, cast
 
 import psycopg
 from sqlalchemy import (
-    ColumnElement,
     Connection,
     Engine,
     Row,
     Select,
-    String,
     delete,
     func,
     insert,
-    literal_column,
     select,
     text,
 )
@@ -46,11 +43,8 @@ from sqlalchemy.exc import IntegrityError
 
 from custos.audit.chain import (
     GENESIS_HASH,
-    RAW_COLUMNS,
     SCHEMA_VERSION,
     ChainHead,
-    ChainRow,
-    ChainVerifier,
     PayloadTemplate,
     VerifyReport,
     compute_row_hash,
@@ -61,6 +55,7 @@ from custos.audit.errors import AuditUnavailable, ChainConflict, DuplicateId, In
 from custos.audit.events import AuditEvent, EventType, Phase, StoredRecord, check_aware, check_text
 from custos.audit.group import GroupCommitter
 from custos.audit.models import AuditRecordRow, TranscriptRow
+from custos.audit.verify import verify_chain
 
 __all__ = [
     "APPEND_LOCK_KEY",
@@ -240,31 +235,6 @@ def _filtered(
         if value is not None:
             stmt = stmt.where(column == value)
     return stmt
-
-
-def _timestamp_text(name: str, dialect: str) -> ColumnElement[str]:
-    """SQL giving a timestamp column as its canonical payload text (``2024-05-01T12:00:00.000000Z``).
-
-    SQLite stores naive UTC text ``2024-05-01 12:00:00.000000``; anything of another shape gives NULL, so
-    verification falls back to the typed comparison for that row. PostgreSQL formats the ``timestamptz``.
-    """
-    if dialect == "postgresql":
-        sql = f"""to_char({name} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
-    else:
-        sql = (
-            f"CASE WHEN length({name}) = 26 AND substr({name}, 11, 1) = ' ' "
-            f"THEN substr({name}, 1, 10) || 'T' || substr({name}, 12) || 'Z' END"
-        )
-    return literal_column(sql, String).label(name)
-
-
-def _raw_columns(dialect: str) -> list[ColumnElement[Any]]:
-    """The columns of :data:`~custos.audit.chain.RAW_COLUMNS` (fast verification), timestamps as text."""
-    table = AuditRecordRow.__table__.columns
-    return [
-        _timestamp_text(name, dialect) if name in ("start_time", "end_time") else table[name]
-        for name in RAW_COLUMNS
-    ]
 
 
 def lock_chain(conn: Connection) -> None:
@@ -701,6 +671,7 @@ class AuditStore:
         checkpoints: Sequence[ChainHead] = (),
         start: ChainHead | None = None,
         progress: Callable[[int], None] | None = None,
+        workers: int | None = None,
     ) -> VerifyReport:
         """Re-verify the whole chain from genesis (or from ``start``), streaming rows in ``seq`` order.
 
@@ -708,33 +679,13 @@ class AuditStore:
         payload; stops at the first bad record and names it. Every head in ``checkpoint``/``checkpoints``
         (from signed checkpoints) must be in the chain with its hash, so truncation and rollback fail too.
         ``start`` is the closing checkpoint of archived records: the live log must continue right after it.
-        ``progress`` is called with the number of rows checked so far, every few thousand rows.
+        ``progress`` is called with the number of rows checked so far, every few thousand rows. Long chains
+        are checked in ``workers`` processes by seq range (see :mod:`custos.audit.verify`).
         """
-        verifier = ChainVerifier(checkpoint=checkpoint, checkpoints=checkpoints, start=start)
-        typed = select(*_RECORD_COLUMNS)
-        done = 0
-        with translate_db_errors(), self._read() as conn:
-            stmt = select(*_raw_columns(conn.dialect.name)).order_by(AuditRecordRow.seq)
-            result = conn.execution_options(yield_per=_VERIFY_FETCH).execute(stmt)
-            try:
-                for rows in result.partitions():
-                    for row in rows:
-                        ok = verifier.feed_raw(row)
-                        if ok is None:  # not accepted on the fast path: the full check decides and explains
-                            full = conn.execute(typed.where(AuditRecordRow.seq == row[0])).one()
-                            ok = verifier.feed(cast(ChainRow, full))
-                        if not ok:
-                            break
-                        done += 1
-                        if progress is not None and done % _VERIFY_BATCH == 0:
-                            progress(done)
-                    if verifier.failed:
-                        break
-            finally:
-                result.close()
-        if progress is not None:
-            progress(done)
-        return verifier.report()
+        heads = [*checkpoints, *([checkpoint] if checkpoint is not None else [])]
+        return verify_chain(
+            self._engine, checkpoints=heads, start=start, workers=workers, progress=progress
+        ).report
 
     def delete_through(self, seq: int, *, expected_hash: str) -> int:
         """Remove records ``1..seq`` (archiving), after checking record ``seq`` still has ``expected_hash``.
