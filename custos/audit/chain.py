@@ -294,27 +294,46 @@ def _canonical_text_encoder() -> Callable[[object], str]:
 _canonical_text = _canonical_text_encoder()
 _body_fields = operator.itemgetter("seq", "id", "schema_version", *TYPED_FIELDS)
 
-# orjson writes a float below 1e-4 in magnitude differently from Python ("0.00001" / "1e-7" where Python
-# writes "1e-05" / "1e-07"), and every such text contains one of these; all other output is the same bytes
-# (tests/unit/audit/test_audit_canonical_fast.py checks it on random values).
-_FLOAT_FORMS_THAT_DIFFER = (b"e-", b"0.0000")
+# orjson writes floats of magnitude 1e-5 <= |x| < 1e-4 in fixed notation ("0.00001" where Python writes
+# "1e-05") and those with a one-digit negative exponent without Python's zero padding ("1e-7", "1e-07");
+# every other output is the same bytes (tests/unit/audit/test_audit_canonical_fast.py checks it).
+_FIXED_SMALL = b"0.0000"
+_NEGATIVE_EXPONENT = b"e-"
+_DIGITS = frozenset(bytes([d]) for d in b"0123456789")
+
+
+def orjson_may_differ(text: bytes) -> bool:
+    """Whether orjson's output ``text`` may hold a float that Python's encoder writes differently.
+
+    True for any ``0.0000`` and any ``e-`` followed by exactly one digit, inside strings too (a false alarm
+    only costs the slower check).
+    """
+    if _FIXED_SMALL in text:
+        return True
+    at = text.find(_NEGATIVE_EXPONENT)
+    while at >= 0:
+        if text[at + 2 : at + 3] in _DIGITS and text[at + 3 : at + 4] not in _DIGITS:
+            return True
+        at = text.find(_NEGATIVE_EXPONENT, at + 2)
+    return False
 
 
 def is_canonical_payload(body: object, payload: bytes) -> bool:
     """Whether ``payload`` is the canonical JSON of ``body``, a JSON value parsed from it.
 
     For JSON values canonical JSON is exactly ``json.dumps(sort_keys=True, separators=(",", ":"),
-    ensure_ascii=False)``. orjson's sorted output is the same bytes unless a float below 1e-4 in magnitude
-    is written, and the text of every such float contains ``e-`` or ``0.0000``: a payload with neither is
-    checked against orjson's output (several times faster), any other against Python's encoder. Both are
-    sound whatever parser produced ``body``: a payload equal to an encoder's output of some value is that
-    value's canonical JSON.
+    ensure_ascii=False)``. orjson's sorted output is the same bytes except for some small floats, whose
+    text :func:`orjson_may_differ` recognises: where orjson's output equals the payload and holds none of
+    them, the payload is canonical (several times faster to establish); otherwise Python's encoder
+    decides. Both are sound whatever parser produced ``body``: a payload equal to an encoder's output of
+    some value is that value's canonical JSON.
     """
-    if _FLOAT_FORMS_THAT_DIFFER[0] not in payload and _FLOAT_FORMS_THAT_DIFFER[1] not in payload:
-        try:
-            return bool(orjson.dumps(body, option=orjson.OPT_SORT_KEYS) == payload)
-        except orjson.JSONEncodeError:  # an integer beyond 64 bits: Python's encoder decides
-            pass
+    try:
+        fast = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits: Python's encoder decides
+        fast = None
+    if fast is not None and not orjson_may_differ(fast):
+        return bool(fast == payload)
     try:
         return _canonical_text(body).encode("utf-8") == payload
     except (TypeError, ValueError, UnicodeEncodeError):
