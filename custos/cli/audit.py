@@ -236,6 +236,13 @@ def audit_verify(
     public_key: Annotated[
         str | None, typer.Option(help="Expected signing key (hex) of the export's checkpoints.")
     ] = None,
+    incremental: Annotated[
+        bool,
+        typer.Option(
+            "--incremental",
+            help="Only the records after the last signed checkpoint a verification passed (local only).",
+        ),
+    ] = False,
     output: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
 ) -> None:
     """Re-hash every record, check it against the signed checkpoints; exit 1 naming the first bad one."""
@@ -244,6 +251,8 @@ def audit_verify(
         _verify_export(export, public_key, output)
         return
     backend = _backend(server, token, ca_file, data_dir, config)
+    if incremental and isinstance(backend, _Remote):
+        raise _fail("--incremental works on the local data directory, not with --server")
     if isinstance(backend, _Remote):
         from custos.v1 import audit_pb2
 
@@ -260,9 +269,10 @@ def audit_verify(
             "reason": response.reason,
         }
     else:
-        total = backend.store.count()
+        total = None if incremental else backend.store.count()
         with _progress("verifying", total) as update:
-            report, checkpoints = backend.trail.verify(progress=update)
+            live = backend.trail.verify_recorded(incremental=incremental, progress=update)
+        report, checkpoints = live.report, live.checkpoints
         backend.record(
             "cli.verify",
             {
@@ -270,9 +280,15 @@ def audit_verify(
                 "count": report.count,
                 "first_bad_seq": report.first_bad_seq,
                 "checkpoints": checkpoints,
+                "mode": live.mode,
+                "resumed_from": live.resumed_from,
             },
         )
+        if live.note:
+            err.print(f"full verification: {live.note}")
         result = {
+            "mode": live.mode,
+            "resumed_from": live.resumed_from,
             "ok": report.ok,
             "count": report.count,
             "head_seq": report.head_seq,
@@ -290,8 +306,10 @@ def _print_verify(result: dict[str, Any], output: str) -> None:
         out.print_json(json.dumps(result)) if out.is_terminal else print(json.dumps(result))
     if result["ok"]:
         if output == "table":
+            after = result.get("resumed_from")
+            scope = "" if after is None else f" after checkpoint seq {after} (incremental)"
             out.print(
-                f"audit chain intact: {result['count']} records, head seq {result['head_seq']} "
+                f"audit chain intact{scope}: {result['count']} records, head seq {result['head_seq']} "
                 f"{result['head_hash']}, {result['checkpoints']} signed checkpoint(s), "
                 f"{result['incomplete']} incomplete request(s)",
                 soft_wrap=True,
