@@ -300,19 +300,20 @@ _body_fields = operator.itemgetter("seq", "id", "schema_version", *TYPED_FIELDS)
 _FIXED_SMALL = b"0.0000"
 _NEGATIVE_EXPONENT = b"e-"
 _DIGITS = frozenset(bytes([d]) for d in b"0123456789")
+_NUMBER_ENDS = frozenset((b",", b"}", b"]", b""))  # what follows a number in compact JSON
 
 
 def orjson_may_differ(text: bytes) -> bool:
     """Whether orjson's output ``text`` may hold a float that Python's encoder writes differently.
 
-    True for any ``0.0000`` and any ``e-`` followed by exactly one digit, inside strings too (a false alarm
-    only costs the slower check).
+    True for any ``0.0000`` and any ``e-`` followed by exactly one digit that ends a number (``,``, ``}``,
+    ``]`` or the end follow), inside strings too: a false alarm only costs the slower check.
     """
     if _FIXED_SMALL in text:
         return True
     at = text.find(_NEGATIVE_EXPONENT)
     while at >= 0:
-        if text[at + 2 : at + 3] in _DIGITS and text[at + 3 : at + 4] not in _DIGITS:
+        if text[at + 2 : at + 3] in _DIGITS and text[at + 3 : at + 4] in _NUMBER_ENDS:
             return True
         at = text.find(_NEGATIVE_EXPONENT, at + 2)
     return False

@@ -152,8 +152,11 @@ def test_known_texts(text: bytes, canonical: bool) -> None:
         (b"[1e-7]", True),
         (b"1e-07", False),
         (b"1e-10", False),
-        (b'"0e8a1c2e-4f"', True),  # a false alarm in a string: only the slower check runs
+        (b'"0e8a1c2e-4fa"', False),  # a UUID: the digit does not end a number
+        (b'"x 1e-7]"', True),  # a false alarm in a string: only the slower check runs
         (b'"0e8a1c2e-49"', False),
+        (b'{"a":1e-7}', True),
+        (b"[1e-7,2]", True),
         (b"0.0001", False),
     ],
 )
