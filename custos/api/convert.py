@@ -1,38 +1,38 @@
-"""Protobuf <-> domain conversion at the edge, with request validation that names the field."""
+"""Protobuf <-> domain conversion of the Inference service, with request validation that names the field.
+
+The chat roles and the privacy policy fields, shared by every service that takes messages, are converted
+here; the other services' conversions are in ``convert_*.py`` beside this module.
+"""
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TypeVar
 
 from google.protobuf.message import DecodeError
-from google.protobuf.timestamp_pb2 import Timestamp
 
-from custos.api.privacy_convert import privacy_policy_from_pb
-from custos.audit.events import StoredRecord
-from custos.audit.store import VerifyReport
 from custos.engine.types import ChatTurn, FinishReason, Role, SamplingParams
-from custos.flows.audit_read import AuditFilter
 from custos.flows.errors import InvalidArgument
 from custos.flows.types import (
     GenerateCall,
     GenerateOutcome,
+    PrivacyMode,
     StreamDelta,
     StreamEvent,
     StreamFinished,
     StreamStarted,
 )
-from custos.v1 import audit_pb2, common_pb2, inference_pb2
+from custos.v1 import common_pb2, inference_pb2
 
-_ROLES: Mapping[int, Role] = {
+ROLES_FROM_PB: Mapping[common_pb2.Role.ValueType, Role] = {
     common_pb2.ROLE_SYSTEM: "system",
     common_pb2.ROLE_USER: "user",
     common_pb2.ROLE_ASSISTANT: "assistant",
 }
+ROLES_TO_PB: Mapping[str, common_pb2.Role.ValueType] = {role: pb for pb, role in ROLES_FROM_PB.items()}
 _FINISH: Mapping[FinishReason, inference_pb2.FinishReason.ValueType] = {
     "stop": inference_pb2.FINISH_REASON_STOP,
     "length": inference_pb2.FINISH_REASON_LENGTH,
@@ -46,6 +46,13 @@ MAX_STOP_CHARS = 64
 # The purpose goes into audit records verbatim, so it must be a label, never free text (or personal data).
 PURPOSE_PATTERN = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
 PURPOSE_RULE = "must be a label: 1..64 of a-z, 0-9, '_', '.', '-', starting with a letter"
+MAX_BLOCK_TYPES = 32
+_ENTITY_TYPE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+_MODES: dict[int, PrivacyMode] = {
+    common_pb2.PRIVACY_MODE_UNSPECIFIED: "mask",
+    common_pb2.PRIVACY_MODE_MASK: "mask",
+    common_pb2.PRIVACY_MODE_BLOCK: "block",
+}
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,31 @@ def parse_message(message_type: type[M], raw: bytes) -> M:
         return message_type.FromString(raw)  # type: ignore[attr-defined]
     except (DecodeError, RuntimeError, ValueError):
         raise InvalidArgument("request", "malformed protobuf message") from None
+
+
+def chat_message_to_pb(role: str, content: str) -> common_pb2.ChatMessage:
+    """A chat message; a role this API does not know becomes ROLE_UNSPECIFIED."""
+    return common_pb2.ChatMessage(role=ROLES_TO_PB.get(role, common_pb2.ROLE_UNSPECIFIED), content=content)
+
+
+def privacy_policy_from_pb(
+    mode: int, block_types: Sequence[str], *, prefix: str = ""
+) -> tuple[PrivacyMode, tuple[str, ...]]:
+    """Validate the policy fields of a request; field names in errors carry ``prefix``."""
+    resolved = _MODES.get(mode)
+    if resolved is None:
+        raise InvalidArgument(f"{prefix}privacy_mode", "must be PRIVACY_MODE_MASK or PRIVACY_MODE_BLOCK")
+    if len(block_types) > MAX_BLOCK_TYPES:
+        raise InvalidArgument(f"{prefix}block_entity_types", f"at most {MAX_BLOCK_TYPES} entries")
+    for index, entity_type in enumerate(block_types):
+        if not _ENTITY_TYPE.fullmatch(entity_type):
+            raise InvalidArgument(
+                f"{prefix}block_entity_types[{index}]",
+                "must be an upper-case entity type such as CREDIT_CARD",
+            )
+    if block_types and resolved != "block":
+        raise InvalidArgument(f"{prefix}block_entity_types", "only allowed with PRIVACY_MODE_BLOCK")
+    return resolved, tuple(block_types)
 
 
 def _check_id(value: str, field: str, *, required: bool) -> None:
@@ -93,7 +125,7 @@ def generate_call_from_pb(request: inference_pb2.GenerateRequest, limits: Reques
     turns: list[ChatTurn] = []
     total_chars = 0
     for index, message in enumerate(request.messages):
-        role = _ROLES.get(message.role)
+        role = ROLES_FROM_PB.get(message.role)
         if role is None:
             raise InvalidArgument(
                 f"messages[{index}].role", "must be ROLE_SYSTEM, ROLE_USER or ROLE_ASSISTANT"
@@ -182,8 +214,8 @@ def redaction_to_pb(counts: Mapping[str, int]) -> common_pb2.RedactionSummary:
 
 
 def generate_outcome_to_pb(outcome: GenerateOutcome) -> inference_pb2.GenerateResponse:
-    """Convert the pipeline's outcome to the response message."""
-    return inference_pb2.GenerateResponse(
+    """Convert the flow's outcome to the response message."""
+    response = inference_pb2.GenerateResponse(
         text=outcome.text,
         request_id=outcome.request_id,
         finish_reason=_FINISH[outcome.finish_reason],
@@ -192,6 +224,12 @@ def generate_outcome_to_pb(outcome: GenerateOutcome) -> inference_pb2.GenerateRe
         ),
         redaction=redaction_to_pb(outcome.redaction),
     )
+    if outcome.template is not None:
+        template = outcome.template
+        response.template.CopyFrom(
+            inference_pb2.TemplateRef(id=template.id, version=template.version, sha256=template.sha256)
+        )
+    return response
 
 
 def stream_event_to_pb(event: StreamEvent) -> inference_pb2.GenerateStreamResponse:
@@ -214,75 +252,3 @@ def stream_event_to_pb(event: StreamEvent) -> inference_pb2.GenerateStreamRespon
             )
         )
     raise TypeError(f"unknown stream event {type(event).__name__}")
-
-
-def _timestamp(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value.astimezone(UTC))
-    return stamp
-
-
-def timestamp_from_pb(message: audit_pb2.AuditQueryRequest, field: str) -> datetime | None:
-    """An optional timestamp filter, tz-aware UTC."""
-    if not message.HasField(field):  # type: ignore[arg-type]
-        return None
-    stamp: Timestamp = getattr(message, field)
-    try:
-        return stamp.ToDatetime(tzinfo=UTC)
-    except (ValueError, OverflowError):  # outside 0001-01-01 .. 9999-12-31, or nanos out of range
-        raise InvalidArgument(field, "timestamp out of range") from None
-
-
-def audit_filter_from_pb(request: audit_pb2.AuditQueryRequest) -> AuditFilter:
-    """The filters of a Query (or an Export's ``filter``); empty strings mean "any"."""
-    return AuditFilter(
-        since=timestamp_from_pb(request, "since"),
-        until=timestamp_from_pb(request, "until"),
-        event_type=request.event_type or None,
-        actor=request.actor or None,
-        status=request.status or None,
-        model=request.model or None,
-        entity_type=request.entity_type or None,
-        conversation_ref=request.conversation_ref or None,
-        subject_ref=request.subject_ref or None,
-        request_id=request.request_id or None,
-        phase=request.phase or None,
-        purpose=request.purpose or None,
-    )
-
-
-def audit_record_to_pb(record: StoredRecord) -> audit_pb2.AuditRecord:
-    """Convert a stored audit record, including its exact hashed payload."""
-    return audit_pb2.AuditRecord(
-        id=record.id,
-        seq=record.seq,
-        event_type=record.event_type,
-        phase=record.phase,
-        request_id=record.request_id,
-        start_time=_timestamp(record.start_time),
-        end_time=_timestamp(record.end_time),
-        actor=record.actor,
-        rpc=record.rpc,
-        status=record.status,
-        model=record.model or "",
-        prev_hash=record.prev_hash,
-        row_hash=record.row_hash,
-        schema_version=record.schema_version,
-        payload_json=record.payload_json,
-    )
-
-
-def verify_report_to_pb(report: VerifyReport) -> audit_pb2.AuditVerifyResponse:
-    """Convert the verifier's report."""
-    response = audit_pb2.AuditVerifyResponse(
-        ok=report.ok,
-        count=report.count,
-        head_hash=report.head_hash or "",
-        reason=report.reason,
-        incomplete=report.incomplete,
-    )
-    if report.first_bad_seq is not None:
-        response.first_bad_seq = report.first_bad_seq
-    return response

@@ -22,7 +22,7 @@ from sqlalchemy import Engine, text
 
 from custos.audit.db import DEFERRED_READ, translate_db_errors
 from custos.audit.errors import AuditUnavailable
-from custos.flows.errors import RequestError
+from custos.flows.errors import Unavailable
 
 log = logging.getLogger("custos.availability")
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -32,10 +32,8 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 GUARDED_PREFIX = "/custos.v1."
 
 
-class ServerDraining(RequestError):
+class ServerDraining(Unavailable):
     """The server is shutting down and takes no new calls; the caller should retry on another replica."""
-
-    code = grpc.StatusCode.UNAVAILABLE
 
     def __init__(self) -> None:
         super().__init__("server is shutting down; retry on another replica")

@@ -12,7 +12,8 @@ from typing import Any
 
 import grpc
 
-from custos.flows.errors import ResourceExhausted, map_exception
+from custos.api.status import map_exception
+from custos.flows.errors import ResourceExhausted
 from custos.server.logs import REQUEST_ID
 from custos.server.metrics import Metrics
 

@@ -11,12 +11,21 @@ Kinds:
 - ``archive``: the closing checkpoint of records moved out of the live log; the live log continues from it.
 
 With several replicas on one PostgreSQL, only the replica holding the checkpoint advisory lock writes.
+
+Trust in the data directory is limited on purpose. The signing key is made only for an empty log with no
+checkpoints (atomically, mode 0600) and is otherwise only ever loaded: re-creating it would let whoever
+deleted it re-sign a rewritten chain. A writer that finds a non-empty chain without any checkpoint signs
+nothing until an operator vouches for the head (``custos audit record-restore``), and a public key can be
+pinned outside the data directory (:func:`load_public_key`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import secrets
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -45,8 +54,11 @@ __all__ = [
     "CheckpointSigner",
     "CheckpointWriter",
     "effective_checkpoints",
+    "load_public_key",
     "public_key_from_hex",
 ]
+
+log = logging.getLogger("custos.audit")
 
 CHECKPOINT_FILE = "audit-checkpoints.jsonl"
 SIGNING_KEY_FILE = "keys/audit-signing.pem"
@@ -64,6 +76,40 @@ def public_key_from_hex(value: str) -> Ed25519PublicKey:
         return Ed25519PublicKey.from_public_bytes(bytes.fromhex(value))
     except ValueError:
         raise CheckpointError("public key must be 64 hex characters of a raw Ed25519 key") from None
+
+
+def load_public_key(value: str | Path) -> Ed25519PublicKey:
+    """A pinned public key: 64 hex characters (as exports print it), or a file holding them or a PEM key.
+
+    :class:`CheckpointError` names the file when it cannot be read or holds something else.
+    """
+    text = str(value).strip()
+    if isinstance(value, str) and len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text):
+        return public_key_from_hex(text)
+    path = Path(value)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"cannot read the audit public key file {path} ({err.strerror})") from None
+    if b"-----BEGIN" in data:
+        try:
+            key = serialization.load_pem_public_key(data)
+        except ValueError:
+            raise CheckpointError(f"{path} is not a PEM public key") from None
+        if not isinstance(key, Ed25519PublicKey):
+            raise CheckpointError(f"{path} holds a public key that is not Ed25519")
+        return key
+    try:
+        return public_key_from_hex(data.decode("ascii").strip())
+    except (UnicodeDecodeError, CheckpointError):
+        raise CheckpointError(
+            f"{path} must hold the audit public key as 64 hex characters or a PEM public key"
+        ) from None
+
+
+def public_key_hex(key: Ed25519PublicKey) -> str:
+    """The raw public key as hex (the form exports and pinned key files use)."""
+    return _public_hex(key)
 
 
 def _public_hex(key: Ed25519PublicKey) -> str:
@@ -143,7 +189,7 @@ class Checkpoint:
 
 
 class CheckpointSigner:
-    """Signs checkpoints with an Ed25519 key (a PEM file, mode 0600, created on first use)."""
+    """Signs checkpoints with an Ed25519 key held in a PEM file (mode 0600)."""
 
     def __init__(self, private_key: Ed25519PrivateKey) -> None:
         self._key = private_key
@@ -152,21 +198,52 @@ class CheckpointSigner:
         self.key_id = self.public_key_hex[:16]
 
     @classmethod
-    def load_or_create(cls, path: Path) -> CheckpointSigner:
-        """Load the key at ``path`` or create it there (parent 0700, file 0600)."""
-        if path.exists():
-            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-            if not isinstance(key, Ed25519PrivateKey):
-                raise CheckpointError("the audit signing key is not an Ed25519 key")
-            return cls(key)
+    def load(cls, path: Path) -> CheckpointSigner:
+        """Load the key at ``path``; :class:`CheckpointError` names the file when it is missing or wrong."""
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise CheckpointError(f"the audit signing key {path} does not exist") from None
+        except OSError as err:
+            raise CheckpointError(f"cannot read the audit signing key {path} ({err.strerror})") from None
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError):
+            raise CheckpointError(f"the audit signing key {path} is not an unencrypted PEM key") from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise CheckpointError(f"the audit signing key {path} is not an Ed25519 key")
+        return cls(key)
+
+    @classmethod
+    def create(cls, path: Path) -> CheckpointSigner:
+        """Make a new key at ``path`` atomically (parent 0700, file 0600); FileExistsError if one is there.
+
+        The PEM goes to a temporary file beside ``path`` (fsynced), which is then hard-linked to ``path``:
+        linking never replaces a file, so two replicas starting together end up with one key between them.
+        """
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         key = Ed25519PrivateKey.generate()
         pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(pem)
+        temporary = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        try:
+            try:
+                os.fchmod(fd, 0o600)
+                os.write(fd, pem)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.link(temporary, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
         return cls(key)
 
     def sign_bytes(self, data: bytes) -> str:
@@ -247,6 +324,12 @@ class CheckpointWriter:
     :meth:`maybe_write` is cheap when nothing is due; the server calls it after appends and from a timer.
     On PostgreSQL only the process holding :data:`CHECKPOINT_LOCK_KEY` (a try-lock, never waited for)
     writes, so replicas do not interleave checkpoints of the same head.
+
+    A writer is *anchored* when the checkpoint file has a checkpoint or the chain was empty when it started.
+    An unanchored one (records, but no checkpoint: the file was lost, emptied or never written) signs no
+    ``head`` checkpoint, since that would vouch for whatever the database now holds; it looks at the file
+    again before each write, so a ``restore`` checkpoint signed by an operator (or another replica's first
+    checkpoint) anchors it.
     """
 
     def __init__(
@@ -272,6 +355,35 @@ class CheckpointWriter:
         self._last_seq = existing[-1].seq if existing else 0
         self._last_time = clock()
         self._pending = 0
+        self._anchored = bool(existing) or self._chain_is_empty()
+        self._warned = False
+
+    @property
+    def anchored(self) -> bool:
+        """Whether this writer may sign ``head`` checkpoints (see the class docstring)."""
+        return self._anchored
+
+    def _chain_is_empty(self) -> bool:
+        from custos.audit.store import read_head
+
+        with (
+            translate_db_errors(),
+            self._engine.connect().execution_options(**{DEFERRED_READ: True}) as conn,
+            conn.begin(),
+        ):
+            return read_head(conn).seq == 0
+
+    def _check_anchor(self) -> bool:
+        if not self._anchored and self._log.read():
+            self._anchored = True
+        if not self._anchored and not self._warned:
+            self._warned = True
+            log.error(
+                "not signing audit checkpoints: the audit log has records but the checkpoint file has "
+                "no checkpoint; verify the log, then sign its head with custos audit record-restore",
+                extra={"fields": {"checkpoint_file": str(self._log.path)}},
+            )
+        return self._anchored
 
     def note_appended(self, count: int) -> None:
         """Count freshly committed records; writes a checkpoint when ``every_records`` is reached."""
@@ -297,6 +409,9 @@ class CheckpointWriter:
         from custos.audit.store import read_head
 
         self._last_time = self._clock()
+        if kind == "head" and not self._check_anchor():
+            self._pending = 0
+            return None
         # A read-only transaction: on SQLite a deferred BEGIN, so checkpoints never take the write lock.
         with (
             translate_db_errors(),

@@ -37,7 +37,7 @@ from custos.audit.checkpoints import (
     effective_checkpoints,
 )
 from custos.audit.db import translate_db_errors
-from custos.audit.maintenance import live_start
+from custos.audit.maintenance import live_start, require_checkpoint
 from custos.audit.models import AuditRecordRow
 from custos.audit.store import AuditStore
 from custos.audit.verify import verify_chain
@@ -182,16 +182,24 @@ def _still_there(store: AuditStore, head: ChainHead) -> bool:
 def verify_live_from_state(
     store: AuditStore,
     log: CheckpointLog,
-    signer: CheckpointSigner,
+    key: CheckpointSigner | Ed25519PublicKey,
     *,
     incremental: bool,
+    signer: CheckpointSigner | None = None,
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> LiveVerification:
-    """Verify the live log, fully or from the verified state; record a new state when it passes."""
+    """Verify the live log, fully or from the verified state; record a new state when it passes.
+
+    ``key`` (the signer or a pinned public key) is what the checkpoints and the state must verify with;
+    the new state is signed by ``signer`` (by ``key`` when it is the signer), and not written without one.
+    As in :func:`~custos.audit.maintenance.verify_live`, records checked against no checkpoint fail.
+    """
+    public_key = key.public_key if isinstance(key, CheckpointSigner) else key
+    signer = signer if signer is not None else key if isinstance(key, CheckpointSigner) else None
     try:
-        checkpoints: list[Checkpoint] = effective_checkpoints(log.read(signer.public_key))
-        state = read_state(state_path(log), signer.public_key) if incremental else None
+        checkpoints: list[Checkpoint] = effective_checkpoints(log.read(public_key))
+        state = read_state(state_path(log), public_key) if incremental else None
     except CheckpointError as exc:
         return _failed(str(exc))
     heads = [c.head for c in checkpoints]
@@ -221,12 +229,13 @@ def verify_live_from_state(
             store.engine, checkpoints=heads, start=start, cut=cut, workers=workers, progress=progress
         )
         mode = "full"
-    if result.report.ok and cut is not None and result.open_at_cut is not None:
+    report = require_checkpoint(result.report, len(checkpoints))
+    if report.ok and signer is not None and cut is not None and result.open_at_cut is not None:
         cut_head = next(c.head for c in reversed(checkpoints) if c.seq == cut)
         if state is None or cut_head.seq > state.seq:
             write_state(state_path(log), signer, cut_head, result.open_at_cut, mode=mode)
     return LiveVerification(
-        result.report,
+        report,
         len(checkpoints),
         mode,
         resumed_from=state.seq if state is not None else None,

@@ -1,7 +1,8 @@
 """Operations on the live log that involve the signed checkpoints: verify, restore, archive.
 
 - :func:`verify_live` checks the database chain against every effective checkpoint, starting after the
-  closing checkpoint of the last archive, so truncation, rollback and rewritten history are caught.
+  closing checkpoint of the last archive, so truncation, rollback and rewritten history are caught; a
+  non-empty chain that no checkpoint covers fails (an emptied checkpoint file must not pass as "intact").
 - :func:`record_restore` marks a legitimate restore from backup: a signed ``restore`` checkpoint of the
   restored head (superseding checkpoints beyond it) and a ``restore`` record in the chain.
 - :func:`archive` moves records older than a cut-off into a verifiable export file with a closing signed
@@ -10,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import os
 from collections.abc import Callable
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import func, select
 
 from custos.audit.chain import ChainHead, VerifyReport
@@ -33,7 +36,35 @@ from custos.audit.export import export_jsonl
 from custos.audit.models import AuditRecordRow
 from custos.audit.store import AuditStore
 
-__all__ = ["ArchiveResult", "archive", "live_start", "record_restore", "verify_live"]
+__all__ = [
+    "NO_CHECKPOINT",
+    "ArchiveResult",
+    "archive",
+    "live_start",
+    "record_restore",
+    "require_checkpoint",
+    "verify_live",
+]
+
+NO_CHECKPOINT = "no signed checkpoint covers the chain"
+"""Start of the reason when a non-empty chain has no checkpoint to be checked against."""
+
+
+def require_checkpoint(report: VerifyReport, checkpoints: int) -> VerifyReport:
+    """``report``, failed when it checked records against no signed checkpoint at all.
+
+    A chain alone proves only that it is consistent with itself: a rewritten or truncated log whose
+    checkpoint file was emptied or removed verifies just as well. ``first_bad_seq`` stays ``None``: no
+    record is known to be bad, the evidence is missing.
+    """
+    if not report.ok or report.count == 0 or checkpoints > 0:
+        return report
+    return dataclasses.replace(
+        report,
+        ok=False,
+        reason=f"{NO_CHECKPOINT} ({report.count} records, 0 checkpoints): the checkpoint file is empty, "
+        "missing or not the one the server writes",
+    )
 
 
 def live_start(checkpoints: list[Checkpoint], first_seq: int | None) -> ChainHead | None:
@@ -48,24 +79,26 @@ def live_start(checkpoints: list[Checkpoint], first_seq: int | None) -> ChainHea
 def verify_live(
     store: AuditStore,
     log: CheckpointLog,
-    signer: CheckpointSigner,
+    key: CheckpointSigner | Ed25519PublicKey,
     *,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[VerifyReport, int]:
     """Verify the database chain against the signed checkpoints; return the report and checkpoints used.
 
-    A checkpoint file that is malformed or carries a bad signature fails verification (``first_bad_seq``
-    ``None``, the reason naming the line): the evidence itself was tampered with.
+    ``key`` is the signer or a pinned public key. A checkpoint file that is malformed or carries a bad
+    signature fails verification (``first_bad_seq`` ``None``, the reason naming the line): the evidence
+    itself was tampered with. So does a non-empty chain with no checkpoint (:func:`require_checkpoint`).
     """
+    public_key = key.public_key if isinstance(key, CheckpointSigner) else key
     try:
-        checkpoints = effective_checkpoints(log.read(signer.public_key))
+        checkpoints = effective_checkpoints(log.read(public_key))
     except CheckpointError as exc:
         return VerifyReport(
             ok=False, count=0, head_hash="", first_bad_seq=None, reason=str(exc), incomplete=0
         ), 0
     start = live_start(checkpoints, store.first_seq())
     report = store.verify(checkpoints=[c.head for c in checkpoints], start=start, progress=progress)
-    return report, len(checkpoints)
+    return require_checkpoint(report, len(checkpoints)), len(checkpoints)
 
 
 def record_restore(

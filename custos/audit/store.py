@@ -21,7 +21,7 @@ import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, cast
@@ -60,6 +60,7 @@ from custos.audit.verify import verify_chain
 __all__ = [
     "APPEND_LOCK_KEY",
     "MAX_PAGE_SIZE",
+    "AuditFilter",
     "AuditStore",
     "PreparedRecord",
     "SealedTranscript",
@@ -83,6 +84,75 @@ _RECORD_COLUMNS = tuple(AuditRecordRow.__table__.columns)
 _ENTITY_TYPE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 _EVENT_TYPE_VALUES = frozenset(e.value for e in EventType)
 _PHASE_VALUES = frozenset(p.value for p in Phase)
+# Filters that are not "column equals value".
+_RANGE_FILTERS = frozenset({"since", "until", "entity_type"})
+_HEX_REF = re.compile(r"[0-9a-f]{16,128}")
+_RECORD_ID = re.compile(r"[0-9A-Fa-f-]{1,36}")
+
+
+def safe_record_id(value: str) -> str:
+    """``value`` if it looks like a record id we issue, else a fixed marker (it could be anything)."""
+    return value if _RECORD_ID.fullmatch(value) else "(not a record id)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditFilter:
+    """Which records a query, scan, count or export reads; every field optional, all given ones must match.
+
+    The one filter type from the API (and the CLI) to the store. ``since`` is inclusive and ``until``
+    exclusive, on ``start_time``; ``entity_type`` matches records whose PII findings include that type;
+    references are blind indexes as stored. Values are checked when the store runs the filter
+    (:class:`InvalidQuery` names the field).
+    """
+
+    since: datetime | None = None
+    until: datetime | None = None
+    event_type: str | None = None
+    actor: str | None = None
+    status: str | None = None
+    model: str | None = None
+    entity_type: str | None = None
+    conversation_ref: str | None = None
+    subject_ref: str | None = None
+    request_id: str | None = None
+    phase: str | None = None
+    purpose: str | None = None
+    transcript_id: str | None = None
+    retention_class: str | None = None
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The filter fields, in declaration order."""
+        return tuple(f.name for f in fields(cls))
+
+    def given(self) -> dict[str, Any]:
+        """The fields that are set, by name."""
+        return {name: value for name in self.names() if (value := getattr(self, name)) is not None}
+
+    def to_json(self) -> dict[str, Any]:
+        """The set fields as plain JSON (times in ISO 8601)."""
+        return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in self.given().items()}
+
+    def for_audit(self) -> dict[str, Any]:
+        """The set fields as plain JSON for an ``audit_read`` record.
+
+        References and ids are kept only when they have the shape we issue (hex blind indexes, uuids): a raw
+        identifier typed in by mistake must not land in the trail.
+        """
+        out = self.to_json()
+        for key in ("conversation_ref", "subject_ref"):
+            if key in out and not _HEX_REF.fullmatch(out[key]):
+                out[key] = "(not a reference)"
+        if "request_id" in out:
+            out["request_id"] = safe_record_id(out["request_id"])
+        return out
+
+
+def _where(where: AuditFilter | None, given: Mapping[str, Any]) -> AuditFilter:
+    """``where`` with the fields given by keyword on top (the keyword form is for scripts and tests)."""
+    if where is None:
+        return AuditFilter(**given)
+    return replace(where, **given) if given else where
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -185,55 +255,25 @@ def _require_aware(name: str, value: datetime | None) -> None:
         raise InvalidQuery(name, f"{name} must be timezone-aware")
 
 
-def _filtered(
-    stmt: Select[Any],
-    *,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    event_type: str | None = None,
-    actor: str | None = None,
-    status: str | None = None,
-    request_id: str | None = None,
-    phase: str | None = None,
-    conversation_ref: str | None = None,
-    subject_ref: str | None = None,
-    transcript_id: str | None = None,
-    model: str | None = None,
-    entity_type: str | None = None,
-    purpose: str | None = None,
-    retention_class: str | None = None,
-) -> Select[Any]:
-    """Add the query filters to ``stmt``; :class:`InvalidQuery` names a bad argument."""
-    _require_aware("since", since)
-    _require_aware("until", until)
-    if event_type is not None and event_type not in _EVENT_TYPE_VALUES:
+def _filtered(stmt: Select[Any], where: AuditFilter) -> Select[Any]:
+    """Add the filter to ``stmt``; :class:`InvalidQuery` names a bad field."""
+    _require_aware("since", where.since)
+    _require_aware("until", where.until)
+    if where.event_type is not None and where.event_type not in _EVENT_TYPE_VALUES:
         raise InvalidQuery("event_type", "event_type is not a known audit event type")
-    if phase is not None and phase not in _PHASE_VALUES:
+    if where.phase is not None and where.phase not in _PHASE_VALUES:
         raise InvalidQuery("phase", "phase must be one of: request, completion, event")
-    if entity_type is not None and not _ENTITY_TYPE.fullmatch(entity_type):
+    if where.entity_type is not None and not _ENTITY_TYPE.fullmatch(where.entity_type):
         raise InvalidQuery("entity_type", "entity_type must be upper-case letters, digits and _")
-    if since is not None:
-        stmt = stmt.where(AuditRecordRow.start_time >= since)
-    if until is not None:
-        stmt = stmt.where(AuditRecordRow.start_time < until)
-    if entity_type is not None:
-        stmt = stmt.where(AuditRecordRow.entity_types.like(f"%,{entity_type},%"))
-    filters: Mapping[Any, str | None] = {
-        AuditRecordRow.event_type: event_type,
-        AuditRecordRow.actor: actor,
-        AuditRecordRow.status: status,
-        AuditRecordRow.request_id: request_id,
-        AuditRecordRow.phase: phase,
-        AuditRecordRow.conversation_ref: conversation_ref,
-        AuditRecordRow.subject_ref: subject_ref,
-        AuditRecordRow.transcript_id: transcript_id,
-        AuditRecordRow.model: model,
-        AuditRecordRow.purpose: purpose,
-        AuditRecordRow.retention_class: retention_class,
-    }
-    for column, value in filters.items():
-        if value is not None:
-            stmt = stmt.where(column == value)
+    if where.since is not None:
+        stmt = stmt.where(AuditRecordRow.start_time >= where.since)
+    if where.until is not None:
+        stmt = stmt.where(AuditRecordRow.start_time < where.until)
+    if where.entity_type is not None:
+        stmt = stmt.where(AuditRecordRow.entity_types.like(f"%,{where.entity_type},%"))
+    for name, value in where.given().items():
+        if name not in _RANGE_FILTERS:
+            stmt = stmt.where(getattr(AuditRecordRow, name) == value)
     return stmt
 
 
@@ -584,51 +624,23 @@ class AuditStore:
 
     def query(
         self,
+        where: AuditFilter | None = None,
+        /,
         *,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        event_type: str | None = None,
-        actor: str | None = None,
-        status: str | None = None,
-        request_id: str | None = None,
-        phase: str | None = None,
-        conversation_ref: str | None = None,
-        subject_ref: str | None = None,
-        transcript_id: str | None = None,
-        model: str | None = None,
-        entity_type: str | None = None,
-        purpose: str | None = None,
-        retention_class: str | None = None,
         page_size: int = 50,
         page_token: str | None = None,
+        **given: Any,
     ) -> tuple[list[StoredRecord], str | None]:
-        """Return one page of records matching every given filter, newest (highest seq) first.
+        """Return one page of records matching ``where`` (and filter fields given by keyword), newest first.
 
-        ``since`` is inclusive and ``until`` exclusive, on ``start_time``. ``entity_type`` matches records
-        whose PII findings include that type. The second element is the token for the next page, ``None``
-        on the last one. Pagination is by ``seq``, so records appended meanwhile never shift pages. Raises
-        :class:`InvalidQuery` (a ``ValueError`` naming the argument in ``field``) for a malformed token, an
-        unknown event type or phase, a naive datetime or a page size outside 1..:data:`MAX_PAGE_SIZE`.
+        The second element is the token for the next page, ``None`` on the last one. Pagination is by
+        ``seq``, so records appended meanwhile never shift pages. Raises :class:`InvalidQuery` (a
+        ``ValueError`` naming the argument in ``field``) for a malformed token, an unknown event type or
+        phase, a naive datetime or a page size outside 1..:data:`MAX_PAGE_SIZE`.
         """
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise InvalidQuery("page_size", f"page_size must be between 1 and {MAX_PAGE_SIZE}")
-        stmt = _filtered(
-            select(*_RECORD_COLUMNS),
-            since=since,
-            until=until,
-            event_type=event_type,
-            actor=actor,
-            status=status,
-            request_id=request_id,
-            phase=phase,
-            conversation_ref=conversation_ref,
-            subject_ref=subject_ref,
-            transcript_id=transcript_id,
-            model=model,
-            entity_type=entity_type,
-            purpose=purpose,
-            retention_class=retention_class,
-        )
+        stmt = _filtered(select(*_RECORD_COLUMNS), _where(where, given))
         if page_token is not None:
             stmt = stmt.where(AuditRecordRow.seq < _decode_page_token(page_token))
         stmt = stmt.order_by(AuditRecordRow.seq.desc()).limit(page_size + 1)
@@ -638,12 +650,12 @@ class AuditStore:
         next_token = _encode_page_token(records[-1].seq) if len(rows) > page_size else None
         return records, next_token
 
-    def scan(self, **filters: Any) -> Iterator[StoredRecord]:
-        """Yield every record matching ``filters`` (those of :meth:`query`), oldest first, streaming.
+    def scan(self, where: AuditFilter | None = None, /, **given: Any) -> Iterator[StoredRecord]:
+        """Yield every record matching the filter (as for :meth:`query`), oldest first, streaming.
 
         One read transaction (a consistent snapshot) for the whole scan; close the iterator to end it early.
         """
-        stmt = _filtered(select(*_RECORD_COLUMNS), **filters).order_by(AuditRecordRow.seq)
+        stmt = _filtered(select(*_RECORD_COLUMNS), _where(where, given)).order_by(AuditRecordRow.seq)
         with translate_db_errors(), self._read() as conn:
             result = conn.execution_options(yield_per=_VERIFY_BATCH).execute(stmt)
             try:
@@ -652,9 +664,9 @@ class AuditStore:
             finally:
                 result.close()
 
-    def count(self, **filters: Any) -> int:
-        """Number of records matching ``filters`` (those of :meth:`query`)."""
-        stmt = _filtered(select(func.count()).select_from(AuditRecordRow), **filters)
+    def count(self, where: AuditFilter | None = None, /, **given: Any) -> int:
+        """Number of records matching the filter (as for :meth:`query`)."""
+        stmt = _filtered(select(func.count()).select_from(AuditRecordRow), _where(where, given))
         with translate_db_errors(), self._read() as conn:
             return int(conn.execute(stmt).scalar_one())
 

@@ -11,6 +11,10 @@ Matching rules: a labelled value is found when predicted spans cover at least ha
 leaks when it appears verbatim in the text the model would get (ignoring case, spaces and punctuation); a
 predicted span is correct when it overlaps a labelled one. Types are not compared: a card number masked as
 a bank number is still masked.
+
+The red-team set (``custos.bench.redteam``: obfuscated identifiers, six European languages, negatives) is
+scored in the same run, by default on its held-out half, with stricter rules (see ``score_redteam``): a
+value leaks when any one of its letters or digits reaches the model.
 """
 
 from __future__ import annotations
@@ -20,10 +24,13 @@ import re
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from custos.bench import redteam
+from custos.bench.redteam import RedTeamSample
+from custos.privacy.errors import UnsupportedLanguage
 from custos.privacy.names import faker_name_lists
 
 #: Goals the benchmark reports next to its measurements.
@@ -260,7 +267,7 @@ def _quiet(fn: Callable[[], Any]) -> Any:
         return fn()
 
 
-def _hand(text: str) -> Sample:
+def parse_markup(text: str) -> Sample:
     """Parse ``[[TYPE:value]]`` markup into a sample."""
     labels: list[Label] = []
     out: list[str] = []
@@ -280,7 +287,7 @@ def _hand(text: str) -> Sample:
 
 #: Real-looking messages written by hand (names, numbers and addresses are invented).
 HAND_WRITTEN = tuple(
-    _hand(t)
+    parse_markup(t)
     for t in (
         "Hi there, I ordered a jacket last week (order [[ORDER_ID:88213-B]]) and it still hasn't arrived. "
         "Can you check? Thanks, [[PERSON:Priya Raman]]",
@@ -534,10 +541,167 @@ def person_listing_group(lists: Any) -> Callable[[str, str], str | None]:
     return group
 
 
-def run(
-    pseudonymizer: Any, presidio: Any, *, count: int, seed: int = 7, long_count: int = 100
+# ---------------------------------------------------------------------------------------------------------
+# The red-team set.
+
+#: Goals of issue 14 on the red-team set (ratios in one run).
+REDTEAM_GOALS = {
+    "verbatim_leak_rate": 0.03,
+    "precision": 0.95,
+    "person_recall_per_language": 0.85,
+}
+
+
+@dataclass
+class RedTeamTally:
+    """Counts of one detector on red-team messages.
+
+    Keys: ``"all"``, ``"kind:<kind>"``, ``"lang:<language>"``, ``"type:<entity type>"`` and
+    ``"person:<language>"`` (PERSON values of that language).
+    """
+
+    values: Counter[str] = field(default_factory=Counter)
+    leaked: Counter[str] = field(default_factory=Counter)
+    verbatim: Counter[str] = field(default_factory=Counter)
+    found: Counter[str] = field(default_factory=Counter)
+    #: Messages, refused messages, negative messages with a false positive; keyed as above.
+    messages: Counter[str] = field(default_factory=Counter)
+    refused: Counter[str] = field(default_factory=Counter)
+    flagged_negatives: Counter[str] = field(default_factory=Counter)
+    #: Masked regions (overlapping detections merged) and those that overlap a gold value.
+    predicted: Counter[str] = field(default_factory=Counter)
+    correct: Counter[str] = field(default_factory=Counter)
+
+
+def _merged(spans: Iterable[Span]) -> list[tuple[int, int]]:
+    """The masked regions: overlapping detections merged into one."""
+    regions: list[tuple[int, int]] = []
+    for start, end in sorted((s, e) for _, s, e in spans if e > s):
+        if regions and start < regions[-1][1]:
+            regions[-1] = (regions[-1][0], max(regions[-1][1], end))
+        else:
+            regions.append((start, end))
+    return regions
+
+
+def model_input(text: str, spans: Iterable[Span]) -> str:
+    """The text as the model would get it: every masked region replaced by one placeholder."""
+    pieces, cursor = [], 0
+    for start, end in _merged(spans):
+        pieces.append(text[cursor:start])
+        pieces.append("<X>")
+        cursor = end
+    pieces.append(text[cursor:])
+    return "".join(pieces)
+
+
+def leaked_characters(text: str, start: int, end: int, covered: Sequence[bool]) -> int:
+    """How many letters and digits of ``text[start:end]`` are not covered by a masked region."""
+    return sum(1 for index in range(start, end) if text[index].isalnum() and not covered[index])
+
+
+def score_redteam(samples: Iterable[RedTeamSample], analyze: Analyze) -> RedTeamTally:
+    """Run ``analyze`` over red-team messages and count by these rules.
+
+    * A gold value **leaks** when any of its letters or digits (``str.isalnum``) lies outside every span the
+      detector masked: that character reaches the model. Separators, spaces and zero-width characters
+      carry nothing and are not counted. The **leak rate** is leaked values / gold values.
+    * It leaks **verbatim** when its letters and digits, case-folded, appear as one run in the text the model
+      gets (masked regions replaced by a placeholder): the whole value went through (the issue's goal).
+    * It is **found** (recall) when masked spans cover at least half of its characters (the generated set's
+      rule).
+    * **Precision**: overlapping detections are merged into masked regions; a region is correct when it
+      overlaps a gold value. Entity types are not compared (masked is masked). A negative message is
+      *flagged* when anything in it is masked.
+    * A message the detector refuses (``UnsupportedLanguage``: Custos's language policy) is counted in
+      ``refused``; its values and detections are left out of that detector's leak, recall and precision, so
+      refusing is never scored as protecting. Plain Presidio refuses nothing.
+    """
+    tally = RedTeamTally()
+    for sample in samples:
+        keys = ("all", f"lang:{sample.language}", f"kind:{sample.kind}")
+        for key in keys:
+            tally.messages[key] += 1
+        try:
+            spans = list(analyze(sample.text))
+        except UnsupportedLanguage:
+            for key in keys:
+                tally.refused[key] += 1
+            continue
+        covered = [False] * len(sample.text)
+        regions = _merged(spans)
+        for start, end in regions:
+            for index in range(start, end):
+                covered[index] = True
+        squashed_input = _squash(model_input(sample.text, spans))
+        for gold in sample.spans:
+            value_keys = ["all", f"lang:{sample.language}", f"kind:{gold.kind}", f"type:{gold.entity_type}"]
+            if gold.entity_type == "PERSON":
+                value_keys.append(f"person:{sample.language}")
+            leaked = leaked_characters(sample.text, gold.start, gold.end, covered) > 0
+            value = _squash(sample.text[gold.start : gold.end])
+            verbatim = bool(value) and value in squashed_input
+            found = sum(covered[gold.start : gold.end]) * 2 >= gold.end - gold.start
+            for key in value_keys:
+                tally.values[key] += 1
+                tally.leaked[key] += int(leaked)
+                tally.verbatim[key] += int(verbatim)
+                tally.found[key] += int(found)
+        for start, end in regions:
+            right = any(start < gold.end and gold.start < end for gold in sample.spans)
+            for key in ("all", f"lang:{sample.language}"):
+                tally.predicted[key] += 1
+                tally.correct[key] += int(right)
+        if sample.negative and regions:
+            for key in keys:
+                tally.flagged_negatives[key] += 1
+    return tally
+
+
+def redteam_summary(tally: RedTeamTally) -> dict[str, Any]:
+    """Per key: values, leak and verbatim-leak rate, recall, precision, messages, refused, flagged."""
+    keys = sorted(set(tally.values) | set(tally.messages) | set(tally.predicted))
+    return {
+        key: {
+            "values": tally.values[key],
+            "leak_rate": _ratio(tally.leaked[key], tally.values[key]),
+            "verbatim_leak_rate": _ratio(tally.verbatim[key], tally.values[key]),
+            "recall": _ratio(tally.found[key], tally.values[key]),
+            "precision": _ratio(tally.correct[key], tally.predicted[key]),
+            "messages": tally.messages[key],
+            "refused": tally.refused[key],
+            "flagged_negatives": tally.flagged_negatives[key],
+        }
+        for key in keys
+    }
+
+
+def run_redteam(
+    detectors: Mapping[str, Analyze], *, half: str = "heldout", count: int | None = None
 ) -> dict[str, Any]:
-    """Score both detectors on the generated set, the hand-written set and ~500-character messages."""
+    """Score each detector on the first ``count`` messages of a red-team half (all kinds, balanced)."""
+    samples = redteam.generate(half, count)
+    results: dict[str, Any] = {"half": half, "count": len(samples), "seed": redteam.HALVES[half].seed}
+    for name, analyze in detectors.items():
+        results[name] = redteam_summary(score_redteam(samples, analyze))
+    return results
+
+
+def run(
+    pseudonymizer: Any,
+    presidio: Any,
+    *,
+    count: int,
+    seed: int = 7,
+    long_count: int = 100,
+    redteam_half: str = "heldout",
+    redteam_count: int | None = None,
+) -> dict[str, Any]:
+    """Score both detectors on the generated, hand-written, ~500-character and red-team messages.
+
+    ``redteam_count`` messages of the red-team half ``redteam_half`` are scored (the whole half by default;
+    0 leaves the red-team set out).
+    """
     import os
 
     load_before = os.getloadavg()
@@ -559,6 +723,8 @@ def run(
         "batch_calls": 8,
         "ms_per_message": 1000 * (time.perf_counter() - started) / max(1, len(longs)),
     }
+    if redteam_count != 0:
+        results["redteam"] = run_redteam(detectors, half=redteam_half, count=redteam_count)
     answers = [sample.text for sample in HAND_WRITTEN]
     results["load_average"] = {"before": load_before[0], "after": os.getloadavg()[0], "cpus": os.cpu_count()}
     results["streaming"] = [stream_cost(pseudonymizer, answers, window=w) for w in (0, 120)]
@@ -678,5 +844,105 @@ def render(results: dict[str, Any]) -> str:
         lines.append(
             f"| NER window {item['window']} chars | {item['first_release_token_p50']:.0f} / "
             f"{item['first_release_token_max']} | {item['guard_ms_per_answer']:.1f} ms |"
+        )
+    if "redteam" in results:
+        lines += ["", render_redteam(results["redteam"])]
+    return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
+
+
+def render_redteam(results: Mapping[str, Any]) -> str:
+    """Markdown tables of the red-team run: goals, per kind, per language, per entity type."""
+    custos, presidio = results["custos"], results["presidio"]
+    total_c, total_p = custos["all"], presidio["all"]
+    lines = [
+        f"Red-team set, {results['half']} half: {results['count']} messages (seed {results['seed']}), "
+        f"{total_p['values']} labelled values. Leak: any letter or digit of a value reaches the model; "
+        "verbatim: all of it does. Values of messages Custos refused are left out of its rates.",
+        "",
+        "| red-team goal | target | Custos | plain Presidio | met |",
+        "|---|---|---|---|---|",
+    ]
+    verbatim = total_c["verbatim_leak_rate"]
+    precision = total_c["precision"]
+    goals = [
+        ("values leaked verbatim", "≤ 3 %", _pct(verbatim), _pct(total_p["verbatim_leak_rate"]),
+         verbatim is not None and verbatim <= REDTEAM_GOALS["verbatim_leak_rate"]),
+        ("values leaked (any character)", "≤ plain Presidio", _pct(total_c["leak_rate"]),
+         _pct(total_p["leak_rate"]), (total_c["leak_rate"] or 0.0) <= (total_p["leak_rate"] or 0.0)),
+        ("precision", "≥ 0.95", _fmt(precision), _fmt(total_p["precision"]),
+         precision is not None and precision >= REDTEAM_GOALS["precision"]),
+        ("messages refused", "0", str(total_c["refused"]), str(total_p["refused"]), total_c["refused"] == 0),
+    ]  # fmt: skip
+    for label, target, c_value, p_value, met in goals:
+        lines.append(f"| {label} | {target} | {c_value} | {p_value} | {'yes' if met else 'NO'} |")
+    for language in redteam.LANGUAGES:
+        if language == "en":
+            continue
+        recall = custos.get(f"person:{language}", {}).get("recall")
+        other = presidio.get(f"person:{language}", {}).get("recall")
+        met = recall is not None and recall >= REDTEAM_GOALS["person_recall_per_language"]
+        verdict = "yes" if met else "NO"
+        lines.append(f"| PERSON recall, {language} | ≥ 0.85 | {_fmt(recall)} | {_fmt(other)} | {verdict} |")
+    lines += [
+        "",
+        "| kind | values | Custos leak | Presidio leak | Custos verbatim | Presidio verbatim "
+        "| Custos recall | Presidio recall |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    kinds = [*redteam.KINDS, "plain"]
+    for kind in kinds:
+        c, p = custos.get(f"kind:{kind}"), presidio.get(f"kind:{kind}")
+        if c is None or p is None or kind.startswith("negative_") or not p["values"]:
+            continue
+        lines.append(
+            f"| {kind} | {p['values']} | {_pct(c['leak_rate'])} | {_pct(p['leak_rate'])} | "
+            f"{_pct(c['verbatim_leak_rate'])} | {_pct(p['verbatim_leak_rate'])} | {_fmt(c['recall'])} | "
+            f"{_fmt(p['recall'])} |"
+        )
+    lines += [
+        "",
+        "| negatives | messages | Custos: messages with anything masked "
+        "| Presidio: messages with anything masked |",
+        "|---|---|---|---|",
+    ]
+    for kind in redteam.KINDS:
+        c, p = custos.get(f"kind:{kind}"), presidio.get(f"kind:{kind}")
+        if c is None or p is None or not kind.startswith("negative_"):
+            continue
+        lines.append(f"| {kind} | {p['messages']} | {c['flagged_negatives']} | {p['flagged_negatives']} |")
+    lines += [
+        "",
+        "| language | messages | Custos refused | values | Custos leak | Presidio leak | Custos verbatim | "
+        "Presidio verbatim | Custos precision | Presidio precision | Custos PERSON recall | "
+        "Presidio PERSON recall |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for language in redteam.LANGUAGES:
+        c, p = custos.get(f"lang:{language}"), presidio.get(f"lang:{language}")
+        if c is None or p is None:
+            continue
+        cp, pp = custos.get(f"person:{language}", {}), presidio.get(f"person:{language}", {})
+        lines.append(
+            f"| {language} | {p['messages']} | {c['refused']} | {p['values']} | {_pct(c['leak_rate'])} | "
+            f"{_pct(p['leak_rate'])} | {_pct(c['verbatim_leak_rate'])} | {_pct(p['verbatim_leak_rate'])} | "
+            f"{_fmt(c['precision'])} | {_fmt(p['precision'])} | {_fmt(cp.get('recall'))} | "
+            f"{_fmt(pp.get('recall'))} |"
+        )
+    lines += [
+        "",
+        "| entity type | values | Custos leak | Presidio leak | Custos recall | Presidio recall |",
+        "|---|---|---|---|---|---|",
+    ]
+    for entity_type in redteam.ENTITY_TYPES:
+        c, p = custos.get(f"type:{entity_type}"), presidio.get(f"type:{entity_type}")
+        if c is None or p is None:
+            continue
+        lines.append(
+            f"| {entity_type} | {p['values']} | {_pct(c['leak_rate'])} | {_pct(p['leak_rate'])} | "
+            f"{_fmt(c['recall'])} | {_fmt(p['recall'])} |"
         )
     return "\n".join(lines)

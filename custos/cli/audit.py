@@ -31,7 +31,7 @@ from custos.cli.trail import (
     _check_format,
     _fail,
     _filters,
-    _filters_for_audit,
+    _Local,
     _local,
     _parse_time,
     _Remote,
@@ -174,12 +174,10 @@ def audit_query(
         from custos.audit.errors import InvalidQuery
 
         try:
-            records, next_token = backend.store.query(
-                **filters.as_kwargs(), page_size=limit, page_token=page_token
-            )
+            records, next_token = backend.store.query(filters, page_size=limit, page_token=page_token)
         except InvalidQuery as exc:
             raise _fail(f"--{exc.field.replace('_', '-')}: {exc}") from None
-        backend.record("cli.query", {"filters": _filters_for_audit(filters), "returned": len(records)})
+        backend.record("cli.query", {"filters": filters.to_json(), "returned": len(records)})
         rows = [_row(r) for r in records]
     _print_records(rows, output)
     if next_token:
@@ -234,7 +232,19 @@ def audit_verify(
         Path | None, typer.Option("--export", help="Check an export file offline instead of the live log.")
     ] = None,
     public_key: Annotated[
-        str | None, typer.Option(help="Expected signing key (hex) of the export's checkpoints.")
+        str | None,
+        typer.Option(
+            help="Expected public key of the checkpoints: 64 hex characters, or a file holding them or a PEM "
+            "key (default: audit_public_key_file, else the data directory's signing key)."
+        ),
+    ] = None,
+    checkpoints_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoints",
+            help="Checkpoint file to verify the live log against, e.g. the copy shipped off the host "
+            "(default: audit_checkpoint_file).",
+        ),
     ] = None,
     incremental: Annotated[
         bool,
@@ -245,11 +255,18 @@ def audit_verify(
     ] = False,
     output: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
 ) -> None:
-    """Re-hash every record, check it against the signed checkpoints; exit 1 naming the first bad one."""
+    """Re-hash every record, check it against the signed checkpoints; exit 1 naming the first bad one.
+
+    A non-empty log that no signed checkpoint covers fails too.
+    """
     _check_format(output, ("table", "json"))
     if export is not None:
+        if checkpoints_file is not None:
+            raise _fail("--checkpoints is for the live log; an export carries its own checkpoints")
         _verify_export(export, public_key, output)
         return
+    if server is not None and (public_key is not None or checkpoints_file is not None):
+        raise _fail("--public-key and --checkpoints verify locally; the server uses its own settings")
     backend = _backend(server, token, ca_file, data_dir, config)
     if incremental and isinstance(backend, _Remote):
         raise _fail("--incremental works on the local data directory, not with --server")
@@ -269,9 +286,23 @@ def audit_verify(
             "reason": response.reason,
         }
     else:
+        from custos.audit.checkpoints import CheckpointLog
+        from custos.audit.incremental import verify_live_from_state
+
+        key = _verifying_key(backend, public_key)
+        log = CheckpointLog(checkpoints_file or backend.settings.resolved_audit_checkpoint_file)
+        if checkpoints_file is not None and not checkpoints_file.is_file():
+            raise _fail(f"--checkpoints {checkpoints_file} is not a file")
         total = None if incremental else backend.store.count()
         with _progress("verifying", total) as update:
-            live = backend.trail.verify_recorded(incremental=incremental, progress=update)
+            live = verify_live_from_state(
+                backend.store,
+                log,
+                key,
+                signer=_state_signer(backend),
+                incremental=incremental,
+                progress=update,
+            )
         report, checkpoints = live.report, live.checkpoints
         backend.record(
             "cli.verify",
@@ -315,19 +346,53 @@ def _print_verify(result: dict[str, Any], output: str) -> None:
                 soft_wrap=True,
             )
         return
-    err.print(f"[red]audit chain broken at record seq {result['first_bad_seq']}: {result['reason']}[/red]")
+    if result["first_bad_seq"] is None:
+        err.print(f"[red]audit chain not verified: {result['reason']}[/red]")
+    else:
+        err.print(
+            f"[red]audit chain broken at record seq {result['first_bad_seq']}: {result['reason']}[/red]"
+        )
     raise typer.Exit(1)
 
 
+def _state_signer(backend: _Local) -> Any:
+    """The signing key that signs the verified state, ``None`` where this host does not hold it."""
+    from custos.audit.checkpoints import CheckpointError, CheckpointSigner
+
+    try:
+        return CheckpointSigner.load(backend.settings.resolved_audit_signing_key_file)
+    except CheckpointError:
+        return None
+
+
+def _verifying_key(backend: _Local, public_key: str | None) -> Any:
+    """The key checkpoints must verify with: --public-key, else audit_public_key_file, else the signer's."""
+    from custos.audit.checkpoints import CheckpointError, CheckpointSigner, load_public_key
+
+    try:
+        if public_key is not None:
+            return load_public_key(public_key)
+        if backend.settings.audit_public_key_file is not None:
+            return load_public_key(backend.settings.audit_public_key_file)
+        return CheckpointSigner.load(backend.settings.resolved_audit_signing_key_file).public_key
+    except CheckpointError as exc:
+        raise _fail(f"{exc}; pass --public-key", 1) from None
+
+
 def _verify_export(path: Path, public_key: str | None, output: str) -> None:
+    from custos.audit.checkpoints import CheckpointError, load_public_key, public_key_hex
     from custos.audit.export import verify_export
 
+    try:
+        expected = public_key_hex(load_public_key(public_key)) if public_key is not None else None
+    except CheckpointError as exc:
+        raise _fail(f"--public-key: {exc}") from None
     try:
         handle = path.open("rb")
     except OSError:
         raise _fail(f"cannot read {path}") from None
     with handle, _progress("verifying export", None) as update:
-        report = verify_export(handle, expected_public_key=public_key, progress=update)
+        report = verify_export(handle, expected_public_key=expected, progress=update)
     result = {
         "ok": report.ok,
         "rows": report.rows,
@@ -405,9 +470,9 @@ def audit_export(
                 total = backend.store.count()
             except InvalidQuery as exc:
                 raise _fail(str(exc)) from None
-            backend.record("cli.export", {"filters": _filters_for_audit(filters), "format": fmt})
+            backend.record("cli.export", {"filters": filters.to_json(), "format": fmt})
             try:
-                lines = backend.trail.export(fmt, filters.as_kwargs())
+                lines = backend.trail.export(fmt, filters.given())
                 with _progress("exporting", total if fmt == "jsonl" else None) as update:
                     written = 0
                     for line in lines:
@@ -461,15 +526,46 @@ def audit_archive(
 @audit_app.command("record-restore")
 def audit_record_restore(
     note: Annotated[str, typer.Option(help="Why (e.g. a ticket number); no personal data.")],
+    new_signing_key: Annotated[
+        bool,
+        typer.Option(
+            "--new-signing-key",
+            help="The signing key is lost (or was never made, for a log written by commands before the first "
+            "start): make a new one and vouch for the current head with it. Refused while the key exists "
+            "or the checkpoint file holds checkpoints (move it aside first).",
+        ),
+    ] = False,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """After a deliberate restore from backup, sign a restore checkpoint of the restored head."""
+    from custos.audit.checkpoints import CheckpointLog, CheckpointSigner
     from custos.audit.maintenance import record_restore
 
     backend = _local(data_dir, config)
-    record = record_restore(backend.store, backend.trail.log, backend.trail.signer, note=note)
-    out.print(f"restore recorded at seq {record.seq}; verification continues from the restored head")
+    if not new_signing_key:
+        record = record_restore(backend.store, backend.trail.log, backend.trail.signer, note=note)
+        out.print(f"restore recorded at seq {record.seq}; verification continues from the restored head")
+        return
+    settings = backend.settings
+    key_path, log = (
+        settings.resolved_audit_signing_key_file,
+        CheckpointLog(settings.resolved_audit_checkpoint_file),
+    )
+    if log.read():
+        raise _fail(
+            f"{log.path} holds checkpoints signed by the old key: move it aside (keep it as evidence) first"
+        )
+    try:
+        signer = CheckpointSigner.create(key_path)
+    except FileExistsError:
+        raise _fail(f"the audit signing key {key_path} exists; run without --new-signing-key") from None
+    record = record_restore(backend.store, log, signer, note=note)
+    out.print(
+        f"new audit signing key {key_path}, public key {signer.public_key_hex} "
+        f"(pin it: audit_public_key_file); restore recorded at seq {record.seq}",
+        soft_wrap=True,
+    )
 
 
 @audit_app.command("harden")
@@ -481,8 +577,8 @@ def audit_harden(
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """PostgreSQL: make audit rows append-only for the app role (grants plus a trigger)."""
-    from custos.audit.db import make_engine
+    """PostgreSQL, as the database owner: migrate, then make audit rows append-only for the app role."""
+    from custos.audit.db import make_engine, migrate
     from custos.audit.hardening import harden_postgres
 
     try:
@@ -491,6 +587,8 @@ def audit_harden(
         raise _fail(str(exc)) from None
     engine = make_engine(settings.resolved_database_url)
     try:
+        if engine.dialect.name == "postgresql":
+            migrate(engine)  # the triggers need the tables; the server's role cannot create them
         harden_postgres(engine, app_role=app_role, maintenance_role=maintenance_role)
     except ValueError as exc:
         raise _fail(str(exc)) from None

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -244,11 +244,19 @@ def bench_privacy(
     count: Annotated[int, typer.Option(min=10, help="Generated messages.")] = 2000,
     seed: Annotated[int, typer.Option(help="Seed of the generated dataset.")] = 7,
     long_count: Annotated[int, typer.Option(min=1, help="~500-character messages for latency.")] = 100,
+    redteam_set: Annotated[
+        Literal["tuning", "heldout"],
+        typer.Option("--set", help="Half of the red-team set to score (report on heldout)."),
+    ] = "heldout",
+    redteam_count: Annotated[
+        int | None,
+        typer.Option(min=0, help="Red-team messages (a balanced prefix; default the whole half, 0: none)."),
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the raw results here.")] = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Custos vs plain Presidio (same spaCy pipeline): P/R/F2 per type, leak rate, latency, goals."""
+    """Custos vs plain Presidio (same spaCy pipeline): P/R/F2, leak rates, latency, goals, red-team set."""
     from custos.bench import privacy as benchmark
     from custos.privacy.analyzer import build_analyzer
     from custos.server.app import build_pseudonymizer
@@ -267,6 +275,8 @@ def bench_privacy(
         count=count,
         seed=seed,
         long_count=long_count,
+        redteam_half=redteam_set,
+        redteam_count=redteam_count,
     )
     print(benchmark.render(results))
     if json_out is not None:

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from custos.cli.common import err, os_actor
 from custos.server.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from custos.audit.store import AuditFilter
+    from custos.audit.trail import AuditTrail
 
 OUTPUT_FORMATS = ("table", "json", "csv")
 
@@ -30,28 +34,6 @@ TokenOpt = Annotated[
     typer.Option("--token", envvar="CUSTOS_TOKEN", help="Bearer token for --server (or CUSTOS_TOKEN)."),
 ]
 CaOpt = Annotated[Path | None, typer.Option("--ca-file", help="CA certificate (PEM) for TLS to --server.")]
-
-
-@dataclass(frozen=True)
-class Filters:
-    """The query filters, named as in the API."""
-
-    since: datetime | None = None
-    until: datetime | None = None
-    event_type: str | None = None
-    actor: str | None = None
-    status: str | None = None
-    model: str | None = None
-    entity_type: str | None = None
-    conversation_ref: str | None = None
-    subject_ref: str | None = None
-    request_id: str | None = None
-    phase: str | None = None
-    purpose: str | None = None
-
-    def as_kwargs(self) -> dict[str, Any]:
-        """The set filters as keyword arguments."""
-        return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -82,8 +64,10 @@ def _filters(
     request_id: str | None,
     phase: str | None,
     purpose: str | None,
-) -> Filters:
-    return Filters(
+) -> AuditFilter:
+    from custos.audit.store import AuditFilter
+
+    return AuditFilter(
         since=_parse_time(since, "since"),
         until=_parse_time(until, "until"),
         event_type=event_type,
@@ -105,7 +89,6 @@ class _Local:
     def __init__(self, settings: Settings) -> None:
         from custos.audit.db import make_engine, migrate
         from custos.audit.store import AuditStore
-        from custos.audit.trail import AuditTrail
 
         if settings.database_url is None and not (settings.data_dir / "custos.db").exists():
             raise _fail(
@@ -115,13 +98,19 @@ class _Local:
         engine = make_engine(settings.resolved_database_url)
         migrate(engine)
         self.store = AuditStore(engine, group_commit=False)
-        self.trail = AuditTrail.open(
-            self.store,
-            settings.data_dir,
-            every_records=settings.checkpoint_every_records,
-            every_seconds=settings.checkpoint_every_seconds,
-        )
+        self.settings = settings
         self.actor = os_actor()
+
+    @cached_property
+    def trail(self) -> AuditTrail:
+        """The signing key and checkpoints, opened only by the commands that need them (never made here)."""
+        from custos.audit.checkpoints import CheckpointError
+        from custos.server.bootstrap import open_audit_trail
+
+        try:
+            return open_audit_trail(self.settings, self.store)
+        except CheckpointError as exc:
+            raise _fail(str(exc), 1) from None
 
     def record(self, rpc: str, details: dict[str, Any]) -> None:
         from custos.audit.events import AuditEvent
@@ -145,10 +134,6 @@ class _Local:
         )
 
 
-def _filters_for_audit(filters: Filters) -> dict[str, Any]:
-    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in filters.as_kwargs().items()}
-
-
 class _Remote:
     """A gRPC client of the Audit service with the bearer token attached to every call."""
 
@@ -168,13 +153,13 @@ class _Remote:
         self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
         self.stub = audit_pb2_grpc.AuditStub(self.channel)
 
-    def request(self, filters: Filters) -> Any:
+    def request(self, filters: AuditFilter) -> Any:
         from google.protobuf.timestamp_pb2 import Timestamp
 
         from custos.v1 import audit_pb2
 
         fields: dict[str, Any] = {}
-        for name, value in filters.as_kwargs().items():
+        for name, value in filters.given().items():
             if isinstance(value, datetime):
                 stamp = Timestamp()
                 stamp.FromDatetime(value.astimezone(UTC))

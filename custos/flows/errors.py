@@ -1,22 +1,17 @@
-"""Errors of the request layer and the one table that maps every domain error to a gRPC status.
+"""Domain errors of the request flows: each carries the status name that its audit record and the edge use.
 
-Messages of these errors are written for the client: they name fields and limits, never user text.
+Messages of these errors are written for the client: they name fields and limits, never user text. The edge
+turns them into its own status codes (``custos.api.status`` for gRPC); nothing here knows a transport.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-
-import grpc
-
-from custos.audit.errors import AuditUnavailable, InvalidQuery, RecordNotFound
-from custos.engine.types import EngineBusy, InvalidSamplingParams, PromptTooLong
 
 
 class RequestError(Exception):
     """Base of errors whose message is safe to return to the caller."""
 
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    #: The status name (gRPC's code names): written into audit records and mapped by every edge.
+    status: str = "INTERNAL"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -26,7 +21,7 @@ class RequestError(Exception):
 class InvalidArgument(RequestError):
     """A request field is missing, malformed or out of range."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    status = "INVALID_ARGUMENT"
 
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}")
@@ -37,7 +32,7 @@ class InvalidArgument(RequestError):
 class ResourceExhausted(RequestError):
     """A capacity limit was hit; the caller may retry later or with a smaller request."""
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = "RESOURCE_EXHAUSTED"
 
     def __init__(self, message: str, *, reason: str, retry_after_s: float | None = None) -> None:
         hint = f" (retry after {retry_after_s:g} s)" if retry_after_s is not None else ""
@@ -49,38 +44,38 @@ class ResourceExhausted(RequestError):
 class NotFound(RequestError):
     """The addressed object does not exist."""
 
-    code = grpc.StatusCode.NOT_FOUND
+    status = "NOT_FOUND"
 
 
-@dataclass(frozen=True)
-class MappedStatus:
-    """A gRPC status and the message the client sees."""
+class FailedPrecondition(RequestError):
+    """The request cannot be served as asked or in the object's current state.
 
-    code: grpc.StatusCode
-    message: str
-
-
-def map_exception(exc: BaseException, request_id: str) -> MappedStatus:
-    """Translate any exception to the status the client receives.
-
-    Known errors keep their safe message; everything else becomes a fixed "internal error" with the
-    request id, so neither exception text nor user text reaches the client.
+    Blocked entity types, a language without a pipeline, an erased subject, a retired key.
     """
-    if isinstance(exc, RequestError):
-        return MappedStatus(exc.code, exc.message)
-    if isinstance(exc, AuditUnavailable):
-        return MappedStatus(
-            grpc.StatusCode.UNAVAILABLE,
-            f"audit database unavailable, nothing was processed (request id {request_id})",
-        )
-    if isinstance(exc, InvalidQuery):
-        return MappedStatus(grpc.StatusCode.INVALID_ARGUMENT, f"{exc.field}: {exc}")
-    if isinstance(exc, RecordNotFound):
-        return MappedStatus(grpc.StatusCode.NOT_FOUND, "record not found")
-    if isinstance(exc, InvalidSamplingParams):
-        return MappedStatus(grpc.StatusCode.INVALID_ARGUMENT, f"parameters.{exc}")
-    if isinstance(exc, PromptTooLong):
-        return MappedStatus(grpc.StatusCode.INVALID_ARGUMENT, f"messages: {exc}")
-    if isinstance(exc, EngineBusy):
-        return MappedStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-    return MappedStatus(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})")
+
+    status = "FAILED_PRECONDITION"
+
+
+class Unauthenticated(RequestError):
+    """Missing, malformed, expired, revoked or wrong credentials."""
+
+    status = "UNAUTHENTICATED"
+
+
+class PermissionDenied(RequestError):
+    """The caller is known but lacks a permission the call (or one of its fields) needs."""
+
+    status = "PERMISSION_DENIED"
+
+
+class Unavailable(RequestError):
+    """The server cannot take the call now; the caller should retry (elsewhere)."""
+
+    status = "UNAVAILABLE"
+
+
+def refusal_field(error: RequestError) -> tuple[str, str]:
+    """(field, problem) of a refused request for its ``invalid`` record: our text, never the caller's."""
+    if isinstance(error, InvalidArgument):
+        return error.field, error.problem
+    return "request", error.message

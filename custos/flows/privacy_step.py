@@ -1,4 +1,4 @@
-"""Step 1 of the pipeline and the output guard of step 4.
+"""Step 1 of the flows (the privacy stage) and the output guard of step 4.
 
 Step 1 detects, applies the request's privacy policy and pseudonymizes with the conversation's vault; the
 output guard checks every answer.
@@ -10,23 +10,19 @@ is returned as an audit-ready dict so the request record says why the text looke
 from __future__ import annotations
 
 import threading
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-import grpc
-
-from custos.flows.errors import InvalidArgument, RequestError
-from custos.flows.types import Caller
+from custos.flows.errors import FailedPrecondition, InvalidArgument, PermissionDenied, RequestError
+from custos.flows.types import Caller, PrivacyMode
 from custos.privacy.batching import AnalysisBatcher
 from custos.privacy.errors import UnsupportedLanguage
 from custos.privacy.guard import Detection, OutputGuard
-from custos.privacy.pseudonymize import Analysis, Finding, PlaceholderMap, Pseudonymized, Pseudonymizer
+from custos.privacy.pseudonymize import Analysis, PlaceholderMap, Pseudonymized, Pseudonymizer
 from custos.privacy.streaming import StreamRestorer
 from custos.privacy.vault import ConversationVault
 
-PrivacyMode = Literal["mask", "block"]
 #: Who may have placeholders restored; the default lets every caller (no permissions configured yet).
 ReidentifyCheck = Callable[[Caller], bool]
 
@@ -36,20 +32,8 @@ def everyone_may_reidentify(_caller: Caller) -> bool:
     return True
 
 
-class FailedPrecondition(RequestError):
-    """The request cannot be served as asked (blocked entity types, unsupported language)."""
-
-    code = grpc.StatusCode.FAILED_PRECONDITION
-
-
-class PermissionDenied(RequestError):
-    """The caller lacks a permission the request needs."""
-
-    code = grpc.StatusCode.PERMISSION_DENIED
-
-
 class PrivacyRefusal(Exception):
-    """A refusal with its audit details; the pipeline audits it, then raises ``error``."""
+    """A refusal with its audit details; the flow audits it, then raises ``error``."""
 
     def __init__(self, error: RequestError, event_type: str, details: dict[str, Any]) -> None:
         super().__init__(error.message)
@@ -64,20 +48,6 @@ class PrivacyDecision:
 
     anon: Pseudonymized
     audit: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class AnonymizeOutcome:
-    """What Anonymize returns: the messages as the model gets them, the findings, the exact prompt."""
-
-    request_id: str
-    texts: list[str]
-    findings: list[Finding]
-    prompt: str
-
-    def counts(self) -> dict[str, int]:
-        """Entity type -> findings."""
-        return dict(Counter(f.entity_type for f in self.findings))
 
 
 class PrivacyStage:

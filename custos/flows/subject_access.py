@@ -1,25 +1,22 @@
 """Audited access to what Custos holds about people: transcript reads (with a reason) and erasure.
 
-Both run on the executor and leave an audit record; the servicers only translate protobuf.
+Each runs on the executor and leaves an audit record; the edge only translates its messages.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
-import grpc
-
 from custos.audit.errors import RecordNotFound
-from custos.audit.events import AuditEvent
-from custos.audit.store import AuditStore, TranscriptStore
-from custos.flows.audit_read import safe_record_id
-from custos.flows.errors import InvalidArgument, NotFound, RequestError
+from custos.audit.store import AuditStore, TranscriptStore, safe_record_id
+from custos.flows.context import in_executor
+from custos.flows.errors import FailedPrecondition, InvalidArgument, NotFound, RequestError
+from custos.flows.events import actor_of, caller_event
 from custos.flows.types import Caller
 from custos.privacy.erasure import ErasureResult, SubjectService, export_subject
 from custos.privacy.errors import DecryptionFailed, KeyNotFound, SubjectKeyMissing
@@ -29,12 +26,6 @@ from custos.privacy.transcripts import open_transcript
 
 T = TypeVar("T")
 MAX_REASON_CHARS = 500
-
-
-class FailedPrecondition(RequestError):
-    """The object exists but cannot be served in its current state (erased subject, retired key)."""
-
-    code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 @dataclass(frozen=True)
@@ -69,33 +60,32 @@ class SubjectAccess:
         self._executor = executor
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await in_executor(self._executor, fn, *args)
 
-    def _record(self, caller: Caller, rpc: str, event_type: str, status: str, **fields: Any) -> str:
-        now = datetime.now(UTC)
-        details = fields.pop("details")
-        record = self._audit.append(
-            AuditEvent(
-                event_type=event_type,
-                phase="event",
-                start_time=now,
-                end_time=now,
-                actor=caller.principal,
-                rpc=rpc,
-                status=status,
-                details={
-                    **details,
-                    "actor": {
-                        "principal": caller.principal,
-                        "role": caller.role,
-                        "peer": caller.peer,
-                        "fingerprint": caller.fingerprint,
-                    },
-                },
-                **fields,
-            )
+    def _record(
+        self,
+        caller: Caller,
+        rpc: str,
+        event_type: str,
+        status: str,
+        *,
+        details: dict[str, Any],
+        conversation_ref: str | None = None,
+        subject_ref: str | None = None,
+        transcript_id: str | None = None,
+    ) -> str:
+        event = caller_event(
+            caller,
+            rpc,
+            event_type=event_type,
+            status=status,
+            details=details,
+            actor=actor_of(caller),
+            conversation_ref=conversation_ref,
+            subject_ref=subject_ref,
+            transcript_id=transcript_id,
         )
-        return record.id
+        return self._audit.append(event).id
 
     async def get_transcript(self, caller: Caller, transcript_id: str, reason: str) -> TranscriptView:
         """Decrypt one transcript; the read (or its failure) and the reason are audited first."""

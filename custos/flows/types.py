@@ -1,11 +1,19 @@
-"""Domain request and response types of the pipeline; the servicers convert protobuf to and from these."""
+"""Domain request and response types of the flows; every edge converts its messages to and from these."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
 
 from custos.engine.types import ChatTurn, FinishReason, SamplingParams
+from custos.privacy.pseudonymize import Finding
+from custos.tasks.feedback import Period
+
+#: Privacy policy of a request: mask personal data, or refuse the request when block types are present.
+PrivacyMode = Literal["mask", "block"]
 
 
 @dataclass(frozen=True)
@@ -33,7 +41,7 @@ class GenerateCall:
     purpose: str | None = None
     idempotency_key: str | None = None
     #: Privacy policy of the request: "mask" (default) or "block" (refuse when block types are present).
-    privacy_mode: str = "mask"
+    privacy_mode: PrivacyMode = "mask"
     #: Entity types that block the request in "block" mode; empty: the configured ones.
     block_entities: tuple[str, ...] = ()
     #: Task template id; ``None`` for free-form generation from ``turns``.
@@ -47,6 +55,15 @@ class GenerateCall:
 
 
 @dataclass(frozen=True)
+class TemplateRef:
+    """The task template a Generate call was answered with."""
+
+    id: str
+    version: int
+    sha256: str
+
+
+@dataclass(frozen=True)
 class GenerateOutcome:
     """What the caller receives for a Generate call."""
 
@@ -56,6 +73,8 @@ class GenerateOutcome:
     prompt_tokens: int
     completion_tokens: int
     redaction: Mapping[str, int] = field(default_factory=dict)
+    #: The task template, for calls with a task (not part of an idempotently stored answer).
+    template: TemplateRef | None = None
 
 
 @dataclass(frozen=True)
@@ -132,3 +151,26 @@ class FeedbackOutcome:
     feedback_id: str
     request_id: str
     comment: str | None
+
+
+@dataclass(frozen=True)
+class SatisfactionQuery:
+    """One Feedback.Satisfaction request, validated."""
+
+    period: Period
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class AnonymizeOutcome:
+    """What Anonymize returns: the messages as the model gets them, the findings, the exact prompt."""
+
+    request_id: str
+    texts: list[str]
+    findings: list[Finding]
+    prompt: str
+
+    def counts(self) -> dict[str, int]:
+        """Entity type -> findings."""
+        return dict(Counter(f.entity_type for f in self.findings))

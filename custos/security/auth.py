@@ -4,36 +4,33 @@ Every RPC of the Custos services needs the permission listed in :data:`RPC_PERMI
 entry is denied to everyone (fail closed). Request fields that need a permission of their own (``reidentify``)
 are listed in :data:`FIELD_PERMISSIONS`. Health and reflection are open, so probes and generic clients work
 without credentials.
+
+Transport-neutral: :class:`AccessControl` takes the method name, the peer, the credentials and the request's
+guarded fields as plain values; the gRPC interceptor (``custos.api.auth``) adapts it, an HTTP edge would too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-import grpc
-from google.protobuf import message_factory
-from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
-from google.protobuf.message import DecodeError
-
 from custos.audit.events import AuditEvent
 from custos.audit.store import AuditStore
-from custos.flows.errors import RequestError, ResourceExhausted
+from custos.flows.errors import PermissionDenied, RequestError, ResourceExhausted, Unauthenticated
 from custos.flows.types import Caller
 from custos.security.limits import CapacityLimiter
 from custos.security.tls import certificate_fingerprint
 from custos.security.tokens import TokenError, TokenStore
 
 T = TypeVar("T")
-Context = grpc.aio.ServicerContext[Any, Any]
 
-# ---- the table of ARCHITECTURE.md ---------------------------------------------------------------
+# ---- the permission table (the README lists it by role) ----------------------------------------
 
 PERMISSIONS = frozenset(
     {
@@ -103,25 +100,18 @@ def permissions_of(roles: Sequence[str]) -> frozenset[str]:
     return frozenset().union(*(ROLES.get(r, frozenset()) for r in roles))
 
 
-# ---- errors -------------------------------------------------------------------------------------
+def required_permission(method: str) -> str | None:
+    """The permission ``method`` (a full method name) needs; ``None``: not in the table, denied to all."""
+    return RPC_PERMISSIONS.get(method)
 
 
-class Unauthenticated(RequestError):
-    """Missing, malformed, expired, revoked or wrong credentials."""
-
-    code = grpc.StatusCode.UNAUTHENTICATED
-
-
-class PermissionDenied(RequestError):
-    """The caller is known but lacks the permission."""
-
-    code = grpc.StatusCode.PERMISSION_DENIED
-
-
-class Unimplemented(RequestError):
-    """The API declares the method, this server does not implement it yet."""
-
-    code = grpc.StatusCode.UNIMPLEMENTED
+def guarded_fields(message_type: str) -> list[tuple[str, str]]:
+    """(field, permission) for each field of ``message_type`` (full name) that needs its own permission."""
+    return [
+        (key.rsplit(".", 1)[1], permission)
+        for key, permission in FIELD_PERMISSIONS.items()
+        if key.rsplit(".", 1)[0] == message_type
+    ]
 
 
 # ---- who is calling -----------------------------------------------------------------------------
@@ -130,12 +120,24 @@ _CALLER: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("custos_
 
 
 def current_caller() -> Caller | None:
-    """The authenticated caller of the RPC running in this context (set by :class:`AccessInterceptor`)."""
+    """The authenticated caller of the call running in this context (set by the edge after admission)."""
     return _CALLER.get()
 
 
+def bind_caller(caller: Caller) -> contextvars.Token[Caller | None]:
+    """Make ``caller`` the current caller of this context; the token undoes it."""
+    return _CALLER.set(caller)
+
+
+def unbind_caller(token: contextvars.Token[Caller | None]) -> None:
+    """Undo :func:`bind_caller`."""
+    _CALLER.reset(token)
+
+
 @dataclass(frozen=True)
-class _Identity:
+class Identity:
+    """Who authenticated, with which roles, and how (``token:<id>`` or ``mtls``)."""
+
     principal: str
     roles: tuple[str, ...]
     fingerprint: str | None
@@ -151,7 +153,7 @@ class Authenticator:
 
     def authenticate(
         self, metadata: Sequence[tuple[str, str | bytes]], auth_context: Mapping[str, Any]
-    ) -> _Identity:
+    ) -> Identity:
         """Blocking (database lookup): run on the executor. Raises :class:`Unauthenticated`."""
         values = [v for k, v in metadata if k == "authorization"]
         if len(values) > 1:
@@ -165,7 +167,7 @@ class Authenticator:
                 info = self._tokens.verify(token.strip())
             except TokenError as exc:
                 raise _Refusal(str(exc)) from None
-            return _Identity(info.principal, info.roles, None, f"token:{info.id}")
+            return Identity(info.principal, info.roles, None, f"token:{info.id}")
         pem = auth_context.get("x509_pem_cert")
         if pem:
             names = [n.decode() for n in auth_context.get("x509_common_name", [])] or [
@@ -173,7 +175,7 @@ class Authenticator:
             ]
             if names:
                 principal = names[0]
-                return _Identity(
+                return Identity(
                     principal,
                     tuple(self._cert_roles.get(principal, ())),
                     certificate_fingerprint(pem[0]),
@@ -190,107 +192,46 @@ class _Refusal(Unauthenticated):
         self.reason = reason
 
 
-# ---- the interceptor ----------------------------------------------------------------------------
+# ---- admission ----------------------------------------------------------------------------------
+
+#: Lists the (field, permission) pairs whose field the request sets; called only once the RPC is permitted.
+GuardedFieldsSet = Callable[[], Sequence[tuple[str, str]]]
 
 
-def method_table(services: Sequence[ServiceDescriptor]) -> dict[str, MethodDescriptor]:
-    """Full gRPC method name -> descriptor, for every method of ``services``."""
-    return {f"/{s.full_name}/{m.name}": m for s in services for m in s.methods}
-
-
-class AccessInterceptor(grpc.aio.ServerInterceptor):
-    """Authenticate -> authorize (RPC and fields) -> capacity limits, then run the call as that caller.
-
-    Sits inside the observing interceptor, which turns the errors raised here into statuses. Refusals are
-    audited as ``denied`` events.
-    """
+class AccessControl:
+    """Authenticate -> authorize (method and fields) -> capacity limits; refusals are ``denied`` events."""
 
     def __init__(
         self,
         *,
-        services: Sequence[ServiceDescriptor],
         authenticator: Authenticator,
         limiter: CapacityLimiter,
         audit: AuditStore,
         executor: Executor,
     ) -> None:
-        self._methods = method_table(services)
         self._authenticator = authenticator
         self._limiter = limiter
         self._audit = audit
         self._executor = executor
 
-    async def intercept_service(
+    async def admit(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        """Wrap every non-public method; a declared, unimplemented one is authorized, then UNIMPLEMENTED."""
-        name = handler_call_details.method
-        if name.split("/")[1] in PUBLIC_SERVICES:
-            return await continuation(handler_call_details)
-        handler: Any = await continuation(handler_call_details)
-        descriptor = self._methods.get(name)
-        if handler is None:
-            if descriptor is None:
-                return None  # type: ignore[return-value]  # not part of the API: the core says UNIMPLEMENTED
-            handler = _unimplemented_handler(descriptor)
-        if handler.unary_unary is not None:
-            return handler._replace(unary_unary=self._wrap_unary(name, descriptor, handler.unary_unary))
-        if handler.unary_stream is not None:
-            return handler._replace(unary_stream=self._wrap_stream(name, descriptor, handler.unary_stream))
-        return _denying_handler(name)
-
-    def _wrap_unary(
-        self,
-        name: str,
-        descriptor: MethodDescriptor | None,
-        behaviour: Callable[[Any, Context], Awaitable[Any]],
-    ) -> Callable[..., Any]:
-        async def unary(request: Any, context: Context) -> Any:
-            caller, release = await self._admit(name, descriptor, request, context)
-            token = _CALLER.set(caller)
-            try:
-                return await behaviour(request, context)
-            finally:
-                release()
-                _CALLER.reset(token)
-
-        return unary
-
-    def _wrap_stream(
-        self,
-        name: str,
-        descriptor: MethodDescriptor | None,
-        behaviour: Callable[[Any, Context], AsyncIterator[Any]],
-    ) -> Callable[..., AsyncIterator[Any]]:
-        async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
-            caller, release = await self._admit(name, descriptor, request, context)
-            _CALLER.set(caller)
-            try:
-                async for response in behaviour(request, context):
-                    yield response
-            finally:
-                release()
-
-        return stream
-
-    async def _admit(
-        self, name: str, descriptor: MethodDescriptor | None, request: Any, context: Context
+        *,
+        method: str,
+        peer: str,
+        metadata: Sequence[tuple[str, str | bytes]],
+        auth_context: Mapping[str, Any],
+        fields_set: GuardedFieldsSet,
     ) -> tuple[Caller, Callable[[], None]]:
-        peer = context.peer() or "unknown"
-        rpc = name.rsplit("/", 1)[-1]
+        """The admitted caller and the release of its capacity slot; a refusal is audited, then raised."""
+        rpc = method.rsplit("/", 1)[-1]
         try:
-            identity = await self._run(
-                self._authenticator.authenticate,
-                tuple(context.invocation_metadata() or ()),
-                context.auth_context(),
-            )
+            identity = await self._run(self._authenticator.authenticate, metadata, auth_context)
         except _Refusal as exc:
-            await self._deny(None, peer, name, rpc, exc, reason=exc.reason)
+            await self._deny(None, peer, method, rpc, exc, reason=exc.reason)
             raise
         except Unauthenticated as exc:
-            await self._deny(None, peer, name, rpc, exc, reason="malformed header")
+            await self._deny(None, peer, method, rpc, exc, reason="malformed header")
             raise
         caller = Caller(
             principal=identity.principal,
@@ -300,21 +241,20 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
             permissions=permissions_of(identity.roles),
             fingerprint=identity.fingerprint,
         )
-        needed = RPC_PERMISSIONS.get(name)
+        needed = required_permission(method)
         if needed is None or needed not in caller.permissions:
             denied = PermissionDenied(f"the caller lacks the permission for {rpc}")
-            await self._deny(caller, peer, name, rpc, denied, reason="rpc", permission=needed)
+            await self._deny(caller, peer, method, rpc, denied, reason="rpc", permission=needed)
             raise denied
-        if descriptor is not None and isinstance(request, bytes):
-            for field, permission in _field_permissions(descriptor, request):
-                if permission not in caller.permissions:
-                    refused = PermissionDenied(f"{field}: requires the {permission} permission")
-                    await self._deny(caller, peer, name, rpc, refused, reason="field", permission=permission)
-                    raise refused
+        for field, permission in fields_set():
+            if permission not in caller.permissions:
+                refused = PermissionDenied(f"{field}: requires the {permission} permission")
+                await self._deny(caller, peer, method, rpc, refused, reason="field", permission=permission)
+                raise refused
         try:
             release = self._limiter.acquire(caller.principal)
         except ResourceExhausted as exc:
-            await self._deny(caller, peer, name, rpc, exc, reason=exc.reason)
+            await self._deny(caller, peer, method, rpc, exc, reason=exc.reason)
             raise
         return caller, release
 
@@ -341,51 +281,10 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
             end_time=now,
             actor=principal,
             rpc=rpc,
-            status=exc.code.name,
+            status=exc.status,
             details={"method": name, "reason": reason, "permission": permission, "actor": actor},
         )
         await self._run(self._audit.append, event)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-
-def _field_permissions(descriptor: MethodDescriptor, raw: bytes) -> list[tuple[str, str]]:
-    """(field, permission) for each permission-guarded field that ``raw`` sets.
-
-    Unparsable input is left to the servicer, which answers INVALID_ARGUMENT.
-    """
-    guarded = [
-        (key.rsplit(".", 1)[1], perm)
-        for key, perm in FIELD_PERMISSIONS.items()
-        if key.rsplit(".", 1)[0] == descriptor.input_type.full_name
-    ]
-    if not guarded:
-        return []
-    try:
-        message = message_factory.GetMessageClass(descriptor.input_type).FromString(raw)
-    except DecodeError:
-        return []
-    return [(field, perm) for field, perm in guarded if getattr(message, field)]
-
-
-def _unimplemented_handler(descriptor: MethodDescriptor) -> grpc.RpcMethodHandler[Any, Any]:
-    async def unary(request: bytes, context: Context) -> Any:
-        raise Unimplemented(f"{descriptor.full_name} is not implemented by this server")
-
-    async def stream(request: bytes, context: Context) -> AsyncIterator[Any]:
-        raise Unimplemented(f"{descriptor.full_name} is not implemented by this server")
-        yield  # pragma: no cover - makes this an async generator
-
-    if descriptor.client_streaming:
-        raise NotImplementedError(f"client streaming is not used by the API ({descriptor.full_name})")
-    if descriptor.server_streaming:
-        return grpc.unary_stream_rpc_method_handler(stream)
-    return grpc.unary_unary_rpc_method_handler(unary)
-
-
-def _denying_handler(name: str) -> grpc.RpcMethodHandler[Any, Any]:
-    async def unary(request: bytes, context: Context) -> Any:
-        raise PermissionDenied(f"{name} is not available")
-
-    return grpc.unary_unary_rpc_method_handler(unary)

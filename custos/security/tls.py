@@ -1,7 +1,7 @@
-"""TLS material: a development CA and server certificate, and credentials that reload changed files.
+"""TLS material: a development CA and server certificate, client certificates, fingerprints.
 
-The certificates are made with ``cryptography``; the gRPC credentials pick up replaced certificate files on
-the next handshake (no restart).
+The certificates are made with ``cryptography``. The gRPC credentials that pick up replaced certificate files
+on the next handshake are the edge's (``custos.api.tls``).
 
 Files are written 0600 into a 0700 directory. Production deployments point the settings at their own files.
 """
@@ -10,21 +10,16 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import logging
 import os
 import socket
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-log = logging.getLogger("custos.tls")
 
 CA_DAYS = 3650
 LEAF_DAYS = 825
@@ -196,48 +191,3 @@ def certificate_fingerprint(cert_pem: bytes) -> str:
     """SHA-256 of the certificate's DER encoding, hex."""
     cert = x509.load_pem_x509_certificate(cert_pem)
     return cert.fingerprint(hashes.SHA256()).hex()
-
-
-class ReloadingCredentials:
-    """Server credentials whose certificate files are re-read when they change, on the next handshake."""
-
-    def __init__(self, cert_file: Path, key_file: Path, client_ca_file: Path | None) -> None:
-        self._files = tuple(p for p in (cert_file, key_file, client_ca_file) if p is not None)
-        self._cert_file = cert_file
-        self._key_file = key_file
-        self._client_ca_file = client_ca_file
-        self._lock = threading.Lock()
-        self._stamp = self._stat()
-        self.reloads = 0
-
-    def _stat(self) -> tuple[tuple[int, int], ...]:
-        return tuple((s.st_mtime_ns, s.st_size) for s in (p.stat() for p in self._files))
-
-    def _configuration(self) -> grpc.ServerCertificateConfiguration:
-        pair = (self._key_file.read_bytes(), self._cert_file.read_bytes())
-        root = self._client_ca_file.read_bytes() if self._client_ca_file is not None else None
-        return grpc.ssl_server_certificate_configuration([pair], root_certificates=root)
-
-    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
-        """Called by gRPC before each handshake: a new configuration when a file changed, else None."""
-        with self._lock:
-            try:
-                stamp = self._stat()
-                if stamp == self._stamp:
-                    return None
-                config = self._configuration()
-            except (OSError, ValueError):
-                log.exception("certificate reload failed; keeping the current certificates")
-                return None
-            self._stamp = stamp
-            self.reloads += 1
-        log.info("certificates reloaded")
-        return config
-
-    def server_credentials(self) -> grpc.ServerCredentials:
-        """Credentials for ``add_secure_port``; client certificates are required when a client CA is set."""
-        return grpc.dynamic_ssl_server_credentials(
-            self._configuration(),
-            self._fetch,  # type: ignore[arg-type]  # None means "unchanged" (grpc's documented contract)
-            require_client_authentication=self._client_ca_file is not None,
-        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -19,26 +20,36 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 from presidio_analyzer import AnalyzerEngine
 
+from custos.api.admin import AdminServicer
+from custos.api.admit import Admission, raw_bytes_handler
+from custos.api.audit import AuditServicer
+from custos.api.auth import AccessInterceptor
 from custos.api.convert import RequestLimits
+from custos.api.feedback import FeedbackServicer
 from custos.api.health import (
     AvailabilityInterceptor,
     DatabaseWatchdog,
     HealthReporter,
     flush_pending_tasks,
 )
+from custos.api.inference import InferenceServicer
 from custos.api.interceptors import ObservingInterceptor
 from custos.api.privacy import PrivacyServicer
-from custos.api.servicers import AdminServicer, AuditServicer, raw_bytes_handler
-from custos.api.tasks_servicer import FeedbackServicer, TaskInferenceServicer
+from custos.api.tls import ReloadingCredentials
 from custos.audit.db import make_engine, migrate
 from custos.audit.store import AuditStore, TranscriptStore
 from custos.audit.trail import AuditTrail
 from custos.engine.base import Engine
+from custos.flows.anonymize import AnonymizeFlow
 from custos.flows.audit_read import ComplianceService
+from custos.flows.classify import ClassifyFlow
+from custos.flows.events import AuditEvents
+from custos.flows.feedback import FeedbackFlow
+from custos.flows.generate import GenerateFlow
 from custos.flows.idempotency import IdempotencyStore
-from custos.flows.pipeline import Pipeline
 from custos.flows.privacy_step import PrivacyStage, ReidentifyCheck
 from custos.flows.purposes import PurposePolicy
+from custos.flows.services import FlowServices
 from custos.flows.subject_access import SubjectAccess
 from custos.flows.types import Caller
 from custos.privacy.erasure import ErasureLedger, SubjectService, purge_transcripts
@@ -46,11 +57,15 @@ from custos.privacy.keys import MasterKeyProvider
 from custos.privacy.pseudonymize import Pseudonymizer
 from custos.privacy.subject_keys import SubjectKeyStore
 from custos.privacy.vault import ConversationVault
-from custos.security.auth import AccessInterceptor, Authenticator
+from custos.security.auth import AccessControl, Authenticator
 from custos.security.limits import CapacityLimiter
-from custos.security.tls import ReloadingCredentials
 from custos.security.tokens import TokenStore
-from custos.server.bootstrap import SecuritySetup, prepare_security, record_config_change
+from custos.server.bootstrap import (
+    SecuritySetup,
+    open_audit_trail,
+    prepare_security,
+    record_config_change,
+)
 from custos.server.housekeeping import VaultPurgeTask
 from custos.server.keys import open_master_keys
 from custos.server.metrics import Metrics
@@ -123,7 +138,8 @@ class CustosServer:
         self.subjects: SubjectService | None = None
         self.subject_keys: SubjectKeyStore | None = None
         self.audit: AuditStore | None = None
-        self.pipeline: Pipeline | None = None
+        #: The flows' shared parts (privacy step, engine, audit, keys), once started.
+        self.flows: FlowServices | None = None
         self.transcripts: TranscriptStore | None = None
         self.tokens: TokenStore | None = None
         self.security: SecuritySetup | None = None
@@ -146,6 +162,10 @@ class CustosServer:
         db = make_engine(settings.resolved_database_url)
         await asyncio.get_running_loop().run_in_executor(self._executor, migrate, db)
         self.audit = AuditStore(db)
+        # Before anything is appended: the signing key may be made only while the log is still empty.
+        self.trail = await asyncio.get_running_loop().run_in_executor(
+            self._executor, functools.partial(open_audit_trail, settings, self.audit, create_key=True)
+        )
         self.subjects = SubjectService(
             db,
             self.keys,
@@ -164,18 +184,19 @@ class CustosServer:
         self.tokens = TokenStore(db, self.audit)
         loop = asyncio.get_running_loop()
         self.security = await loop.run_in_executor(self._executor, prepare_security, settings, self.tokens)
-        await loop.run_in_executor(self._executor, record_config_change, self.audit, settings)
+        await loop.run_in_executor(
+            self._executor,
+            functools.partial(record_config_change, self.audit, settings, index_key=self.keys.index_key()),
+        )
         self.watchdog = DatabaseWatchdog(
             db,
             HealthReporter(self.health, [s.full_name for s in SERVICES]),
             interval_s=settings.db_probe_interval_s,
         )
         self._availability = AvailabilityInterceptor(self.watchdog)
-        self.trail = AuditTrail.open(
-            self.audit,
-            settings.data_dir,
-            every_records=settings.checkpoint_every_records,
-            every_seconds=settings.checkpoint_every_seconds,
+        # Sign the head with the start's own records, so a log is covered from its first minute.
+        await loop.run_in_executor(
+            self._executor, functools.partial(self.trail.writer.maybe_write, force=True)
         )
         self._checkpoint_task = asyncio.create_task(self._checkpoint_timer())
         if settings.transcript_retention_days:
@@ -203,20 +224,19 @@ class CustosServer:
             ner_window_chars=settings.stream_ner_window_chars,
             language_policy=settings.pii_language_policy,
         )
-        self.pipeline = pipeline = Pipeline(
-            pseudonymizer=pseudonymizer,
+        events = AuditEvents(self.audit, self._executor)
+        self.flows = flows = FlowServices(
             privacy=privacy,
             engine=self.components.engine,
-            audit=self.audit,
+            events=events,
             keys=self.keys,
-            subject_keys=self.subject_keys,
             executor=self._executor,
             metrics=self.metrics,
             retention_class=settings.retention_class,
-            templates=TemplateRegistry.load(settings.task_templates_dir),
-            label_sets=LabelSetRegistry.load(settings.label_sets_dir),
-            feedback=(feedback := FeedbackStore(db)),
+            purposes=PurposePolicy(settings.purposes),
         )
+        templates = TemplateRegistry.load(settings.task_templates_dir)
+        label_sets = LabelSetRegistry.load(settings.label_sets_dir)
         self.components.engine.observe(self.metrics)
         limits = RequestLimits(
             max_new_tokens_limit=settings.max_new_tokens_limit,
@@ -231,14 +251,16 @@ class CustosServer:
                 self._availability,
                 AccessInterceptor(
                     services=SERVICES,
-                    authenticator=Authenticator(self.tokens, settings.client_cert_roles),
-                    limiter=CapacityLimiter(
-                        rate=settings.rate_limit_per_s,
-                        burst=settings.rate_limit_burst,
-                        max_in_flight=settings.max_in_flight_per_principal,
+                    access=AccessControl(
+                        authenticator=Authenticator(self.tokens, settings.client_cert_roles),
+                        limiter=CapacityLimiter(
+                            rate=settings.rate_limit_per_s,
+                            burst=settings.rate_limit_burst,
+                            max_in_flight=settings.max_in_flight_per_principal,
+                        ),
+                        audit=self.audit,
+                        executor=self._executor,
                     ),
-                    audit=self.audit,
-                    executor=self._executor,
                 ),
             ],
             options=[("grpc.max_receive_message_length", core_limit)],
@@ -250,18 +272,28 @@ class CustosServer:
             subjects=self.subjects,
             executor=self._executor,
         )
+        admission = Admission(events.record_invalid, max_request_bytes=settings.max_request_bytes)
         servicers: dict[str, Any] = {
-            "Inference": TaskInferenceServicer(
-                pipeline,
-                limits,
-                max_request_bytes=settings.max_request_bytes,
-                idempotency=IdempotencyStore(db, self.keys, self._executor),
-                purposes=PurposePolicy(settings.purposes),
+            "Inference": InferenceServicer(
+                generate=GenerateFlow(
+                    flows,
+                    subject_keys=self.subject_keys,
+                    templates=templates,
+                    label_sets=label_sets,
+                    idempotency=IdempotencyStore(db, self.keys, self._executor),
+                ),
+                classify=ClassifyFlow(flows, label_sets=label_sets),
+                admission=admission,
+                limits=limits,
             ),
             "Audit": AuditServicer(ComplianceService(self.trail, self._executor), access),
             "Admin": AdminServicer(access),
-            "Privacy": PrivacyServicer(pipeline, limits, max_request_bytes=settings.max_request_bytes),
-            "Feedback": FeedbackServicer(pipeline, feedback, self.audit, self._executor),
+            "Privacy": PrivacyServicer(anonymize=AnonymizeFlow(flows), admission=admission, limits=limits),
+            # Submit has never had a size check of its own (its fields are bounded by validation).
+            "Feedback": FeedbackServicer(
+                feedback=FeedbackFlow(flows, store=FeedbackStore(db)),
+                admission=Admission(events.record_invalid, max_request_bytes=None),
+            ),
         }
         server.add_generic_rpc_handlers(
             tuple(raw_bytes_handler(service, servicers.get(service.name)) for service in SERVICES)

@@ -177,6 +177,21 @@ class Settings(BaseSettings):
     checkpoint_every_seconds: float = Field(
         60.0, gt=0, description="... or at least this often (seconds) while the chain grows."
     )
+    audit_checkpoint_file: Path | None = Field(
+        None,
+        description="Where signed audit checkpoints are appended and read back by verification; default: "
+        "audit-checkpoints.jsonl in data_dir. Put it where the database's owner cannot rewrite it too.",
+    )
+    audit_signing_key_file: Path | None = Field(
+        None,
+        description="Ed25519 key (PEM, mode 0600) that signs the checkpoints; default: "
+        "keys/audit-signing.pem in data_dir. Made on the first start of an empty log, never re-created.",
+    )
+    audit_public_key_file: Path | None = Field(
+        None,
+        description="Pinned public key of the checkpoints (64 hex characters, as exports print it, or PEM); "
+        "when set, a signing key that differs stops the start, and verification uses this key.",
+    )
     worker_threads: int = Field(
         4, ge=1, le=256, description="Threads for blocking work (analysis, database, generation)."
     )
@@ -365,6 +380,20 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         """The audit database URL, defaulting to SQLite in the data directory."""
         return self.database_url or f"sqlite:///{(self.data_dir / 'custos.db').resolve()}"
+
+    @property
+    def resolved_audit_checkpoint_file(self) -> Path:
+        """The checkpoint file the server writes and verification reads."""
+        from custos.audit.checkpoints import CHECKPOINT_FILE
+
+        return self.audit_checkpoint_file or self.data_dir / CHECKPOINT_FILE
+
+    @property
+    def resolved_audit_signing_key_file(self) -> Path:
+        """The checkpoint signing key."""
+        from custos.audit.checkpoints import SIGNING_KEY_FILE
+
+        return self.audit_signing_key_file or self.data_dir / SIGNING_KEY_FILE
 
     @property
     def resolved_key_file(self) -> Path:

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 import yaml
+from sqlalchemy.engine import make_url
 
 from custos.privacy.keys import FileKeyProvider
 from custos.server.settings import Settings
@@ -19,6 +21,7 @@ from custos.server.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = ROOT / "deploy" / "compose"
 COMPOSE = COMPOSE_DIR / "compose.yaml"
+APP_ROLE_SQL = COMPOSE_DIR / "initdb" / "10-custos-app-role.sql"
 ENTRYPOINT = ROOT / "deploy" / "docker" / "entrypoint.sh"
 BIN = Path(sys.executable).parent
 
@@ -126,6 +129,7 @@ def test_init_secrets_makes_every_referenced_file(compose_copy: Path, tmp_path: 
         **os.environ,
         "PATH": f"{BIN}:{os.environ['PATH']}",
         "OWNER": f"{os.getuid()}:{os.getgid()}",
+        "PG_OWNER": f"{os.getuid()}:{os.getgid()}",
     }
     result = subprocess.run(
         [str(compose_copy / "init-secrets.sh"), "custos.example"],
@@ -152,6 +156,12 @@ def test_init_secrets_makes_every_referenced_file(compose_copy: Path, tmp_path: 
     password = (compose_copy / "secrets" / "postgres-password").read_text().strip()
     assert len(password) >= 32
     assert (compose_copy / "secrets" / "pgpass").read_text() == f"postgres:5432:custos:custos:{password}\n"
+    app_password = (compose_copy / "secrets" / "app-db-password").read_text().strip()
+    assert len(app_password) >= 32 and app_password != password
+    server_user = make_url(doc["services"]["custos"]["environment"]["CUSTOS_DATABASE_URL"]).username
+    assert (compose_copy / "secrets" / "app-pgpass").read_text() == (
+        f"postgres:5432:custos:{server_user}:{app_password}\n"
+    )
     from cryptography import x509
 
     cert = x509.load_pem_x509_certificate((compose_copy / "tls" / "server.pem").read_bytes())
@@ -169,3 +179,79 @@ def test_init_secrets_makes_every_referenced_file(compose_copy: Path, tmp_path: 
     )
     assert rerun.returncode == 0, rerun.stderr
     assert (compose_copy / "secrets" / "postgres-password").read_bytes() == before
+
+
+def test_the_server_connects_as_a_role_that_is_not_the_superuser() -> None:
+    """The owner (POSTGRES_USER, a superuser) migrates and hardens; the server is a plain login role."""
+    doc = load()
+    custos, postgres = doc["services"]["custos"], doc["services"]["postgres"]
+    superuser = postgres["environment"]["POSTGRES_USER"]
+    server_user = make_url(custos["environment"]["CUSTOS_DATABASE_URL"]).username
+    assert server_user and server_user != superuser
+    migrate = doc["services"]["migrate"]
+    # The owner's credentials reach only the one-shot migrate service.
+    assert "pgpass" not in names(custos["secrets"]) and custos["environment"]["PGPASSFILE"] == (
+        "/run/secrets/app-pgpass"
+    )
+    assert make_url(migrate["environment"]["CUSTOS_DATABASE_URL"]).username == superuser
+    assert migrate["command"] == ["audit", "harden", "--app-role", server_user]
+    assert custos["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    # The postgres image runs the role script at initdb: it makes that role, and nothing more than a login.
+    mounts = {v["target"]: v["source"] for v in postgres["volumes"] if isinstance(v, dict)}
+    script = mounts["/docker-entrypoint-initdb.d/10-custos-app-role.sql"]
+    assert (COMPOSE_DIR / script).resolve() == APP_ROLE_SQL
+    sql = APP_ROLE_SQL.read_text()
+    assert f"\\set app_role {server_user}\n" in sql
+    create = sql[sql.index("CREATE ROLE") : sql.index(";", sql.index("CREATE ROLE"))].split()
+    for attribute in ("NOSUPERUSER", "NOCREATEDB", "NOCREATEROLE", "NOREPLICATION", "NOBYPASSRLS"):
+        assert attribute in create, attribute
+    assert "app-db-password" in names(postgres["secrets"]) and "/run/secrets/app-db-password" in sql
+
+
+ROLE_FLAGS = "SELECT rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls, rolcanlogin"
+
+
+def test_the_role_script_makes_a_plain_role_on_a_real_postgresql(tmp_path: Path) -> None:
+    """10-custos-app-role.sql run by psql as the postgres image does; then harden binds that role."""
+    from custos.audit import AuditStore, make_engine, migrate
+    from custos.audit.hardening import harden_postgres
+    from custos.testing.audit import TEST_POSTGRES_URL, postgres_schema, schema_url
+    from custos.testing.audit import event as audit_event
+
+    psql = shutil.which("psql")
+    if psql is None:
+        pytest.skip("psql is not installed")
+    role = f"custos_test_app_{os.urandom(4).hex()}"
+    password_file = tmp_path / "app-db-password"
+    password_file.write_text("not-used-with-trust-auth\n")
+    libpq_url = make_url(TEST_POSTGRES_URL).set(drivername="postgresql").render_as_string(False)
+    with postgres_schema("custos_compose") as schema:
+        result = subprocess.run(
+            [psql, libpq_url, "-X", "-v", f"app_role={role}", "-v", f"app_password_file={password_file}",
+             "-f", str(APP_ROLE_SQL)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        owner = make_engine(schema_url(schema))
+        try:
+            assert result.returncode == 0, result.stderr
+            with owner.begin() as conn:
+                flags = conn.execute(
+                    sa.text(f"{ROLE_FLAGS} FROM pg_roles WHERE rolname = :role"), {"role": role}
+                ).one()
+                conn.execute(sa.text(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"'))
+            assert tuple(flags) == (False, False, False, False, False, True)
+            migrate(owner)
+            harden_postgres(owner, app_role=role)
+            app = make_engine(schema_url(schema).replace("postgres@", f"{role}@", 1))
+            try:
+                AuditStore(app).append(audit_event())
+                with pytest.raises(sa.exc.ProgrammingError, match="permission denied"), app.begin() as conn:
+                    conn.execute(sa.text("TRUNCATE audit_records"))
+            finally:
+                app.dispose()
+        finally:
+            with owner.begin() as conn:
+                if conn.execute(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}).first():
+                    conn.execute(sa.text(f'DROP OWNED BY "{role}"'))
+                    conn.execute(sa.text(f'DROP ROLE "{role}"'))
+            owner.dispose()

@@ -18,6 +18,7 @@ COVERED = {
     "docker/entrypoint.sh": "test_docker.py",
     "compose/compose.yaml": "test_compose.py",
     "compose/init-secrets.sh": "test_compose.py",
+    "compose/initdb/*.sql": "test_compose.py",
     "compose/.gitignore": "test_deploy_files.py",
     "kubernetes/*.yaml": "test_kubernetes.py",
     "systemd/custos.service": "test_systemd.py",

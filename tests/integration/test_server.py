@@ -353,9 +353,9 @@ def test_audit_query_get_and_cli(tiny_server: ServerHarness) -> None:
 def test_a_failing_stage_is_audited_and_reported_without_its_text(
     tiny_server: ServerHarness, spy: SpyEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pipeline = tiny_server.server.pipeline
+    pipeline = tiny_server.server.flows
     assert pipeline is not None
-    pseudonymizer = pipeline._privacy._pseudonymizer
+    pseudonymizer = pipeline.privacy._pseudonymizer
 
     def broken(calls: list[list[str]]) -> object:
         raise RuntimeError(f"analyzer crashed on {calls[0][0]}")

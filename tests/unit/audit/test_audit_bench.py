@@ -58,5 +58,10 @@ def test_cli_prints_the_table() -> None:
         ["bench", "audit", "--appends", "64", "--verify-rows", "1000", "--repeat", "1", "--no-postgres"],
     )
     assert result.exit_code == 0, result.output
-    for text in ("sqlite appends/s, 64 writer(s)", "1 append/txn, 8 writers", "bare SHA-256", "min(64/commit"):
+    for text in (
+        "sqlite appends/s, 64 writer(s)",
+        "1 append/txn, 8 writers",
+        "bare SHA-256",
+        "min(64/commit",
+    ):
         assert text in result.stdout

@@ -27,7 +27,7 @@ from custos.testing.audit import T0, event
 
 @pytest.fixture
 def signer(tmp_path: Path) -> CheckpointSigner:
-    return CheckpointSigner.load_or_create(tmp_path / "keys" / "audit-signing.pem")
+    return CheckpointSigner.create(tmp_path / "keys" / "audit-signing.pem")
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def _writer(store: AuditStore, signer: CheckpointSigner, log: CheckpointLog, eve
 def test_signing_key_is_created_private_and_reloaded(tmp_path: Path, signer: CheckpointSigner) -> None:
     path = tmp_path / "keys" / "audit-signing.pem"
     assert path.stat().st_mode & 0o777 == 0o600
-    assert CheckpointSigner.load_or_create(path).public_key_hex == signer.public_key_hex
+    assert CheckpointSigner.load(path).public_key_hex == signer.public_key_hex
 
 
 def test_checkpoints_every_n_records_are_signed_and_verify(
@@ -89,7 +89,7 @@ def test_a_forged_checkpoint_line_is_refused(
     report, used = verify_live(store, log, signer)
     assert (report.ok, report.first_bad_seq, used) == (False, None, 0)
     assert report.reason == "checkpoint file line 1 has an invalid signature"
-    other = CheckpointSigner.load_or_create(tmp_path / "other.pem")
+    other = CheckpointSigner.create(tmp_path / "other.pem")
     assert not log.read()[0].verify(other.public_key)
 
 

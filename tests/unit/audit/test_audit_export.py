@@ -17,7 +17,7 @@ from custos.testing.audit import completion, event
 
 @pytest.fixture
 def signer(tmp_path: Path) -> CheckpointSigner:
-    return CheckpointSigner.load_or_create(tmp_path / "signing.pem")
+    return CheckpointSigner.create(tmp_path / "signing.pem")
 
 
 @pytest.fixture
@@ -83,7 +83,7 @@ def test_tampered_exports_name_the_first_bad_row(
 
 
 def test_an_export_signed_by_another_key_is_refused(exported: list[bytes], tmp_path: Path) -> None:
-    other = CheckpointSigner.load_or_create(tmp_path / "other.pem")
+    other = CheckpointSigner.create(tmp_path / "other.pem")
     report = verify_export(exported, expected_public_key=other.public_key_hex)
     assert not report.ok and "different public key" in report.reason
 

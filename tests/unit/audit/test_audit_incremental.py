@@ -1,4 +1,4 @@
-"""Incremental verification from the signed verified state: what it checks, what it skips, when it falls back."""
+"""Incremental verification from the signed verified state: what it checks, skips, and falls back on."""
 
 from __future__ import annotations
 
@@ -50,7 +50,12 @@ def test_incremental_verifies_only_what_follows_the_verified_checkpoint(
         store.append(event(phase="event"))  # seq 7..9; checkpoint at 8
     live = verify_live_from_state(store, log, signer, incremental=True)
     assert (live.mode, live.resumed_from, live.note) == ("incremental", 4, "")
-    assert (live.report.ok, live.report.count, live.report.head_seq, live.report.incomplete) == (True, 5, 9, 0)
+    assert (live.report.ok, live.report.count, live.report.head_seq, live.report.incomplete) == (
+        True,
+        5,
+        9,
+        0,
+    )
     assert read_state(tmp_path / STATE_FILE, signer.public_key).seq == 8  # type: ignore[union-attr]
 
     # Tampering after the verified checkpoint is found; before it, only a full verification finds it.

@@ -152,3 +152,39 @@ def test_the_app_role_cannot_update_or_delete_and_the_trigger_stops_the_owner(
     finally:
         app_engine.dispose()
         owner.dispose()
+
+
+def test_truncate_is_refused_after_harden_for_the_owner_and_the_app_role(
+    pg_url: str, roles: tuple[str, str]
+) -> None:
+    """TRUNCATE fires no row trigger: the statement trigger is what stops the owner (here a superuser)."""
+    from custos.security.tokens import TokenStore
+
+    app, maintenance = roles
+    owner = make_engine(pg_url)
+    owner_store = AuditStore(owner)
+    for _ in range(3):
+        owner_store.append(event())
+    harden_postgres(owner, app_role=app, maintenance_role=maintenance)
+    harden_postgres(owner, app_role=app, maintenance_role=maintenance)  # idempotent
+    app_engine = make_engine(pg_url.replace("postgres@", f"{app}@", 1))
+    try:
+        with pytest.raises(sa.exc.ProgrammingError, match="permission denied"), app_engine.begin() as conn:
+            conn.execute(sa.text("TRUNCATE audit_records"))
+        for statement in ("TRUNCATE audit_records", "TRUNCATE audit_records CASCADE"):
+            with (
+                pytest.raises(sa.exc.ProgrammingError, match=r"append-only \(TRUNCATE refused\)"),
+                owner.begin() as conn,
+            ):
+                conn.execute(sa.text(statement))
+        assert_linear_chain(owner_store, 3)
+        # The app role can do the server's work: migrate at head, append, and change its other tables.
+        migrate(app_engine)
+        app_store = AuditStore(app_engine)
+        tokens = TokenStore(app_engine, app_store)
+        _, info = tokens.create("svc", ["inference"], actor="test")
+        tokens.revoke(info.id, actor="test")
+        assert_linear_chain(app_store, 5)
+    finally:
+        app_engine.dispose()
+        owner.dispose()

@@ -73,11 +73,14 @@ def test_token_expiry_and_revocation(store: AuditStore) -> None:
         tokens.create("svc", ["root"], actor="test")
 
 
+KEY = bytes(range(32))  # the blind-index key the config digests are keyed with
+
+
 def test_config_change_recorded_only_when_settings_change(store: AuditStore, tmp_path: Path) -> None:
     first = load_settings(data_dir=tmp_path, max_messages=10)
-    assert record_config_change(store, first)
-    assert not record_config_change(store, load_settings(data_dir=tmp_path, max_messages=10))
-    assert record_config_change(store, load_settings(data_dir=tmp_path, max_messages=20))
+    assert record_config_change(store, first, index_key=KEY)
+    assert not record_config_change(store, load_settings(data_dir=tmp_path, max_messages=10), index_key=KEY)
+    assert record_config_change(store, load_settings(data_dir=tmp_path, max_messages=20), index_key=KEY)
     records, _ = store.query(event_type="config_change")
     assert len(records) == 2
     assert records[0].details["changed"] == ["max_messages"]

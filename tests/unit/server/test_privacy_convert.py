@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from custos.api.privacy_convert import privacy_policy_from_pb
+from custos.api.convert import privacy_policy_from_pb
 from custos.flows.errors import InvalidArgument
 from custos.v1 import common_pb2
 

@@ -1,11 +1,26 @@
-"""Protobuf <-> domain conversion for Classify and Feedback, with validation that names the field."""
+"""Protobuf <-> domain conversion of Classify and the Feedback service, validation naming the field."""
 
 from __future__ import annotations
 
-from custos.api.convert import PURPOSE_PATTERN, PURPOSE_RULE, RequestLimits, generate_call_from_pb
-from custos.api.privacy_convert import privacy_policy_from_pb
+from datetime import UTC, datetime
+
+from custos.api.convert import (
+    PURPOSE_PATTERN,
+    PURPOSE_RULE,
+    RequestLimits,
+    generate_call_from_pb,
+    privacy_policy_from_pb,
+    redaction_to_pb,
+)
 from custos.flows.errors import InvalidArgument
-from custos.flows.types import ClassifyCall, ClassifyOutcome, FeedbackCall
+from custos.flows.types import (
+    ClassifyCall,
+    ClassifyOutcome,
+    FeedbackCall,
+    FeedbackOutcome,
+    SatisfactionQuery,
+)
+from custos.tasks.feedback import PERIODS, SatisfactionRow
 from custos.tasks.labels import MAX_LABEL_CHARS, MAX_LABELS
 from custos.v1 import common_pb2, feedback_pb2, inference_pb2
 
@@ -58,8 +73,6 @@ def classify_call_from_pb(request: inference_pb2.ClassifyRequest, limits: Reques
 
 def classify_outcome_to_pb(outcome: ClassifyOutcome) -> inference_pb2.ClassifyResponse:
     """The response message of a Classify call."""
-    from custos.api.convert import redaction_to_pb
-
     return inference_pb2.ClassifyResponse(
         request_id=outcome.request_id,
         label=outcome.label,
@@ -88,3 +101,45 @@ def feedback_call_from_pb(request: feedback_pb2.FeedbackRequest) -> FeedbackCall
             raise InvalidArgument("comment", f"longer than {MAX_COMMENT_CHARS} characters")
         comment = request.comment
     return FeedbackCall(request_id=request.request_id, rating=request.rating, comment=comment)
+
+
+def feedback_outcome_to_pb(outcome: FeedbackOutcome) -> feedback_pb2.FeedbackResponse:
+    """The stored feedback's id, its request and the comment as stored (anonymized)."""
+    return feedback_pb2.FeedbackResponse(
+        feedback_id=outcome.feedback_id, request_id=outcome.request_id, comment=outcome.comment or ""
+    )
+
+
+def satisfaction_query_from_pb(request: feedback_pb2.SatisfactionRequest) -> SatisfactionQuery:
+    """Validate a SatisfactionRequest: a known period (default ``day``) and timestamps in range."""
+    period = next((p for p in PERIODS if p == (request.period or "day")), None)
+    if period is None:
+        raise InvalidArgument("period", f"must be one of {', '.join(PERIODS)}")
+    return SatisfactionQuery(period=period, since=_time(request, "since"), until=_time(request, "until"))
+
+
+def satisfaction_to_pb(rows: list[SatisfactionRow]) -> feedback_pb2.SatisfactionResponse:
+    """Count, mean rating and share satisfied per (task, model, period)."""
+    return feedback_pb2.SatisfactionResponse(
+        rows=[
+            feedback_pb2.SatisfactionRow(
+                task=r.task,
+                model=r.model,
+                period=r.period,
+                count=r.count,
+                mean_rating=r.mean_rating,
+                satisfied=r.satisfied,
+            )
+            for r in rows
+        ]
+    )
+
+
+def _time(request: feedback_pb2.SatisfactionRequest, field: str) -> datetime | None:
+    if not request.HasField(field):  # type: ignore[arg-type]
+        return None
+    try:
+        value: datetime = getattr(request, field).ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(field, "timestamp out of range") from None
+    return value
