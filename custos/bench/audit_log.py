@@ -33,7 +33,7 @@ import sqlalchemy as sa
 
 from custos.audit.chain import GENESIS_HASH, RAW_COLUMNS, SCHEMA_VERSION, orjson_may_differ
 from custos.audit.models import AuditRecordRow
-from custos.audit.store import AuditStore, _encode_page_token
+from custos.audit.store import AuditFilter, AuditStore, _encode_page_token
 
 __all__ = [
     "LogSample",
@@ -527,7 +527,7 @@ def _percentile(values: list[float], fraction: float) -> float:
 
 
 def query_cases(sample: LogSample) -> list[tuple[str, Callable[[int], dict[str, Any]]]]:
-    """Every query filter alone and the console's combinations; each takes a run number to vary values."""
+    """Every :class:`AuditFilter` field alone and the console's combinations; each varies with the run."""
     span = sample.last_time - sample.first_time
     day = min(span, timedelta(hours=24))
     hour = min(span, timedelta(hours=1))
@@ -597,7 +597,7 @@ def measure_queries(
             for run in range(runs):
                 filters = make(run)
                 started = time.perf_counter()
-                records, _ = store.query(**filters, page_size=page_size, page_token=token)
+                records, _ = store.query(AuditFilter(**filters), page_size=page_size, page_token=token)
                 times.append((time.perf_counter() - started) * 1000)
                 if run == 0:
                     returned = len(records)
@@ -622,7 +622,7 @@ def explain(store: AuditStore, sample: LogSample, *, page_size: int = 50) -> dic
 
     plans: dict[str, str] = {}
     for case, make in query_cases(sample):
-        stmt = _filtered(sa.select(AuditRecordRow.seq), **make(0))
+        stmt = _filtered(sa.select(AuditRecordRow.seq), AuditFilter(**make(0)))
         stmt = stmt.order_by(AuditRecordRow.seq.desc()).limit(page_size + 1)
         sql = str(stmt.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
         with store.engine.connect() as conn:
