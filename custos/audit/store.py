@@ -506,7 +506,11 @@ class AuditStore:
         return None if self._group is None else self._group.transactions
 
     def add_commit_listener(self, listener: Callable[[int], None]) -> None:
-        """Call ``listener(number_of_records)`` after each committed append transaction (checkpoints)."""
+        """Call ``listener(number_of_records)`` after each caller's committed append (checkpoints).
+
+        It runs in the appending caller's thread once its own records are durable, outside the group
+        commit and the append lock.
+        """
         self._listeners.append(listener)
 
     def append(self, event: AuditEvent) -> StoredRecord:
@@ -548,8 +552,26 @@ class AuditStore:
         # under the lock only chain positions, hashes and the insert remain.
         prepared = [PreparedRecord.of(event) for event in events]
         if self._group is not None:
-            return self._group.submit(prepared, transcripts)
-        return self._commit_group([(prepared, transcripts)])[0]
+            stored = self._group.submit(prepared, transcripts)
+        else:
+            stored = self._commit_group([(prepared, transcripts)])[0]
+        self._notify(len(stored))
+        return stored
+
+    def _notify(self, count: int) -> None:
+        """Tell the listeners about ``count`` committed records, in the caller's thread.
+
+        Never inside the group commit: a listener's work (a checkpoint's fsync) would otherwise hold up
+        every caller of the group and the next transaction.
+        """
+        for listener in self._listeners:
+            # Committed is committed: a failing listener (e.g. a full disk for checkpoints) is logged, never
+            # turned into an append error that would make a caller retry a record that already exists.
+            try:
+                listener(count)
+            except Exception as exc:
+                fields = {"error": type(exc).__name__}
+                log.error("audit commit listener failed", extra={"fields": fields})
 
     def _commit_group(
         self, callers: Sequence[tuple[Sequence[PreparedRecord], Sequence[SealedTranscript]]]
@@ -582,14 +604,6 @@ class AuditStore:
                     raise ChainConflict(
                         "the chain head moved during append; another writer bypasses the lock"
                     ) from err
-        for listener in self._listeners:
-            # Committed is committed: a failing listener (e.g. a full disk for checkpoints) is logged, never
-            # turned into an append error that would make a caller retry a record that already exists.
-            try:
-                listener(len(stored))
-            except Exception as exc:
-                fields = {"error": type(exc).__name__}
-                log.error("audit commit listener failed", extra={"fields": fields})
         out: list[list[StoredRecord]] = []
         offset = 0
         for caller_events, _ in callers:
