@@ -23,7 +23,7 @@ import random
 import statistics
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -101,7 +101,7 @@ _RPC = {
 }
 
 
-def _picker(rng: random.Random, weighted: list[tuple[Any, float]]) -> Callable[[], Any]:
+def _picker(rng: random.Random, weighted: Sequence[tuple[Any, float]]) -> Callable[[], Any]:
     values = [v for v, _ in weighted]
     cumulative: list[float] = []
     total = 0.0
