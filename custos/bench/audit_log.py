@@ -625,6 +625,7 @@ def explain(store: AuditStore, sample: LogSample, *, page_size: int = 50) -> dic
         stmt = _filtered(sa.select(AuditRecordRow.seq), AuditFilter(**make(0)))
         stmt = stmt.order_by(AuditRecordRow.seq.desc()).limit(page_size + 1)
         sql = str(stmt.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
+        sql = sql.replace("%%", "%")  # the pyformat dialect doubles LIKE's %; text() would keep both
         with store.engine.connect() as conn:
             lines = conn.execute(sa.text(f"EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {sql}")).scalars().all()
         plans[case] = "\n".join(lines)
