@@ -18,7 +18,7 @@ from custos.testing.audit import completion, event
 
 @pytest.fixture
 def signer(tmp_path: Path) -> CheckpointSigner:
-    return CheckpointSigner.load_or_create(tmp_path / "keys" / "audit-signing.pem")
+    return CheckpointSigner.create(tmp_path / "keys" / "audit-signing.pem")
 
 
 @pytest.fixture
