@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping, Sequence
+import operator
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from json.encoder import encode_basestring
-from json.scanner import make_scanner
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
+
+import orjson
 
 from custos.audit.canonical import canonical_json, format_timestamp
 from custos.audit.events import AuditEvent, Phase
@@ -290,8 +292,53 @@ def _canonical_text_encoder() -> Callable[[object], str]:
 
 
 _canonical_text = _canonical_text_encoder()
-_scan_json: Callable[[str, int], tuple[Any, int]] = cast(Any, make_scanner)(json.JSONDecoder())
-"""``(value, end)`` of the JSON value at an offset (what ``json.loads`` runs, without its wrapper)."""
+_body_fields = operator.itemgetter("seq", "id", "schema_version", *TYPED_FIELDS)
+
+# orjson writes floats of magnitude 1e-5 <= |x| < 1e-4 in fixed notation ("0.00001" where Python writes
+# "1e-05") and those with a one-digit negative exponent without Python's zero padding ("1e-7", "1e-07");
+# every other output is the same bytes (tests/unit/audit/test_audit_canonical_fast.py checks it).
+_FIXED_SMALL = b"0.0000"
+_NEGATIVE_EXPONENT = b"e-"
+_DIGITS = frozenset(bytes([d]) for d in b"0123456789")
+_NUMBER_ENDS = frozenset((b",", b"}", b"]", b""))  # what follows a number in compact JSON
+
+
+def orjson_may_differ(text: bytes) -> bool:
+    """Whether orjson's output ``text`` may hold a float that Python's encoder writes differently.
+
+    True for any ``0.0000`` and any ``e-`` followed by exactly one digit that ends a number (``,``, ``}``,
+    ``]`` or the end follow), inside strings too: a false alarm only costs the slower check.
+    """
+    if _FIXED_SMALL in text:
+        return True
+    at = text.find(_NEGATIVE_EXPONENT)
+    while at >= 0:
+        if text[at + 2 : at + 3] in _DIGITS and text[at + 3 : at + 4] in _NUMBER_ENDS:
+            return True
+        at = text.find(_NEGATIVE_EXPONENT, at + 2)
+    return False
+
+
+def is_canonical_payload(body: object, payload: bytes) -> bool:
+    """Whether ``payload`` is the canonical JSON of ``body``, a JSON value parsed from it.
+
+    For JSON values canonical JSON is exactly ``json.dumps(sort_keys=True, separators=(",", ":"),
+    ensure_ascii=False)``. orjson's sorted output is the same bytes except for some small floats, whose
+    text :func:`orjson_may_differ` recognises: where orjson's output equals the payload and holds none of
+    them, the payload is canonical (several times faster to establish); otherwise Python's encoder
+    decides. Both are sound whatever parser produced ``body``: a payload equal to an encoder's output of
+    some value is that value's canonical JSON.
+    """
+    try:
+        fast = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits: Python's encoder decides
+        fast = None
+    if fast is not None and not orjson_may_differ(fast):
+        return bool(fast == payload)
+    try:
+        return _canonical_text(body).encode("utf-8") == payload
+    except (TypeError, ValueError, UnicodeEncodeError):
+        return False
 
 
 def _column_text(value: object) -> object:
@@ -317,8 +364,12 @@ class ChainVerifier:
         checkpoint: ChainHead | None = None,
         checkpoints: Sequence[ChainHead] = (),
         start: ChainHead | None = None,
+        open_requests: Iterable[str] = (),
     ) -> None:
         """Start at genesis, or after ``start`` (the closing checkpoint of archived records).
+
+        ``open_requests`` are the ids of requests without completion before ``start`` (incremental
+        verification resumes with those of its verified state).
 
         Each of ``checkpoint`` / ``checkpoints`` (heads from signed checkpoints) must exist in the chain
         with that hash, which catches a truncated or rolled-back chain and rewritten history before it.
@@ -330,17 +381,56 @@ class ChainVerifier:
         self._head = self._start
         self._first_bad_seq: int | None = None
         self._reason = ""
-        self._open_requests: set[str] = set()
+        self._open_requests: set[str] = set(open_requests)
+        self._closed_elsewhere: set[str] = set()
 
     @property
     def failed(self) -> bool:
         """Whether a failure has been found (later records are then ignored)."""
         return self._first_bad_seq is not None
 
+    @property
+    def head(self) -> ChainHead:
+        """The last record accepted (the start before any)."""
+        return self._head
+
+    @property
+    def count(self) -> int:
+        """Records accepted so far."""
+        return self._count
+
+    @property
+    def failure(self) -> tuple[int, str] | None:
+        """``(seq, reason)`` of the first failure found by :meth:`feed`, ``None`` while there is none."""
+        return None if self._first_bad_seq is None else (self._first_bad_seq, self._reason)
+
+    @property
+    def open_requests(self) -> frozenset[str]:
+        """Ids of request records accepted so far without a completion (also those given at the start)."""
+        return frozenset(self._open_requests)
+
+    @property
+    def closed_elsewhere(self) -> frozenset[str]:
+        """Request ids of completions accepted here whose request record was not among those fed or given.
+
+        Joining ranges verified apart: a request opened in an earlier range is closed by these.
+        """
+        return frozenset(self._closed_elsewhere)
+
     def _fail(self, seq: int, reason: str) -> bool:
         self._first_bad_seq = seq
         self._reason = reason
         return False
+
+    def _track(self, phase: str, record_id: str, request_id: str) -> None:
+        """Keep the set of open requests; a completion of a request not seen here is remembered apart."""
+        if phase == Phase.REQUEST:
+            self._open_requests.add(record_id)
+        elif phase == Phase.COMPLETION:
+            if request_id in self._open_requests:
+                self._open_requests.remove(request_id)
+            else:
+                self._closed_elsewhere.add(request_id)
 
     def feed(self, row: ChainRow) -> bool:
         """Check the next record; return ``False`` once the chain has failed."""
@@ -362,10 +452,7 @@ class ChainVerifier:
         expected_hash = self._checkpoints.get(row.seq)
         if expected_hash is not None and row.row_hash != expected_hash:
             return self._fail(row.seq, "checkpoint hash mismatch")
-        if row.phase == Phase.REQUEST:
-            self._open_requests.add(row.id)
-        elif row.phase == Phase.COMPLETION:
-            self._open_requests.discard(row.request_id)
+        self._track(row.phase, row.id, row.request_id)
         self._count += 1
         self._head = ChainHead(row.seq, row.row_hash)
         return True
@@ -377,81 +464,45 @@ class ChainVerifier:
         once the chain has failed, and ``None`` when the fast path cannot accept the record: feed the same
         record with typed columns to :meth:`feed`, which decides and names the reason.
 
-        Instead of parsing the whole payload, the expected canonical bytes around ``details`` are rebuilt
-        from the typed columns and compared, and only ``details`` is parsed and re-encoded. Timestamps come
-        as the database's text in canonical form (see the store), so no datetime is built.
+        The payload is parsed once with orjson; its fields are compared with the typed columns as one tuple
+        (timestamps come as the database's text in canonical form, see the store, so no datetime is built)
+        and canonical form is proved by re-encoding (see :func:`is_canonical_payload`).
         """
         if self._first_bad_seq is not None:
             return False
         try:
-            (
-                seq,
-                record_id,
-                prev_hash,
-                row_hash,
-                schema_version,
-                event_type,
-                phase,
-                request_id,
-                start_time,
-                end_time,
-                actor,
-                rpc,
-                status,
-                model,
-                conversation_ref,
-                subject_ref,
-                transcript_id,
-                payload,
-                purpose,
-                retention_class,
-                entity_types,
-            ) = row
+            seq = row[0]
+            prev_hash = row[2]
             head = self._head
-            if seq != head.seq + 1 or prev_hash != head.row_hash or schema_version != SCHEMA_VERSION:
+            if seq != head.seq + 1 or prev_hash != head.row_hash or row[4] != SCHEMA_VERSION:
                 return None
-            payload = bytes(payload)
+            payload = row[17]
+            if type(payload) is not bytes:
+                payload = bytes(payload)
             digest = hashlib.sha256(bytes.fromhex(prev_hash))
             digest.update(payload)
+            row_hash = row[3]
             if digest.hexdigest() != row_hash:
                 return None
-            text = payload.decode("utf-8")
-            prefix = (
-                f'{{"actor":{encode_basestring(actor)},"conversation_ref":'
-                f'{"null" if conversation_ref is None else encode_basestring(conversation_ref)},"details":'
-            )
-            suffix = (
-                f',"end_time":{encode_basestring(end_time)},"event_type":{encode_basestring(event_type)}'
-                f',"id":{encode_basestring(record_id)},"model":'
-                f"{'null' if model is None else encode_basestring(model)}"
-                f',"phase":{encode_basestring(phase)},"request_id":{encode_basestring(request_id)}'
-                f',"rpc":{encode_basestring(rpc)},"schema_version":{SCHEMA_VERSION},"seq":{int(seq)}'
-                f',"start_time":{encode_basestring(start_time)},"status":{encode_basestring(status)}'
-                f',"subject_ref":{"null" if subject_ref is None else encode_basestring(subject_ref)}'
-                f',"transcript_id":{"null" if transcript_id is None else encode_basestring(transcript_id)}}}'
-            )
-            end = len(text) - len(suffix)
-            if end <= len(prefix) or not text.startswith(prefix) or not text.endswith(suffix):
+            body = orjson.loads(payload)
+            if type(body) is not dict or len(body) != len(_PAYLOAD_KEYS_V1):
                 return None
-            details_text = text[len(prefix) : end]
-            details, parsed_to = _scan_json(details_text, 0)
-            if (
-                parsed_to != len(details_text)
-                or type(details) is not dict
-                or _canonical_text(details) != details_text
-            ):
+            # A missing key raises KeyError (caught): with the length check, the key set is exactly v1's.
+            if _body_fields(body) != (seq, row[1], *row[4:17]):
                 return None
-            if (purpose, retention_class, entity_types) != _derived_values(details):
+            if type(body["seq"]) is not int or type(body["schema_version"]) is not int:
                 return None
-        except (TypeError, ValueError, AttributeError, StopIteration):  # unexpected: feed() judges it
+            details = body["details"]
+            if type(details) is not dict or tuple(row[18:21]) != _derived_values(details):
+                return None
+            if not is_canonical_payload(body, payload):
+                return None
+        except (TypeError, ValueError, KeyError, IndexError):  # unexpected: feed() judges it
             return None
         expected_hash = self._checkpoints.get(seq)
         if expected_hash is not None and row_hash != expected_hash:
             return None
-        if phase == Phase.REQUEST:
-            self._open_requests.add(record_id)
-        elif phase == Phase.COMPLETION:
-            self._open_requests.discard(request_id)
+        self._track(body["phase"], row[1], body["request_id"])
         self._count += 1
         self._head = ChainHead(seq, row_hash)
         return True

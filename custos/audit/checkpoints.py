@@ -246,6 +246,10 @@ class CheckpointSigner:
             os.close(dir_fd)
         return cls(key)
 
+    def sign_bytes(self, data: bytes) -> str:
+        """Hex Ed25519 signature of ``data`` (the verified state of :mod:`custos.audit.incremental`)."""
+        return self._key.sign(data).hex()
+
     def sign(self, kind: str, head: ChainHead, *, note: str = "", at: datetime | None = None) -> Checkpoint:
         """Return a signed checkpoint of ``head``."""
         if kind not in KINDS:

@@ -15,6 +15,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     Dialect,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -89,6 +90,19 @@ class AuditRecordRow(Base):
     __table_args__ = (
         CheckConstraint("phase IN ('request', 'completion', 'event')", name="phase"),
         CheckConstraint("seq > 0", name="seq_positive"),
+        # (column, seq): an equality filter and the newest-first keyset order in one index (revision 0007).
+        *(
+            Index(f"ix_audit_records_{column}_seq", column, "seq")
+            for column in (
+                "event_type",
+                "actor",
+                "status",
+                "conversation_ref",
+                "subject_ref",
+                "purpose",
+                "retention_class",
+            )
+        ),
     )
 
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
@@ -96,22 +110,22 @@ class AuditRecordRow(Base):
     prev_hash: Mapped[str] = mapped_column(String(64), unique=True)
     row_hash: Mapped[str] = mapped_column(String(64))
     schema_version: Mapped[int] = mapped_column(Integer)
-    event_type: Mapped[str] = mapped_column(_str("event_type"), index=True)
+    event_type: Mapped[str] = mapped_column(_str("event_type"))
     phase: Mapped[str] = mapped_column(_str("phase"))
     request_id: Mapped[str] = mapped_column(_str("request_id"), index=True)
     start_time: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     end_time: Mapped[datetime] = mapped_column(UTCDateTime())
-    actor: Mapped[str] = mapped_column(_str("actor"), index=True)
+    actor: Mapped[str] = mapped_column(_str("actor"))
     rpc: Mapped[str] = mapped_column(_str("rpc"))
     status: Mapped[str] = mapped_column(_str("status"))
     model: Mapped[str | None] = mapped_column(_str("model"))
-    conversation_ref: Mapped[str | None] = mapped_column(_str("conversation_ref"), index=True)
-    subject_ref: Mapped[str | None] = mapped_column(_str("subject_ref"), index=True)
+    conversation_ref: Mapped[str | None] = mapped_column(_str("conversation_ref"))
+    subject_ref: Mapped[str | None] = mapped_column(_str("subject_ref"))
     transcript_id: Mapped[str | None] = mapped_column(_str("transcript_id"), index=True)
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     # Derived from the payload's details for querying (revision 0003); verification checks they agree.
-    purpose: Mapped[str | None] = mapped_column(_str("purpose"), index=True)
-    retention_class: Mapped[str | None] = mapped_column(_str("retention_class"), index=True)
+    purpose: Mapped[str | None] = mapped_column(_str("purpose"))
+    retention_class: Mapped[str | None] = mapped_column(_str("retention_class"))
     entity_types: Mapped[str | None] = mapped_column(_str("entity_types"))
 
 

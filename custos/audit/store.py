@@ -28,16 +28,13 @@ from typing import Any, cast
 
 import psycopg
 from sqlalchemy import (
-    ColumnElement,
     Connection,
     Engine,
     Row,
     Select,
-    String,
     delete,
     func,
     insert,
-    literal_column,
     select,
     text,
 )
@@ -46,11 +43,8 @@ from sqlalchemy.exc import IntegrityError
 
 from custos.audit.chain import (
     GENESIS_HASH,
-    RAW_COLUMNS,
     SCHEMA_VERSION,
     ChainHead,
-    ChainRow,
-    ChainVerifier,
     PayloadTemplate,
     VerifyReport,
     compute_row_hash,
@@ -61,6 +55,7 @@ from custos.audit.errors import AuditUnavailable, ChainConflict, DuplicateId, In
 from custos.audit.events import AuditEvent, EventType, Phase, StoredRecord, check_aware, check_text
 from custos.audit.group import GroupCommitter
 from custos.audit.models import AuditRecordRow, TranscriptRow
+from custos.audit.verify import verify_chain
 
 __all__ = [
     "APPEND_LOCK_KEY",
@@ -280,31 +275,6 @@ def _filtered(stmt: Select[Any], where: AuditFilter) -> Select[Any]:
         if name not in _RANGE_FILTERS:
             stmt = stmt.where(getattr(AuditRecordRow, name) == value)
     return stmt
-
-
-def _timestamp_text(name: str, dialect: str) -> ColumnElement[str]:
-    """SQL giving a timestamp column as its canonical payload text (``2024-05-01T12:00:00.000000Z``).
-
-    SQLite stores naive UTC text ``2024-05-01 12:00:00.000000``; anything of another shape gives NULL, so
-    verification falls back to the typed comparison for that row. PostgreSQL formats the ``timestamptz``.
-    """
-    if dialect == "postgresql":
-        sql = f"""to_char({name} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
-    else:
-        sql = (
-            f"CASE WHEN length({name}) = 26 AND substr({name}, 11, 1) = ' ' "
-            f"THEN substr({name}, 1, 10) || 'T' || substr({name}, 12) || 'Z' END"
-        )
-    return literal_column(sql, String).label(name)
-
-
-def _raw_columns(dialect: str) -> list[ColumnElement[Any]]:
-    """The columns of :data:`~custos.audit.chain.RAW_COLUMNS` (fast verification), timestamps as text."""
-    table = AuditRecordRow.__table__.columns
-    return [
-        _timestamp_text(name, dialect) if name in ("start_time", "end_time") else table[name]
-        for name in RAW_COLUMNS
-    ]
 
 
 def lock_chain(conn: Connection) -> None:
@@ -536,7 +506,11 @@ class AuditStore:
         return None if self._group is None else self._group.transactions
 
     def add_commit_listener(self, listener: Callable[[int], None]) -> None:
-        """Call ``listener(number_of_records)`` after each committed append transaction (checkpoints)."""
+        """Call ``listener(number_of_records)`` after each caller's committed append (checkpoints).
+
+        It runs in the appending caller's thread once its own records are durable, outside the group
+        commit and the append lock.
+        """
         self._listeners.append(listener)
 
     def append(self, event: AuditEvent) -> StoredRecord:
@@ -578,8 +552,26 @@ class AuditStore:
         # under the lock only chain positions, hashes and the insert remain.
         prepared = [PreparedRecord.of(event) for event in events]
         if self._group is not None:
-            return self._group.submit(prepared, transcripts)
-        return self._commit_group([(prepared, transcripts)])[0]
+            stored = self._group.submit(prepared, transcripts)
+        else:
+            stored = self._commit_group([(prepared, transcripts)])[0]
+        self._notify(len(stored))
+        return stored
+
+    def _notify(self, count: int) -> None:
+        """Tell the listeners about ``count`` committed records, in the caller's thread.
+
+        Never inside the group commit: a listener's work (a checkpoint's fsync) would otherwise hold up
+        every caller of the group and the next transaction.
+        """
+        for listener in self._listeners:
+            # Committed is committed: a failing listener (e.g. a full disk for checkpoints) is logged, never
+            # turned into an append error that would make a caller retry a record that already exists.
+            try:
+                listener(count)
+            except Exception as exc:
+                fields = {"error": type(exc).__name__}
+                log.error("audit commit listener failed", extra={"fields": fields})
 
     def _commit_group(
         self, callers: Sequence[tuple[Sequence[PreparedRecord], Sequence[SealedTranscript]]]
@@ -612,14 +604,6 @@ class AuditStore:
                     raise ChainConflict(
                         "the chain head moved during append; another writer bypasses the lock"
                     ) from err
-        for listener in self._listeners:
-            # Committed is committed: a failing listener (e.g. a full disk for checkpoints) is logged, never
-            # turned into an append error that would make a caller retry a record that already exists.
-            try:
-                listener(len(stored))
-            except Exception as exc:
-                fields = {"error": type(exc).__name__}
-                log.error("audit commit listener failed", extra={"fields": fields})
         out: list[list[StoredRecord]] = []
         offset = 0
         for caller_events, _ in callers:
@@ -713,6 +697,7 @@ class AuditStore:
         checkpoints: Sequence[ChainHead] = (),
         start: ChainHead | None = None,
         progress: Callable[[int], None] | None = None,
+        workers: int | None = None,
     ) -> VerifyReport:
         """Re-verify the whole chain from genesis (or from ``start``), streaming rows in ``seq`` order.
 
@@ -720,33 +705,13 @@ class AuditStore:
         payload; stops at the first bad record and names it. Every head in ``checkpoint``/``checkpoints``
         (from signed checkpoints) must be in the chain with its hash, so truncation and rollback fail too.
         ``start`` is the closing checkpoint of archived records: the live log must continue right after it.
-        ``progress`` is called with the number of rows checked so far, every few thousand rows.
+        ``progress`` is called with the number of rows checked so far, every few thousand rows. Long chains
+        are checked in ``workers`` processes by seq range (see :mod:`custos.audit.verify`).
         """
-        verifier = ChainVerifier(checkpoint=checkpoint, checkpoints=checkpoints, start=start)
-        typed = select(*_RECORD_COLUMNS)
-        done = 0
-        with translate_db_errors(), self._read() as conn:
-            stmt = select(*_raw_columns(conn.dialect.name)).order_by(AuditRecordRow.seq)
-            result = conn.execution_options(yield_per=_VERIFY_FETCH).execute(stmt)
-            try:
-                for rows in result.partitions():
-                    for row in rows:
-                        ok = verifier.feed_raw(row)
-                        if ok is None:  # not accepted on the fast path: the full check decides and explains
-                            full = conn.execute(typed.where(AuditRecordRow.seq == row[0])).one()
-                            ok = verifier.feed(cast(ChainRow, full))
-                        if not ok:
-                            break
-                        done += 1
-                        if progress is not None and done % _VERIFY_BATCH == 0:
-                            progress(done)
-                    if verifier.failed:
-                        break
-            finally:
-                result.close()
-        if progress is not None:
-            progress(done)
-        return verifier.report()
+        heads = [*checkpoints, *([checkpoint] if checkpoint is not None else [])]
+        return verify_chain(
+            self._engine, checkpoints=heads, start=start, workers=workers, progress=progress
+        ).report
 
     def delete_through(self, seq: int, *, expected_hash: str) -> int:
         """Remove records ``1..seq`` (archiving), after checking record ``seq`` still has ``expected_hash``.

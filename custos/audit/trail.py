@@ -29,6 +29,7 @@ from custos.audit.checkpoints import (
     public_key_hex,
 )
 from custos.audit.export import FORMATS, export_csv, export_jsonl
+from custos.audit.incremental import LiveVerification, verify_live_from_state
 from custos.audit.maintenance import verify_live
 from custos.audit.store import AuditStore
 
@@ -92,6 +93,27 @@ class AuditTrail:
     def verify(self, *, progress: Callable[[int], None] | None = None) -> tuple[VerifyReport, int]:
         """Verify the live chain against the signed checkpoints; the report and the checkpoints used."""
         return verify_live(self.store, self.log, self.public_key, progress=progress)
+
+    def verify_recorded(
+        self,
+        *,
+        incremental: bool = False,
+        progress: Callable[[int], None] | None = None,
+        workers: int | None = None,
+    ) -> LiveVerification:
+        """Verify fully, or from the verified state (``incremental``), and record the new verified state.
+
+        See :mod:`custos.audit.incremental`; the operator's ``custos audit verify`` uses this.
+        """
+        return verify_live_from_state(
+            self.store,
+            self.log,
+            self.public_key,
+            signer=self.signer,
+            incremental=incremental,
+            workers=workers,
+            progress=progress,
+        )
 
     def export(
         self,

@@ -1,15 +1,20 @@
-"""``custos bench audit``: append throughput (1 and 8 writers, SQLite and PostgreSQL) and verify speed.
+"""``custos bench audit``: appends under concurrency, verification, and queries on a large log.
 
-Every figure is printed beside a baseline from the same run, as a ratio, with the goal next to it (each
-case runs ``repeats`` times, interleaved with its baseline, and the medians are printed, so a burst of load
-from other processes skews both sides alike):
+Every figure is printed beside a baseline or bound from the same run, as a ratio, with the goal next to it
+(each append and verify case runs ``repeats`` times, interleaved with its baseline, and the medians are
+printed, so a burst of load from other processes skews both sides alike):
 
-- appends/s with group commit vs. one append per transaction under the append lock (no group commit);
-- verify rows/s of ~1 KB payloads vs. plain SHA-256 of the same ``prev_hash || payload`` bytes.
+- appends/s with group commit at 1, 8, 32 and 64 writers vs. one append per transaction (8 writers), on
+  SQLite and PostgreSQL; for 64 writers also the two bounds no grouping can beat: 64 / (durable commit
+  latency), since every writer waits for its own commit, and 1 / (CPU time per append);
+- full verification rows/s of a realistic log (in this process, and in worker processes by seq range) vs.
+  bare SHA-256 of the same ``prev_hash || payload`` bytes (only the hashing is timed), and incremental
+  verification of the newest 1 % vs. the full verification's time;
+- with ``records``: a realistic PostgreSQL log of that many records built by ``COPY``
+  (:mod:`custos.bench.audit_log`), verified the same way, and every query filter and console combination
+  measured on it (p50/p99, first and deep page) with ``Get``.
 
 PostgreSQL runs in a fresh schema that is dropped afterwards; it is skipped (and says so) when unreachable.
-A note gives PostgreSQL's durable commit time in the same run and the ceiling it sets: writers that each
-wait for their own commit cannot append faster than ``writers / commit time``, whatever the grouping.
 """
 
 from __future__ import annotations
@@ -28,14 +33,23 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from custos.audit.chain import ChainHead
 from custos.audit.db import default_sqlite_url, make_engine, migrate
 from custos.audit.events import AuditEvent
+from custos.audit.models import AuditRecordRow
 from custos.audit.store import AuditStore
+from custos.audit.verify import default_workers, verify_chain
+from custos.bench.audit_log import QueryRow, build_log, explain, measure_queries
 
-__all__ = ["BenchRow", "run_audit_bench"]
+__all__ = ["BenchRow", "QueryRow", "run_audit_bench"]
 
 GOAL_PG_APPENDS = 2000.0
-GOAL_VERIFY_ROWS = 250_000.0
+GOAL_VERIFY_SHARE = 0.5
+"""Full verification, in worker processes, at least this share of bare SHA-256's rows/s (same run)."""
+GOAL_BOUND_SHARE = 0.5
+"""64 PostgreSQL writers at least this share of min(64 / commit latency, 1 / CPU per append)."""
+GOAL_QUERY_P50_MS = 100.0
+GOAL_QUERY_P99_MS = 500.0
 
 
 @dataclass(frozen=True)
@@ -139,6 +153,16 @@ def _commit_seconds(engine: sa.Engine, samples: int = 50) -> float:
     return statistics.median(times)
 
 
+WRITERS = (1, 8, 32, 64)
+
+
+def _cpu_seconds_per_append(store: AuditStore, total: int, size: int) -> float:
+    """CPU time of this process per append with 64 writers (the CPU bound's denominator)."""
+    before = time.process_time()
+    _appends_per_second(store, 64, total, size)
+    return (time.process_time() - before) / (64 * max(1, total // 64))
+
+
 def _append_rows(
     backend: str,
     postgres_url: str,
@@ -154,20 +178,23 @@ def _append_rows(
         try:
             grouped = AuditStore(engine, group_commit=True)
             baselines: list[float] = []
-            values: dict[int, list[float]] = {1: [], 8: []}
-            grouped_txns = 0
+            values: dict[int, list[float]] = {w: [] for w in WRITERS}
+            grouped_txns: dict[int, int] = dict.fromkeys(WRITERS, 0)
+            cpu: list[float] = []
             for attempt in range(1, repeats + 1):
                 say(f"{backend} ({attempt}/{repeats}): baseline, 8 writers, one append per transaction")
                 baselines.append(_appends_per_second(store, 8, total, size))
-                for writers in (1, 8):
+                for writers in WRITERS:
                     say(f"{backend} ({attempt}/{repeats}): {writers} writer(s) with group commit")
                     before = grouped.transactions or 0
                     values[writers].append(_appends_per_second(grouped, writers, total, size))
-                    if writers == 8:
-                        grouped_txns += (grouped.transactions or 0) - before
+                    grouped_txns[writers] += (grouped.transactions or 0) - before
+                cpu.append(_cpu_seconds_per_append(grouped, total, size))
             baseline = statistics.median(baselines)
+            commit = _commit_seconds(engine)
+            cpu_per_append = statistics.median(cpu)
+            bound = min(64 / commit, 1 / cpu_per_append)
             for writers, measured in values.items():
-                goal = GOAL_PG_APPENDS if backend == "postgresql" and writers == 8 else None
                 rows.append(
                     BenchRow(
                         f"{backend} appends/s, {writers} writer(s)",
@@ -175,64 +202,163 @@ def _append_rows(
                         "appends/s",
                         "1 append/txn, 8 writers",
                         baseline,
-                        goal,
+                        GOAL_PG_APPENDS if backend == "postgresql" and writers == 8 else None,
                     )
                 )
+            rows.append(
+                BenchRow(
+                    f"{backend} appends/s, 64 writers vs bound",
+                    statistics.median(values[64]),
+                    "appends/s",
+                    "min(64/commit, 1/CPU)",
+                    bound,
+                    GOAL_BOUND_SHARE * bound if backend == "postgresql" else None,
+                )
+            )
             if not store.verify().ok:
                 raise RuntimeError("the benchmark chain does not verify")
-            per_writer = max(1, total // 8)
-            notes.append(
-                f"{backend}: 8 writers with group commit averaged "
-                f"{repeats * 8 * per_writer / max(1, grouped_txns):.1f} appends per transaction"
+            per_txn = ", ".join(
+                f"{w}: {repeats * w * max(1, total // w) / max(1, grouped_txns[w]):.1f}" for w in WRITERS
             )
-            if backend == "postgresql":
-                commit = _commit_seconds(engine)
-                notes.append(
-                    f"PostgreSQL durable commit: {commit * 1000:.2f} ms (median) in this run, so 8 writers "
-                    f"that each wait for their own commit reach at most about {8 / commit:,.0f} appends/s"
-                )
+            notes.append(f"{backend}: appends per grouped transaction by writers: {per_txn}")
+            notes.append(
+                f"{backend}: durable commit {commit * 1000:.2f} ms (median), so 64 writers that each wait "
+                f"for their own commit reach at most {64 / commit:,.0f} appends/s; CPU per append in this "
+                f"process {cpu_per_append * 1e6:,.0f} us, at most {1 / cpu_per_append:,.0f} appends/s"
+            )
         finally:
             engine.dispose()
     return rows
 
 
-def _verify_row(rows: int, size: int, repeats: int, say: Callable[[str], None]) -> BenchRow:
+def _hash_seconds(engine: sa.Engine) -> tuple[float, int, int]:
+    """Seconds bare SHA-256 of every ``prev_hash || payload`` takes (only the hashing is timed)."""
+    spent = 0.0
+    rows = 0
+    payload_bytes = 0
+    with engine.connect() as conn:
+        result = conn.execution_options(yield_per=10_000).execute(
+            sa.text("SELECT prev_hash, payload FROM audit_records ORDER BY seq")
+        )
+        for batch in result.partitions():
+            data = [(bytes.fromhex(prev), bytes(payload)) for prev, payload in batch]
+            started = time.perf_counter()
+            for prev, payload in data:
+                hashlib.sha256(prev + payload).hexdigest()
+            spent += time.perf_counter() - started
+            rows += len(data)
+            payload_bytes += sum(len(p) for _, p in data)
+    return spent, rows, payload_bytes
+
+
+def _verify_rows(
+    engine: sa.Engine, label: str, repeats: int, say: Callable[[str], None], notes: list[str]
+) -> list[BenchRow]:
+    """Full verification (1 process and worker processes) vs bare SHA-256, incremental 1 % vs full."""
+    store = AuditStore(engine, group_commit=False)
+    head = store.head()
+    recent = max(1, head.seq // 100)
+    with engine.connect() as conn:
+        resume_hash = conn.execute(
+            sa.select(AuditRecordRow.row_hash).where(AuditRecordRow.seq == head.seq - recent)
+        ).scalar_one()
+    workers = default_workers()
+    plain: list[float] = []
+    timings: dict[str, list[float]] = {"one": [], "workers": [], "incremental": []}
+    rows = head.seq
+    size = 0
+    for attempt in range(1, repeats + 1):
+        say(f"verify {label} ({attempt}/{repeats}): bare SHA-256 of the same bytes")
+        spent, rows, size = _hash_seconds(engine)
+        plain.append(rows / spent)
+        for key, count in (("one", 1), ("workers", workers)):
+            say(f"verify {label} ({attempt}/{repeats}): full verification, {count} process(es)")
+            started = time.perf_counter()
+            report = verify_chain(engine, workers=count).report
+            timings[key].append(time.perf_counter() - started)
+            if not report.ok or report.count != rows:
+                raise RuntimeError("the benchmark chain does not verify")
+        say(f"verify {label} ({attempt}/{repeats}): incremental, newest 1 %")
+        started = time.perf_counter()
+        report = verify_chain(
+            engine, start=ChainHead(head.seq - recent, resume_hash), resume=True, workers=workers
+        ).report
+        timings["incremental"].append(time.perf_counter() - started)
+        if not report.ok or report.count != recent:
+            raise RuntimeError("the benchmark chain does not verify incrementally")
+    baseline = statistics.median(plain)
+    full = statistics.median(timings["workers"])
+    notes.append(
+        f"verify {label}: {rows:,} records, {size / max(1, rows):,.0f} B payloads on average; "
+        f"{workers} worker process(es); incremental verified the newest {recent:,} records in "
+        f"{statistics.median(timings['incremental']):.2f} s vs {full:.2f} s for all"
+    )
+    return [
+        BenchRow(
+            f"verify rows/s ({label}), 1 process",
+            rows / statistics.median(timings["one"]),
+            "rows/s",
+            "bare SHA-256",
+            baseline,
+            None,
+        ),
+        BenchRow(
+            f"verify rows/s ({label}), {workers} processes",
+            rows / full,
+            "rows/s",
+            "bare SHA-256",
+            baseline,
+            GOAL_VERIFY_SHARE * baseline,
+        ),
+        BenchRow(
+            f"incremental verify of newest 1 % ({label}), s",
+            statistics.median(timings["incremental"]),
+            "s",
+            "full verify, s",
+            full,
+            None,
+        ),
+    ]
+
+
+def _verify_sqlite(rows: int, repeats: int, say: Callable[[str], None], notes: list[str]) -> list[BenchRow]:
     with _database("sqlite", "") as url:
-        store, engine = _fresh_store(url, group_commit=False)
+        _, engine = _fresh_store(url, group_commit=False)
         try:
-            say(f"verify: writing {rows} records of ~{size} B")
-            batch = 500
-            for start in range(0, rows, batch):
-                store.append_many([_event(size) for _ in range(min(batch, rows - start))])
-            with engine.connect() as conn:
-                data = [
-                    (bytes.fromhex(prev), bytes(payload))
-                    for prev, payload in conn.execute(sa.text("SELECT prev_hash, payload FROM audit_records"))
-                ]
-            plain: list[float] = []
-            full: list[float] = []
-            for attempt in range(1, repeats + 1):
-                say(f"verify ({attempt}/{repeats}): plain SHA-256 of the same bytes")
-                started = time.perf_counter()
-                for prev, payload in data:
-                    hashlib.sha256(prev + payload).hexdigest()
-                plain.append(rows / (time.perf_counter() - started))
-                say(f"verify ({attempt}/{repeats}): full chain verification")
-                started = time.perf_counter()
-                report = store.verify()
-                full.append(rows / (time.perf_counter() - started))
-                if not report.ok or report.count != rows:
-                    raise RuntimeError("the benchmark chain does not verify")
+            say(f"verify: building a realistic SQLite log of {rows:,} records")
+            build_log(engine, rows)
+            return _verify_rows(engine, "SQLite", repeats, say, notes)
         finally:
             engine.dispose()
-    return BenchRow(
-        f"verify rows/s (~{size} B payloads, SQLite)",
-        statistics.median(full),
-        "rows/s",
-        "plain SHA-256",
-        statistics.median(plain),
-        GOAL_VERIFY_ROWS,
-    )
+
+
+def _large_log(
+    postgres_url: str,
+    records: int,
+    repeats: int,
+    say: Callable[[str], None],
+    notes: list[str],
+    query_runs: int,
+) -> tuple[list[BenchRow], list[QueryRow], dict[str, str]]:
+    with _database("postgresql", postgres_url) as url:
+        store, engine = _fresh_store(url, group_commit=False)
+        try:
+            say(f"log: building a realistic PostgreSQL log of {records:,} records (COPY)")
+            sample, timings = build_log(engine, records, say=say)
+            with engine.connect() as conn:
+                size = conn.execute(sa.text("SELECT pg_total_relation_size('audit_records')")).scalar_one()
+            notes.append(
+                f"log: {records:,} records built in {timings['total']:.0f} s (COPY {timings['copy']:.0f} s, "
+                f"indexes {timings['indexes']:.0f} s, VACUUM ANALYZE {timings['analyze']:.0f} s); "
+                f"table with indexes {size / 2**30:.2f} GiB"
+            )
+            rows = _verify_rows(engine, f"PostgreSQL, {records:,} records", repeats, say, notes)
+            say("queries: every filter alone and the console's combinations")
+            queries = measure_queries(store, sample, runs=query_runs)
+            plans = explain(store, sample)
+            return rows, queries, plans
+        finally:
+            engine.dispose()
 
 
 def run_audit_bench(
@@ -242,17 +368,25 @@ def run_audit_bench(
     payload_bytes: int = 1000,
     repeats: int = 3,
     postgres_url: str | None = "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+    records: int | None = None,
+    query_runs: int = 20,
     say: Callable[[str], None] = lambda _msg: None,
-) -> tuple[list[BenchRow], list[str]]:
-    """Run the benchmark; return its rows and notes (e.g. a skipped PostgreSQL and why)."""
+) -> tuple[list[BenchRow], list[str], list[QueryRow], dict[str, str]]:
+    """Run the benchmark; its rows, notes (e.g. a skipped PostgreSQL and why), query rows and plans."""
     if repeats < 1:
         raise ValueError("repeats must be >= 1")
     notes: list[str] = []
+    queries: list[QueryRow] = []
+    plans: dict[str, str] = {}
     rows = _append_rows("sqlite", "", appends, payload_bytes, repeats, say, notes)
     if postgres_url:
         try:
             rows += _append_rows("postgresql", postgres_url, appends, payload_bytes, repeats, say, notes)
         except sa.exc.OperationalError as err:
             notes.append(f"PostgreSQL skipped: {type(err.orig).__name__ if err.orig else 'unreachable'}")
-    rows.append(_verify_row(verify_rows, payload_bytes, repeats, say))
-    return rows, notes
+            postgres_url = None
+    rows += _verify_sqlite(verify_rows, repeats, say, notes)
+    if records and postgres_url:
+        large, queries, plans = _large_log(postgres_url, records, repeats, say, notes, query_runs)
+        rows += large
+    return rows, notes, queries, plans

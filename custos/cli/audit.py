@@ -246,6 +246,13 @@ def audit_verify(
             "(default: audit_checkpoint_file).",
         ),
     ] = None,
+    incremental: Annotated[
+        bool,
+        typer.Option(
+            "--incremental",
+            help="Only the records after the last signed checkpoint a verification passed (local only).",
+        ),
+    ] = False,
     output: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
 ) -> None:
     """Re-hash every record, check it against the signed checkpoints; exit 1 naming the first bad one.
@@ -261,6 +268,8 @@ def audit_verify(
     if server is not None and (public_key is not None or checkpoints_file is not None):
         raise _fail("--public-key and --checkpoints verify locally; the server uses its own settings")
     backend = _backend(server, token, ca_file, data_dir, config)
+    if incremental and isinstance(backend, _Remote):
+        raise _fail("--incremental works on the local data directory, not with --server")
     if isinstance(backend, _Remote):
         from custos.v1 import audit_pb2
 
@@ -278,15 +287,23 @@ def audit_verify(
         }
     else:
         from custos.audit.checkpoints import CheckpointLog
-        from custos.audit.maintenance import verify_live
+        from custos.audit.incremental import verify_live_from_state
 
         key = _verifying_key(backend, public_key)
         log = CheckpointLog(checkpoints_file or backend.settings.resolved_audit_checkpoint_file)
         if checkpoints_file is not None and not checkpoints_file.is_file():
             raise _fail(f"--checkpoints {checkpoints_file} is not a file")
-        total = backend.store.count()
+        total = None if incremental else backend.store.count()
         with _progress("verifying", total) as update:
-            report, checkpoints = verify_live(backend.store, log, key, progress=update)
+            live = verify_live_from_state(
+                backend.store,
+                log,
+                key,
+                signer=_state_signer(backend),
+                incremental=incremental,
+                progress=update,
+            )
+        report, checkpoints = live.report, live.checkpoints
         backend.record(
             "cli.verify",
             {
@@ -294,9 +311,15 @@ def audit_verify(
                 "count": report.count,
                 "first_bad_seq": report.first_bad_seq,
                 "checkpoints": checkpoints,
+                "mode": live.mode,
+                "resumed_from": live.resumed_from,
             },
         )
+        if live.note:
+            err.print(f"full verification: {live.note}")
         result = {
+            "mode": live.mode,
+            "resumed_from": live.resumed_from,
             "ok": report.ok,
             "count": report.count,
             "head_seq": report.head_seq,
@@ -314,8 +337,10 @@ def _print_verify(result: dict[str, Any], output: str) -> None:
         out.print_json(json.dumps(result)) if out.is_terminal else print(json.dumps(result))
     if result["ok"]:
         if output == "table":
+            after = result.get("resumed_from")
+            scope = "" if after is None else f" after checkpoint seq {after} (incremental)"
             out.print(
-                f"audit chain intact: {result['count']} records, head seq {result['head_seq']} "
+                f"audit chain intact{scope}: {result['count']} records, head seq {result['head_seq']} "
                 f"{result['head_hash']}, {result['checkpoints']} signed checkpoint(s), "
                 f"{result['incomplete']} incomplete request(s)",
                 soft_wrap=True,
@@ -328,6 +353,16 @@ def _print_verify(result: dict[str, Any], output: str) -> None:
             f"[red]audit chain broken at record seq {result['first_bad_seq']}: {result['reason']}[/red]"
         )
     raise typer.Exit(1)
+
+
+def _state_signer(backend: _Local) -> Any:
+    """The signing key that signs the verified state, ``None`` where this host does not hold it."""
+    from custos.audit.checkpoints import CheckpointError, CheckpointSigner
+
+    try:
+        return CheckpointSigner.load(backend.settings.resolved_audit_signing_key_file)
+    except CheckpointError:
+        return None
 
 
 def _verifying_key(backend: _Local, public_key: str | None) -> Any:

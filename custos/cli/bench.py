@@ -41,15 +41,28 @@ def bench_audit(
         ),
     ] = "postgresql+psycopg://postgres@127.0.0.1:5432/test",
     no_postgres: Annotated[bool, typer.Option("--no-postgres", help="SQLite only.")] = False,
+    records: Annotated[
+        int | None,
+        typer.Option(
+            min=1000,
+            help="Also build a realistic PostgreSQL log of this many records (COPY), verify and query it.",
+        ),
+    ] = None,
+    query_runs: Annotated[int, typer.Option(min=2, help="Runs per query case (p50/p99 over them).")] = 20,
+    explain_to: Annotated[
+        Path | None, typer.Option(help="Write each query case's EXPLAIN ANALYZE plan to this file.")
+    ] = None,
 ) -> None:
-    """Append and verify throughput, each beside its baseline from the same run, with the goals."""
-    from custos.bench.audit import run_audit_bench
+    """Appends, verification and (with --records) queries, each beside its same-run baseline or bound."""
+    from custos.bench.audit import GOAL_QUERY_P50_MS, GOAL_QUERY_P99_MS, run_audit_bench
 
-    rows, notes = run_audit_bench(
+    rows, notes, queries, plans = run_audit_bench(
         appends=appends,
         verify_rows=verify_rows,
         repeats=repeat,
         postgres_url=None if no_postgres else postgres_url,
+        records=records,
+        query_runs=query_runs,
         say=lambda msg: err.print(f"[dim]{msg}[/dim]"),
     )
     table = Table("case", "value", "baseline", "baseline value", "ratio", "goal", "met")
@@ -64,8 +77,26 @@ def bench_audit(
             "" if row.goal is None else ("yes" if row.value >= row.goal else "no"),
         )
     (out if out.is_terminal else Console(width=160)).print(table)
+    if queries:
+        goal = f"p50 <= {GOAL_QUERY_P50_MS:,.0f} ms, p99 <= {GOAL_QUERY_P99_MS:,.0f} ms"
+        query_table = Table("query (newest first, 50 per page)", "page", "p50 ms", "p99 ms", "rows", "met")
+        for query in queries:
+            met = query.p50_ms <= GOAL_QUERY_P50_MS and query.p99_ms <= GOAL_QUERY_P99_MS
+            query_table.add_row(
+                query.case,
+                query.page,
+                f"{query.p50_ms:.1f}",
+                f"{query.p99_ms:.1f}",
+                str(query.returned),
+                "yes" if met else "no",
+            )
+        (out if out.is_terminal else Console(width=160)).print(query_table)
+        notes.append(f"queries: goal {goal}, {queries[0].runs} runs per case")
+    if explain_to is not None and plans:
+        explain_to.write_text("".join(f"-- {case}\n{plan}\n\n" for case, plan in plans.items()))
+        notes.append(f"plans written to {explain_to}")
     for note in notes:
-        err.print(note)
+        err.print(note, soft_wrap=True)
 
 
 @bench_app.command("keys")

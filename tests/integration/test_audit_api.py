@@ -246,8 +246,19 @@ def test_report_processing_and_archive_from_the_cli(served: ServerHarness, tmp_p
     assert verify.exit_code == 0, verify.output
     result = json.loads(verify.stdout)
     assert result["ok"] and result["count"] >= 2 and result["head_seq"] > result["count"]
+    assert result["mode"] == "full"
     kinds = [r["details"]["kind"] for r in _reads(served) if r["rpc"].startswith("cli.")]
     assert kinds[-2:] == ["archive", "verify"]
+
+    assert served.server.trail is not None
+    served.server.trail.writer.write("head")  # a signed checkpoint of the head, as the server writes
+    _cli("audit", "verify", "--data-dir", data_dir)  # passes and records the verified state at it
+    _generate(served, purpose="support")
+    again = _cli("audit", "verify", "--data-dir", data_dir, "--incremental", "--format", "json")
+    assert again.exit_code == 0, again.output
+    incremental = json.loads(again.stdout)
+    assert incremental["ok"] and incremental["mode"] == "incremental"
+    assert incremental["count"] == incremental["head_seq"] - incremental["resumed_from"] > 0
 
 
 def test_seeded_values_sent_to_the_audit_rpcs_never_reach_the_trail(served: ServerHarness) -> None:

@@ -147,3 +147,27 @@ def test_a_lone_writer_never_waits() -> None:
     started = time.perf_counter()
     group.submit(["b"])  # type: ignore[list-item]
     assert time.perf_counter() - started < 0.3
+
+
+def test_a_slow_commit_listener_holds_up_only_its_own_caller(store: AuditStore) -> None:
+    """Listeners (a checkpoint's fsync) run in the caller's thread, never while leading a group commit."""
+    entered, release = threading.Event(), threading.Event()
+
+    def listener(count: int) -> None:
+        if threading.current_thread().name == "slow":
+            entered.set()
+            release.wait(30)
+
+    store.add_commit_listener(listener)
+    slow = threading.Thread(target=lambda: store.append(event()), name="slow")
+    slow.start()
+    try:
+        assert entered.wait(30)
+        other = threading.Thread(target=lambda: store.append(event()))
+        other.start()
+        other.join(10)
+        assert not other.is_alive(), "an append waited for another caller's listener"
+    finally:
+        release.set()
+        slow.join(30)
+    assert store.head().seq == 2

@@ -35,8 +35,12 @@ def test_migrated_schema_has_the_named_constraints_and_indexes(engine: sa.Engine
     assert uniques == {"uq_audit_records_id": ["id"], "uq_audit_records_prev_hash": ["prev_hash"]}
     checks = {c["name"] for c in inspector.get_check_constraints("audit_records")}
     assert checks == {"ck_audit_records_phase", "ck_audit_records_seq_positive"}
-    indexes = {i["name"] for i in inspector.get_indexes("audit_records")}
-    assert {"ix_audit_records_event_type", "ix_audit_records_request_id"} <= indexes
+    indexes = {i["name"]: i["column_names"] for i in inspector.get_indexes("audit_records")}
+    assert indexes["ix_audit_records_request_id"] == ["request_id"]
+    # Keyset pages newest first: equality filter and order in one index (revision 0007).
+    for column in ("event_type", "actor", "status", "subject_ref", "conversation_ref", "purpose"):
+        assert indexes[f"ix_audit_records_{column}_seq"] == [column, "seq"]
+        assert f"ix_audit_records_{column}" not in indexes
 
 
 def test_seq_is_never_generated_by_the_database(engine: sa.Engine) -> None:

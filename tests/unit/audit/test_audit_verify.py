@@ -12,6 +12,7 @@ from custos.audit import AuditStore, StoredRecord
 from custos.audit.canonical import canonical_json, format_timestamp
 from custos.audit.chain import GENESIS_HASH, RAW_COLUMNS, ChainHead, ChainVerifier, compute_row_hash
 from custos.audit.models import AuditRecordRow
+from custos.audit.verify import verify_chain
 from custos.testing.audit import T0, assert_linear_chain, completion, event
 
 N = 6  # three request/completion pairs: seq 1..6
@@ -155,6 +156,12 @@ def test_verify_names_the_first_bad_record(
         tamper(conn, chain)
     report = store.verify()
     assert (report.ok, report.first_bad_seq, report.reason) == (False, bad_seq, reason)
+    # Checked in ranges joined at their boundaries (every record its own range, then pairs, ...), the
+    # report is exactly the one-pass report.
+    heads = [ChainHead(r.seq, r.row_hash) for r in chain]
+    for size in (1, 2, 3, 4):
+        split = verify_chain(store.engine, workers=1, range_rows=size, checkpoints=heads[-1:]).report
+        assert split == store.verify(checkpoints=heads[-1:]), size
     assert report.count == bad_seq - 1
     with store.engine.connect() as conn:  # the last good record, as stored after tampering
         stored_hash = conn.scalar(sa.select(AuditRecordRow.row_hash).where(AuditRecordRow.seq == bad_seq - 1))
@@ -305,3 +312,51 @@ def test_records_off_the_fast_path_still_verify(store: AuditStore) -> None:
     store.append(event())
     report = store.verify()
     assert (report.ok, report.count) == (True, 2)
+
+
+def test_ranges_join_open_requests_and_checkpoints(store: AuditStore) -> None:
+    """Requests completed in a later range, checkpoints inside ranges and at the end, as in one pass."""
+    first = store.append(event())
+    second = store.append(event())
+    store.append(completion(first))
+    store.append(event())  # left open
+    store.append(completion(second))
+    head = store.head()
+    checkpoints = [ChainHead(3, store.get(store.query(page_size=5)[0][2].id).row_hash), head]
+    whole = store.verify(checkpoints=checkpoints)
+    assert (whole.ok, whole.count, whole.incomplete) == (True, 5, 1)
+    for size in (1, 2, 3):
+        assert verify_chain(store.engine, workers=1, range_rows=size, checkpoints=checkpoints).report == whole
+    beyond = [*checkpoints, ChainHead(9, "ab" * 32)]
+    short = verify_chain(store.engine, workers=1, range_rows=2, checkpoints=beyond).report
+    assert short == store.verify(checkpoints=beyond)
+    assert (short.first_bad_seq, short.reason) == (6, "chain shorter than checkpoint")
+    wrong = [ChainHead(4, "ab" * 32)]
+    assert verify_chain(store.engine, workers=1, range_rows=2, checkpoints=wrong).report == store.verify(
+        checkpoints=wrong
+    )
+
+
+def test_open_requests_at_a_cut(store: AuditStore) -> None:
+    first = store.append(event())
+    store.append(event())
+    store.append(completion(first))
+    result = verify_chain(store.engine, workers=1, cut=2)
+    assert result.report.ok
+    assert result.open_at_cut == {first.id, store.query(page_size=3)[0][1].id}
+    assert verify_chain(store.engine, workers=1, cut=3).open_at_cut == {store.query(page_size=3)[0][1].id}
+
+
+def test_worker_processes_give_the_one_pass_report(
+    store: AuditStore, chain: list[StoredRecord], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ranges checked in spawned processes, intact and after tampering at a range boundary."""
+    import custos.audit.verify as verify_module
+
+    monkeypatch.setattr(verify_module, "PARALLEL_MIN_ROWS", 1)
+    assert verify_chain(store.engine, workers=2, range_rows=2).report == store.verify()
+    with store.engine.begin() as conn:
+        delete_middle_row_and_renumber(conn, chain)  # seq 3 now links to seq 2's successor: range start
+    parallel = verify_chain(store.engine, workers=2, range_rows=2).report
+    assert parallel == store.verify()
+    assert (parallel.first_bad_seq, parallel.reason) == (3, "broken link")
