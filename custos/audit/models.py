@@ -90,7 +90,7 @@ class AuditRecordRow(Base):
     __table_args__ = (
         CheckConstraint("phase IN ('request', 'completion', 'event')", name="phase"),
         CheckConstraint("seq > 0", name="seq_positive"),
-        # (column, seq): an equality filter and the newest-first keyset order in one index (revision 0007).
+        # (column, seq): an equality filter and the newest-first keyset order in one index (revision 0008).
         *(
             Index(f"ix_audit_records_{column}_seq", column, "seq")
             for column in (
