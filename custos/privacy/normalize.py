@@ -33,7 +33,6 @@ import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import tldextract
 
@@ -193,14 +192,14 @@ def _alternation(words: Iterable[str]) -> str:
     Python's ``re`` tries the branches of a flat alternation one by one at every position; the trie
     shares prefixes, so a position that starts no word fails at its first character.
     """
-    trie: dict[str, Any] = {}
+    trie: dict[str, dict] = {}
     for variant in {v for word in words for v in (word, _strip_accents(word))}:
         node = trie
         for char in variant:
             node = node.setdefault(char, {})
         node[""] = {}
 
-    def pattern(node: dict[str, Any]) -> str:
+    def pattern(node: dict) -> str:
         branches = [
             ("[ ]" if char == " " else re.escape(char)) + pattern(child)
             for char, child in sorted(node.items())

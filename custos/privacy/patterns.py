@@ -15,7 +15,7 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import regex
 from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer, RecognizerResult
@@ -67,10 +67,10 @@ def is_timeout_result(result: RecognizerResult) -> bool:
     return bool((result.recognition_metadata or {}).get(REGEX_TIMEOUT_KEY))
 
 
-def timeout_result(recognizer: EntityRecognizer, entity_type: str, start: int, end: int) -> RecognizerResult:
+def timeout_result(recognizer: object, entity_type: str, start: int, end: int) -> RecognizerResult:
     """The result that masks ``[start, end)`` after a timeout, with its explanation for the audit record."""
     explanation = PatternRecognizer.build_regex_explanation(
-        recognizer.name, "regex timeout", "", EntityRecognizer.MAX_SCORE, True, 0
+        recognizer_name(recognizer), "regex timeout", "", EntityRecognizer.MAX_SCORE, True, 0
     )
     explanation.textual_explanation = TIMEOUT_EXPLANATION
     return RecognizerResult(
@@ -80,23 +80,34 @@ def timeout_result(recognizer: EntityRecognizer, entity_type: str, start: int, e
         score=EntityRecognizer.MAX_SCORE,
         analysis_explanation=explanation,
         recognition_metadata={
-            RecognizerResult.RECOGNIZER_NAME_KEY: recognizer.name,
-            RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: recognizer.id,
+            RecognizerResult.RECOGNIZER_NAME_KEY: recognizer_name(recognizer),
+            RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: recognizer_id(recognizer),
             REGEX_TIMEOUT_KEY: True,
         },
     )
 
 
-def record_timeout(recognizer: EntityRecognizer, pattern_name: str, timeout_s: float, masked: int) -> None:
+def record_timeout(recognizer: object, pattern_name: str, timeout_s: float, masked: int) -> None:
     """Count and log a timeout: names and sizes only, never text."""
-    REGEX_TIMEOUTS.add(recognizer.name)
+    REGEX_TIMEOUTS.add(recognizer_name(recognizer))
     logger.warning(
         "regex pattern %r of %s timed out after %.1f s; %d characters masked conservatively",
         pattern_name,
-        recognizer.name,
+        recognizer_name(recognizer),
         timeout_s,
         masked,
     )
+
+
+def recognizer_name(recognizer: object) -> str:
+    """Presidio's recognizer name (set in its constructor without a declared type)."""
+    return str(vars(recognizer).get("name") or type(recognizer).__name__)
+
+
+def recognizer_id(recognizer: object) -> str:
+    """Presidio's recognizer id (a property of ``EntityRecognizer``), for a mixin that does not inherit it."""
+    value = getattr(recognizer, "id", None)
+    return str(value) if value is not None else type(recognizer).__name__
 
 
 class BackstopPatternMixin:
@@ -107,14 +118,14 @@ class BackstopPatternMixin:
     """
 
     #: Seconds per pattern and text; a class attribute so a test can lower it.
-    regex_timeout_s: float = REGEX_TIMEOUT_S
+    regex_timeout_s: ClassVar[float] = REGEX_TIMEOUT_S
     #: Names of the patterns matched at every start (the ``regex`` module's ``overlapped``): patterns whose
     #: matches are checked afterwards, where a long match that fails its checksum must not hide a valid value
     #: that starts inside it ("account 77467446 and my IBAN is DE61...").
-    overlapping_patterns: frozenset[str] = frozenset()
+    overlapping_patterns: ClassVar[frozenset[str]] = frozenset()
     #: Pattern name -> a cheap regex the text must contain for the pattern to be tried at all (a pattern that
     #: may start at every position, but only matches near a rare word, skips most texts this way).
-    pattern_prefilters: Mapping[str, regex.Pattern[str]] = {}
+    pattern_prefilters: ClassVar[Mapping[str, regex.Pattern[str]]] = {}
 
     def analyze(
         self,
@@ -124,9 +135,8 @@ class BackstopPatternMixin:
         regex_flags: int | None = None,
     ) -> list[RecognizerResult]:
         """Match every pattern within the time limit; mask the unanalysed rest of the text on a timeout."""
-        recognizer: Any = self
-        assert isinstance(recognizer, PatternRecognizer)
-        flags = regex_flags if regex_flags else recognizer.global_regex_flags
+        recognizer: Any = self  # a PatternRecognizer (see the class docstring)
+        flags: int = regex_flags or recognizer.global_regex_flags or 0
         results: list[RecognizerResult] = []
         for pattern in recognizer.patterns:
             prefilter = self.pattern_prefilters.get(pattern.name)
@@ -143,7 +153,7 @@ class BackstopPatternMixin:
                 ):
                     start, end = match.span()
                     analysed_to = start if overlapped else end
-                    result = self.pattern_result(pattern, text, start, end, flags or 0)
+                    result = self.pattern_result(pattern, text, start, end, flags)
                     if result is not None:
                         results.append(result)
             except TimeoutError:
@@ -158,14 +168,13 @@ class BackstopPatternMixin:
         self, pattern: Pattern, text: str, start: int, end: int, flags: int
     ) -> RecognizerResult | None:
         """One match as Presidio scores it (validation raises to 1.0 or drops it), or None to drop it."""
-        recognizer: Any = self
-        assert isinstance(recognizer, PatternRecognizer)
+        recognizer: Any = self  # a PatternRecognizer (see the class docstring)
         matched = text[start:end]
         if not matched:
             return None
         validation = recognizer.validate_result(matched)
         explanation = PatternRecognizer.build_regex_explanation(
-            recognizer.name, pattern.name, pattern.regex, pattern.score, bool(validation), flags
+            recognizer.name, pattern.name, pattern.regex, pattern.score, validation, flags
         )
         result = RecognizerResult(
             entity_type=recognizer.supported_entities[0],

@@ -36,7 +36,7 @@ from presidio_analyzer.predefined_recognizers import (
 from presidio_analyzer.predefined_recognizers.generic.iban_patterns import regex_per_country
 
 from custos.privacy.normalize import normalize
-from custos.privacy.patterns import BackstopPatternMixin
+from custos.privacy.patterns import BackstopPatternMixin, recognizer_name
 
 _LOCAL_CHARS = r"!#$%&'*+\-/=?^_`{|}~\w"
 
@@ -49,7 +49,7 @@ class EmailAddressRecognizer(BackstopPatternMixin, EmailRecognizer):
     longer run.
     """
 
-    PATTERNS: ClassVar[list[Pattern]] = [
+    PATTERNS = [  # noqa: RUF012 (Presidio's class attribute, read by its constructor)
         Pattern(
             "Email (Medium)",
             rf"(?<![{_LOCAL_CHARS}.])[{_LOCAL_CHARS}](?:[{_LOCAL_CHARS}.]{{0,252}}[{_LOCAL_CHARS}])?"
@@ -74,7 +74,7 @@ class CreditCardNumberRecognizer(BackstopPatternMixin, CreditCardRecognizer):
     on the digits alone decide, as for Presidio's.
     """
 
-    PATTERNS: ClassVar[list[Pattern]] = [
+    PATTERNS = [  # noqa: RUF012 (Presidio's class attribute, read by its constructor)
         *CreditCardRecognizer.PATTERNS,
         Pattern(
             "Card number, any grouping",
@@ -315,7 +315,7 @@ class NormalizedTextRecognizer(EntityRecognizer):
         self.inner = inner
         super().__init__(
             supported_entities=list(inner.supported_entities),
-            name=f"{inner.name}[normalised text]",
+            name=f"{recognizer_name(inner)}[normalised text]",
             supported_language=inner.supported_language,
             context=list(inner.context or []),
         )
@@ -331,17 +331,18 @@ class NormalizedTextRecognizer(EntityRecognizer):
         if not normalized.changed:
             return []
         results = []
+        # No NLP artifacts for the normalised text: the engine's context enhancer works on the original one.
         for found in self.inner.analyze(normalized.text, entities, None):  # type: ignore[arg-type]
             start, end = normalized.to_original(found.start, found.end)
             if start >= end:
                 continue
             metadata = dict(found.recognition_metadata or {})
-            metadata[RecognizerResult.RECOGNIZER_NAME_KEY] = self.name
+            metadata[RecognizerResult.RECOGNIZER_NAME_KEY] = recognizer_name(self)
             metadata[RecognizerResult.RECOGNIZER_IDENTIFIER_KEY] = self.id
             metadata["normalized_text"] = True
             explanation = found.analysis_explanation
             if explanation is not None:
-                explanation.recognizer = self.name
+                explanation.recognizer = recognizer_name(self)
                 explanation.textual_explanation = (
                     f"{explanation.textual_explanation or ''}; found in the normalised text".lstrip("; ")
                 )
@@ -479,7 +480,7 @@ class NationalIdRecognizer(BackstopPatternMixin, PatternRecognizer):
     ) -> RecognizerResult | None:
         """The number if a checksum holds (with its trailing letter only if that is its check letter)."""
         candidates = [end]
-        if text[end - 1].isalpha() and pattern is self.patterns[0]:
+        if text[end - 1].isalpha() and pattern.name == "national number, any grouping":
             stop = end - 1
             while stop > start and not text[stop - 1].isalnum():
                 stop -= 1
