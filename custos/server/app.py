@@ -52,6 +52,8 @@ from custos.flows.purposes import PurposePolicy
 from custos.flows.services import FlowServices
 from custos.flows.subject_access import SubjectAccess
 from custos.flows.types import Caller
+from custos.http.app import HttpEdge
+from custos.http.server import HttpServer, build_http_server
 from custos.privacy.erasure import ErasureLedger, SubjectService, purge_transcripts
 from custos.privacy.keys import MasterKeyProvider
 from custos.privacy.pseudonymize import Pseudonymizer
@@ -129,6 +131,9 @@ class CustosServer:
         self.port: int | None = None
         self.metrics_port: int | None = None
         self.health_port: int | None = None
+        #: The OpenAI-compatible HTTP listener (``http_listen``), once started.
+        self.http: HttpServer | None = None
+        self.http_port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._health_server: grpc.aio.Server | None = None
         # Each generation blocks one worker while the engine runs it; the engine says how many may wait.
@@ -245,23 +250,22 @@ class CustosServer:
             max_messages=settings.max_messages,
         )
         core_limit = settings.max_request_bytes + CORE_SIZE_HEADROOM_BYTES
+        # One access decision for both edges: the same permission table, tokens and per-principal limits.
+        access_control = AccessControl(
+            authenticator=Authenticator(self.tokens, settings.client_cert_roles),
+            limiter=CapacityLimiter(
+                rate=settings.rate_limit_per_s,
+                burst=settings.rate_limit_burst,
+                max_in_flight=settings.max_in_flight_per_principal,
+            ),
+            audit=self.audit,
+            executor=self._executor,
+        )
         server = grpc.aio.server(
             interceptors=[
                 ObservingInterceptor(self.metrics),
                 self._availability,
-                AccessInterceptor(
-                    services=SERVICES,
-                    access=AccessControl(
-                        authenticator=Authenticator(self.tokens, settings.client_cert_roles),
-                        limiter=CapacityLimiter(
-                            rate=settings.rate_limit_per_s,
-                            burst=settings.rate_limit_burst,
-                            max_in_flight=settings.max_in_flight_per_principal,
-                        ),
-                        audit=self.audit,
-                        executor=self._executor,
-                    ),
-                ),
+                AccessInterceptor(services=SERVICES, access=access_control),
             ],
             options=[("grpc.max_receive_message_length", core_limit)],
         )
@@ -273,15 +277,16 @@ class CustosServer:
             executor=self._executor,
         )
         admission = Admission(events.record_invalid, max_request_bytes=settings.max_request_bytes)
+        generate = GenerateFlow(
+            flows,
+            subject_keys=self.subject_keys,
+            templates=templates,
+            label_sets=label_sets,
+            idempotency=IdempotencyStore(db, self.keys, self._executor),
+        )
         servicers: dict[str, Any] = {
             "Inference": InferenceServicer(
-                generate=GenerateFlow(
-                    flows,
-                    subject_keys=self.subject_keys,
-                    templates=templates,
-                    label_sets=label_sets,
-                    idempotency=IdempotencyStore(db, self.keys, self._executor),
-                ),
+                generate=generate,
                 classify=ClassifyFlow(flows, label_sets=label_sets),
                 admission=admission,
                 limits=limits,
@@ -323,6 +328,21 @@ class CustosServer:
             self.health_port = self._health_server.add_insecure_port(settings.health_listen)
             await self._health_server.start()
         await self.watchdog.start()
+        if settings.http_listen:
+            self.http = build_http_server(
+                settings,
+                HttpEdge(
+                    generate=generate,
+                    access=access_control,
+                    record_invalid=events.record_invalid,
+                    limits=limits,
+                    max_request_bytes=settings.max_request_bytes,
+                    model_name=self.components.engine.info.name,
+                    availability=self.watchdog,
+                    metrics=self.metrics,
+                ),
+            )
+            self.http_port = await self.http.start()
         if settings.metrics_listen:
             host, _, port = settings.metrics_listen.rpartition(":")
             self.metrics_port = self.metrics.serve(host, int(port))
@@ -334,6 +354,7 @@ class CustosServer:
                     "port": self.port,
                     "metrics_port": self.metrics_port,
                     "health_port": self.health_port,
+                    "http_port": self.http_port,
                     "pid": os.getpid(),
                 }
             },
@@ -401,6 +422,9 @@ class CustosServer:
         log.info("draining", extra={"fields": {"grace_s": grace}})
         if self._availability is not None:
             await self._availability.wait_idle(grace)
+        if self.http is not None:
+            await self.http.stop(max(grace - (time.monotonic() - started), 0.0))
+            self.http = None
         if self._server is not None:
             await self._server.stop(max(grace - (time.monotonic() - started), 0.0))
             self._server = None
