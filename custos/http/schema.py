@@ -10,6 +10,7 @@ client never silently gets something other than what it asked for.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -19,6 +20,7 @@ from custos.flows.errors import InvalidArgument
 from custos.flows.validation import MAX_TEMPERATURE
 
 Neutral = Callable[[Any], bool]
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 def _none(value: Any) -> bool:
@@ -155,6 +157,9 @@ def invalid_from_validation(errors: Sequence[Mapping[str, Any]], *, skip: int = 
     loc = tuple(first.get("loc", ()))[skip:]
     kind = first.get("type", "")
     problem = "unknown field" if kind == "extra_forbidden" else str(first.get("msg", "invalid"))
+    if any(isinstance(part, str) and not _FIELD_NAME.fullmatch(part) for part in loc):
+        # An unknown key is the caller's text: named only when it looks like a field name.
+        return InvalidArgument("request", problem)
     return InvalidArgument(field_path(loc), problem)
 
 
