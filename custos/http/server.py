@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import ssl
 from collections.abc import Iterator
@@ -109,7 +110,7 @@ class HttpServer:
         if self._server is None or self._task is None:
             return
         server = self._server
-        server.config.timeout_graceful_shutdown = max(grace, 0.1)
+        server.config.timeout_graceful_shutdown = max(math.ceil(grace), 1)
         server.should_exit = True
         # Calls in flight may finish within the grace; idle keep-alive connections are not waited for (a TLS
         # close would wait for the client's reply), so once the calls are done the rest are closed at once.
