@@ -76,6 +76,7 @@ from custos.tasks.feedback import FeedbackStore
 from custos.tasks.labels import LabelSetRegistry
 from custos.tasks.templates import TemplateRegistry
 from custos.v1 import admin_pb2, audit_pb2, feedback_pb2, inference_pb2, privacy_pb2
+from custos.version import custos_version
 
 if TYPE_CHECKING:
     from custos.engine.local import CacheContents
@@ -243,6 +244,7 @@ class CustosServer:
         templates = TemplateRegistry.load(settings.task_templates_dir)
         label_sets = LabelSetRegistry.load(settings.label_sets_dir)
         self.components.engine.observe(self.metrics)
+        self.metrics.describe_model(self.components.engine.info, version=custos_version())
         limits = RequestLimits(
             max_new_tokens_limit=settings.max_new_tokens_limit,
             default_max_new_tokens=settings.resolved_default_max_new_tokens,

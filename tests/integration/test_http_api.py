@@ -546,3 +546,33 @@ def test_concurrent_streams_are_served_side_by_side(scripted: tuple[ServerHarnes
     for thread in threads:
         thread.join(timeout=60)
     assert texts == [REPLY] * 8
+
+
+def test_metrics_count_both_edges_with_vllm_style_names(
+    scripted: tuple[ServerHarness, ScriptedEngine],
+) -> None:
+    harness, _ = scripted
+    registry = harness.server.metrics.registry
+    completion = sdk(harness).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": QUESTION}]
+    )
+    harness.inference.Generate(generate_request(QUESTION, max_new_tokens=50))
+    with plain(harness) as client:
+        client.post("/v1/chat/completions", json=chat(n=3))
+    assert completion.usage is not None
+
+    def sample(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert sample("custos_requests_total", rpc="POST /v1/chat/completions", code="OK") == 1
+    assert sample("custos_requests_total", rpc="POST /v1/chat/completions", code="INVALID_ARGUMENT") == 1
+    assert sample("custos_requests_total", rpc="Generate", code="OK") == 1
+    assert sample("custos_request_success_total", model_name=MODEL, finished_reason="stop") == 2
+    assert (
+        sample("custos_generation_tokens_total", model_name=MODEL) == 2 * completion.usage.completion_tokens
+    )
+    assert sample("custos_prompt_tokens_total", model_name=MODEL) == 2 * completion.usage.prompt_tokens
+    info = next(s for s in registry.collect() if s.name == "custos_model").samples[0]
+    assert (
+        info.labels["model_name"] == MODEL and info.labels["precision"] == "fp32" and info.labels["version"]
+    )
