@@ -274,6 +274,14 @@ def bench_privacy(
     config: ConfigOpt = None,
 ) -> None:
     """Custos vs plain Presidio (same spaCy pipeline): P/R/F2, leak rates, latency, goals, red-team set."""
+    import importlib.util
+
+    if importlib.util.find_spec("presidio_evaluator") is None:
+        err.print(
+            "[red]error:[/red] custos bench privacy generates its data set with presidio-evaluator, which a "
+            "plain install does not include: pip install 'custos[bench]'"
+        )
+        raise typer.Exit(2)
     from custos.bench import privacy as benchmark
     from custos.privacy.analyzer import build_analyzer
     from custos.server.app import build_pseudonymizer
