@@ -279,7 +279,7 @@ def bench_privacy(
     if importlib.util.find_spec("presidio_evaluator") is None:
         err.print(
             "[red]error:[/red] custos bench privacy generates its data set with presidio-evaluator, which a "
-            "plain install does not include: pip install 'custos[bench]'"
+            "plain install does not include: pip install 'custos\\[bench]'"
         )
         raise typer.Exit(2)
     from custos.bench import privacy as benchmark
