@@ -6,8 +6,9 @@ operating-system user as actor.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -189,7 +190,13 @@ def keys_rewrap(
 
 
 @keys_app.command("list")
-def keys_list(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+def keys_list(
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    output: Annotated[
+        Literal["table", "json"], typer.Option("--format", help="table or json (one object per key).")
+    ] = "table",
+) -> None:
     """Every key Custos uses: provider, age and use (never key material)."""
     from custos.server.keys import key_inventory, open_master_keys
 
@@ -198,6 +205,18 @@ def keys_list(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
         keys = open_master_keys(settings, create=False)
         rows = key_inventory(settings, keys, open_database(settings))
     now = datetime.now(UTC)
+    if output == "json":
+        listing = [
+            {
+                "key": row.name,
+                "provider": row.provider,
+                "created": row.created.isoformat() if row.created is not None else None,
+                "use": row.use,
+            }
+            for row in rows
+        ]
+        print(json.dumps(listing, indent=2))
+        return
     table = Table("key", "provider", "age", "use")
     for row in rows:
         age = f"{(now - row.created).days} d" if row.created is not None else "-"

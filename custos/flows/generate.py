@@ -312,7 +312,13 @@ class GenerateFlow:
         record = await services.events.append_with(event, transcript)
         ctx.timings.add("audit", time.perf_counter() - started)
         services.observe_stages(ctx)
-        services.metrics.generated_tokens.inc(result.completion_tokens)
+        services.metrics.count_generation(
+            services.engine.info.name,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            finish_reason=result.finish_reason,
+            status=status,
+        )
         return record
 
     def _seal_transcript(

@@ -52,6 +52,8 @@ from custos.flows.purposes import PurposePolicy
 from custos.flows.services import FlowServices
 from custos.flows.subject_access import SubjectAccess
 from custos.flows.types import Caller
+from custos.http.app import HttpEdge
+from custos.http.server import HttpServer, build_http_server
 from custos.privacy.erasure import ErasureLedger, SubjectService, purge_transcripts
 from custos.privacy.keys import MasterKeyProvider
 from custos.privacy.pseudonymize import Pseudonymizer
@@ -75,6 +77,7 @@ from custos.tasks.feedback import FeedbackStore
 from custos.tasks.labels import LabelSetRegistry
 from custos.tasks.templates import TemplateRegistry
 from custos.v1 import admin_pb2, audit_pb2, feedback_pb2, inference_pb2, privacy_pb2
+from custos.version import custos_version
 
 if TYPE_CHECKING:
     from custos.engine.local import CacheContents
@@ -130,6 +133,9 @@ class CustosServer:
         self.port: int | None = None
         self.metrics_port: int | None = None
         self.health_port: int | None = None
+        #: The OpenAI-compatible HTTP listener (``http_listen``), once started.
+        self.http: HttpServer | None = None
+        self.http_port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._health_server: grpc.aio.Server | None = None
         # Each generation blocks one worker while the engine runs it; the engine says how many may wait.
@@ -248,6 +254,7 @@ class CustosServer:
         templates = TemplateRegistry.load(settings.task_templates_dir)
         label_sets = LabelSetRegistry.load(settings.label_sets_dir)
         self.components.engine.observe(self.metrics)
+        self.metrics.describe_model(self.components.engine.info, version=custos_version())
         limits = RequestLimits(
             max_new_tokens_limit=settings.max_new_tokens_limit,
             default_max_new_tokens=settings.resolved_default_max_new_tokens,
@@ -255,23 +262,22 @@ class CustosServer:
             max_messages=settings.max_messages,
         )
         core_limit = settings.max_request_bytes + CORE_SIZE_HEADROOM_BYTES
+        # One access decision for both edges: the same permission table, tokens and per-principal limits.
+        access_control = AccessControl(
+            authenticator=Authenticator(self.tokens, settings.client_cert_roles),
+            limiter=CapacityLimiter(
+                rate=settings.rate_limit_per_s,
+                burst=settings.rate_limit_burst,
+                max_in_flight=settings.max_in_flight_per_principal,
+            ),
+            audit=self.audit,
+            executor=self._executor,
+        )
         server = grpc.aio.server(
             interceptors=[
                 ObservingInterceptor(self.metrics),
                 self._availability,
-                AccessInterceptor(
-                    services=SERVICES,
-                    access=AccessControl(
-                        authenticator=Authenticator(self.tokens, settings.client_cert_roles),
-                        limiter=CapacityLimiter(
-                            rate=settings.rate_limit_per_s,
-                            burst=settings.rate_limit_burst,
-                            max_in_flight=settings.max_in_flight_per_principal,
-                        ),
-                        audit=self.audit,
-                        executor=self._executor,
-                    ),
-                ),
+                AccessInterceptor(services=SERVICES, access=access_control),
             ],
             options=[("grpc.max_receive_message_length", core_limit)],
         )
@@ -283,17 +289,18 @@ class CustosServer:
             executor=self._executor,
         )
         admission = Admission(events.record_invalid, max_request_bytes=settings.max_request_bytes)
+        generate = GenerateFlow(
+            flows,
+            subject_keys=self.subject_keys,
+            templates=templates,
+            label_sets=label_sets,
+            idempotency=IdempotencyStore(
+                db, self.keys, self.subject_keys, self._executor, ttl_s=settings.idempotency_ttl_s
+            ),
+        )
         servicers: dict[str, Any] = {
             "Inference": InferenceServicer(
-                generate=GenerateFlow(
-                    flows,
-                    subject_keys=self.subject_keys,
-                    templates=templates,
-                    label_sets=label_sets,
-                    idempotency=IdempotencyStore(
-                        db, self.keys, self.subject_keys, self._executor, ttl_s=settings.idempotency_ttl_s
-                    ),
-                ),
+                generate=generate,
                 classify=ClassifyFlow(flows, label_sets=label_sets),
                 admission=admission,
                 limits=limits,
@@ -335,6 +342,21 @@ class CustosServer:
             self.health_port = self._health_server.add_insecure_port(settings.health_listen)
             await self._health_server.start()
         await self.watchdog.start()
+        if settings.http_listen:
+            self.http = build_http_server(
+                settings,
+                HttpEdge(
+                    generate=generate,
+                    access=access_control,
+                    record_invalid=events.record_invalid,
+                    limits=limits,
+                    max_request_bytes=settings.max_request_bytes,
+                    model_name=self.components.engine.info.name,
+                    availability=self.watchdog,
+                    metrics=self.metrics,
+                ),
+            )
+            self.http_port = await self.http.start()
         if settings.metrics_listen:
             host, _, port = settings.metrics_listen.rpartition(":")
             self.metrics_port = self.metrics.serve(host, int(port))
@@ -346,6 +368,7 @@ class CustosServer:
                     "port": self.port,
                     "metrics_port": self.metrics_port,
                     "health_port": self.health_port,
+                    "http_port": self.http_port,
                     "pid": os.getpid(),
                 }
             },
@@ -420,6 +443,9 @@ class CustosServer:
         log.info("draining", extra={"fields": {"grace_s": grace}})
         if self._availability is not None:
             await self._availability.wait_idle(grace)
+        if self.http is not None:
+            await self.http.stop(max(grace - (time.monotonic() - started), 0.0))
+            self.http = None
         if self._server is not None:
             await self._server.stop(max(grace - (time.monotonic() - started), 0.0))
             self._server = None

@@ -52,6 +52,11 @@ class Settings(BaseSettings):
         description="Extra plaintext listener serving only grpc.health.v1, HOST:PORT, for probes that cannot "
         "speak TLS (Kubernetes gRPC probes); empty: none.",
     )
+    http_listen: str | None = Field(
+        None,
+        description="OpenAI-compatible HTTP API address (/v1/chat/completions, /v1/models), HOST:PORT; "
+        "same TLS, tokens, permissions, limits, privacy and audit as gRPC. Empty: off.",
+    )
     database_url: str | None = Field(
         None,
         description="SQLAlchemy URL of the audit database; default: SQLite file custos.db in data_dir.",
@@ -376,6 +381,13 @@ class Settings(BaseSettings):
                 "of phonenumbers.SUPPORTED_REGIONS"
             )
         return value
+
+    @field_validator("http_listen")
+    @classmethod
+    def _http_is_host_port(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        return _check_host_port(value, "http_listen")
 
     @field_validator("client_cert_roles")
     @classmethod
