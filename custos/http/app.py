@@ -23,7 +23,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from custos.audit.errors import AuditUnavailable
-from custos.flows.context import CallIds, RequestContext, accept_client_request_id, bind_call, unbind_call
+from custos.flows.context import (
+    CallIds,
+    RequestContext,
+    accept_client_request_id,
+    bind_call,
+    new_request_id,
+    unbind_call,
+)
 from custos.flows.errors import InvalidArgument, RequestError, ResourceExhausted, Unavailable
 from custos.flows.generate import GenerateFlow
 from custos.flows.status import MappedError, map_error
