@@ -48,6 +48,10 @@ serve: install ## Install, then run the server on its embedded defaults (data in
 services: ## Start the local PostgreSQL used by the tests if it is not running
 	./scripts/ensure-postgres.sh
 
+.PHONY: sample-config
+sample-config: ## Regenerate deploy/custos.sample.toml from the settings model (a test checks it is current)
+	$(BIN)/python -m custos.server.sample_config > deploy/custos.sample.toml
+
 .PHONY: lint
 lint: ## ruff, mypy and the generated-code check
 	$(BIN)/ruff check custos tests setup.py

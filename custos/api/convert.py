@@ -7,9 +7,7 @@ here; the other services' conversions are in ``convert_*.py`` beside this module
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TypeVar
 
 from google.protobuf.message import DecodeError
@@ -25,6 +23,16 @@ from custos.flows.types import (
     StreamFinished,
     StreamStarted,
 )
+from custos.flows.validation import (
+    ENTITY_TYPE_PATTERN,
+    MAX_BLOCK_TYPES,
+    MAX_STOP_CHARS,
+    MAX_STOP_SEQUENCES,
+    PURPOSE_PATTERN,
+    PURPOSE_RULE,
+    RequestLimits,
+    check_id,
+)
 from custos.v1 import common_pb2, inference_pb2
 
 ROLES_FROM_PB: Mapping[common_pb2.Role.ValueType, Role] = {
@@ -39,30 +47,12 @@ _FINISH: Mapping[FinishReason, inference_pb2.FinishReason.ValueType] = {
     "stop_sequence": inference_pb2.FINISH_REASON_STOP_SEQUENCE,
     "cancelled": inference_pb2.FINISH_REASON_CANCELLED,
 }
-MAX_ID_CHARS = 256
 M = TypeVar("M")
-MAX_STOP_SEQUENCES = 8
-MAX_STOP_CHARS = 64
-# The purpose goes into audit records verbatim, so it must be a label, never free text (or personal data).
-PURPOSE_PATTERN = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
-PURPOSE_RULE = "must be a label: 1..64 of a-z, 0-9, '_', '.', '-', starting with a letter"
-MAX_BLOCK_TYPES = 32
-_ENTITY_TYPE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 _MODES: dict[int, PrivacyMode] = {
     common_pb2.PRIVACY_MODE_UNSPECIFIED: "mask",
     common_pb2.PRIVACY_MODE_MASK: "mask",
     common_pb2.PRIVACY_MODE_BLOCK: "block",
 }
-
-
-@dataclass(frozen=True)
-class RequestLimits:
-    """Request-shape limits from the settings."""
-
-    max_new_tokens_limit: int
-    default_max_new_tokens: int
-    max_prompt_chars: int
-    max_messages: int
 
 
 def parse_message(message_type: type[M], raw: bytes) -> M:
@@ -88,7 +78,7 @@ def privacy_policy_from_pb(
     if len(block_types) > MAX_BLOCK_TYPES:
         raise InvalidArgument(f"{prefix}block_entity_types", f"at most {MAX_BLOCK_TYPES} entries")
     for index, entity_type in enumerate(block_types):
-        if not _ENTITY_TYPE.fullmatch(entity_type):
+        if not ENTITY_TYPE_PATTERN.fullmatch(entity_type):
             raise InvalidArgument(
                 f"{prefix}block_entity_types[{index}]",
                 "must be an upper-case entity type such as CREDIT_CARD",
@@ -98,23 +88,12 @@ def privacy_policy_from_pb(
     return resolved, tuple(block_types)
 
 
-def _check_id(value: str, field: str, *, required: bool) -> None:
-    if not value:
-        if required:
-            raise InvalidArgument(field, "required")
-        return
-    if len(value) > MAX_ID_CHARS:
-        raise InvalidArgument(field, f"longer than {MAX_ID_CHARS} characters")
-    if not value.isprintable():
-        raise InvalidArgument(field, "contains control characters")
-
-
 def generate_call_from_pb(request: inference_pb2.GenerateRequest, limits: RequestLimits) -> GenerateCall:
     """Validate a GenerateRequest and convert it to the domain request."""
-    _check_id(request.conversation_id, "conversation_id", required=True)
+    check_id(request.conversation_id, "conversation_id", required=True)
     task: str | None = None
     if request.HasField("task"):
-        _check_id(request.task, "task", required=True)
+        check_id(request.task, "task", required=True)
         task = request.task
     elif request.variables:
         raise InvalidArgument("variables", "only allowed with a task")
@@ -171,7 +150,7 @@ def generate_call_from_pb(request: inference_pb2.GenerateRequest, limits: Reques
 
     subject_id: str | None = None
     if request.HasField("subject_id"):
-        _check_id(request.subject_id, "subject_id", required=True)
+        check_id(request.subject_id, "subject_id", required=True)
         subject_id = request.subject_id
     purpose: str | None = None
     if request.HasField("purpose"):
@@ -180,7 +159,7 @@ def generate_call_from_pb(request: inference_pb2.GenerateRequest, limits: Reques
         purpose = request.purpose
     idempotency_key: str | None = None
     if request.HasField("idempotency_key"):
-        _check_id(request.idempotency_key, "idempotency_key", required=True)
+        check_id(request.idempotency_key, "idempotency_key", required=True)
         idempotency_key = request.idempotency_key
     privacy_mode, block_entities = privacy_policy_from_pb(request.privacy_mode, request.block_entity_types)
 

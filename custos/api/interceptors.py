@@ -1,4 +1,10 @@
-"""Server interceptors: request ids, the one place where exceptions become gRPC statuses, and metrics."""
+"""Server interceptors: request ids, the one place where exceptions become gRPC statuses, and metrics.
+
+Each call gets its request id here (:class:`~custos.flows.context.CallIds`), before anything else runs: the
+call's first audit record takes it as its id, log lines carry it, an internal error names it, and every reply,
+success or error, returns it in the ``x-request-id`` trailer. An ``x-request-id`` the caller sent is recorded
+beside it in the audit record when it is well-formed, and never used as the id.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +12,20 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
 
 from custos.api.status import map_exception
+from custos.flows.context import CallIds, accept_client_request_id, bind_call, unbind_call
 from custos.flows.errors import ResourceExhausted
-from custos.server.logs import REQUEST_ID
 from custos.server.metrics import Metrics
 
 log = logging.getLogger("custos.rpc")
 Context = grpc.aio.ServicerContext[Any, Any]
+#: Metadata key of the request id, in the caller's metadata and in every reply's trailers.
+REQUEST_ID_KEY = "x-request-id"
 
 
 class ObservingInterceptor(grpc.aio.ServerInterceptor):
@@ -47,7 +54,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         self, rpc: str, behaviour: Callable[[Any, Context], Awaitable[Any]]
     ) -> Callable[..., Any]:
         async def unary(request: Any, context: Context) -> Any:
-            call = _Call(self, rpc)
+            call = _Call(self, rpc, context)
             try:
                 return await behaviour(request, context)
             except BaseException as exc:
@@ -62,7 +69,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         self, rpc: str, behaviour: Callable[[Any, Context], AsyncIterator[Any]]
     ) -> Callable[..., AsyncIterator[Any]]:
         async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
-            call = _Call(self, rpc)
+            call = _Call(self, rpc, context)
             try:
                 async for response in behaviour(request, context):
                     yield response
@@ -75,16 +82,35 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         return stream
 
 
+def client_request_id(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
+    """The caller's ``x-request-id``, if it sent one that may be recorded (see accept_client_request_id)."""
+    for key, value in metadata or ():
+        if key == REQUEST_ID_KEY:
+            return accept_client_request_id(value)
+    return None
+
+
 class _Call:
     """Book-keeping of one RPC: request id, start time and final code."""
 
-    def __init__(self, interceptor: ObservingInterceptor, rpc: str) -> None:
+    def __init__(self, interceptor: ObservingInterceptor, rpc: str, context: Context) -> None:
         self.metrics = interceptor._metrics
         self.rpc = rpc
-        self.request_id = uuid.uuid4().hex[:16]
-        self.token = REQUEST_ID.set(self.request_id)
+        self.ids = CallIds(client_request_id=client_request_id(tuple(context.invocation_metadata() or ())))
+        self.request_id = self.ids.request_id
+        self.token = bind_call(self.ids)
         self.started = time.perf_counter()
         self.code = grpc.StatusCode.OK
+        # Sent with every reply; an error below adds its own trailers to it.
+        context.set_trailing_metadata(self.trailers())
+
+    def trailers(self, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+        """The reply's trailing metadata: the request id, then ``extra``."""
+        return ((REQUEST_ID_KEY, self.request_id), *extra)
+
+    def _fields(self, **fields: object) -> dict[str, object]:
+        # The id is named on the line itself, so a handler formatting it elsewhere still has it.
+        return {"fields": {"rpc": self.rpc, "request_id": self.request_id, **fields}}
 
     async def fail(self, exc: BaseException, context: Context) -> None:
         """Abort with the mapped status (raises AbortError) unless the call is already over."""
@@ -100,18 +126,17 @@ class _Call:
         mapped = map_exception(exc, self.request_id)
         self.code = mapped.code
         if mapped.code is grpc.StatusCode.INTERNAL:
-            log.error("rpc failed", exc_info=exc, extra={"fields": {"rpc": self.rpc}})
+            log.error("rpc failed", exc_info=exc, extra=self._fields())
+        extra: tuple[tuple[str, str], ...] = ()
         if isinstance(exc, ResourceExhausted) and exc.retry_after_s is not None:
-            context.set_trailing_metadata((("retry-after-ms", str(int(exc.retry_after_s * 1000))),))
-        await context.abort(mapped.code, mapped.message)
+            extra = (("retry-after-ms", str(int(exc.retry_after_s * 1000))),)
+        await context.abort(mapped.code, mapped.message, trailing_metadata=self.trailers(*extra))
 
     def done(self) -> None:
         """Count and log the outcome."""
         elapsed = time.perf_counter() - self.started
         self.metrics.requests.labels(rpc=self.rpc, code=self.code.name).inc()
         self.metrics.latency.labels(rpc=self.rpc).observe(elapsed)
-        log.info(
-            "rpc", extra={"fields": {"rpc": self.rpc, "code": self.code.name, "ms": round(elapsed * 1000, 2)}}
-        )
+        log.info("rpc", extra=self._fields(code=self.code.name, ms=round(elapsed * 1000, 2)))
         with contextlib.suppress(ValueError):  # a stream finalised from another context
-            REQUEST_ID.reset(self.token)
+            unbind_call(self.token)

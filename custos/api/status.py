@@ -1,4 +1,4 @@
-"""The one table that maps every domain error to the gRPC status (code and message) the client receives."""
+"""The gRPC side of the one status table (``custos.flows.status``): domain errors -> status and message."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from custos.audit.errors import AuditUnavailable, InvalidQuery, RecordNotFound
-from custos.engine.types import EngineBusy, InvalidSamplingParams, PromptTooLong
-from custos.flows.errors import RequestError
+from custos.flows.status import STATUSES, map_error
 
 
 @dataclass(frozen=True)
@@ -21,30 +19,16 @@ class MappedStatus:
 
 def status_code(name: str) -> grpc.StatusCode:
     """The gRPC code of a domain status name (``"INVALID_ARGUMENT"``); the names are gRPC's own."""
-    return grpc.StatusCode[name]
+    code = grpc.StatusCode[name]
+    assert code.value[0] == STATUSES[name].grpc_code, name  # the shared table and grpc agree
+    return code
 
 
 def map_exception(exc: BaseException, request_id: str) -> MappedStatus:
-    """Translate any exception to the status the client receives.
+    """Translate any exception to the status the client receives (see :func:`custos.flows.status.map_error`).
 
     Known errors keep their safe message; everything else becomes a fixed "internal error" with the
     request id, so neither exception text nor user text reaches the client.
     """
-    if isinstance(exc, RequestError):
-        return MappedStatus(status_code(exc.status), exc.message)
-    if isinstance(exc, AuditUnavailable):
-        return MappedStatus(
-            grpc.StatusCode.UNAVAILABLE,
-            f"audit database unavailable, nothing was processed (request id {request_id})",
-        )
-    if isinstance(exc, InvalidQuery):
-        return MappedStatus(grpc.StatusCode.INVALID_ARGUMENT, f"{exc.field}: {exc}")
-    if isinstance(exc, RecordNotFound):
-        return MappedStatus(grpc.StatusCode.NOT_FOUND, "record not found")
-    if isinstance(exc, InvalidSamplingParams):
-        return MappedStatus(grpc.StatusCode.INVALID_ARGUMENT, f"parameters.{exc}")
-    if isinstance(exc, PromptTooLong):
-        return MappedStatus(grpc.StatusCode.INVALID_ARGUMENT, f"messages: {exc}")
-    if isinstance(exc, EngineBusy):
-        return MappedStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-    return MappedStatus(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})")
+    mapped = map_error(exc, request_id)
+    return MappedStatus(status_code(mapped.status), mapped.message)

@@ -45,6 +45,7 @@ class EventType(enum.StrEnum):
     TOKEN_CHANGE = "token_change"  # noqa: S105 - an event name, not a secret
     CONFIG_CHANGE = "config_change"
     RESTORE = "restore"
+    REPLAY = "replay"  # an idempotent retry answered with a stored reply; details name the original request
 
 
 class Phase(enum.StrEnum):

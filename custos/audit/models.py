@@ -90,7 +90,7 @@ class AuditRecordRow(Base):
     __table_args__ = (
         CheckConstraint("phase IN ('request', 'completion', 'event')", name="phase"),
         CheckConstraint("seq > 0", name="seq_positive"),
-        # (column, seq): an equality filter and the newest-first keyset order in one index (revision 0007).
+        # (column, seq): an equality filter and the newest-first keyset order in one index (revision 0008).
         *(
             Index(f"ix_audit_records_{column}_seq", column, "seq")
             for column in (
@@ -162,10 +162,13 @@ class AccessTokenRow(Base):
 
 
 class IdempotencyRow(Base):
-    """The first answer to an idempotency key of one principal, sealed; never plaintext.
+    """The first answer to an idempotency key of one principal, sealed for its subject; never plaintext.
 
     ``key_ref`` is a blind index of (principal, key), ``request_digest`` one of the request bytes, so a key
-    reused for another request is recognised without storing either.
+    reused for another request is recognised without storing either. Since revision 0007 the reply is sealed
+    with the subject's key (erasure deletes the row by ``subject_ref``, and the key's deletion shreds it
+    anyway), ``expires_at`` bounds how long it is kept, and ``format_version`` / ``key_version`` are the
+    envelope's, so replies still sealed by a master key (format 1) are found by ``custos keys rewrap``.
     """
 
     __tablename__ = "idempotency_keys"
@@ -176,6 +179,11 @@ class IdempotencyRow(Base):
     response: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Revision 0007. NULL subject: a row of the previous release whose request record names no subject.
+    subject_ref: Mapped[str | None] = mapped_column(_str("subject_ref"), index=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    format_version: Mapped[int | None] = mapped_column(Integer)
+    key_version: Mapped[int | None] = mapped_column(Integer)
 
 
 class ConversationVaultRow(Base):

@@ -42,6 +42,8 @@ class ServedProcess:
     stages: StageSeconds
     #: The server's bootstrap token (roles admin, inference, compliance) for the benchmark's calls.
     token: str
+    #: Base URL of the OpenAI-compatible HTTP API, when it was asked for.
+    http_url: str | None = None
 
     def peak_rss(self) -> int:
         """The server process's peak resident set size so far."""
@@ -71,9 +73,15 @@ def _wait_serving(process: subprocess.Popen[bytes], target: str, log: Path) -> N
 
 
 @contextmanager
-def served(settings: Settings, scratch: Path, *, max_queue: int) -> Iterator[ServedProcess]:
-    """Run ``custos serve`` with ``settings``' model but data (audit database, keys) under ``scratch``."""
+def served(
+    settings: Settings, scratch: Path, *, max_queue: int, http: bool = False
+) -> Iterator[ServedProcess]:
+    """Run ``custos serve`` with ``settings``' model but data (audit database, keys) under ``scratch``.
+
+    With ``http``, the OpenAI-compatible API listens too (plaintext on loopback, like gRPC here).
+    """
     port, metrics_port = _free_port(), _free_port()
+    http_port = _free_port() if http else None
     config = scratch / "custos.toml"
     config.write_text(
         _toml(
@@ -96,6 +104,7 @@ def served(settings: Settings, scratch: Path, *, max_queue: int) -> Iterator[Ser
                 "rate_limit_per_s": 1e6,
                 "rate_limit_burst": 1_000_000,
                 "max_in_flight_per_principal": 100_000,
+                **({"http_listen": f"127.0.0.1:{http_port}"} if http_port else {}),
             }
         )
     )
@@ -121,6 +130,7 @@ def served(settings: Settings, scratch: Path, *, max_queue: int) -> Iterator[Ser
             target,
             scraped_stage_seconds(f"http://127.0.0.1:{metrics_port}/metrics"),
             (scratch / "data" / "admin.token").read_text().strip(),
+            f"http://127.0.0.1:{http_port}" if http_port else None,
         )
     finally:
         process.send_signal(signal.SIGTERM)

@@ -116,6 +116,54 @@ def bench_keys(
     )
 
 
+@bench_app.command("http")
+def bench_http(
+    streams: Annotated[int, typer.Option(min=1, help="Concurrent streams on each path.")] = 8,
+    rounds: Annotated[int, typer.Option(min=1, help="Runs of each path, alternating which goes first.")] = 3,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="New tokens per answer.")] = 64,
+    source: Annotated[
+        str | None, typer.Option(help="'bundled', a GGUF file or a Hugging Face directory.")
+    ] = None,
+    precision: Annotated[str | None, typer.Option(help="bf16, fp32, int8, int8-dynamic or auto.")] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Start ``custos serve`` with the HTTP API, drive it over gRPC and over HTTP, print HTTP's overhead."""
+    import tempfile
+
+    import httpx
+
+    from custos.bench.http import format_http_report, run_http_bench
+    from custos.bench.process import served
+    from custos.server.model import prepare_from_settings
+
+    base = _settings(config, data_dir=data_dir, model_source=source, precision=precision)
+    load_at_start = os.getloadavg()[0]
+    with _progress() as report:
+        prepare_from_settings(base, report, rebuild_invalid=False)
+    with (
+        tempfile.TemporaryDirectory(prefix="custos-bench-") as scratch,
+        served(base, Path(scratch), max_queue=streams, http=True) as server,
+    ):
+        assert server.http_url is not None
+        models = httpx.get(
+            f"{server.http_url}/v1/models", headers={"authorization": f"Bearer {server.token}"}, timeout=30
+        )
+        models.raise_for_status()
+        result = run_http_bench(
+            server.target,
+            server.http_url,
+            model=models.json()["data"][0]["id"],
+            token=server.token,
+            streams=streams,
+            rounds=rounds,
+            max_new_tokens=max_new_tokens,
+            say=lambda msg: err.print(f"[dim]{msg}[/dim]"),
+        )
+    result.load_average = (load_at_start, os.getloadavg()[0])
+    typer.echo(format_http_report(result))
+
+
 @bench_app.command("serve")
 def bench_serve(
     levels: Annotated[str, typer.Option(help="Concurrent streams to measure, comma-separated.")] = "1,4,8,32",
@@ -257,6 +305,14 @@ def bench_privacy(
     config: ConfigOpt = None,
 ) -> None:
     """Custos vs plain Presidio (same spaCy pipeline): P/R/F2, leak rates, latency, goals, red-team set."""
+    import importlib.util
+
+    if importlib.util.find_spec("presidio_evaluator") is None:
+        err.print(
+            "[red]error:[/red] custos bench privacy generates its data set with presidio-evaluator, which a "
+            "plain install does not include: pip install 'custos\\[bench]'"
+        )
+        raise typer.Exit(2)
     from custos.bench import privacy as benchmark
     from custos.privacy.analyzer import build_analyzer
     from custos.server.app import build_pseudonymizer

@@ -6,8 +6,9 @@ operating-system user as actor.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -139,7 +140,12 @@ def keys_rewrap(
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Rewrap every subject key to the primary master version; safe to interrupt and run again."""
+    """Rewrap every subject key to the primary master version; safe to interrupt and run again.
+
+    Idempotency replies still sealed by a master key alone (written by the previous release) are resealed
+    for their subject first, so nothing is left that only a master key version opens.
+    """
+    from custos.privacy.replies import reseal_legacy_replies
     from custos.privacy.subject_keys import SubjectKeyStore
     from custos.server.keys import open_master_keys
 
@@ -149,6 +155,7 @@ def keys_rewrap(
         engine = open_database(settings)
         store = SubjectKeyStore(engine, keys)
         before = store.usage()
+        replies = reseal_legacy_replies(engine, keys, store, batch_size=batch_size)
         pending = store.pending_rewrap()
         with Progress(
             TextColumn("rewrapping subject keys"),
@@ -168,7 +175,14 @@ def keys_rewrap(
                 "primary": keys.current_version,
                 "moved": moved,
                 "before": {str(v): n for v, n in sorted(before.items())},
+                "replies_resealed": replies.resealed,
+                "replies_dropped": replies.dropped,
             },
+        )
+    if replies.resealed or replies.dropped:
+        out.print(
+            f"{replies.resealed} idempotency replies resealed for their subjects, {replies.dropped} deleted "
+            "(subject unknown or erased)"
         )
     out.print(
         f"{moved} subject keys rewrapped to master key version {keys.current_version} (audit record {record})"
@@ -176,7 +190,13 @@ def keys_rewrap(
 
 
 @keys_app.command("list")
-def keys_list(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+def keys_list(
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    output: Annotated[
+        Literal["table", "json"], typer.Option("--format", help="table or json (one object per key).")
+    ] = "table",
+) -> None:
     """Every key Custos uses: provider, age and use (never key material)."""
     from custos.server.keys import key_inventory, open_master_keys
 
@@ -185,6 +205,18 @@ def keys_list(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
         keys = open_master_keys(settings, create=False)
         rows = key_inventory(settings, keys, open_database(settings))
     now = datetime.now(UTC)
+    if output == "json":
+        listing = [
+            {
+                "key": row.name,
+                "provider": row.provider,
+                "created": row.created.isoformat() if row.created is not None else None,
+                "use": row.use,
+            }
+            for row in rows
+        ]
+        print(json.dumps(listing, indent=2))
+        return
     table = Table("key", "provider", "age", "use")
     for row in rows:
         age = f"{(now - row.created).days} d" if row.created is not None else "-"

@@ -42,6 +42,25 @@ app.add_typer(subjects_app, name="subjects")
 app.add_typer(transcripts_app, name="transcripts")
 app.add_typer(eval_app, name="eval")
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from custos.version import custos_version
+
+        typer.echo(f"custos {custos_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Custos: private, audited LLM inference for customer-relationship work."""
+
+
 # The short names the serve and model prepare bodies use.
 _settings = settings_or_exit
 _progress = model_progress
@@ -54,12 +73,17 @@ def serve(
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
     metrics_listen: Annotated[str | None, typer.Option(help="Prometheus address HOST:PORT.")] = None,
+    http_listen: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible HTTP API address HOST:PORT (default: off).")
+    ] = None,
 ) -> None:
     """Run the server until SIGTERM or Ctrl-C, then drain in-flight requests and exit 0."""
     from custos.server.logs import configure_logging
     from custos.server.model import start_reading
 
-    settings = _settings(config, listen=listen, data_dir=data_dir, metrics_listen=metrics_listen)
+    settings = _settings(
+        config, listen=listen, data_dir=data_dir, metrics_listen=metrics_listen, http_listen=http_listen
+    )
     configure_logging(settings.log_level)
     # The model cache is read on a thread while the server's modules are imported (see server.model).
     reading = start_reading(settings)
@@ -78,6 +102,10 @@ async def _serve(server: Any) -> None:
         f"Custos is serving on {host}:{server.port} (model {server.components.engine.info.name}, "
         f"{server.components.engine.info.precision}); metrics on port {server.metrics_port}."
     )
+    if server.http_port is not None:
+        scheme = "http" if settings.plaintext else "https"
+        http_host = (settings.http_listen or "").rpartition(":")[0]
+        out.print(f"OpenAI-compatible API: {scheme}://{http_host}:{server.http_port}/v1")
     for line in connection_hint(settings, server.port, server.security):
         out.print(line)
     stop = asyncio.Event()

@@ -78,6 +78,7 @@ class LocalAnonymizer:
         from custos.audit.store import AuditStore
         from custos.flows.privacy_step import PrivacyStage
         from custos.privacy.analyzer import build_analyzer
+        from custos.privacy.subject_keys import SubjectKeyStore
         from custos.privacy.vault import ConversationVault
         from custos.server.app import build_pseudonymizer, ensure_private_dir
         from custos.server.keys import open_master_keys
@@ -90,6 +91,7 @@ class LocalAnonymizer:
         self._audit = AuditStore(db)
         analyzer = build_analyzer(
             spacy_model=settings.spacy_model,
+            languages=settings.pii_languages,
             entities=settings.pii_entities,
             phone_regions=settings.pii_phone_regions,
             deny_lists=settings.pii_deny_lists,
@@ -97,7 +99,14 @@ class LocalAnonymizer:
         )
         self._stage = PrivacyStage(
             build_pseudonymizer(settings, analyzer),
-            vault=ConversationVault(db, self._keys, ttl_seconds=settings.vault_ttl_seconds),
+            # Sealed for the conversation's anonymous subject, never under the master key alone, so
+            # ``custos subjects erase --principal <os user> --conversation <id>`` erases it.
+            vault=ConversationVault(
+                db,
+                self._keys,
+                ttl_seconds=settings.vault_ttl_seconds,
+                subject_keys=SubjectKeyStore(db, self._keys),
+            ),
             block_entities=settings.pii_block_entities,
             language_policy=settings.pii_language_policy,
         )
@@ -108,10 +117,12 @@ class LocalAnonymizer:
         """Anonymize one request and audit it; returns messages and findings (never values)."""
         from custos.audit.events import AuditEvent
         from custos.privacy.keys import blind_index
+        from custos.privacy.subject_keys import anonymous_subject_ref
 
         start = datetime.now(UTC)
         ref = blind_index(self._keys.index_key(), "conversation", f"{self._actor}\x00{item.conversation_id}")
-        decision = self._stage.run([m["content"] for m in item.messages], ref)
+        subject_ref = anonymous_subject_ref(self._keys, self._actor, item.conversation_id)
+        decision = self._stage.run([m["content"] for m in item.messages], ref, subject_ref=subject_ref)
         anon = decision.anon
         record = self._audit.append(
             AuditEvent(
@@ -125,7 +136,7 @@ class LocalAnonymizer:
                 status="OK",
                 model=None,
                 conversation_ref=ref,
-                subject_ref=None,
+                subject_ref=subject_ref,
                 transcript_id=None,
                 details={
                     "messages": len(item.messages),

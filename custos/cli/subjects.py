@@ -38,7 +38,7 @@ def subjects_erase(
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Erase a subject: destroy its key and vault rows (its transcripts become unreadable); audited."""
+    """Erase a subject: its key, conversation maps and feedback comments (transcripts unreadable); audited."""
     from custos.audit.store import AuditStore
     from custos.privacy.erasure import ErasureLedger, SubjectService
     from custos.server.keys import open_master_keys
@@ -66,6 +66,7 @@ def subjects_erase(
                 "subject_key_destroyed": result.subject_key_destroyed,
                 "vault_rows_deleted": result.vault_rows_deleted,
                 "transcripts_unreadable": result.transcripts_unreadable,
+                "feedback_comments_erased": result.feedback_comments_erased,
                 "audit_record": result.record_id,
             },
             sort_keys=True,

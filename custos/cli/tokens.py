@@ -5,8 +5,9 @@ Token changes are audited with the operating-system user as actor.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -55,12 +56,34 @@ def tokens_create(
 
 
 @tokens_app.command("list")
-def tokens_list(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+def tokens_list(
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    output: Annotated[
+        Literal["table", "json"], typer.Option("--format", help="table or json (one object per token).")
+    ] = "table",
+) -> None:
     """List tokens (never their secrets)."""
     settings = _settings(config, data_dir=data_dir)
     now = datetime.now(UTC)
+    tokens = _token_store(settings).list()
+    if output == "json":
+        listing = [
+            {
+                "id": info.id,
+                "principal": info.principal,
+                "roles": list(info.roles),
+                "created": info.created_at.isoformat(),
+                "expires": info.expires_at.isoformat() if info.expires_at else None,
+                "revoked": info.revoked_at.isoformat() if info.revoked_at else None,
+                "state": info.state(now),
+            }
+            for info in tokens
+        ]
+        print(json.dumps(listing, indent=2))
+        return
     table = Table("id", "principal", "roles", "created (UTC)", "expires (UTC)", "state")
-    for info in _token_store(settings).list():
+    for info in tokens:
         table.add_row(
             info.id,
             info.principal,

@@ -1,7 +1,9 @@
 """Classify: score every label of a label set as a continuation of one anonymized prompt, audited.
 
 0 checks (purpose, label set) -> 1 privacy -> 2 request record -> 3 score the labels -> 4 completion record
-with the distribution. The model only ever sees the anonymized message.
+with the distribution. The model only ever sees the anonymized message and, for an ad hoc label set, the
+anonymized labels; the audit record names ad hoc labels by keyed digests (they are caller text), configured
+label sets' labels by name.
 """
 
 from __future__ import annotations
@@ -32,11 +34,22 @@ class ClassifyFlow:
         await services.checked(ctx, lambda: self._check(ctx, call))
         label_set = self.resolve_label_set(call)
         request = call.request
+        ad_hoc = call.label_set is None
 
-        # 1 privacy.
-        decision = await services.privacy_step(ctx, request, event_type="classify")
+        # 1 privacy: ad hoc labels are caller text, anonymized with the message (same values, same
+        # placeholders); the model scores them anonymized.
+        decision = await services.privacy_step(
+            ctx, request, event_type="classify", extra_texts=call.labels if ad_hoc else ()
+        )
         anon = decision.anon
+        if ad_hoc:
+            label_set = LabelSet.ad_hoc(call.labels, texts=anon.texts[1:])
         prefix = label_set.prefix(anon.texts[0])
+        # How the audit record names each label: ad hoc ones by a keyed digest, configured ones by name.
+        audited = {n: services.digest("label", n) if ad_hoc else n for n in label_set.names}
+        set_audit = label_set.to_audit()
+        if ad_hoc:
+            set_audit["sha256"] = services.digest("label-set", "\n".join(label_set.continuations()))
 
         # 2 audit: the request record, before the model runs.
         details = {
@@ -44,7 +57,7 @@ class ClassifyFlow:
             "purpose": request.purpose,
             "pii": {"counts": anon.counts(), "findings": [f.to_audit() for f in anon.findings]},
             "model_info": services.engine.info.to_audit(),
-            "label_set": {**label_set.to_audit(), "labels": label_set.names},
+            "label_set": {**set_audit, "labels": [audited[n] for n in label_set.names]},
             "prompt_digest": services.digest("prompt", prefix),
             "retention_class": services.retention_class,
             **decision.audit,
@@ -78,10 +91,10 @@ class ClassifyFlow:
                 redaction=anon.counts(),
             )
             classification = {
-                "label": outcome.label,
-                "distribution": {n: round(p, 6) for n, p, _ in ranked},
-                "logprobs": {n: round(lp, 4) for n, _, lp in ranked},
-                "label_tokens": dict(zip(label_set.names, scores.tokens, strict=True)),
+                "label": audited[outcome.label],
+                "distribution": {audited[n]: round(p, 6) for n, p, _ in ranked},
+                "logprobs": {audited[n]: round(lp, 4) for n, _, lp in ranked},
+                "label_tokens": {audited[n]: t for n, t in zip(label_set.names, scores.tokens, strict=True)},
                 "calibrated": outcome.calibrated,
                 "calibration": label_set.calibration.to_audit() if label_set.calibration else None,
             }

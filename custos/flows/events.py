@@ -1,7 +1,9 @@
 """The audited-event assembly of the flows: how a call, its caller and its refusals become audit events.
 
 Every record names its actor (principal, role, peer, certificate fingerprint) in ``details["actor"]``;
-appends run on the executor. Refusals keep our own text (field and problem), never the caller's.
+appends run on the executor. Refusals keep our own text (field and problem), never the caller's. The first
+request or single record of a call takes the call's request id (:class:`~custos.flows.context.CallIds`), and
+every record of the call notes the caller's own ``x-request-id`` beside it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 
 from custos.audit.events import AuditEvent, StoredRecord
 from custos.audit.store import AuditStore, SealedTranscript
-from custos.flows.context import RequestContext, in_executor, utc_now
+from custos.flows.context import RequestContext, current_call, in_executor, utc_now
 from custos.flows.errors import RequestError, refusal_field
 from custos.flows.types import Caller
 
@@ -38,11 +40,16 @@ def call_event(
     subject_ref: str | None = None,
     transcript_id: str | None = None,
 ) -> AuditEvent:
-    """A record of the call in ``ctx``: from its start time until now, with its actor."""
+    """A record of the call in ``ctx``: from its start time until now, with its actor.
+
+    A request or single record without ``request_id`` takes the call's id if no record has yet.
+    """
+    record_id = ctx.ids.claim() if phase != "completion" and request_id is None else None
     return AuditEvent(
         event_type=event_type,
         phase=phase,
         request_id=request_id,
+        record_id=record_id,
         start_time=ctx.start_time,
         end_time=ctx.now(),
         actor=ctx.caller.principal,
@@ -52,7 +59,7 @@ def call_event(
         conversation_ref=conversation_ref,
         subject_ref=subject_ref,
         transcript_id=transcript_id,
-        details={**details, "actor": actor_of(ctx.caller)},
+        details={**details, **ctx.ids.audit_details(), "actor": actor_of(ctx.caller)},
     )
 
 
@@ -68,11 +75,18 @@ def caller_event(
     subject_ref: str | None = None,
     transcript_id: str | None = None,
 ) -> AuditEvent:
-    """A single ``event`` record of what ``caller`` did just now (``actor``: the details' actor block)."""
+    """A single ``event`` record of what ``caller`` did just now (``actor``: the details' actor block).
+
+    Inside a call (its ids bound to this context by the edge) the record takes the call's id if it is the
+    call's first record.
+    """
     now = utc_now()
+    ids = current_call()
+    noted = {} if ids is None else ids.audit_details()
     return AuditEvent(
         event_type=event_type,
         phase="event",
+        record_id=None if ids is None else ids.claim(),
         start_time=now,
         end_time=now,
         actor=caller.principal,
@@ -81,7 +95,7 @@ def caller_event(
         conversation_ref=conversation_ref,
         subject_ref=subject_ref,
         transcript_id=transcript_id,
-        details={**details, "actor": actor} if actor is not None else dict(details),
+        details={**details, **noted, "actor": actor} if actor is not None else {**details, **noted},
     )
 
 

@@ -1,6 +1,7 @@
 """Feedback: ratings linked to the caller's own requests, and the satisfaction report, both audited.
 
 Submit: 1 find the caller's request -> 2 anonymize the comment -> 3 the ``feedback`` record -> 4 store it.
+The stored comment is erased with the request's subject (``custos.privacy.erasure``).
 Satisfaction: 1 the ``audit_read`` record -> 2 the report.
 """
 
@@ -12,6 +13,7 @@ from custos.flows.events import caller_event
 from custos.flows.privacy_step import PrivacyRefusal
 from custos.flows.services import FlowServices
 from custos.flows.types import FeedbackCall, FeedbackOutcome, SatisfactionQuery
+from custos.privacy.subject_keys import anonymous_subject_ref
 from custos.tasks.feedback import FeedbackEntry, FeedbackStore, SatisfactionRow, task_of
 
 
@@ -32,14 +34,20 @@ class FeedbackFlow:
             # Someone else's request is reported as missing: the caller learns nothing about it.
             raise NotFound("request_id: no Generate or Classify request with this id from this caller")
 
-        # 2 the comment is anonymized in the request's conversation, like its messages were.
+        # 2 the comment is anonymized in the request's conversation, like its messages were, and for the
+        # request's subject: the conversation's map stays sealed for that subject only.
         comment: str | None = None
         findings: list[dict[str, object]] = []
         if call.comment is not None:
             conversation_ref = record.conversation_ref or services.conversation_ref(caller, call.request_id)
+            subject_ref = record.subject_ref or anonymous_subject_ref(
+                services.keys, caller.principal, call.request_id
+            )
             try:
                 decision = await services.run(
-                    lambda: services.privacy.run([call.comment or ""], conversation_ref, mode="mask")
+                    lambda: services.privacy.run(
+                        [call.comment or ""], conversation_ref, mode="mask", subject_ref=subject_ref
+                    )
                 )
             except PrivacyRefusal as refusal:
                 raise refusal.error from None

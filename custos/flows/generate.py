@@ -76,17 +76,28 @@ class GenerateFlow:
         """Run a unary Generate; the answer is returned only after its completion record is committed.
 
         With an idempotency key, a retry of the same request (``request_bytes`` as received) gets the first
-        call's answer; a key reused for a different request is refused and audited.
+        call's answer, after a ``replay`` record naming the first call's request is committed; a key reused
+        for a different request is refused and audited.
         """
         template = await self._services.checked(ctx, lambda: self._check(ctx, call))
         if call.idempotency_key is not None and self._idempotency is not None:
+            # The subject is known before the key is claimed: the claim row names it, so erasure finds it.
+            self._services.bind_refs(ctx, call)
+            _, subject_ref = ctx.bound_refs()
             try:
-                outcome = await self._idempotency.run(
-                    ctx.caller, call.idempotency_key, request_bytes, lambda: self._collect(ctx, call)
+                result = await self._idempotency.run(
+                    ctx.caller,
+                    call.idempotency_key,
+                    request_bytes,
+                    subject_ref,
+                    lambda: self._collect(ctx, call),
                 )
             except IdempotencyConflict as exc:
                 await self._services.events.record_invalid(ctx.caller, ctx.rpc, exc)
                 raise
+            outcome = result.outcome
+            if result.replayed:
+                await self._record_replay(ctx, call, outcome)
         else:
             outcome = await self._collect(ctx, call)
         if template is None:
@@ -99,6 +110,23 @@ class GenerateFlow:
         """Check the call, then return its stream of events; every way out leaves a completion record."""
         await self._services.checked(ctx, lambda: self._check(ctx, call))
         return self._stream(ctx, call)
+
+    async def _record_replay(self, ctx: RequestContext, call: GenerateCall, outcome: GenerateOutcome) -> None:
+        """Audit a replay before its answer leaves: who got which earlier request's stored answer."""
+        services = self._services
+        event = services.event(
+            ctx,
+            "event",
+            status="OK",
+            event_type="replay",
+            details={
+                "original_request_id": outcome.request_id,
+                "reidentified": call.reidentify,
+                "retention_class": services.retention_class,
+            },
+            **ctx.refs(),
+        )
+        await services.timed(ctx, "audit", services.events.store.append, event)
 
     # ---- step 0 ---------------------------------------------------------------------------------
 
@@ -169,7 +197,9 @@ class GenerateFlow:
 
         # 3 generate from the anonymized conversation; 4 guard: restore placeholders only when asked.
         anon_turns = self._model_turns(call, anon)
-        restorer = services.privacy.restorer(anon.mapping, reidentify=call.reidentify)
+        restorer = services.privacy.restorer(
+            anon.mapping, reidentify=call.reidentify, language=decision.audit["privacy_policy"]["language"]
+        )
         run = _EngineRun(services.engine, services.executor, anon_turns, call, ctx.deadline)
         sent: list[str] = []
         status = "INTERNAL"
@@ -282,7 +312,13 @@ class GenerateFlow:
         record = await services.events.append_with(event, transcript)
         ctx.timings.add("audit", time.perf_counter() - started)
         services.observe_stages(ctx)
-        services.metrics.generated_tokens.inc(result.completion_tokens)
+        services.metrics.count_generation(
+            services.engine.info.name,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            finish_reason=result.finish_reason,
+            status=status,
+        )
         return record
 
     def _seal_transcript(

@@ -9,6 +9,7 @@ is returned as an audit-ready dict so the request record says why the text looke
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from custos.privacy.errors import UnsupportedLanguage
 from custos.privacy.guard import Detection, OutputGuard
 from custos.privacy.pseudonymize import Analysis, PlaceholderMap, Pseudonymized, Pseudonymizer
 from custos.privacy.streaming import StreamRestorer
-from custos.privacy.vault import ConversationVault
+from custos.privacy.vault import ConversationVault, SubjectMismatch
 
 #: Who may have placeholders restored; the default lets every caller (no permissions configured yet).
 ReidentifyCheck = Callable[[Caller], bool]
@@ -122,13 +123,16 @@ class PrivacyStage:
         except UnsupportedLanguage:
             raise PrivacyRefusal(
                 FailedPrecondition(
-                    "messages: the text's language has no analyzer pipeline; refused by the language policy"
+                    "messages: the text's language is not among the served languages (pii_languages); "
+                    "refused by the language policy"
                 ),
                 "generate",
                 {"privacy_policy": {**policy, "decision": "refused_language"}},
             ) from None
         policy["detected_language"] = analysis.detected_language
         policy["patterns_only"] = analysis.patterns_only
+        policy["language"] = analysis.language
+        policy["pipeline"] = analysis.pipeline
         if mode == "block":
             present = sorted(analysis.entity_types() & set(blocked_types))
             if present:
@@ -140,7 +144,17 @@ class PrivacyStage:
                         "pii": {"counts": analysis.counts()},
                     },
                 )
-        anon, vault_info = self._assign(analysis, conversation_ref, subject_ref)
+        try:
+            anon, vault_info = self._assign(analysis, conversation_ref, subject_ref)
+        except SubjectMismatch:
+            raise PrivacyRefusal(
+                FailedPrecondition(
+                    "subject_id: the conversation was started with another subject_id (or without one); "
+                    "use a new conversation_id for this subject"
+                ),
+                "generate",
+                {"privacy_policy": {**policy, "decision": "refused_subject"}},
+            ) from None
         policy["decision"] = "masked"
         return PrivacyDecision(anon=anon, audit={"privacy_policy": policy, "vault": vault_info})
 
@@ -165,15 +179,20 @@ class PrivacyStage:
         with self._lock:  # the output guard shares the analyzer
             return self._pseudonymizer.analyze_many(calls)
 
-    def restorer(self, mapping: PlaceholderMap, *, reidentify: bool) -> StreamRestorer:
-        """A streaming output guard for one answer."""
-        return StreamRestorer(
-            mapping, guard=self.guard, reidentify=reidentify, ner_window_chars=self._ner_window
+    def restorer(
+        self, mapping: PlaceholderMap, *, reidentify: bool, language: str | None = None
+    ) -> StreamRestorer:
+        """A streaming output guard for one answer; ``language`` picks the pipeline that checks the answer."""
+        guard = (
+            self.guard
+            if language is None
+            else OutputGuard(self._pseudonymizer.entities, functools.partial(self._detect, language=language))
         )
+        return StreamRestorer(mapping, guard=guard, reidentify=reidentify, ner_window_chars=self._ner_window)
 
-    def _detect(self, text: str) -> list[Detection]:
+    def _detect(self, text: str, *, language: str | None = None) -> list[Detection]:
         with self._lock:
-            spans = self._pseudonymizer.detect(text)
+            spans = self._pseudonymizer.detect(text, language=language)
         return [
             Detection(
                 entity_type=span.winner.entity_type,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -92,17 +92,25 @@ class FlowServices:
         ctx.subject_ref = self.subject_ref(ctx.caller, call)
 
     async def privacy_step(
-        self, ctx: RequestContext, call: GenerateCall, *, event_type: str, record_failures: bool = True
+        self,
+        ctx: RequestContext,
+        call: GenerateCall,
+        *,
+        event_type: str,
+        record_failures: bool = True,
+        extra_texts: Sequence[str] = (),
     ) -> PrivacyDecision:
         """Detect, apply the call's policy, pseudonymize with the conversation's vault.
 
-        Binds the context's references first. A refusal (permission, blocked types, language) is audited
-        before it is raised; any other failure gets a record of its own when ``record_failures`` (no request
-        record exists yet).
+        Binds the context's references first. A refusal (permission, blocked types, language, another
+        subject's conversation) is audited before it is raised; any other failure gets a record of its own
+        when ``record_failures`` (no request record exists yet). ``extra_texts`` (caller text beyond the
+        call's messages and variables: ad hoc Classify labels) are pseudonymized with them, after them in
+        ``anon.texts``.
         """
         self.bind_refs(ctx, call)
         try:
-            return await self._privacy(ctx, call, event_type)
+            return await self._privacy(ctx, call, event_type, extra_texts)
         except (RequestError, AuditUnavailable):
             raise  # refusals are audited by the privacy step; an unreachable database records nothing
         except Exception as exc:
@@ -110,7 +118,9 @@ class FlowServices:
                 await self.record_failure(ctx, stage="privacy", error=exc)
             raise
 
-    async def _privacy(self, ctx: RequestContext, call: GenerateCall, event_type: str) -> PrivacyDecision:
+    async def _privacy(
+        self, ctx: RequestContext, call: GenerateCall, event_type: str, extra_texts: Sequence[str]
+    ) -> PrivacyDecision:
         conversation_ref, subject_ref = ctx.bound_refs()
         try:
             self.privacy.check_reidentify(ctx.caller, call.reidentify)
@@ -118,7 +128,7 @@ class FlowServices:
                 ctx,
                 "privacy",
                 lambda: self.privacy.run(
-                    call.privacy_texts(),
+                    [*call.privacy_texts(), *extra_texts],
                     conversation_ref,
                     mode="block" if call.privacy_mode == "block" else "mask",
                     block_entities=call.block_entities,

@@ -6,11 +6,18 @@ seconds) and is meant to be called once, in app wiring, and the result passed to
 Entity decisions (``ENABLED_ENTITIES`` is on, ``DISABLED_ENTITIES`` documents what is off and why):
 
 * On: names (spaCy NER plus name lists and cues, ``custos.privacy.names``) and locations (spaCy NER),
-  e-mail, phone (by region), card numbers (Luhn), IBAN (checksum), US SSN, IP address, crypto wallet
-  (checksum), labelled CRM references (customer/account/order/ticket IDs), dates after a birth label,
-  street addresses. ORGANIZATION (spaCy ORG) exists but is off by default.
-* Off: see ``DISABLED_ENTITIES``. They either fire on ordinary CRM text (dates, nationalities, URLs of
-  the vendor's own site, US phone numbers read as UK NHS numbers) or need a use case that asks for them.
+  e-mail, phone (by region), card numbers (Luhn), IBAN (any case, checksum), US SSN, national identity
+  numbers (checksums: DE, FR, ES, IT, NL, PT), IP address, crypto wallet (checksum), labelled CRM
+  references (customer/account/order/ticket IDs), dates after a birth label (numeric and in words),
+  street addresses, URLs that carry an identifier. ORGANIZATION (spaCy ORG) exists but is off by default.
+* Off: see ``DISABLED_ENTITIES``. They either fire on ordinary CRM text (dates, nationalities, US phone
+  numbers read as UK NHS numbers) or need a use case that asks for them. Where Presidio's recognizer is
+  off but what it caught when it was right is personal data, a Custos recognizer covers that part:
+  birth dates (``DateOfBirthRecognizer``) for DATE_TIME, identifying URLs for URL.
+* Structured identifiers are also looked for in the normalised text (``custos.privacy.normalize``:
+  spelled-out separators, digits as words, odd separators and formatting undone), see
+  ``normalized_text_recognizers``. Every pattern runs in linear time, with a timeout that masks what it
+  could not analyse (``custos.privacy.patterns``).
 """
 
 from __future__ import annotations
@@ -22,27 +29,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy
+import phonenumbers
 import spacy
 import tldextract
-from presidio_analyzer import AnalyzerEngine, EntityRecognizer, PatternRecognizer, RecognizerResult
+from presidio_analyzer import AnalyzerEngine, EntityRecognizer, RecognizerResult
 from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
 from presidio_analyzer.nlp_engine import NlpArtifacts, NlpEngine, NlpEngineProvider, SpacyNlpEngine
-from presidio_analyzer.predefined_recognizers import (
-    CreditCardRecognizer,
-    CryptoRecognizer,
-    EmailRecognizer,
-    IbanRecognizer,
-    IpRecognizer,
-    PhoneRecognizer,
-    SpacyRecognizer,
-    UsSsnRecognizer,
-)
+from presidio_analyzer.predefined_recognizers import SpacyRecognizer
 from presidio_analyzer.recognizer_registry import RecognizerRegistry
 from spacy.language import Language
 from spacy.tokens import Doc
 
 from custos.privacy.errors import PrivacyError, UnsupportedEntity, UnsupportedLanguage
-from custos.privacy.names import PersonNameRecognizer, faker_name_lists
+from custos.privacy.languages import DEFAULT_LANGUAGES, LanguageProfile, language_profile
+from custos.privacy.languages.pipelines import load_pipeline
+from custos.privacy.languages.recognizers import (
+    TitleFilteringSpacyRecognizer,
+    add_context_words,
+    localized_crm_specs,
+    profile_recognizers,
+)
+from custos.privacy.names import NameLists, PersonNameRecognizer, faker_name_lists
 from custos.privacy.recognizers import (
     CRM_REFERENCE_SPECS,
     CandidatePhoneRecognizer,
@@ -50,6 +57,18 @@ from custos.privacy.recognizers import (
     CrmReferenceSpec,
     DateOfBirthRecognizer,
     StreetAddressRecognizer,
+)
+from custos.privacy.structured import (
+    CreditCardNumberRecognizer,
+    CryptoWalletRecognizer,
+    DenyListRecognizer,
+    EmailAddressRecognizer,
+    IbanCodeRecognizer,
+    IdentifyingUrlRecognizer,
+    IpAddressRecognizer,
+    NationalIdRecognizer,
+    NormalizedTextRecognizer,
+    SsnRecognizer,
 )
 
 logger = logging.getLogger(__name__)
@@ -65,10 +84,12 @@ ENABLED_ENTITIES: tuple[str, ...] = (
     "CREDIT_CARD",
     "IBAN_CODE",
     "US_SSN",
+    "NATIONAL_ID",
     "IP_ADDRESS",
     "CRYPTO",
     "DATE_OF_BIRTH",
     "STREET_ADDRESS",
+    "URL",
     *CRM_REFERENCE_SPECS,
 )
 
@@ -81,7 +102,6 @@ DISABLED_ENTITIES: Mapping[str, str] = {
     "DATE_TIME": "spaCy DATE/TIME fires on 'Monday', 'next week', delivery dates the model needs to answer",
     "NRP": "spaCy NORP is noisy on CRM text (product lines, 'European' plans); no reliable signal",
     "ORGANIZATION": "off by default: company names are not personal data and spaCy ORG is noisy",
-    "URL": "most URLs in tickets are the vendor's own pages; e-mail and IP cover the personal ones",
     "UK_NHS": "fires on 10-digit US phone numbers",
     "US_DRIVER_LICENSE": "matches ordinary alphanumeric codes (order and product numbers)",
     "US_BANK_NUMBER": "matches any 8-17 digit number",
@@ -93,8 +113,11 @@ DISABLED_ENTITIES: Mapping[str, str] = {
 }
 
 #: Regions whose national formats are matched without a leading +country code; numbers written with +CC are
-#: found in any region. Presidio's default list.
-DEFAULT_PHONE_REGIONS: tuple[str, ...] = PhoneRecognizer.DEFAULT_SUPPORTED_REGIONS
+#: found in any region. Presidio's default list has "UK" and "FE", which phonenumbers does not know (the
+#: United Kingdom is "GB"); the European languages served are added. Same list as the settings' default.
+DEFAULT_PHONE_REGIONS: tuple[str, ...] = (
+    "US", "GB", "DE", "FR", "ES", "IT", "PT", "NL", "IL", "IN", "CA", "BR",
+)  # fmt: skip
 
 #: spaCy (OntoNotes) NER labels that become Presidio entities; every other label the model has is ignored.
 SPACY_LABEL_TO_ENTITY: Mapping[str, str] = {
@@ -121,21 +144,38 @@ def _crm_factory(spec: CrmReferenceSpec) -> _RecognizerFactory:
 
 #: Pattern/checksum recognizers by entity type; PERSON and LOCATION come from the NLP engine.
 _RECOGNIZER_FACTORIES: Mapping[str, _RecognizerFactory] = {
-    "EMAIL_ADDRESS": lambda lang, _regions: EmailRecognizer(supported_language=lang),
+    "EMAIL_ADDRESS": lambda lang, _regions: EmailAddressRecognizer(supported_language=lang),
     "PHONE_NUMBER": lambda lang, regions: CandidatePhoneRecognizer(
         supported_language=lang, supported_regions=regions
     ),
-    "CREDIT_CARD": lambda lang, _regions: CreditCardRecognizer(supported_language=lang),
-    "IBAN_CODE": lambda lang, _regions: IbanRecognizer(supported_language=lang),
-    "US_SSN": lambda lang, _regions: UsSsnRecognizer(supported_language=lang),
-    "IP_ADDRESS": lambda lang, _regions: IpRecognizer(supported_language=lang),
-    "CRYPTO": lambda lang, _regions: CryptoRecognizer(supported_language=lang),
+    "CREDIT_CARD": lambda lang, _regions: CreditCardNumberRecognizer(supported_language=lang),
+    "IBAN_CODE": lambda lang, _regions: IbanCodeRecognizer(supported_language=lang),
+    "US_SSN": lambda lang, _regions: SsnRecognizer(supported_language=lang),
+    "NATIONAL_ID": lambda lang, _regions: NationalIdRecognizer(supported_language=lang),
+    "IP_ADDRESS": lambda lang, _regions: IpAddressRecognizer(supported_language=lang),
+    "CRYPTO": lambda lang, _regions: CryptoWalletRecognizer(supported_language=lang),
     "DATE_OF_BIRTH": lambda lang, _regions: DateOfBirthRecognizer(supported_language=lang),
     "STREET_ADDRESS": lambda lang, _regions: StreetAddressRecognizer(supported_language=lang),
+    "URL": lambda lang, _regions: IdentifyingUrlRecognizer(supported_language=lang),
     **{entity: _crm_factory(spec) for entity, spec in CRM_REFERENCE_SPECS.items()},
 }
 
 _NER_ENTITIES = frozenset(SPACY_LABEL_TO_ENTITY.values())
+
+#: Entity types whose recognizer also runs on the normalised text (``normalized_text_recognizers``); CRM
+#: reference types, built-in or configured, are added to these.
+NORMALIZED_TEXT_ENTITIES: frozenset[str] = frozenset(
+    {
+        "EMAIL_ADDRESS",
+        "PHONE_NUMBER",
+        "CREDIT_CARD",
+        "IBAN_CODE",
+        "US_SSN",
+        "NATIONAL_ID",
+        "IP_ADDRESS",
+        "DATE_OF_BIRTH",
+    }
+)
 
 #: Key in ``Doc.user_data`` of the tokens' end offsets (``InPlaceContextEnhancer`` searches them).
 END_OFFSETS_KEY = "custos_token_ends"
@@ -180,6 +220,23 @@ class OfflineSpacyNlpEngine(SpacyNlpEngine):
             language=language,
             scores=scores,
         )
+
+
+class MultilingualNlpEngine(OfflineSpacyNlpEngine):
+    """The analyzer's NLP engine: one pipeline per served language, each loaded with only what NER needs.
+
+    ``blank:<lang>`` stands for a language without a trained pipeline (its tokenizer only); an installed
+    package loads without the components NER does not listen to (``custos.privacy.languages.pipelines``).
+    Plain Presidio's baseline keeps ``OfflineSpacyNlpEngine``, which loads packages whole as Presidio does.
+    """
+
+    def load(self) -> None:
+        """Load every configured pipeline, offline."""
+        pipelines: dict[str, Language] = {}
+        for model in self.models:
+            self._validate_model_params(model)
+            pipelines[model["lang_code"]] = load_pipeline(model["model_name"])
+        self.nlp = pipelines  # type: ignore[assignment]  # Presidio annotates it as None until loaded
 
 
 class _SharedResults(list[RecognizerResult]):
@@ -335,11 +392,17 @@ def make_tldextract_offline() -> None:
     extractor("example.com")
 
 
-def nlp_configuration(spacy_model: str, language: str) -> dict[str, Any]:
-    """Return the NlpEngineProvider configuration: one installed spaCy package, NER labels mapped."""
+def nlp_configuration(
+    spacy_model: str, language: str, *, others: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Return the NlpEngineProvider configuration: installed spaCy packages by language, NER labels mapped.
+
+    ``spacy_model`` is the pipeline of ``language``; ``others`` maps further languages to theirs.
+    """
+    models = {language: spacy_model, **(others or {})}
     return {
         "nlp_engine_name": "spacy",
-        "models": [{"lang_code": language, "model_name": spacy_model}],
+        "models": [{"lang_code": code, "model_name": model} for code, model in models.items()],
         "ner_model_configuration": {
             "model_to_presidio_entity_mapping": dict(SPACY_LABEL_TO_ENTITY),
             "default_score": _NER_SCORE,
@@ -350,14 +413,18 @@ def nlp_configuration(spacy_model: str, language: str) -> dict[str, Any]:
     }
 
 
-def _ignore_unmapped_labels(engine: NlpEngine, language: str) -> None:
-    """Ignore every NER label of the loaded model that is not mapped, so no label leaks through unmapped."""
+def _ignore_unmapped_labels(engine: NlpEngine, languages: Sequence[str]) -> None:
+    """Ignore every NER label of the loaded models that is not mapped, so no label leaks through unmapped.
+
+    The NER configuration is shared by the languages' pipelines, so the labels of all of them are collected.
+    """
     assert isinstance(engine, SpacyNlpEngine)  # built just above; narrows the type
-    nlp = engine.get_nlp(language)
     ner_labels: set[str] = set()
-    for pipe_name in ("ner", "entity_ruler"):
-        if nlp.has_pipe(pipe_name):
-            ner_labels.update(getattr(nlp.get_pipe(pipe_name), "labels", ()))
+    for language in languages:
+        nlp = engine.get_nlp(language)
+        for pipe_name in ("ner", "entity_ruler"):
+            if nlp.has_pipe(pipe_name):
+                ner_labels.update(getattr(nlp.get_pipe(pipe_name), "labels", ()))
     config = engine.ner_model_configuration
     config.labels_to_ignore = sorted(ner_labels - set(SPACY_LABEL_TO_ENTITY))
 
@@ -372,10 +439,32 @@ def silence_text_logging() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def normalized_text_recognizers(
+    factories: Mapping[str, _RecognizerFactory],
+    entities: Sequence[str],
+    language: str,
+    phone_regions: Sequence[str],
+    *,
+    crm_entities: Iterable[str] = (),
+) -> list[EntityRecognizer]:
+    """A second instance of each structured recognizer in ``entities``, run on the normalised text.
+
+    These find what is written to get past the patterns ("jane at example dot com", digits as words,
+    "4111.1111.1111.1111"); their findings are mapped back onto the original characters.
+    """
+    wanted = NORMALIZED_TEXT_ENTITIES | set(crm_entities)
+    return [
+        NormalizedTextRecognizer(factories[entity](language, tuple(phone_regions)))
+        for entity in entities
+        if entity in wanted and entity in factories
+    ]
+
+
 def build_analyzer(
     *,
     spacy_model: str = DEFAULT_SPACY_MODEL,
     language: str = "en",
+    languages: Sequence[str] | None = None,
     entities: Sequence[str] | None = None,
     phone_regions: Sequence[str] = DEFAULT_PHONE_REGIONS,
     deny_lists: Mapping[str, Sequence[str]] | None = None,
@@ -383,12 +472,17 @@ def build_analyzer(
 ) -> AnalyzerEngine:
     """Build the analyzer once, offline, with recognizers only for ``entities`` (default ENABLED_ENTITIES).
 
+    ``languages`` are served (default ``DEFAULT_LANGUAGES``), each with its own pipeline and recognizers
+    (``custos.privacy.languages``); ``language`` is always among them and ``spacy_model`` is its pipeline.
     ``deny_lists`` maps an entity type to terms that are always that entity (e.g. a VIP's nickname).
     ``crm_references`` maps an extra reference entity type (e.g. ``CONTRACT_ID``) to its label words, or
     replaces the label words of a built-in one; such types are enabled.
-    Raises ``UnsupportedLanguage`` when the spaCy model is for another language, ``UnsupportedEntity`` for an
-    entity type no recognizer here detects, ``PrivacyError`` when the model package is not installed.
+    Raises ``UnsupportedLanguage`` when the spaCy model is for another language or a language has no
+    profile, ``UnsupportedEntity`` for an entity type no recognizer here detects, ``PrivacyError`` when a
+    model package is not installed or a phone region is not one phonenumbers knows.
     """
+    served = tuple(dict.fromkeys([language, *(DEFAULT_LANGUAGES if languages is None else languages)]))
+    profiles = {code: language_profile(code) for code in served}
     crm_specs = {
         entity: CrmReferenceSpec(entity, tuple(labels)) for entity, labels in (crm_references or {}).items()
     }
@@ -408,11 +502,19 @@ def build_analyzer(
         # Presidio would load *all* predefined recognizers for an empty registry.
         raise UnsupportedEntity("at least one entity type must be enabled")
 
+    unknown_regions = [region for region in phone_regions if region not in phonenumbers.SUPPORTED_REGIONS]
+    if unknown_regions:
+        raise PrivacyError(
+            f"unknown phone region(s) {unknown_regions}: use phonenumbers' ISO 3166 codes (GB, not UK)"
+        )
+
     make_tldextract_offline()
     silence_text_logging()
 
+    others = {code: profiles[code].pipeline_model for code in served if code != language}
     provider = NlpEngineProvider(
-        nlp_engines=(OfflineSpacyNlpEngine,), nlp_configuration=nlp_configuration(spacy_model, language)
+        nlp_engines=(MultilingualNlpEngine,),
+        nlp_configuration=nlp_configuration(spacy_model, language, others=others),
     )
     nlp_engine = provider.create_engine()
     assert isinstance(nlp_engine, SpacyNlpEngine)  # the only engine class offered above
@@ -421,15 +523,75 @@ def build_analyzer(
         raise UnsupportedLanguage(
             f"spaCy model {spacy_model!r} is for language {model_language!r}, not {language!r}"
         )
-    _ignore_unmapped_labels(nlp_engine, language)
-    keep_ner_pipes_only(nlp_engine.get_nlp(language))
-    use_stepped_ner(nlp_engine.get_nlp(language))
+    _ignore_unmapped_labels(nlp_engine, served)
+    for code in served:
+        keep_ner_pipes_only(nlp_engine.get_nlp(code))
+        use_stepped_ner(nlp_engine.get_nlp(code))
 
+    names = faker_name_lists() if "PERSON" in wanted else None
+    recognizers: list[EntityRecognizer] = []
+    for code in served:
+        recognizers += language_recognizers(
+            profiles[code],
+            wanted=wanted,
+            factories=factories,
+            crm_specs={**CRM_REFERENCE_SPECS, **crm_specs},
+            phone_regions=phone_regions,
+            deny_lists=deny_lists,
+            names=names,
+            has_ner="ner" in nlp_engine.get_nlp(code).component_names,
+        )
+    registry = RecognizerRegistry(recognizers=recognizers, supported_languages=list(served))
+
+    # log_decision_process stays off: Presidio's tracer logs NLP artifacts, i.e. the user's text.
+    engine = AnalyzerEngine(
+        registry=registry,
+        nlp_engine=nlp_engine,
+        supported_languages=list(served),
+        log_decision_process=False,
+        context_aware_enhancer=InPlaceContextEnhancer(),
+    )
+    # Presidio compiles a recognizer's regexes on its first use (the street address patterns alone take about
+    # 20 ms); one analysis per language here compiles them all, so the first request does not pay for it.
+    for code in served:
+        engine.analyze(text=_WARM_UP_TEXT, language=code)
+    return engine
+
+
+def language_recognizers(
+    profile: LanguageProfile,
+    *,
+    wanted: Sequence[str],
+    factories: Mapping[str, _RecognizerFactory],
+    crm_specs: Mapping[str, CrmReferenceSpec],
+    phone_regions: Sequence[str],
+    deny_lists: Mapping[str, Sequence[str]],
+    names: NameLists | None,
+    has_ner: bool,
+) -> list[EntityRecognizer]:
+    """The recognizers of one served language, for the ``wanted`` entity types.
+
+    The pattern and checksum recognizers are the same in every language; the language's profile adds its
+    phone regions (first), reference labels, context words, street and birth-date formats, and the name
+    cues of ``PersonNameRecognizer``. English's profile adds nothing, so English is analysed as before.
+    """
+    language = profile.code
+    regions = tuple(dict.fromkeys([*profile.phone_regions, *phone_regions]))
+    local = dict(factories)
+    wanted_specs = {entity: spec for entity, spec in crm_specs.items() if entity in wanted}
+    local.update({e: _crm_factory(s) for e, s in localized_crm_specs(profile, wanted_specs).items()})
     recognizers: list[EntityRecognizer] = [
-        factories[entity](language, tuple(phone_regions)) for entity in wanted if entity in factories
+        local[entity](language, regions) for entity in wanted if entity in local
     ]
+    recognizers += profile_recognizers(profile, wanted)
+    add_context_words(recognizers, profile)
     recognizers.extend(
-        PatternRecognizer(
+        normalized_text_recognizers(
+            local, wanted, language, regions, crm_entities={*CRM_REFERENCE_SPECS, *crm_specs}
+        )
+    )
+    recognizers.extend(
+        DenyListRecognizer(
             supported_entity=entity,
             name=f"DenyListRecognizer[{entity}]",
             supported_language=language,
@@ -438,32 +600,32 @@ def build_analyzer(
         for entity, terms in sorted(deny_lists.items())
         if terms
     )
-    registry = RecognizerRegistry(recognizers=recognizers, supported_languages=[language])
+    if "PERSON" in wanted and names is not None:
+        # Lower-case and cued names the small NER model misses (custos.privacy.names); for a language
+        # without NER, the names it finds at all.
+        recognizers.append(
+            PersonNameRecognizer(names, cues=profile.person_cues(), supported_language=language)
+        )
     ner_entities = [entity for entity in wanted if entity in _NER_ENTITIES]
-    if "PERSON" in wanted:
-        # Lower-case and cued names the small NER model misses (custos.privacy.names).
-        registry.add_recognizer(PersonNameRecognizer(faker_name_lists(), supported_language=language))
-    if ner_entities:
+    if ner_entities and has_ner:
         # Presidio's SpacyRecognizer reads the entities the NLP pipeline already found; it is restricted to
         # the requested ones, so e.g. LOCATION can be off while PERSON is on.
-        registry.add_recognizer(
-            SpacyRecognizer(
-                supported_language=language, supported_entities=ner_entities, ner_strength=_NER_SCORE
+        options: dict[str, Any] = {
+            "supported_language": language,
+            "supported_entities": ner_entities,
+            "ner_strength": _NER_SCORE,
+        }
+        if language == "en":
+            recognizers.append(SpacyRecognizer(**options))
+        else:
+            # "Madame, Monsieur" is no person (custos.privacy.languages.recognizers).
+            never = profile.person_cues().common_words
+            recognizers.append(
+                TitleFilteringSpacyRecognizer(
+                    never_names=never, verb_endings=profile.ner_verb_endings, **options
+                )
             )
-        )
-
-    # log_decision_process stays off: Presidio's tracer logs NLP artifacts, i.e. the user's text.
-    engine = AnalyzerEngine(
-        registry=registry,
-        nlp_engine=nlp_engine,
-        supported_languages=[language],
-        log_decision_process=False,
-        context_aware_enhancer=InPlaceContextEnhancer(),
-    )
-    # Presidio compiles a recognizer's regexes on its first use (the street address patterns alone take about
-    # 20 ms); one analysis here compiles them all, so the first request does not pay for it.
-    engine.analyze(text=_WARM_UP_TEXT, language=language)
-    return engine
+    return recognizers
 
 
 _WARM_UP_TEXT = "Warm-up: order 1234, 1 Main Street, born 01/02/1990, call +1 212 555 0100."

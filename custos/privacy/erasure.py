@@ -1,8 +1,12 @@
 """Erasure, retention and the right of access over the key hierarchy, the vault and the transcripts.
 
-Erasing a subject destroys its subject key and vault rows (its transcripts can no longer be opened), audits
-it, and appends it to an erasure ledger kept beside the audit checkpoints. The ledger is re-applied at every
-start, so restoring a database backup taken before an erasure cannot bring the erased subject's data back.
+Erasing a subject deletes the placeholder map of every conversation the subject took part in (whoever
+sealed it last, and maps an earlier release sealed under the master key alone), the comments of feedback on
+its requests and its stored idempotency replies, and destroys its subject key, so its transcripts can no
+longer be opened. It is audited and appended to an erasure ledger kept beside the audit checkpoints. The
+ledger is re-applied at every start, so restoring a database backup taken before an erasure cannot bring
+the erased subject's data back; only what was written before the recorded erasure is destroyed again, so a
+customer who came back after their erasure keeps their new data.
 Transcripts past retention are deleted with their wrapped data keys; a subject export hands over everything
 held about one subject. Every step is audited; the audit chain refers to what is destroyed by id only.
 """
@@ -16,14 +20,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Engine, Select, delete, func, select, union, update
 
 from custos.audit.db import translate_db_errors
 from custos.audit.events import AuditEvent
-from custos.audit.models import AuditRecordRow, IdempotencyRow, TranscriptRow
+from custos.audit.models import AuditRecordRow, FeedbackRow, TranscriptRow
 from custos.audit.store import AuditStore
 from custos.privacy.errors import PrivacyError
 from custos.privacy.keys import MasterKeyProvider
+from custos.privacy.replies import erase_subject_replies
 from custos.privacy.subject_keys import SubjectKeyStore
 from custos.privacy.transcripts import open_transcript
 from custos.privacy.vault import ConversationVault
@@ -58,17 +63,47 @@ class ErasureLedger:
 
     def subject_refs(self) -> list[str]:
         """Every erased subject reference, in ledger order; a malformed line stops with its number."""
+        return [subject_ref for subject_ref, _ in self.entries()]
+
+    def entries(self) -> list[tuple[str, datetime | None]]:
+        """(subject reference, time of erasure) per line, in ledger order; the time is None if unreadable.
+
+        A malformed line (no JSON object with a subject reference) stops with its number.
+        """
         if not self.path.exists():
             return []
-        refs: list[str] = []
+        found: list[tuple[str, datetime | None]] = []
         for number, line in enumerate(self.path.read_text("ascii").splitlines(), start=1):
             if not line.strip():
                 continue
             try:
-                refs.append(str(json.loads(line)["subject_ref"]))
+                entry = json.loads(line)
+                subject_ref = str(entry["subject_ref"])
             except (ValueError, KeyError, TypeError):
                 raise ValueError(f"erasure ledger {self.path} line {number} is malformed") from None
-        return refs
+            found.append((subject_ref, _aware(entry.get("erased_at"))))
+        return found
+
+    def last_erasures(self) -> dict[str, datetime | None]:
+        """The latest erasure time of each erased subject; None (time unknown) covers everything."""
+        latest: dict[str, datetime | None] = {}
+        for subject_ref, erased_at in self.entries():
+            if subject_ref not in latest:
+                latest[subject_ref] = erased_at
+            elif (previous := latest[subject_ref]) is not None:
+                latest[subject_ref] = None if erased_at is None else max(previous, erased_at)
+        return latest
+
+
+def _aware(value: object) -> datetime | None:
+    """A ledger timestamp as an aware UTC datetime, or None when it is missing or unreadable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -80,6 +115,15 @@ class ErasureResult:
     vault_rows_deleted: int
     transcripts_unreadable: int
     record_id: str | None
+    feedback_comments_erased: int = 0
+
+
+@dataclass(frozen=True)
+class _Destroyed:
+    key: bool
+    vault_rows: int
+    comments: int
+    replies: int
 
 
 class SubjectService:
@@ -103,22 +147,33 @@ class SubjectService:
             engine, keys, ttl_seconds=vault_ttl_seconds, subject_keys=self.subject_keys
         )
 
-    def _destroy(self, subject_ref: str) -> tuple[bool, int]:
-        destroyed = self.subject_keys.erase(subject_ref)
-        self._delete_stored_replies(subject_ref)
-        return destroyed, self._vault.erase_subject(subject_ref)
+    def _destroy(self, subject_ref: str, *, before: datetime | None = None) -> _Destroyed:
+        """Delete what is held for the subject (only what was written before ``before``, when given).
 
-    def _delete_stored_replies(self, subject_ref: str) -> int:
-        """Delete the stored idempotency replies of the subject's requests (sealed by a master key)."""
+        The maps, comments and replies go first and the key last: a request racing the erasure either
+        finds its map gone or seals under the key that is about to be destroyed.
+        """
+        vault_rows = self._vault.erase_subject(
+            subject_ref, conversations=_conversations_of(subject_ref), before=before
+        )
         requests = select(AuditRecordRow.request_id).where(AuditRecordRow.subject_ref == subject_ref)
+        comments = (
+            update(FeedbackRow)
+            .where(FeedbackRow.request_id.in_(requests), FeedbackRow.comment.is_not(None))
+            .values(comment=None)
+        )
+        if before is not None:
+            comments = comments.where(FeedbackRow.created_at < before)
         with translate_db_errors(), self._engine.begin() as conn:
-            deleted = conn.execute(delete(IdempotencyRow).where(IdempotencyRow.request_id.in_(requests)))
-        return int(deleted.rowcount or 0)
+            erased_comments = int(conn.execute(comments).rowcount or 0)
+        deleted_replies = erase_subject_replies(self._engine, subject_ref, before=before)
+        destroyed = self.subject_keys.erase(subject_ref, created_before=before)
+        return _Destroyed(destroyed, vault_rows, erased_comments, deleted_replies)
 
     def erase(self, subject_ref: str, *, actor: str, rpc: str) -> ErasureResult:
-        """Destroy the subject's key and vault rows, audit it, and append it to the ledger."""
+        """Destroy what is held for the subject, audit it, and append it to the ledger."""
         started = datetime.now(UTC)
-        destroyed, vault_rows = self._destroy(subject_ref)
+        destroyed = self._destroy(subject_ref)
         with translate_db_errors(), self._engine.connect() as conn:
             transcripts = int(
                 conn.execute(
@@ -128,9 +183,11 @@ class SubjectService:
                 ).scalar_one()
             )
         details = {
-            "subject_key_destroyed": destroyed,
-            "vault_rows_deleted": vault_rows,
+            "subject_key_destroyed": destroyed.key,
+            "vault_rows_deleted": destroyed.vault_rows,
             "transcripts_unreadable": transcripts,
+            "feedback_comments_erased": destroyed.comments,
+            "idempotency_replies_deleted": destroyed.replies,
         }
         record = self._audit.append(
             AuditEvent.single(
@@ -142,22 +199,45 @@ class SubjectService:
                 subject_ref=subject_ref,
             )
         )
+        # The erasure time is taken before anything was destroyed: whatever exists for the subject at a
+        # later start and was written before it is what a restored backup brought back.
         self._ledger.append(subject_ref, record_id=record.id, erased_at=started)
         return ErasureResult(
             subject_ref=subject_ref,
-            subject_key_destroyed=destroyed,
-            vault_rows_deleted=vault_rows,
+            subject_key_destroyed=destroyed.key,
+            vault_rows_deleted=destroyed.vault_rows,
             transcripts_unreadable=transcripts,
             record_id=record.id,
+            feedback_comments_erased=destroyed.comments,
         )
 
     def reapply_ledger(self) -> int:
-        """Destroy again whatever a restored database brought back for erased subjects; return how many."""
+        """Destroy again what a restored database brought back for erased subjects; return how many.
+
+        Only what was written before a subject's latest recorded erasure is destroyed: a key, map,
+        comment or reply created after it belongs to a customer who came back.
+        """
         restored = 0
-        for subject_ref in self._ledger.subject_refs():
-            destroyed, vault_rows = self._destroy(subject_ref)
-            restored += int(destroyed) + vault_rows
+        for subject_ref, erased_at in self._ledger.last_erasures().items():
+            destroyed = self._destroy(subject_ref, before=erased_at)
+            restored += int(destroyed.key) + destroyed.vault_rows + destroyed.comments + destroyed.replies
         return restored
+
+
+def _conversations_of(subject_ref: str) -> Select[tuple[str | None]]:
+    """The conversations the subject took part in: its transcripts and its served (status OK) records.
+
+    Refused calls are left out: a call refused in someone else's conversation never touched its map.
+    """
+    records = select(AuditRecordRow.conversation_ref).where(
+        AuditRecordRow.subject_ref == subject_ref,
+        AuditRecordRow.status == "OK",
+        AuditRecordRow.conversation_ref.is_not(None),
+    )
+    transcripts = select(TranscriptRow.conversation_ref).where(
+        TranscriptRow.subject_ref == subject_ref, TranscriptRow.conversation_ref.is_not(None)
+    )
+    return select(union(records, transcripts).subquery().c.conversation_ref)
 
 
 def purge_transcripts(

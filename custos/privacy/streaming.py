@@ -5,6 +5,8 @@ Held back is only what could still change meaning with the next token:
 * a tail that could still grow into a placeholder (``<``, ``<Pers``, ``<PERSON 1``, ``PERSON_``);
 * a tail that could still grow into a pattern-detected value: the last word, and the digit-bearing words
   before it (``4111 1111 `` may become a card number, ``+44 20`` a phone number, ``jane@`` an e-mail);
+  an unfinished word is held whole however long it grows (an e-mail address of 254 characters, a URL),
+  whatever the NER window;
 * when names are detected (NER), the current sentence, at most ``ner_window_chars`` characters of it: a
   name is only recognisable in its sentence.
 
@@ -31,6 +33,8 @@ _PREVIOUS_CAPITALISED = re.compile(r"(?<!\S)[A-Z][^\s]*[ \t]\Z")
 _SENTENCE_END = re.compile(r"[.!?;:\n][\"')\]]*\s+")
 _DIGIT_WORD = re.compile(r"[^\s]*[0-9@][^\s]*")
 _PREVIOUS_DIGIT_WORD = re.compile(r"(?<!\S)[^\s]*[0-9@][^\s]*[ \t]\Z")
+# White space that ends a word, found from the end with str.rfind (C speed, however long the word).
+_WORD_BREAKS = (" ", "\n", "\t", "\r", "\f", "\v", "\u00a0", "\u2028", "\u2029", "\u3000")
 
 
 class StreamRestorer:
@@ -104,10 +108,20 @@ def _placeholder_hold(text: str) -> int:
     return bare.start() if bare else len(text)
 
 
+def _last_word_start(text: str) -> int:
+    """Where the unfinished last word starts (``len(text)`` when the text ends with white space)."""
+    return max(text.rfind(space) for space in _WORD_BREAKS) + 1
+
+
 def _pattern_hold(text: str) -> int:
+    word_start = _last_word_start(text)
+    if len(text) - word_start > MAX_PATTERN_CHARS:
+        # A long unbroken word still being written (an e-mail address of up to 254 characters, a URL) is
+        # held whole until it ends: released in pieces, no piece would look like the value it is part of.
+        return word_start
     window_start = max(0, len(text) - MAX_PATTERN_CHARS)
     match = _PATTERN_TAIL.search(text, window_start)
-    return match.start() if match else len(text)
+    return min(match.start() if match else len(text), word_start)
 
 
 def _sentence_hold(text: str, window: int) -> int:

@@ -92,10 +92,17 @@ class SubjectKeyStore:
             return self.get(subject_ref)  # a concurrent request created it first: use theirs
         return SubjectKey(subject_ref=subject_ref, version=SUBJECT_KEY_VERSION, key=key)
 
-    def erase(self, subject_ref: str) -> bool:
-        """Destroy the subject's key; True if there was one. Everything sealed for it is unreadable after."""
+    def erase(self, subject_ref: str, *, created_before: datetime | None = None) -> bool:
+        """Destroy the subject's key; True if there was one. Everything sealed for it is unreadable after.
+
+        With ``created_before``, only a key created before then is destroyed (re-applying an erasure keeps
+        the key of a customer who came back after it).
+        """
+        statement = delete(SubjectKeyRow).where(SubjectKeyRow.subject_ref == subject_ref)
+        if created_before is not None:
+            statement = statement.where(SubjectKeyRow.created_at < created_before)
         with translate_db_errors(), self._engine.begin() as conn:
-            result = conn.execute(delete(SubjectKeyRow).where(SubjectKeyRow.subject_ref == subject_ref))
+            result = conn.execute(statement)
         return bool(result.rowcount)
 
     def usage(self) -> dict[int, int]:

@@ -6,6 +6,11 @@ format 2: a fresh data key wrapped by the subject's key) and bound to the table,
 subject, so a blob copied to another row or replayed at an older version fails to open, and erasing the
 subject makes the map unreadable. Maps sealed in format 1 (master-key wrapped) stay readable.
 
+A row keeps the subject it was created with: while it is live, an update for another subject is refused
+(:class:`SubjectMismatch`), so one subject's values are never re-sealed under another's key. A vault with a
+subject key store seals every write for a subject, never under the master key alone; a format-1 row left by
+an earlier release is re-sealed for the subject of its next update.
+
 Concurrent requests of one conversation stay consistent: the read-extend-write runs in one transaction that
 locks the row (``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), and the write is a
 compare-and-swap on ``version`` besides; a writer that loses re-reads and repeats its (pure) update. Two
@@ -19,9 +24,9 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine, Select, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from custos.audit.db import translate_db_errors
@@ -49,6 +54,10 @@ MAX_ATTEMPTS = 16
 
 class VaultConflict(PrivacyError):
     """Concurrent writers kept changing one conversation's row; the request may be retried."""
+
+
+class SubjectMismatch(PrivacyError):
+    """The conversation's live map belongs to another subject than the update's; nothing was written."""
 
 
 def vault_aad(conversation_ref: str, version: int) -> bytes:
@@ -111,18 +120,17 @@ class ConversationVault:
         """Run ``apply`` on the conversation's map and store the result atomically.
 
         ``apply`` may run more than once (after a concurrent write) and must only depend on the map it gets.
-        With a ``subject_ref`` (and a subject key store) the map is sealed with that subject's key.
+        With a subject key store the map is sealed with ``subject_ref``'s key (required then), and a live row
+        of another subject raises :class:`SubjectMismatch`; without one, maps use format 1.
         """
         subject_key = None
-        # Subject keys are read before the row is locked: on SQLite a second connection inside the write
-        # transaction would wait for the lock this transaction holds.
-        known: dict[str, SubjectKey] = {}
-        if subject_ref is not None and self._subject_keys is not None:
-            subject_key = known[subject_ref] = self._subject_keys.get_or_create(subject_ref)
+        if self._subject_keys is not None:
+            if subject_ref is None:
+                raise ValueError("this vault seals every map for a subject: subject_ref is required")
+            # Read before the row is locked: on SQLite a second connection inside the write transaction
+            # would wait for the lock this transaction holds.
+            subject_key = self._subject_keys.get_or_create(subject_ref)
         for _attempt in range(MAX_ATTEMPTS):
-            stored_subject = self._stored_subject(conversation_ref)
-            if stored_subject is not None and stored_subject not in known and self._subject_keys is not None:
-                known[stored_subject] = self._subject_keys.get(stored_subject)
             with translate_db_errors(), self._engine.begin() as conn:
                 # FOR UPDATE locks the row on PostgreSQL; SQLite's BEGIN IMMEDIATE serialises writers anyway.
                 row = conn.execute(
@@ -133,16 +141,12 @@ class ConversationVault:
                 now = self._clock()
                 expired = row is not None and row.expires_at <= now
                 if row is None or expired:
-                    mapping = PlaceholderMap()
-                elif row.subject_ref is not None and row.subject_ref not in known:
-                    continue  # the row changed subject since it was peeked at: fetch that key first
+                    mapping = PlaceholderMap()  # an expired map is forgotten, and so is its subject
                 else:
+                    if subject_key is not None and row.subject_ref not in (None, subject_key.subject_ref):
+                        raise SubjectMismatch("the conversation's placeholder map belongs to another subject")
                     mapping = self._open(
-                        conversation_ref,
-                        row.version,
-                        row.ciphertext,
-                        row.subject_ref,
-                        known.get(row.subject_ref),
+                        conversation_ref, row.version, row.ciphertext, row.subject_ref, subject_key
                     )
                 result = apply(mapping)
                 version = 1 if row is None else row.version + 1
@@ -196,21 +200,27 @@ class ConversationVault:
             )
         return int(result.rowcount or 0)
 
-    def erase_subject(self, subject_ref: str) -> int:
-        """Delete every map sealed for ``subject_ref``; return how many."""
-        with translate_db_errors(), self._engine.begin() as conn:
-            result = conn.execute(
-                delete(ConversationVaultRow).where(ConversationVaultRow.subject_ref == subject_ref)
-            )
-        return int(result.rowcount or 0)
+    def erase_subject(
+        self,
+        subject_ref: str,
+        *,
+        conversations: Select[Any] | None = None,
+        before: datetime | None = None,
+    ) -> int:
+        """Delete every map sealed for ``subject_ref`` or of one of ``conversations``; return how many.
 
-    def _stored_subject(self, conversation_ref: str) -> str | None:
-        with translate_db_errors(), self._engine.connect() as conn:
-            return conn.execute(
-                select(ConversationVaultRow.subject_ref).where(
-                    ConversationVaultRow.conversation_ref == conversation_ref
-                )
-            ).scalar_one_or_none()
+        ``conversations`` selects conversation references (the subject's conversations, whoever sealed their
+        map last); ``before`` keeps maps written at or after it (what came after an erasure).
+        """
+        matches = ConversationVaultRow.subject_ref == subject_ref
+        if conversations is not None:
+            matches = or_(matches, ConversationVaultRow.conversation_ref.in_(conversations))
+        statement = delete(ConversationVaultRow).where(matches)
+        if before is not None:
+            statement = statement.where(ConversationVaultRow.updated_at < before)
+        with translate_db_errors(), self._engine.begin() as conn:
+            result = conn.execute(statement)
+        return int(result.rowcount or 0)
 
     def _open(
         self,

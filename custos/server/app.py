@@ -52,9 +52,12 @@ from custos.flows.purposes import PurposePolicy
 from custos.flows.services import FlowServices
 from custos.flows.subject_access import SubjectAccess
 from custos.flows.types import Caller
+from custos.http.app import HttpEdge
+from custos.http.server import HttpServer, build_http_server
 from custos.privacy.erasure import ErasureLedger, SubjectService, purge_transcripts
 from custos.privacy.keys import MasterKeyProvider
 from custos.privacy.pseudonymize import Pseudonymizer
+from custos.privacy.replies import purge_expired_replies, purge_replies_before
 from custos.privacy.subject_keys import SubjectKeyStore
 from custos.privacy.vault import ConversationVault
 from custos.security.auth import AccessControl, Authenticator
@@ -74,6 +77,7 @@ from custos.tasks.feedback import FeedbackStore
 from custos.tasks.labels import LabelSetRegistry
 from custos.tasks.templates import TemplateRegistry
 from custos.v1 import admin_pb2, audit_pb2, feedback_pb2, inference_pb2, privacy_pb2
+from custos.version import custos_version
 
 if TYPE_CHECKING:
     from custos.engine.local import CacheContents
@@ -129,6 +133,9 @@ class CustosServer:
         self.port: int | None = None
         self.metrics_port: int | None = None
         self.health_port: int | None = None
+        #: The OpenAI-compatible HTTP listener (``http_listen``), once started.
+        self.http: HttpServer | None = None
+        self.http_port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._health_server: grpc.aio.Server | None = None
         # Each generation blocks one worker while the engine runs it; the engine says how many may wait.
@@ -150,6 +157,8 @@ class CustosServer:
         self._checkpoint_task: asyncio.Task[None] | None = None
         self._retention_task: asyncio.Task[None] | None = None
         self.vault_purge: VaultPurgeTask | None = None
+        #: Deletes idempotency replies past ``idempotency_ttl_s`` (the same housekeeping as the vault's).
+        self.reply_purge: VaultPurgeTask | None = None
         #: Who may have placeholders restored: holders of the ``reidentify`` permission.
         self.may_reidentify: ReidentifyCheck = holds_reidentify_permission
 
@@ -216,6 +225,13 @@ class CustosServer:
             on_failure=lambda: self.metrics.vault_purge_runs.labels("failed").inc(),
         )
         self.vault_purge.start()
+        self.reply_purge = VaultPurgeTask(
+            lambda: purge_expired_replies(db, now=datetime.now(UTC)),
+            interval_s=settings.vault_purge_interval_s,
+            executor=self._executor,
+            what="idempotency replies",
+        )
+        self.reply_purge.start()
         privacy = PrivacyStage(
             pseudonymizer,
             vault=vault,
@@ -238,6 +254,7 @@ class CustosServer:
         templates = TemplateRegistry.load(settings.task_templates_dir)
         label_sets = LabelSetRegistry.load(settings.label_sets_dir)
         self.components.engine.observe(self.metrics)
+        self.metrics.describe_model(self.components.engine.info, version=custos_version())
         limits = RequestLimits(
             max_new_tokens_limit=settings.max_new_tokens_limit,
             default_max_new_tokens=settings.resolved_default_max_new_tokens,
@@ -245,23 +262,22 @@ class CustosServer:
             max_messages=settings.max_messages,
         )
         core_limit = settings.max_request_bytes + CORE_SIZE_HEADROOM_BYTES
+        # One access decision for both edges: the same permission table, tokens and per-principal limits.
+        access_control = AccessControl(
+            authenticator=Authenticator(self.tokens, settings.client_cert_roles),
+            limiter=CapacityLimiter(
+                rate=settings.rate_limit_per_s,
+                burst=settings.rate_limit_burst,
+                max_in_flight=settings.max_in_flight_per_principal,
+            ),
+            audit=self.audit,
+            executor=self._executor,
+        )
         server = grpc.aio.server(
             interceptors=[
                 ObservingInterceptor(self.metrics),
                 self._availability,
-                AccessInterceptor(
-                    services=SERVICES,
-                    access=AccessControl(
-                        authenticator=Authenticator(self.tokens, settings.client_cert_roles),
-                        limiter=CapacityLimiter(
-                            rate=settings.rate_limit_per_s,
-                            burst=settings.rate_limit_burst,
-                            max_in_flight=settings.max_in_flight_per_principal,
-                        ),
-                        audit=self.audit,
-                        executor=self._executor,
-                    ),
-                ),
+                AccessInterceptor(services=SERVICES, access=access_control),
             ],
             options=[("grpc.max_receive_message_length", core_limit)],
         )
@@ -273,15 +289,18 @@ class CustosServer:
             executor=self._executor,
         )
         admission = Admission(events.record_invalid, max_request_bytes=settings.max_request_bytes)
+        generate = GenerateFlow(
+            flows,
+            subject_keys=self.subject_keys,
+            templates=templates,
+            label_sets=label_sets,
+            idempotency=IdempotencyStore(
+                db, self.keys, self.subject_keys, self._executor, ttl_s=settings.idempotency_ttl_s
+            ),
+        )
         servicers: dict[str, Any] = {
             "Inference": InferenceServicer(
-                generate=GenerateFlow(
-                    flows,
-                    subject_keys=self.subject_keys,
-                    templates=templates,
-                    label_sets=label_sets,
-                    idempotency=IdempotencyStore(db, self.keys, self._executor),
-                ),
+                generate=generate,
                 classify=ClassifyFlow(flows, label_sets=label_sets),
                 admission=admission,
                 limits=limits,
@@ -323,6 +342,21 @@ class CustosServer:
             self.health_port = self._health_server.add_insecure_port(settings.health_listen)
             await self._health_server.start()
         await self.watchdog.start()
+        if settings.http_listen:
+            self.http = build_http_server(
+                settings,
+                HttpEdge(
+                    generate=generate,
+                    access=access_control,
+                    record_invalid=events.record_invalid,
+                    limits=limits,
+                    max_request_bytes=settings.max_request_bytes,
+                    model_name=self.components.engine.info.name,
+                    availability=self.watchdog,
+                    metrics=self.metrics,
+                ),
+            )
+            self.http_port = await self.http.start()
         if settings.metrics_listen:
             host, _, port = settings.metrics_listen.rpartition(":")
             self.metrics_port = self.metrics.serve(host, int(port))
@@ -334,6 +368,7 @@ class CustosServer:
                     "port": self.port,
                     "metrics_port": self.metrics_port,
                     "health_port": self.health_port,
+                    "http_port": self.http_port,
                     "pid": os.getpid(),
                 }
             },
@@ -356,11 +391,18 @@ class CustosServer:
                 log.error("writing an audit checkpoint failed", extra={"fields": fields})
 
     async def purge_expired_transcripts(self) -> int:
-        """Destroy transcripts past ``transcript_retention_days`` (audited, counted in metrics)."""
+        """Destroy transcripts past ``transcript_retention_days`` (audited, counted in metrics).
+
+        Idempotency replies as old go too: a stored answer never outlives its transcript.
+        """
         audit = self.audit
         assert audit is not None
         cutoff = datetime.now(UTC) - timedelta(days=self.settings.transcript_retention_days)
-        deleted = await asyncio.get_running_loop().run_in_executor(
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(
+            self._executor, lambda: purge_replies_before(audit.engine, older_than=cutoff)
+        )
+        deleted = await loop.run_in_executor(
             self._executor,
             lambda: purge_transcripts(
                 audit.engine, audit, older_than=cutoff, actor="custos:retention", rpc="retention purge"
@@ -401,6 +443,9 @@ class CustosServer:
         log.info("draining", extra={"fields": {"grace_s": grace}})
         if self._availability is not None:
             await self._availability.wait_idle(grace)
+        if self.http is not None:
+            await self.http.stop(max(grace - (time.monotonic() - started), 0.0))
+            self.http = None
         if self._server is not None:
             await self._server.stop(max(grace - (time.monotonic() - started), 0.0))
             self._server = None
@@ -418,6 +463,8 @@ class CustosServer:
             self._retention_task = None
         if self.vault_purge is not None:
             await self.vault_purge.stop()
+        if self.reply_purge is not None:
+            await self.reply_purge.stop()
         # The scheduler thread finishes what it holds (calls past the deadline were cancelled above).
         await asyncio.get_running_loop().run_in_executor(None, self.components.engine.close)
         await flush_pending_tasks(timeout=max(grace, 5.0))
@@ -449,6 +496,7 @@ def build_components(
         reading = start_reading(settings)
     analyzer = build_analyzer(
         spacy_model=settings.spacy_model,
+        languages=settings.pii_languages,
         entities=settings.pii_entities,
         phone_regions=settings.pii_phone_regions,
         deny_lists=settings.pii_deny_lists,
@@ -468,7 +516,7 @@ def build_pseudonymizer(
     if detector is None and settings.pii_language_detection:
         from custos.privacy.language import LanguageDetector
 
-        detector = LanguageDetector()
+        detector = LanguageDetector(languages=analyzer.supported_languages)
     return Pseudonymizer(
         analyzer,
         score_threshold=settings.pii_score_threshold,

@@ -1,8 +1,9 @@
-"""Periodic housekeeping of the server: expired conversation-vault rows are deleted on a schedule.
+"""Periodic housekeeping of the server: expired conversation-vault rows and idempotency replies are deleted.
 
-An expired vault row is never read (``ConversationVault`` treats it as empty), but it still holds sealed
-personal data until it is deleted; the purge makes "forgotten after ``vault_ttl_seconds``" true on disk too,
-within ``vault_purge_interval_s``.
+An expired vault row or reply is never read (``ConversationVault`` treats it as empty, a retry past
+``idempotency_ttl_s`` is a new call), but it still holds sealed personal data until it is deleted; the purge
+makes "forgotten after ``vault_ttl_seconds``" and "kept for ``idempotency_ttl_s``" true on disk too, within
+``vault_purge_interval_s``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ log = logging.getLogger("custos.housekeeping")
 class VaultPurgeTask:
     """Runs ``purge`` (returns rows deleted) every ``interval_s`` seconds on ``executor``, first at start.
 
+    ``what`` names the rows in log lines (``"vault rows"``, ``"idempotency replies"``).
+
     ``on_purged`` receives the count of each successful run (metrics); ``on_failure`` is called when a run
     raises. A failed run is logged by exception type only and retried at the next tick; it never stops the
     task or the server.
@@ -32,6 +35,7 @@ class VaultPurgeTask:
         executor: Executor,
         on_purged: Callable[[int], None] = lambda _count: None,
         on_failure: Callable[[], None] = lambda: None,
+        what: str = "vault rows",
     ) -> None:
         if interval_s <= 0:
             raise ValueError("interval_s must be positive")
@@ -40,13 +44,14 @@ class VaultPurgeTask:
         self._executor = executor
         self._on_purged = on_purged
         self._on_failure = on_failure
+        self._what = what
         self._task: asyncio.Task[None] | None = None
         #: Successful runs so far (for tests and diagnostics).
         self.runs = 0
 
     def start(self) -> None:
         """Start the periodic task on the running event loop."""
-        self._task = asyncio.create_task(self._run(), name="custos-vault-purge")
+        self._task = asyncio.create_task(self._run(), name=f"custos-purge-{self._what.replace(' ', '-')}")
 
     async def stop(self) -> None:
         """Stop the task; a purge already running on the executor finishes on its own."""
@@ -63,12 +68,13 @@ class VaultPurgeTask:
             count = await loop.run_in_executor(self._executor, self._purge)
         except Exception as exc:  # keep serving; the next tick retries
             self._on_failure()
-            log.error("purging expired vault rows failed", extra={"fields": {"error": type(exc).__name__}})
+            fields = {"what": self._what, "error": type(exc).__name__}
+            log.error("purging expired rows failed", extra={"fields": fields})
             return None
         self.runs += 1
         self._on_purged(count)
         if count:
-            log.info("purged expired vault rows", extra={"fields": {"rows": count}})
+            log.info("purged expired rows", extra={"fields": {"what": self._what, "rows": count}})
         return count
 
     async def _run(self) -> None:

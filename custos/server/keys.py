@@ -18,6 +18,7 @@ from custos.audit.db import translate_db_errors
 from custos.audit.models import ConversationVaultRow, SubjectKeyRow
 from custos.privacy.errors import KeyFileError
 from custos.privacy.keys import EnvKeyProvider, FileKeyProvider, MasterKeyProvider, RetiringKeyProvider
+from custos.privacy.replies import ReplyUsage, reply_usage
 from custos.privacy.subject_keys import SubjectKeyStore
 from custos.server.settings import Settings
 
@@ -72,12 +73,19 @@ def _mtime(path: Path) -> datetime | None:
 
 
 def key_inventory(settings: Settings, keys: MasterKeyProvider, engine: Engine | None) -> list[KeyInfo]:
-    """Every key: master versions (and the subject keys each wraps), signing key, index key, subjects."""
+    """Every key: master versions (and what each wraps), signing key, index key, subjects.
+
+    Idempotency replies are counted with the key they depend on: subject-sealed ones with the subject keys,
+    replies of the previous release (sealed by a master key alone) with their master version, until
+    ``custos keys rewrap`` reseals them.
+    """
     usage: dict[int, int] = {}
     subjects = 0
     oldest: datetime | None = None
+    replies = ReplyUsage(subject_sealed=0, legacy_by_master_version={})
     if engine is not None:
         usage = SubjectKeyStore(engine, keys).usage()
+        replies = reply_usage(engine)
         with translate_db_errors(), engine.connect() as conn:
             subjects, oldest = conn.execute(select(func.count(), func.min(SubjectKeyRow.created_at))).one()
             vault_rows = int(
@@ -94,14 +102,11 @@ def key_inventory(settings: Settings, keys: MasterKeyProvider, engine: Engine | 
     held = keys.inner if isinstance(keys, RetiringKeyProvider) else keys  # retired versions are listed too
     for version in held.versions:
         state = "primary" if version == primary else ("retired" if version < minimum else "decrypt-only")
-        rows.append(
-            KeyInfo(
-                name=f"master key v{version}",
-                provider=provider,
-                created=created,
-                use=f"{state}; wraps {usage.get(version, 0)} subject keys",
-            )
-        )
+        use = f"{state}; wraps {usage.get(version, 0)} subject keys"
+        legacy = replies.legacy_by_master_version.get(version, 0)
+        if legacy:
+            use += f" and {legacy} legacy idempotency replies (custos keys rewrap reseals them)"
+        rows.append(KeyInfo(name=f"master key v{version}", provider=provider, created=created, use=use))
     rows.append(
         KeyInfo(
             name="blind-index HMAC key",
@@ -124,7 +129,10 @@ def key_inventory(settings: Settings, keys: MasterKeyProvider, engine: Engine | 
             name=f"subject keys ({subjects})",
             provider="database, wrapped by master keys",
             created=oldest,
-            use=f"wrap data keys of transcripts and {vault_rows} vault rows; deleted on erasure",
+            use=(
+                f"wrap data keys of transcripts, {vault_rows} vault rows and {replies.subject_sealed} "
+                "idempotency replies; deleted on erasure"
+            ),
         )
     )
     return rows

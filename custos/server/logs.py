@@ -1,14 +1,19 @@
-"""Structured JSON logs. Log lines carry ids, codes and timings; never request or answer text."""
+"""Structured JSON logs. Log lines carry ids, codes and timings; never request or answer text.
+
+The request id of a line is the call's (``custos.flows.context.CallIds``): the id of the call's audit record,
+the one in its error message and ``x-request-id`` trailer. A line may name it itself in its fields (lines
+formatted away from the call's context); otherwise the call bound to the logging context supplies it.
+"""
 
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
 import sys
 from datetime import UTC, datetime
 
-REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("custos_request_id", default=None)
+from custos.flows.context import current_call
+
 # Extra fields a log call may attach (``logger.info("...", extra={"fields": {...}})``).
 _FIELDS = "fields"
 
@@ -24,9 +29,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        request_id = REQUEST_ID.get()
-        if request_id:
-            entry["request_id"] = request_id
+        call = current_call()
+        if call is not None:
+            entry["request_id"] = call.request_id
         fields = getattr(record, _FIELDS, None)
         if isinstance(fields, dict):
             entry.update(fields)

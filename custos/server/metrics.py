@@ -5,7 +5,9 @@ from __future__ import annotations
 import threading
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+
+from custos.engine.types import ModelInfo
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
@@ -92,7 +94,59 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        # vLLM's names and labels, so the dashboards people already have (rate() over counters) work.
+        self.prompt_tokens = Counter(
+            "custos_prompt_tokens",
+            "Prompt tokens of finished generations (rate() gives prefill tokens/s).",
+            ["model_name"],
+            registry=self.registry,
+        )
+        self.generation_tokens = Counter(
+            "custos_generation_tokens",
+            "Generated tokens of finished generations (rate() gives decode tokens/s).",
+            ["model_name"],
+            registry=self.registry,
+        )
+        self.request_success = Counter(
+            "custos_request_success",
+            "Finished generations by finish reason (stop, length; abort: cancelled or past the deadline; "
+            "error).",
+            ["model_name", "finished_reason"],
+            registry=self.registry,
+        )
+        self.model_info = Info(
+            "custos_model",
+            "The served model: Custos version, model name, precision, quantization, device.",
+            registry=self.registry,
+        )
         self._http: tuple[WSGIServer, threading.Thread] | None = None
+
+    def describe_model(self, info: ModelInfo, *, version: str) -> None:
+        """Set the info metric of the served model (labels only; the value is always 1)."""
+        self.model_info.info(
+            {
+                "version": version,
+                "model_name": info.name,
+                "precision": info.precision,
+                "quantization": info.quantization,
+                "device": info.device,
+            }
+        )
+
+    def count_generation(
+        self, model_name: str, *, prompt_tokens: int, completion_tokens: int, finish_reason: str, status: str
+    ) -> None:
+        """Count one finished generation: its tokens and how it ended."""
+        self.generated_tokens.inc(completion_tokens)
+        self.prompt_tokens.labels(model_name=model_name).inc(prompt_tokens)
+        self.generation_tokens.labels(model_name=model_name).inc(completion_tokens)
+        if status == "OK":
+            reason = "stop" if finish_reason in ("stop", "stop_sequence") else finish_reason
+        elif status in ("CANCELLED", "DEADLINE_EXCEEDED"):
+            reason = "abort"
+        else:
+            reason = "error"
+        self.request_success.labels(model_name=model_name, finished_reason=reason).inc()
 
     def serve(self, host: str, port: int) -> int:
         """Start the HTTP endpoint; returns the bound port (useful with port 0)."""

@@ -52,6 +52,11 @@ class Settings(BaseSettings):
         description="Extra plaintext listener serving only grpc.health.v1, HOST:PORT, for probes that cannot "
         "speak TLS (Kubernetes gRPC probes); empty: none.",
     )
+    http_listen: str | None = Field(
+        None,
+        description="OpenAI-compatible HTTP API address (/v1/chat/completions, /v1/models), HOST:PORT; "
+        "same TLS, tokens, permissions, limits, privacy and audit as gRPC. Empty: off.",
+    )
     database_url: str | None = Field(
         None,
         description="SQLAlchemy URL of the audit database; default: SQLite file custos.db in data_dir.",
@@ -89,6 +94,14 @@ class Settings(BaseSettings):
         ge=0,
         description="Transcripts older than this are destroyed by the server and custos transcripts purge; "
         "0 keeps them.",
+    )
+    idempotency_ttl_s: int = Field(
+        24 * 3600,
+        ge=60,
+        le=366 * 24 * 3600,
+        description="How long the sealed first answer to a Generate idempotency key is kept and replayed; "
+        "never longer than transcript_retention_days. Expired replies are deleted every "
+        "vault_purge_interval_s.",
     )
     model_source: str = Field(
         "bundled",
@@ -263,21 +276,31 @@ class Settings(BaseSettings):
         description='Entity type -> terms always masked as that type (e.g. {"PERSON": ["Big Joe"]}).',
     )
     pii_phone_regions: list[str] = Field(
-        ["US", "UK", "DE", "FE", "IL", "IN", "CA", "BR"],
+        ["US", "GB", "DE", "FR", "ES", "IT", "PT", "NL", "IL", "IN", "CA", "BR"],
         min_length=1,
-        description="Regions whose national phone formats are detected; +country numbers are found anywhere.",
+        description="Regions (ISO 3166 codes phonenumbers knows, e.g. GB, not UK) whose national phone "
+        "formats are detected; +country numbers are found anywhere.",
     )
     pii_crm_references: dict[str, list[str]] = Field(
         default_factory=dict,
         description="Extra CRM reference types (or new labels for built-in ones) -> label words, e.g. "
         '{"CONTRACT_ID": ["contract"]}.',
     )
+    pii_languages: list[str] = Field(
+        ["en", "de", "fr", "es", "it", "pt", "nl"],
+        min_length=1,
+        description="Languages served, each with its own pipeline (spaCy NER for en and fr, patterns, name "
+        "cues and national formats for de, es, it, pt, nl). English (spacy_model) is always served: it "
+        "analyses text too short to tell.",
+    )
     pii_language_detection: bool = Field(
-        True, description="Detect the language of requests; other languages follow pii_language_policy."
+        True,
+        description="Detect the language of requests: a served language gets its pipeline, others follow "
+        "pii_language_policy.",
     )
     pii_language_policy: Literal["refuse", "patterns"] = Field(
         "refuse",
-        description="Text in a language without a pipeline: 'refuse' (FAILED_PRECONDITION) or 'patterns' "
+        description="Text in a language not in pii_languages: 'refuse' (FAILED_PRECONDITION) or 'patterns' "
         "(pattern recognizers only, marked in the audit record).",
     )
     pii_block_entities: list[str] = Field(
@@ -313,6 +336,18 @@ class Settings(BaseSettings):
         "replaces a bundled set. Unset: only the bundled label sets.",
     )
 
+    @field_validator("pii_languages")
+    @classmethod
+    def _known_languages(cls, value: list[str]) -> list[str]:
+        from custos.privacy.languages import LANGUAGE_PROFILES
+
+        unknown = sorted(set(value) - set(LANGUAGE_PROFILES))
+        if unknown:
+            raise ValueError(f"no language profile for {unknown}; known: {sorted(LANGUAGE_PROFILES)}")
+        if len(set(value)) != len(value):
+            raise ValueError("pii_languages lists a language twice")
+        return value
+
     @field_validator("listen")
     @classmethod
     def _listen_is_host_port(cls, value: str) -> str:
@@ -332,6 +367,28 @@ class Settings(BaseSettings):
             return None
         return _check_host_port(value, "health_listen")
 
+    @field_validator("pii_phone_regions")
+    @classmethod
+    def _phone_regions_known(cls, value: list[str]) -> list[str]:
+        # A region phonenumbers does not know was skipped silently before: its national numbers were missed.
+        import phonenumbers
+
+        unknown = [region for region in value if region not in phonenumbers.SUPPORTED_REGIONS]
+        if unknown:
+            hint = " (the United Kingdom is GB)" if "UK" in unknown else ""
+            raise ValueError(
+                f"unknown phone region(s) {', '.join(map(repr, unknown))}{hint}; use the ISO 3166 codes "
+                "of phonenumbers.SUPPORTED_REGIONS"
+            )
+        return value
+
+    @field_validator("http_listen")
+    @classmethod
+    def _http_is_host_port(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        return _check_host_port(value, "http_listen")
+
     @field_validator("client_cert_roles")
     @classmethod
     def _roles_exist(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -348,6 +405,17 @@ class Settings(BaseSettings):
     def _cert_and_key_together(cls, value: Path | None, info: Any) -> Path | None:
         if (value is None) != (info.data.get("tls_cert_file") is None):
             raise ValueError("set tls_cert_file and tls_key_file together")
+        return value
+
+    @field_validator("idempotency_ttl_s")
+    @classmethod
+    def _replies_within_retention(cls, value: int, info: Any) -> int:
+        days = info.data.get("transcript_retention_days")
+        if days and value > days * 24 * 3600:
+            raise ValueError(
+                f"must not exceed transcript_retention_days ({days} d = {days * 24 * 3600} s): "
+                "a stored answer must not outlive its transcript"
+            )
         return value
 
     @field_validator("default_max_new_tokens")

@@ -4,7 +4,8 @@ A label set (intents, sentiments, a next-best-action catalogue) is a TOML file: 
 zero-shot prompt whose continuation each label is scored as, and the labels (name, the text the model
 scores, keywords for the keyword baseline). A label set may carry calibration parameters fitted on a
 labelled calibration set (``custos eval calibrate``): a temperature and a per-label bias (prior
-correction). Label sets passed ad hoc in a request have none, and their answers say ``calibrated=false``.
+correction). Label sets passed ad hoc in a request have none, and their answers say ``calibrated=false``;
+their labels are caller text, so the model scores them anonymized and the audit record holds digests only.
 """
 
 from __future__ import annotations
@@ -159,15 +160,22 @@ class LabelSet:
         )
 
     @classmethod
-    def ad_hoc(cls, names: Sequence[str]) -> LabelSet:
-        """A label set from a request: each name is also the scored text; never calibrated."""
-        labels = tuple(Label(n, n) for n in names)
+    def ad_hoc(cls, names: Sequence[str], texts: Sequence[str] | None = None) -> LabelSet:
+        """A label set from a request; never calibrated.
+
+        Each name is also the scored text, unless ``texts`` gives the scored texts (a request's labels are
+        caller text: the Classify flow passes them anonymized, and the model scores those).
+        """
+        scored = list(names) if texts is None else list(texts)
+        if len(scored) != len(names):
+            raise ValueError("give one scored text per label name")
+        labels = tuple(Label(n, t) for n, t in zip(names, scored, strict=True))
         return cls(
             id=AD_HOC,
             version=1,
             prompt=AD_HOC_PROMPT,
             labels=labels,
-            sha256=canonical_sha256({"prompt": AD_HOC_PROMPT, "labels": list(names)}),
+            sha256=canonical_sha256({"prompt": AD_HOC_PROMPT, "labels": scored}),
         )
 
     @property

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -235,6 +236,19 @@ class ServerHarness:
     def target(self) -> str:
         """The server's address."""
         return f"127.0.0.1:{self.server.port}"
+
+    @property
+    def http_url(self) -> str:
+        """Base URL of the HTTP API (the server must have been started with ``http_listen``)."""
+        assert self.server.http_port is not None, "started without http_listen"
+        scheme = "http" if self.server.settings.plaintext else "https"
+        return f"{scheme}://127.0.0.1:{self.server.http_port}"
+
+    def http_tls(self) -> ssl.SSLContext | bool:
+        """What an HTTP client verifies the server with: the development CA (``False`` when plaintext)."""
+        if self.server.settings.plaintext:
+            return False
+        return ssl.create_default_context(cafile=self.server.settings.tls_dir / "ca.pem")
 
 
 def make_server(tmp_path: Path, analyzer: AnalyzerEngine, engine: Engine, **overrides: Any) -> ServerHarness:

@@ -68,3 +68,41 @@ def test_bench_serve_refuses_bad_levels(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli_app, ["bench", "serve", "--levels", "1,x", "--data-dir", str(tmp_path)])
     assert result.exit_code == 2
     assert "--levels" in result.output
+
+
+def test_bench_http_short_form(tmp_path: Path) -> None:
+    source = save_tiny_model_dir(tmp_path / "tiny-hf")
+    result = CliRunner().invoke(
+        cli_app,
+        [
+            "bench",
+            "http",
+            "--source",
+            str(source),
+            "--precision",
+            "fp32",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--streams",
+            "2",
+            "--rounds",
+            "2",
+            "--max-new-tokens",
+            "8",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    rows = {
+        m["path"]: m
+        for m in re.finditer(
+            r"^(?P<path>grpc|http)\s+(?P<tps>[\d.]+)\s+(?P<ttft>\d+)\s+\d+\s+\S+\s+(?P<errors>\d+)$",
+            result.output,
+            re.MULTILINE,
+        )
+    }
+    assert set(rows) == {"grpc", "http"}, result.output
+    for row in rows.values():
+        assert float(row["tps"]) > 0 and row["errors"] == "0"
+    assert re.search(
+        r"^HTTP path overhead: [+-][\d.]+ % of end-to-end time \(goal <= 5 %", result.output, re.M
+    )

@@ -120,7 +120,7 @@ def test_transcripts_read_with_a_reason_and_erasure_shreds_one_subject(server: S
         info.value.details() or ""
     )
     assert get_transcript(officer, id_b, "ticket 9").messages[0].content.startswith("I am John Smith")
-    # The stored idempotency reply of A's request (sealed by the master key) goes with A; B's stays.
+    # The stored idempotency reply of A's request (sealed for A, found by subject) goes with A; B's stays.
     replies = server.rows("SELECT request_id FROM idempotency_keys")
     b_requests = server.rows(f"SELECT request_id FROM audit_records WHERE transcript_id = '{id_b}'")
     assert [r["request_id"] for r in replies] == [b_requests[0]["request_id"]]

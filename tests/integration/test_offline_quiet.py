@@ -232,7 +232,8 @@ def test_logs_are_json_with_request_ids(seeded: SeededRun) -> None:
     entries = [json.loads(line) for line in seeded.log_lines]
     rpc_entries = [e for e in entries if e["logger"] == "custos.rpc" and e["msg"] == "rpc"]
     assert len(rpc_entries) >= len(all_rpcs()) * 5
-    assert all(len(e.get("request_id", "")) == 16 and e["code"] and e["rpc"] for e in rpc_entries)
+    # The request id is the audit record's: a uuid4 in its 36-character form.
+    assert all(len(e.get("request_id", "")) == 36 and e["code"] and e["rpc"] for e in rpc_entries)
 
 
 def test_no_personal_data_in_metrics_or_errors(seeded: SeededRun) -> None:

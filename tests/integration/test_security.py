@@ -422,6 +422,12 @@ def test_certs_and_tokens_commands(tmp_path: Path) -> None:
     )
     assert runner.invoke(cli_app, ["tokens", "revoke", token_id, "--data-dir", data]).exit_code == 0
     assert "revoked" in runner.invoke(cli_app, ["tokens", "list", "--data-dir", data]).output
+    as_json = json.loads(
+        runner.invoke(cli_app, ["tokens", "list", "--data-dir", data, "--format", "json"]).stdout
+    )
+    mine = next(t for t in as_json if t["id"] == token_id)
+    assert mine["principal"] == "crm" and mine["roles"] == ["inference"] and mine["state"] == "revoked"
+    assert all(token.split(".")[1] not in json.dumps(t) for t in as_json)
     bad = runner.invoke(
         cli_app, ["tokens", "create", "--principal", "x", "--role", "root", "--data-dir", data]
     )

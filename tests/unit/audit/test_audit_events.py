@@ -25,7 +25,7 @@ def test_event_types_are_the_documented_list() -> None:
     assert [e.value for e in EventType] == [
         "generate", "classify", "anonymize", "denied", "invalid", "transcript_read", "audit_read",
         "feedback", "key_rotate", "key_rewrap", "erase_subject", "transcript_purge", "token_change",
-        "config_change", "restore",
+        "config_change", "restore", "replay",
     ]  # fmt: skip
 
 

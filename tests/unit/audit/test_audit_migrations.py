@@ -37,7 +37,7 @@ def test_migrated_schema_has_the_named_constraints_and_indexes(engine: sa.Engine
     assert checks == {"ck_audit_records_phase", "ck_audit_records_seq_positive"}
     indexes = {i["name"]: i["column_names"] for i in inspector.get_indexes("audit_records")}
     assert indexes["ix_audit_records_request_id"] == ["request_id"]
-    # Keyset pages newest first: equality filter and order in one index (revision 0007).
+    # Keyset pages newest first: equality filter and order in one index (revision 0008).
     for column in ("event_type", "actor", "status", "subject_ref", "conversation_ref", "purpose"):
         assert indexes[f"ix_audit_records_{column}_seq"] == [column, "seq"]
         assert f"ix_audit_records_{column}" not in indexes

@@ -124,10 +124,13 @@ def test_build_refuses_bad_configuration_without_downloading(kwargs: dict[str, o
     assert attempts == []
 
 
-def test_only_the_pipes_ner_needs_run(analyzer: AnalyzerEngine) -> None:
-    nlp = analyzer.nlp_engine.get_nlp("en")  # type: ignore[attr-defined]
+@pytest.mark.parametrize("language", ["en", "fr"])
+def test_only_the_pipes_ner_needs_are_loaded_and_run(analyzer: AnalyzerEngine, language: str) -> None:
+    nlp = analyzer.nlp_engine.get_nlp(language)  # type: ignore[attr-defined]
     assert nlp.pipe_names == ["stepped_ner"]  # spaCy's ner, run by SteppedNer
-    assert {"tagger", "parser", "lemmatizer", "ner"} <= set(nlp.disabled)
+    assert nlp.disabled == ["ner"]
+    # The tagger, parser, lemmatizer and their tok2vec are never loaded (NER has its own tok2vec).
+    assert nlp.component_names == ["ner", "stepped_ner"]
 
 
 def test_stepped_ner_finds_what_spacys_greedy_parse_finds(analyzer: AnalyzerEngine) -> None:

@@ -74,17 +74,18 @@ def test_an_unexpected_error_reaches_every_caller_of_the_batch_and_the_batcher_r
 
 def test_analyze_many_matches_analysing_each_call_alone(analyzer: AnalyzerEngine) -> None:
     def detector(text: str) -> tuple[str, float] | None:
-        return ("de", 0.99) if "Hallo" in text else ("en", 0.99)
+        return ("pl", 0.99) if "Dzień" in text else ("de", 0.99) if "Hallo" in text else ("en", 0.99)
 
     pseudonymizer = Pseudonymizer(analyzer, language_detector=detector)
     calls = [
         ["Hi, I am John Smith, card 4111 1111 1111 1111.", "Call +1 212 555 0187."],
-        ["Hallo, ich heiße Jana Müller und wohne in Berlin, bitte rufen Sie mich an."],
+        ["Dzień dobry, nazywam się Jan Kowalski, proszę o telefon."],
         ["Mail maria.garcia@example.com about order #A-55120."],
+        ["Hallo, ich heiße Jana Müller und wohne in Berlin, bitte rufen Sie mich an."],
     ]
     together = pseudonymizer.analyze_many(calls)
-    assert isinstance(together[1], UnsupportedLanguage)
-    for index in (0, 2):
+    assert isinstance(together[1], UnsupportedLanguage)  # Polish has no pipeline
+    for index in (0, 2, 3):
         alone = pseudonymizer.analyze(calls[index])
         batched = together[index]
         assert isinstance(batched, Analysis)

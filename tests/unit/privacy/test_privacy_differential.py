@@ -164,22 +164,18 @@ _CLOSERS: dict[str, tuple[str, ...]] = {
 
 #: Kinds on which Custos masks less than plain Presidio today (tuning half, examples drawn below), and why.
 KNOWN_WEAKER: dict[str, str] = {
-    "email_spelled": 'spelled "at"/"dot" e-mails are not found; plain Presidio masks parts of them as URL',
     "email_bracketed": 'bracketed "[at]"/"(dot)" e-mails are not found; plain Presidio masks the domain',
-    "iban_variants": "lower-case IBANs are not found; plain Presidio's IBAN recognizer finds them",
-    "url_identifier": "URL is off and nothing replaces it: references and e-mails inside URLs pass",
     "dob_words": 'birth dates in words ("the sixth of October 1998") are missed; Presidio has DATE_TIME',
-    "dob_numeric": 'numeric birth dates after a non-English cue ("Nasci a 19/05/2000") are missed',
+    "letter_case": "a town named alone (no postcode, no street) is missed in Spanish, where no NER runs",
+    "lang_de": "German town names without a postcode are missed (no German NER pipeline; patterns only)",
+    "lang_nl": "Dutch town names without a postcode and a lone first name as signature are missed",
     "broken_formatting": "values split by a zero-width space or a line break are cut short (e-mail domains)",
     "lang_it": 'Italian birth dates ("Sono nato il 20.12.1989") are missed in short, served messages',
     "lang_pt": 'Portuguese birth dates ("Nasci a 23/06/2003") are missed in short, served messages',
 }
 
 #: Languages in which Custos refuses messages plain Presidio serves today, and why.
-KNOWN_REFUSED: dict[str, str] = {
-    language: "refused as not English by the default language policy (pii_language_policy = refuse)"
-    for language in ("de", "fr", "es", "it", "pt", "nl")
-}
+KNOWN_REFUSED: dict[str, str] = {}
 
 _POSITIVE_KINDS = [kind for kind in redteam.KINDS if not kind.startswith("negative_")]
 
@@ -289,12 +285,7 @@ HAND_WRITTEN: dict[str, str] = {
 
 #: Hand-written messages on which Custos is weaker than plain Presidio today, and why.
 HAND_WRITTEN_WEAKER: dict[str, str] = {
-    "iban_lower_en": "lower-case IBANs are not found; plain Presidio's IBAN recognizer finds them",
     "dob_words_en": "birth dates in words are missed; plain Presidio's DATE_TIME masks them",
-    **{
-        f"{language}_message": "refused as not English by the default language policy"
-        for language in ("de", "fr", "es", "it", "pt", "nl")
-    },
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -104,6 +105,10 @@ def test_restore_from_the_documented_backup_reads_every_transcript(tmp_path: Pat
     assert listing.exit_code == 0, listing.output
     assert "master key v2" in listing.output and "wraps 3 subject keys" in listing.output
     assert "blind-index HMAC key" in listing.output and "checkpoint signing key" in listing.output
+    as_json = runner.invoke(app, ["keys", "list", "--data-dir", str(data_dir), "--format", "json"])
+    keys = {row["key"]: row for row in json.loads(as_json.stdout)}
+    assert any("wraps 3 subject keys" in row["use"] for row in keys.values())
+    assert {"master key v2", "blind-index HMAC key"} <= set(keys) and keys["master key v2"]["created"]
 
 
 def test_keys_init_refuses_to_overwrite_without_force(tmp_path: Path) -> None:

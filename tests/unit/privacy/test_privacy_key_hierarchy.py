@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -26,7 +28,7 @@ from custos.privacy.errors import DecryptionFailed, KeyNotFound, KeyRetired, Sub
 from custos.privacy.keys import FileKeyProvider, RetiringKeyProvider
 from custos.privacy.subject_keys import SubjectKeyStore
 from custos.privacy.transcripts import open_transcript, seal_transcript, transcript_aad
-from custos.privacy.vault import ConversationVault
+from custos.privacy.vault import ConversationVault, SubjectMismatch
 from custos.testing.audit import all_records
 
 KEY_1 = b"\x01" * 32
@@ -328,21 +330,48 @@ def test_ledger_reapplied_after_a_database_restore(db: sa.Engine, tmp_path: Path
     assert refs == ["subject-b"]
 
 
-def test_vault_rows_sealed_per_subject_across_calls_and_subject_changes(db: sa.Engine) -> None:
+def test_a_vault_row_keeps_the_subject_it_was_created_with(db: sa.Engine) -> None:
     keys = provider()
     store = SubjectKeyStore(db, keys)
     vault = ConversationVault(db, keys, ttl_seconds=3600, subject_keys=store)
     first, _ = vault.update("conv", lambda m: m.placeholder_for("PERSON", "John"), subject_ref="subject-a")
     again, _ = vault.update("conv", lambda m: m.placeholder_for("PERSON", "John"), subject_ref="subject-a")
-    # The caller names another subject mid-conversation: the map moves to that subject's key.
-    moved, update = vault.update(
-        "conv", lambda m: m.placeholder_for("PERSON", "Mary"), subject_ref="subject-b"
-    )
-    assert first == again != moved and update.version == 3 and update.entries == 2
+    # The caller names another subject mid-conversation: refused, the map stays sealed for the first one.
+    with pytest.raises(SubjectMismatch):
+        vault.update("conv", lambda m: m.placeholder_for("PERSON", "Mary"), subject_ref="subject-b")
+    # Nothing is sealed under the master key alone while subject keys are in use.
+    with pytest.raises(ValueError, match="subject_ref"):
+        vault.update("conv", lambda m: m.placeholder_for("PERSON", "Mary"))
+    assert first == again
     with db.connect() as conn:
         row = conn.execute(sa.select(ConversationVaultRow)).one()
-    assert row.subject_ref == "subject-b" and read_header(row.ciphertext).format_version == FORMAT_SUBJECT
+    assert (row.subject_ref, row.version) == ("subject-a", 2)
+    assert read_header(row.ciphertext).format_version == FORMAT_SUBJECT
+    assert len(vault.load("conv")) == 1
+
+
+def test_a_master_key_vault_row_is_resealed_for_the_subject_of_its_next_update(db: sa.Engine) -> None:
+    keys = provider()
+    legacy = ConversationVault(db, keys, ttl_seconds=3600)  # what an earlier release wrote
+    legacy.update("conv", lambda m: m.placeholder_for("PERSON", "John"))
+    vault = ConversationVault(db, keys, ttl_seconds=3600, subject_keys=SubjectKeyStore(db, keys))
+    vault.update("conv", lambda m: m.placeholder_for("PERSON", "Mary"), subject_ref="subject-a")
+    with db.connect() as conn:
+        row = conn.execute(sa.select(ConversationVaultRow)).one()
+    assert row.subject_ref == "subject-a" and read_header(row.ciphertext).format_version == FORMAT_SUBJECT
     assert len(vault.load("conv")) == 2
+
+
+def test_an_expired_map_is_forgotten_with_its_subject(db: sa.Engine) -> None:
+    keys = provider()
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    vault = ConversationVault(
+        db, keys, ttl_seconds=60, subject_keys=SubjectKeyStore(db, keys), clock=lambda: now[0]
+    )
+    vault.update("conv", lambda m: m.placeholder_for("PERSON", "John"), subject_ref="subject-a")
+    now[0] += timedelta(seconds=61)
+    _, update = vault.update("conv", lambda m: m.placeholder_for("PERSON", "Mary"), subject_ref="subject-b")
+    assert update.expired and update.entries == 1
 
 
 def test_staged_rotation_keeps_replicas_without_the_new_version_reading(db: sa.Engine) -> None:
@@ -355,3 +384,41 @@ def test_staged_rotation_keeps_replicas_without_the_new_version_reading(db: sa.E
     SubjectKeyStore(db, promoted).get_or_create("written-after-promotion")
     with pytest.raises(KeyNotFound):
         SubjectKeyStore(db, old_replica).get("written-after-promotion")
+
+
+def test_reapplying_the_ledger_destroys_only_what_predates_the_erasure(db: sa.Engine, tmp_path: Path) -> None:
+    keys = provider()
+    ledger = ErasureLedger(tmp_path / "erasure-ledger.jsonl")
+    service = SubjectService(db, keys, AuditStore(db), ledger)
+    erased_at = datetime(2026, 3, 1, tzinfo=UTC)
+    ledger.append("subject-a", record_id="r1", erased_at=erased_at)
+    ledger.append("subject-b", record_id="r2", erased_at=erased_at)
+    for subject, created in (("subject-a", erased_at - timedelta(days=1)), ("subject-b", erased_at)):
+        SubjectKeyStore(db, keys, clock=lambda created=created: created).get_or_create(subject)
+    # A's key predates its erasure (a restored backup); B's was made when B came back afterwards.
+    assert service.reapply_ledger() == 1
+    with db.connect() as conn:
+        assert conn.execute(sa.select(SubjectKeyRow.subject_ref)).scalars().all() == ["subject-b"]
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        (["2026-03-01T00:00:00+00:00", "2026-02-01T00:00:00+00:00"], datetime(2026, 3, 1, tzinfo=UTC)),
+        (["2026-03-01T00:00:00", None], None),  # a line of unknown time covers everything
+        ([None, "2026-03-01T00:00:00+00:00"], None),
+        (["not a time"], None),
+    ],
+    ids=["latest-wins", "unknown-later", "unknown-first", "unreadable"],
+)
+def test_ledger_keeps_the_latest_erasure_per_subject(
+    tmp_path: Path, lines: list[str | None], expected: datetime | None
+) -> None:
+    path = tmp_path / "erasure-ledger.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"subject_ref": "s", "audit_record": "r", **({"erased_at": t} if t else {})}) + "\n"
+            for t in lines
+        )
+    )
+    assert ErasureLedger(path).last_erasures() == {"s": expected}

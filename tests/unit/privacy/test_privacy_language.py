@@ -51,24 +51,34 @@ def test_clear_english_is_decided_without_langdetect(
     assert factory.created == 0
 
 
+POLISH = (
+    "Dzień dobry, nazywam się Jan Kowalski i moje zamówienie jeszcze nie dotarło. Proszę o pomoc, "
+    "ponieważ czekam już ponad dwa tygodnie."
+)
+
+
 @pytest.mark.parametrize(
-    ("text", "language"),
+    ("text", "language", "langdetect_runs"),
     [
-        (GERMAN, "de"),
-        (FRENCH, "fr"),
+        # Clear text of a served language: its own function words decide it.
+        (GERMAN, "de", 0),
+        (FRENCH, "fr", 0),
         # An English greeting and sign-off around a German message: still German.
-        ("Hello, please help. " + GERMAN + " Thank you from Hans.", "de"),
-        # French with one English sentence: too few English function words for the shortcut.
-        (FRENCH + " Please call me back.", "fr"),
+        ("Hello, please help. " + GERMAN + " Thank you from Hans.", "de", None),
+        # French with one English sentence: too few English function words for the English shortcut.
+        (FRENCH + " Please call me back.", "fr", None),
+        # A language that is not served always goes to langdetect.
+        (POLISH, "pl", 1),
     ],
 )
-def test_other_languages_go_to_langdetect(
-    counted: tuple[LanguageDetector, _CountingFactory], text: str, language: str
+def test_other_languages_are_decided_by_function_words_or_langdetect(
+    counted: tuple[LanguageDetector, _CountingFactory], text: str, language: str, langdetect_runs: int | None
 ) -> None:
     detector, factory = counted
     result = detector(text)
-    assert factory.created == 1
     assert result is not None and result[0] == language
+    if langdetect_runs is not None:
+        assert factory.created == langdetect_runs
 
 
 def test_shortcut_agrees_with_langdetect_on_english() -> None:
@@ -119,3 +129,33 @@ def test_stop_word_lists_are_spacys(language: str) -> None:
 
     expected = importlib.import_module(f"spacy.lang.{language}.stop_words").STOP_WORDS
     assert _stop_words([language]) == set(expected)
+
+
+def test_clear_text_of_a_served_language_is_decided_without_langdetect(
+    counted: tuple[LanguageDetector, _CountingFactory],
+) -> None:
+    detector, factory = counted
+    text = (
+        "Sehr geehrte Damen und Herren, ich habe meine Bestellung leider immer noch nicht erhalten. "
+        "Können Sie mir bitte sagen, wann das Paket bei mir ankommt? Ich warte schon seit zwei Wochen."
+    )
+    assert detector(text) == ("de", SHORTCUT_PROBABILITY)
+    assert factory.created == 0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Close languages that are not served must not be taken for a served one by the shortcut.
+        "Bon dia, em dic Jordi Puig i la meva comanda encara no ha arribat. Podeu ajudar-me, si us plau?",
+        "Goeie môre, my naam is Pieter en my bestelling het nog nie aangekom nie. Kan julle my help?",
+        GERMAN,
+        FRENCH,
+    ],
+)
+def test_served_language_shortcut_agrees_with_langdetect(text: str) -> None:
+    with_shortcut = LanguageDetector()
+    without = LanguageDetector()
+    without._clearly_served = lambda words: None  # type: ignore[method-assign]
+    shortcut, plain = with_shortcut(text), without(text)
+    assert (shortcut and shortcut[0]) == (plain and plain[0])

@@ -233,7 +233,7 @@ def test_empty_input_and_empty_messages(pseudonymizer: Pseudonymizer) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error"),
     [
-        pytest.param({"language": "de"}, UnsupportedLanguage, id="language-without-pipeline"),
+        pytest.param({"language": "pl"}, UnsupportedLanguage, id="language-without-pipeline"),
         pytest.param({"entities": ["DATE_TIME"]}, UnsupportedEntity, id="entity-not-configured"),
         pytest.param({"entities": []}, UnsupportedEntity, id="empty-entities"),
         pytest.param({"score_threshold": 1.5}, ValueError, id="threshold-out-of-range"),

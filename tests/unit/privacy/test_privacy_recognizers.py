@@ -87,6 +87,10 @@ def test_configured_regions_deny_lists_and_references() -> None:
         build_analyzer(crm_references={"lower_case": ["x"]})
 
 
+POLISH = (
+    "Dzień dobry, nazywam się Jan Kowalski i moje zamówienie jeszcze nie dotarło. Proszę o pomoc, "
+    "ponieważ czekam już ponad dwa tygodnie."
+)
 GERMAN = "Hallo, mein Name ist Hans Müller und meine Bestellung ist leider noch nicht angekommen."
 
 
@@ -96,13 +100,18 @@ def test_language_policy(analyzer: AnalyzerEngine) -> None:
     assert detector("hi") is None
     refusing = Pseudonymizer(analyzer, language_detector=detector, language_policy="refuse")
     with pytest.raises(UnsupportedLanguage):
-        refusing.analyze([GERMAN])
+        refusing.analyze([POLISH])
     english = refusing.analyze(["Hello, my name is John Smith and my parcel has not arrived yet."])
-    assert english.detected_language == "en" and not english.patterns_only
+    assert english.detected_language == "en" and english.language == "en" and not english.patterns_only
+    # German has a pipeline: served under either policy, never refused.
+    german = refusing.analyze([GERMAN])
+    assert german.language == german.detected_language == "de" and german.pipeline == "de:patterns"
+    assert german.entity_types() == {"PERSON"}
     patterns = Pseudonymizer(analyzer, language_detector=detector, language_policy="patterns")
-    analysis = patterns.analyze([GERMAN + " hans@example.de"])
-    assert analysis.patterns_only and analysis.detected_language == "de"
-    assert analysis.entity_types() == {"EMAIL_ADDRESS"}  # no NER on German text
+    analysis = patterns.analyze([POLISH + " jan@example.pl"])
+    assert analysis.patterns_only and analysis.detected_language == "pl"
+    assert analysis.language == "en" and analysis.pipeline == "en:patterns-only"
+    assert analysis.entity_types() == {"EMAIL_ADDRESS"}  # no NER or name rules on Polish text
 
 
 def test_explanations_carry_the_decision_process_without_values(analyzer: AnalyzerEngine) -> None:

@@ -57,6 +57,21 @@ def test_anonymize_jsonl_and_text(tmp_path: Path) -> None:
     assert all(actor.startswith("os:") for actor, _ in rows)
     assert not any(b"Smith" in payload or b"4111" in payload for _, payload in rows)
 
+    # The maps are sealed for each conversation's anonymous subject (never under the master key alone),
+    # so erasing that subject removes them.
+    actor = rows[0][0]
+    erased = runner.invoke(
+        app, ["subjects", "erase", "--principal", actor, "--conversation", "c1", "--data-dir", str(data)]
+    )
+    assert erased.exit_code == 0, erased.output
+    summary = json.loads(erased.stdout.strip().splitlines()[-1])
+    assert summary["subject_key_destroyed"] is True and summary["vault_rows_deleted"] == 1
+    engine = create_engine(f"sqlite:///{data / 'custos.db'}")
+    with engine.connect() as conn:
+        left = conn.execute(text("SELECT subject_ref FROM conversation_vault")).scalars().all()
+    engine.dispose()
+    assert len(left) == 2 and None not in left  # c2 and the single text's conversation
+
 
 @pytest.mark.parametrize(
     ("line", "problem"),

