@@ -35,6 +35,8 @@ __all__ = [
     "ChainVerification",
     "RangeOutcome",
     "default_workers",
+    "reading",
+    "stream_rows",
     "verify_chain",
     "verify_range",
 ]
@@ -107,7 +109,7 @@ class RangeOutcome:
 
 
 @contextmanager
-def _reading(engine: Engine) -> Iterator[Connection]:
+def reading(engine: Engine) -> Iterator[Connection]:
     """A read-only transaction; a deferred ``BEGIN`` on SQLite, so appends are not blocked or waited for."""
     with translate_db_errors(), engine.connect() as conn:
         conn.execution_options(**{DEFERRED_READ: True})
@@ -118,7 +120,7 @@ def _reading(engine: Engine) -> Iterator[Connection]:
             conn.rollback()
 
 
-def _stream(conn: Connection, lo: int, hi: int) -> Iterator[Sequence[Sequence[Any]]]:
+def stream_rows(conn: Connection, lo: int, hi: int) -> Iterator[Sequence[Sequence[Any]]]:
     """Batches of raw rows with ``lo <= seq <= hi`` in seq order, from the driver's own cursor."""
     seq = AuditRecordRow.seq
     stmt = select(*raw_columns(conn.dialect.name)).where(seq >= lo, seq <= hi).order_by(seq)
@@ -156,7 +158,7 @@ def verify_range(
     verifier: ChainVerifier | None = None
     first: tuple[int, str] | None = None
     done = 0
-    for rows in _stream(conn, lo, hi):
+    for rows in stream_rows(conn, lo, hi):
         if verifier is None:
             first = (int(rows[0][0]), str(rows[0][2]))
             heads = [ChainHead(s, h) for s, h in checkpoints.items() if lo <= s <= hi]
@@ -197,7 +199,7 @@ def _start_worker(url: str) -> None:
 
 def _range_in_worker(lo: int, hi: int, checkpoints: dict[int, str]) -> RangeOutcome:
     assert _worker_engine is not None, "worker started without its engine"
-    with _reading(_worker_engine) as conn:
+    with reading(_worker_engine) as conn:
         return verify_range(conn, lo, hi, checkpoints)
 
 
@@ -242,7 +244,7 @@ def verify_chain(
     """
     start = start if start is not None else ChainHead(0, GENESIS_HASH)
     wanted = {c.seq: c.row_hash for c in checkpoints if c.seq > start.seq}
-    with _reading(engine) as conn:
+    with reading(engine) as conn:
         low, high = conn.execute(select(func.min(AuditRecordRow.seq), func.max(AuditRecordRow.seq))).one()
         url = engine.url
         if conn.dialect.name == "postgresql":

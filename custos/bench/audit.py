@@ -38,7 +38,7 @@ from custos.audit.db import default_sqlite_url, make_engine, migrate
 from custos.audit.events import AuditEvent
 from custos.audit.models import AuditRecordRow
 from custos.audit.store import AuditStore
-from custos.audit.verify import default_workers, verify_chain
+from custos.audit.verify import default_workers, reading, stream_rows, verify_chain
 from custos.bench.audit_log import QueryRow, build_log, explain, measure_queries
 
 __all__ = ["BenchRow", "QueryRow", "run_audit_bench"]
@@ -232,16 +232,18 @@ def _append_rows(
 
 
 def _hash_seconds(engine: sa.Engine) -> tuple[float, int, int]:
-    """Seconds bare SHA-256 of every ``prev_hash || payload`` takes (only the hashing is timed)."""
+    """Seconds bare SHA-256 of every ``prev_hash || payload`` takes (only the hashing is timed).
+
+    Rows come by the server-side cursor verification uses, a batch at a time (a log may not fit in memory).
+    """
     spent = 0.0
     rows = 0
     payload_bytes = 0
     with engine.connect() as conn:
-        result = conn.execution_options(yield_per=10_000).execute(
-            sa.text("SELECT prev_hash, payload FROM audit_records ORDER BY seq")
-        )
-        for batch in result.partitions():
-            data = [(bytes.fromhex(prev), bytes(payload)) for prev, payload in batch]
+        high = conn.execute(sa.select(sa.func.max(AuditRecordRow.seq))).scalar_one() or 0
+    with reading(engine) as conn:
+        for batch in stream_rows(conn, 1, int(high)):
+            data = [(bytes.fromhex(row[2]), bytes(row[17])) for row in batch]
             started = time.perf_counter()
             for prev, payload in data:
                 hashlib.sha256(prev + payload).hexdigest()

@@ -41,6 +41,7 @@ __all__ = [
     "build_log",
     "measure_queries",
     "realistic_records",
+    "sample_from_log",
 ]
 
 T0 = datetime(2026, 1, 5, 0, 0, tzinfo=UTC)
@@ -507,6 +508,31 @@ def build_log(
         timings["insert"] = time.perf_counter() - started
     timings["total"] = time.perf_counter() - started
     return sample, timings
+
+
+def sample_from_log(engine: sa.Engine, *, size: int = 200) -> LogSample:
+    """A :class:`LogSample` read back from a built log (to measure queries on a log built earlier)."""
+    sample = LogSample(size=size)
+    table = AuditRecordRow.__table__
+    with engine.connect() as conn:
+        low, high, first, last = conn.execute(
+            sa.select(sa.func.min(table.c.seq), sa.func.max(table.c.seq), sa.func.min(table.c.start_time),
+                      sa.func.max(table.c.start_time))
+        ).one()  # fmt: skip
+        sample.records, sample.first_time, sample.last_time = int(high), first, last
+        rng = random.Random(0)
+        seqs = sorted(rng.randrange(int(low), int(high) + 1) for _ in range(size * 5))
+        picked = conn.execute(
+            sa.select(table.c.id, table.c.phase, table.c.conversation_ref, table.c.subject_ref,
+                      table.c.transcript_id).where(table.c.seq.in_(seqs))
+        ).all()  # fmt: skip
+    for record_id, phase, conversation, subject, transcript in picked:
+        for pool, value in ((sample.ids, record_id), (sample.conversation_refs, conversation),
+                            (sample.subject_refs, subject), (sample.transcript_ids, transcript),
+                            (sample.request_ids, record_id if phase == "request" else None)):  # fmt: skip
+            if value is not None and len(pool) < size:
+                pool.append(value)
+    return sample
 
 
 @dataclass(frozen=True)
