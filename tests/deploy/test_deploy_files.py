@@ -24,6 +24,7 @@ COVERED = {
     "systemd/custos.service": "test_systemd.py",
     "systemd/custos.service.d/network.conf.example": "test_systemd.py",
     "airgap/*.sh": "test_airgap.py",
+    "custos.sample.toml": "test_sample_config.py",
 }
 # Made by compose/init-secrets.sh on the operator's machine; never committed.
 GENERATED = ("compose/secrets/*", "compose/tls/*")

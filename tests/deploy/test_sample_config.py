@@ -1,4 +1,4 @@
-"""The sample custos.toml is what the settings model makes, and its values are the defaults."""
+"""The sample deploy/custos.sample.toml is what the settings model makes, and its values are the defaults."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from custos.server.sample_config import SAMPLE_FILE, render_sample_config
 from custos.server.settings import Settings, load_settings
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_committed_sample_is_current() -> None:
