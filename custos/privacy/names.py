@@ -51,6 +51,7 @@ _COMMON_WORDS_TEXT = """
     everybody guys folks station period airport hotel mall market air bridge hall tower terminal campus
     hospital clinic church school college university river lake mountain valley beach which while who why
     will winter with without would year yes yet you young your
+    i i'm i’m i've i'd i'll you're we're it's that's
 """
 COMMON_WORDS = frozenset(_COMMON_WORDS_TEXT.split())
 
