@@ -51,9 +51,12 @@ _COMMON_WORDS_TEXT = """
     everybody guys folks station period airport hotel mall market air bridge hall tower terminal campus
     hospital clinic church school college university river lake mountain valley beach which while who why
     will winter with without would year yes yet you young your
-    i i'm i’m i've i'd i'll you're we're it's that's
+    i i'm i've i'd i'll you're we're it's that's
 """
-COMMON_WORDS = frozenset(_COMMON_WORDS_TEXT.split())
+# The same contractions with a typographic apostrophe (U+2019), as phones and word processors type them.
+COMMON_WORDS = frozenset(
+    _COMMON_WORDS_TEXT.split() + [w.replace("'", "\u2019") for w in _COMMON_WORDS_TEXT.split() if "'" in w]
+)
 
 # Phrases after which a name is expected. Strong cues take a capitalised unknown word; weak cues need a word
 # from the lists, because "this is urgent" and "I am writing" are common.

@@ -33,6 +33,8 @@ def names(text: str) -> list[str]:
         ("Dear Ms. Whitfield, thank you", ["Whitfield"]),
         ("hello, priya here - please call", ["priya"]),  # weak cue and a listed name
         ("date of birth 1990-01-02, name Hudson Caird, email h@c.de", ["Hudson Caird"]),
+        ("Hi, I'm Dana Whitfield and I need help", ["Dana Whitfield"]),  # the contraction stays out
+        ("Hi, I\u2019m Dana Whitfield and I need help", ["Dana Whitfield"]),  # typographic apostrophe
     ],
 )
 def test_names_are_found(text: str, expected: list[str]) -> None:
