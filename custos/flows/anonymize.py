@@ -1,6 +1,6 @@
 """Anonymize: the privacy step alone, audited: the text the model would be given and the findings.
 
-0 checks -> 1 privacy -> the exact prompt -> 2 the ``anonymize`` record. No model runs.
+0 admission (purpose policy) -> 1 privacy -> the exact prompt -> 2 the ``anonymize`` record. No model runs.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ class AnonymizeFlow:
     async def anonymize(self, ctx: RequestContext, call: GenerateCall) -> AnonymizeOutcome:
         """Step 1 alone: the text the model would be given and the findings; audited, no model runs."""
         services = self._services
-        # 0 checks: none yet (the purpose policy does not apply to Anonymize; see ``_check``).
-        await services.checked(ctx, lambda: self._check(ctx, call))
+        # 0 admission: the purpose policy, as for every RPC that processes text (refusals audited).
+        await services.admit(ctx, call, lambda: None)
 
         # 1 privacy.
         decision = await services.privacy_step(ctx, call, event_type="anonymize", record_failures=False)
@@ -49,10 +49,3 @@ class AnonymizeFlow:
         return AnonymizeOutcome(
             request_id=record.id, texts=list(anon.texts), findings=list(anon.findings), prompt=prompt
         )
-
-    def _check(self, ctx: RequestContext, call: GenerateCall) -> None:
-        """The per-request checks of Anonymize: none today.
-
-        Generate and Classify check the caller's purpose here; Anonymize will with
-        ``self._services.check_purpose(ctx, call.purpose)``.
-        """

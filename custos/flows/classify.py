@@ -31,7 +31,7 @@ class ClassifyFlow:
         """Anonymize, score every label as a continuation of one prompt, audit the distribution."""
         services = self._services
         # 0 checks: a configured purpose and a known label set (refusals audited as ``invalid``).
-        await services.checked(ctx, lambda: self._check(ctx, call))
+        await services.admit(ctx, call.request, lambda: self._check(ctx, call))
         label_set = self.resolve_label_set(call)
         request = call.request
         ad_hoc = call.label_set is None
@@ -126,8 +126,7 @@ class ClassifyFlow:
         return outcome
 
     def _check(self, ctx: RequestContext, call: ClassifyCall) -> None:
-        """The per-request checks: a configured purpose and a label set that exists."""
-        self._services.check_purpose(ctx, call.request.purpose)
+        """The per-request check (after the purpose policy): a label set that exists."""
         self.resolve_label_set(call)
 
     def resolve_label_set(self, call: ClassifyCall) -> LabelSet:

@@ -126,6 +126,8 @@ class RequestContext:
     #: Blind indexes of the call's conversation and subject, once the flow has computed them.
     conversation_ref: str | None = None
     subject_ref: str | None = None
+    #: Set by ``FlowServices.admit`` once the purpose policy and the flow's checks passed.
+    admitted: bool = False
     #: When the call was taken (on ``clock``); the start time of its audit records.
     start_time: datetime = field(init=False)
 

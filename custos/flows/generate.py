@@ -79,7 +79,7 @@ class GenerateFlow:
         call's answer, after a ``replay`` record naming the first call's request is committed; a key reused
         for a different request is refused and audited.
         """
-        template = await self._services.checked(ctx, lambda: self._check(ctx, call))
+        template = await self._services.admit(ctx, call, lambda: self._check(ctx, call))
         if call.idempotency_key is not None and self._idempotency is not None:
             # The subject is known before the key is claimed: the claim row names it, so erasure finds it.
             self._services.bind_refs(ctx, call)
@@ -108,7 +108,7 @@ class GenerateFlow:
         self, ctx: RequestContext, call: GenerateCall
     ) -> AsyncGenerator[StreamEvent, None]:
         """Check the call, then return its stream of events; every way out leaves a completion record."""
-        await self._services.checked(ctx, lambda: self._check(ctx, call))
+        await self._services.admit(ctx, call, lambda: self._check(ctx, call))
         return self._stream(ctx, call)
 
     async def _record_replay(self, ctx: RequestContext, call: GenerateCall, outcome: GenerateOutcome) -> None:
@@ -131,10 +131,9 @@ class GenerateFlow:
     # ---- step 0 ---------------------------------------------------------------------------------
 
     def _check(self, ctx: RequestContext, call: GenerateCall) -> TaskTemplate | None:
-        """Per-request checks: no key on streams, a configured purpose, a known task and its variables."""
+        """Checks after the purpose policy: no key on streams, a known task and its variables."""
         if ctx.rpc == _STREAM_RPC and call.idempotency_key is not None:
             raise InvalidArgument("idempotency_key", "only Generate accepts an idempotency key")
-        self._services.check_purpose(ctx, call.purpose)
         return self.task_of(call)
 
     def task_of(self, call: GenerateCall) -> TaskTemplate | None:

@@ -1,7 +1,8 @@
 """The parts every flow calls, built once in app wiring, and the steps the flows share.
 
-The steps here are the ones more than one flow takes: references of a call, the privacy step with its audited
-refusals, the per-request checks with theirs, the request's audit events, digests and metrics.
+The steps here are the ones more than one flow takes: references of a call, admission (the purpose policy and
+the per-request checks), the privacy step, each with its audited refusals, the request's audit events, digests
+and metrics.
 """
 
 from __future__ import annotations
@@ -59,17 +60,20 @@ class FlowServices:
 
     # ---- step 0: per-request checks ------------------------------------------------------------
 
-    async def checked(self, ctx: RequestContext, check: Callable[[], T]) -> T:
-        """Run the request's checks (purpose, task, label set); a refusal is audited as ``invalid``."""
+    async def admit(self, ctx: RequestContext, call: GenerateCall, check: Callable[[], T]) -> T:
+        """Step 0 of every flow that processes text: the purpose policy, then the flow's own ``check``.
+
+        The one admission path: the privacy step refuses a context that has not passed here, so no RPC can
+        process text without the caller's purpose being checked. A refusal is audited as ``invalid``.
+        """
         try:
-            return check()
+            self.purposes.check(ctx.caller.principal, call.purpose)
+            result = check()
         except RequestError as exc:
             await self.events.record_invalid(ctx.caller, ctx.rpc, exc)
             raise
-
-    def check_purpose(self, ctx: RequestContext, purpose: str | None) -> None:
-        """Refuse a purpose not configured for the caller (INVALID_ARGUMENT naming ``purpose``)."""
-        self.purposes.check(ctx.caller.principal, purpose)
+        ctx.admitted = True
+        return result
 
     # ---- step 1: privacy ------------------------------------------------------------------------
 
@@ -108,6 +112,8 @@ class FlowServices:
         call's messages and variables: ad hoc Classify labels) are pseudonymized with them, after them in
         ``anon.texts``.
         """
+        if not ctx.admitted:
+            raise RuntimeError("the privacy step runs only after admission (FlowServices.admit)")
         self.bind_refs(ctx, call)
         try:
             return await self._privacy(ctx, call, event_type, extra_texts)
