@@ -1,7 +1,8 @@
 """The gRPC adapter of ``custos.security.auth``: every non-public call is admitted before its handler runs.
 
 The decisions (who, which permission, which limits, the ``denied`` records) are :class:`AccessControl`'s;
-this interceptor only reads the credentials and the guarded request fields off the call.
+this interceptor only reads the credentials and the guarded request fields off the call: the credentials
+first, from the metadata, and the request message only once they are good.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError
 
-from custos.flows.errors import PermissionDenied, RequestError
+from custos.flows.errors import InvalidArgument, PermissionDenied, RequestError
 from custos.flows.types import Caller
 from custos.security.auth import (
     PUBLIC_SERVICES,
@@ -54,7 +55,11 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        """Wrap every non-public method; a declared, unimplemented one is authorized, then UNIMPLEMENTED."""
+        """Wrap every non-public method; a declared, unimplemented one is authorized, then UNIMPLEMENTED.
+
+        The wrapped handler takes its request as a stream, so the caller is authenticated from the call's
+        metadata before the request message is read: an unauthenticated caller's body is never read.
+        """
         name = handler_call_details.method
         if name.split("/")[1] in PUBLIC_SERVICES:
             return await continuation(handler_call_details)
@@ -64,10 +69,17 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
             if descriptor is None:
                 return None  # type: ignore[return-value]  # not part of the API: the core says UNIMPLEMENTED
             handler = _unimplemented_handler(descriptor)
+        deserialize: Callable[[bytes], Any] | None = handler.request_deserializer
         if handler.unary_unary is not None:
-            return handler._replace(unary_unary=self._wrap_unary(name, descriptor, handler.unary_unary))
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap_unary(name, descriptor, handler.unary_unary, deserialize),
+                response_serializer=handler.response_serializer,
+            )
         if handler.unary_stream is not None:
-            return handler._replace(unary_stream=self._wrap_stream(name, descriptor, handler.unary_stream))
+            return grpc.stream_stream_rpc_method_handler(
+                self._wrap_stream(name, descriptor, handler.unary_stream, deserialize),
+                response_serializer=handler.response_serializer,
+            )
         return _denying_handler(name)
 
     def _wrap_unary(
@@ -75,12 +87,15 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         name: str,
         descriptor: MethodDescriptor | None,
         behaviour: Callable[[Any, Context], Awaitable[Any]],
+        deserialize: Callable[[bytes], Any] | None,
     ) -> Callable[..., Any]:
-        async def unary(request: Any, context: Context) -> Any:
-            caller, release = await self._admit(name, descriptor, request, context)
+        async def unary(requests: AsyncIterator[bytes], context: Context) -> Any:
+            caller = await self._authenticate(name, context)
+            raw = await _single_request(requests)
+            release = await self._authorize(caller, name, descriptor, raw)
             token = bind_caller(caller)
             try:
-                return await behaviour(request, context)
+                return await behaviour(deserialize(raw) if deserialize else raw, context)
             finally:
                 release()
                 unbind_caller(token)
@@ -92,33 +107,45 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         name: str,
         descriptor: MethodDescriptor | None,
         behaviour: Callable[[Any, Context], AsyncIterator[Any]],
+        deserialize: Callable[[bytes], Any] | None,
     ) -> Callable[..., AsyncIterator[Any]]:
-        async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
-            caller, release = await self._admit(name, descriptor, request, context)
+        async def stream(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[Any]:
+            caller = await self._authenticate(name, context)
+            raw = await _single_request(requests)
+            release = await self._authorize(caller, name, descriptor, raw)
             bind_caller(caller)
             try:
-                async for response in behaviour(request, context):
+                async for response in behaviour(deserialize(raw) if deserialize else raw, context):
                     yield response
             finally:
                 release()
 
         return stream
 
-    async def _admit(
-        self, name: str, descriptor: MethodDescriptor | None, request: Any, context: Context
-    ) -> tuple[Caller, Callable[[], None]]:
-        def fields_set() -> list[tuple[str, str]]:
-            if descriptor is None or not isinstance(request, bytes):
-                return []
-            return _fields_set(descriptor, request)
-
-        return await self._access.admit(
+    async def _authenticate(self, name: str, context: Context) -> Caller:
+        return await self._access.authenticate(
             method=name,
             peer=context.peer() or "unknown",
             metadata=tuple(context.invocation_metadata() or ()),
             auth_context=context.auth_context(),
-            fields_set=fields_set,
         )
+
+    async def _authorize(
+        self, caller: Caller, name: str, descriptor: MethodDescriptor | None, raw: bytes
+    ) -> Callable[[], None]:
+        def fields_set() -> list[tuple[str, str]]:
+            if descriptor is None or not isinstance(raw, bytes):
+                return []
+            return _fields_set(descriptor, raw)
+
+        return await self._access.authorize(caller, method=name, fields_set=fields_set)
+
+
+async def _single_request(requests: AsyncIterator[bytes]) -> bytes:
+    """The one request message of a unary-request call (read only once the caller is authenticated)."""
+    async for raw in requests:
+        return raw
+    raise InvalidArgument("request", "the call carried no request message")
 
 
 def _fields_set(descriptor: MethodDescriptor, raw: bytes) -> list[tuple[str, str]]:

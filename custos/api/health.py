@@ -158,6 +158,11 @@ class AvailabilityInterceptor(grpc.aio.ServerInterceptor):
             return handler
         if handler.unary_unary is not None:
             return handler._replace(unary_unary=self._wrap_unary(handler.unary_unary))
+        # The access interceptor (inside this one) takes unary requests as streams: wrapped the same way.
+        if handler.stream_unary is not None:
+            return handler._replace(stream_unary=self._wrap_unary(handler.stream_unary))
+        if handler.stream_stream is not None:
+            return handler._replace(stream_stream=self._wrap_stream(handler.stream_stream))
         if handler.unary_stream is not None:
             return handler._replace(unary_stream=self._wrap_stream(handler.unary_stream))
         return handler

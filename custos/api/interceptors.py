@@ -46,6 +46,11 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         rpc = handler_call_details.method.rsplit("/", 1)[-1]
         if handler.unary_unary is not None:
             return handler._replace(unary_unary=self._wrap_unary(rpc, handler.unary_unary))
+        # The access interceptor (inside this one) takes unary requests as streams: wrapped the same way.
+        if handler.stream_unary is not None:
+            return handler._replace(stream_unary=self._wrap_unary(rpc, handler.stream_unary))
+        if handler.stream_stream is not None:
+            return handler._replace(stream_stream=self._wrap_stream(rpc, handler.stream_stream))
         if handler.unary_stream is not None:
             return handler._replace(unary_stream=self._wrap_stream(rpc, handler.unary_stream))
         return handler

@@ -29,6 +29,7 @@ __all__ = [
     "default_sqlite_url",
     "make_engine",
     "migrate",
+    "read_only",
     "translate_db_errors",
 ]
 
@@ -59,6 +60,19 @@ def translate_db_errors() -> Iterator[None]:
         if err.connection_invalidated:
             raise AuditUnavailable("audit database unavailable") from err
         raise
+
+
+@contextmanager
+def read_only(engine: Engine) -> Iterator[Connection]:
+    """A connection for read-only work: on SQLite its transaction begins deferred (``DEFERRED_READ``).
+
+    So a lookup neither takes nor waits for the write lock that appends hold (WAL gives it a snapshot): a
+    token check or a vault read never queues behind a writer. Errors reaching the database become
+    :class:`AuditUnavailable`. Never write on it.
+    """
+    with translate_db_errors(), engine.connect() as conn:
+        conn.execution_options(**{DEFERRED_READ: True})
+        yield conn
 
 
 def default_sqlite_url(data_dir: Path) -> str:

@@ -99,6 +99,16 @@ def bench_audit(
         err.print(note, soft_wrap=True)
 
 
+@bench_app.command("auth-flood")
+def bench_auth_flood(
+    calls: Annotated[int, typer.Option(min=1, help="Unauthenticated calls to send.")] = 1000,
+) -> None:
+    """Audit records written for unauthenticated calls (in-process server on loopback, scripted engine)."""
+    from custos.bench.auth_flood import format_flood_report, run_flood
+
+    print(format_flood_report(run_flood(calls)))
+
+
 @bench_app.command("keys")
 def bench_keys(
     transcript_bytes: Annotated[int, typer.Option(min=16, help="Size of the sealed transcript.")] = 4096,

@@ -1,11 +1,12 @@
 """The OpenAI-compatible API: ``POST /v1/chat/completions`` (unary and SSE) and ``GET /v1/models``.
 
-Translation only, in the order of the gRPC edge: availability (draining, database) -> access (the same
-:class:`~custos.security.auth.AccessControl`, permission table and limits, under the gRPC method name the call
-is equivalent to) -> admission (size, JSON, conversion; refusals audited as ``invalid``) -> the same
-:class:`~custos.flows.generate.GenerateFlow`. The audit record's request id is the response's ``id`` and its
-``x-request-id`` header. A client that disconnects, or whose ``x-request-timeout`` passes, cancels the flow,
-which stops the engine within one decode step and audits the call as CANCELLED / DEADLINE_EXCEEDED.
+Translation only, in the order of the gRPC edge: availability (draining, database) -> authentication from the
+headers, before the body is read -> access (the same :class:`~custos.security.auth.AccessControl`, permission
+table and limits, under the gRPC method name the call is equivalent to) -> admission (size, JSON, conversion;
+refusals audited as ``invalid``) -> the same :class:`~custos.flows.generate.GenerateFlow`. The audit record's
+request id is the response's ``id`` and its ``x-request-id`` header. A client that disconnects, or whose
+``x-request-timeout`` passes, cancels the flow, which stops the engine within one decode step and audits the
+call as CANCELLED / DEADLINE_EXCEEDED.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from custos.http.errors import (
 from custos.http.schema import ChatCompletionRequest, parse_chat_request, parse_json_object
 from custos.http.tls import CLIENT_CERT_STATE, client_auth_context
 from custos.security.auth import AccessControl, bind_caller, guarded_fields
+from custos.security.peers import FORWARDED_FOR
 from custos.server.metrics import Metrics
 
 T = TypeVar("T")
@@ -149,8 +151,11 @@ def _peer(request: Request) -> str:
     return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
 
 
-def _credentials(request: Request) -> Sequence[tuple[str, str]]:
-    return [("authorization", value) for value in request.headers.getlist("authorization")]
+def _metadata(request: Request) -> Sequence[tuple[str, str]]:
+    """What authentication reads off the request: the credentials and any ``X-Forwarded-For``."""
+    return [
+        (name, value) for name in ("authorization", FORWARDED_FOR) for value in request.headers.getlist(name)
+    ]
 
 
 async def _read_body(request: Request, limit: int) -> tuple[bytes | None, int]:
@@ -236,21 +241,24 @@ class _Routes:
         if not self.edge.availability.available:
             raise AuditUnavailable("audit database unavailable")
 
-    async def _admit(
-        self, request: Request, method: str, data: dict[str, Any] | None
-    ) -> tuple[Caller, Callable[[], None]]:
+    async def _authenticate(self, request: Request, method: str) -> Caller:
+        """Who is calling, from the headers and the TLS session alone: before any of the body is read."""
+        return await self.edge.access.authenticate(
+            method=method,
+            peer=_peer(request),
+            metadata=_metadata(request),
+            auth_context=client_auth_context(getattr(request.state, CLIENT_CERT_STATE, None)),
+        )
+
+    async def _authorize(
+        self, caller: Caller, method: str, data: dict[str, Any] | None
+    ) -> Callable[[], None]:
         def fields_set() -> list[tuple[str, str]]:
             if data is None:
                 return []  # an unreadable body is refused (and audited) after admission, as on gRPC
             return [(f, p) for f, p in guarded_fields(GENERATE_MESSAGE) if data.get(f) is True]
 
-        return await self.edge.access.admit(
-            method=method,
-            peer=_peer(request),
-            metadata=_credentials(request),
-            auth_context=client_auth_context(getattr(request.state, CLIENT_CERT_STATE, None)),
-            fields_set=fields_set,
-        )
+        return await self.edge.access.authorize(caller, method=method, fields_set=fields_set)
 
     async def models(self, request: Request) -> Response:
         """``GET /v1/models``: the served model (for callers with the generate permission)."""
@@ -274,8 +282,8 @@ class _Routes:
         call = _Call(self.edge.metrics, route, client_request_id=request.headers.get("x-request-id"))
         try:
             self._check_available()
-            _, release = await self._admit(request, GENERATE_METHOD, None)
-            release()
+            caller = await self._authenticate(request, GENERATE_METHOD)
+            (await self._authorize(caller, GENERATE_METHOD, None))()
             return JSONResponse(body(), headers={REQUEST_ID_HEADER: call.request_id})
         except Exception as exc:
             return call.failed(exc)
@@ -307,6 +315,9 @@ class _Routes:
         handed_over = False  # a streaming response releases and counts the call when it ends
         try:
             self._check_available()
+            # Credentials first: an unauthenticated caller's body is never read. Refused here, the call is
+            # audited under Generate (the stream flag is in the body); both need the same permission.
+            caller = await self._authenticate(request, GENERATE_METHOD)
             body, size = await _read_body(request, self.edge.max_request_bytes)
             data: dict[str, Any] | None = None
             unreadable: RequestError | None = None
@@ -317,7 +328,7 @@ class _Routes:
                     unreadable = exc
             stream = data is not None and data.get("stream") is True
             method = STREAM_METHOD if stream else GENERATE_METHOD
-            caller, release = await self._admit(request, method, data)
+            release = await self._authorize(caller, method, data)
             bind_caller(caller)
             rpc = method.rsplit("/", 1)[-1]
             try:

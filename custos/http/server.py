@@ -65,8 +65,16 @@ def _bind(listen: str) -> socket.socket:
 class HttpServer:
     """The OpenAI-compatible API on ``listen``; ``port`` is the bound port once started."""
 
-    def __init__(self, edge: HttpEdge, *, listen: str, ssl_context: ssl.SSLContext | None) -> None:
+    def __init__(
+        self,
+        edge: HttpEdge,
+        *,
+        listen: str,
+        ssl_context: ssl.SSLContext | None,
+        max_calls_in_flight: int | None = None,
+    ) -> None:
         self._edge = edge
+        self._max_calls_in_flight = max_calls_in_flight
         self._listen = listen
         self._ssl_context = ssl_context
         self._server: _EmbeddedServer | None = None
@@ -89,6 +97,8 @@ class HttpServer:
             server_header=False,
             http=_ClientCertProtocol,
             ws="none",
+            # The server-wide cap on calls in flight: past it uvicorn answers 503 before any work.
+            limit_concurrency=self._max_calls_in_flight,
             **options,
         )
         server = _EmbeddedServer(config)
@@ -133,8 +143,18 @@ def build_http_server(settings: Settings, edge: HttpEdge) -> HttpServer:
     assert settings.http_listen is not None
     if settings.plaintext:
         log.warning("serving PLAINTEXT HTTP: no transport security (setting plaintext = true)")
-        return HttpServer(edge, listen=settings.http_listen, ssl_context=None)
+        return HttpServer(
+            edge,
+            listen=settings.http_listen,
+            ssl_context=None,
+            max_calls_in_flight=settings.max_calls_in_flight,
+        )
     tls = ReloadingSSLContext(
         settings.resolved_tls_cert_file, settings.resolved_tls_key_file, settings.tls_client_ca_file
     )
-    return HttpServer(edge, listen=settings.http_listen, ssl_context=tls.context)
+    return HttpServer(
+        edge,
+        listen=settings.http_listen,
+        ssl_context=tls.context,
+        max_calls_in_flight=settings.max_calls_in_flight,
+    )

@@ -6,7 +6,8 @@ are listed in :data:`FIELD_PERMISSIONS`. Health and reflection are open, so prob
 without credentials.
 
 Transport-neutral: :class:`AccessControl` takes the method name, the peer, the credentials and the request's
-guarded fields as plain values; the gRPC interceptor (``custos.api.auth``) adapts it, an HTTP edge would too.
+guarded fields as plain values; the gRPC interceptor (``custos.api.auth``) and the HTTP edge (``custos.http``)
+adapt it, both authenticating from the call's metadata before they read its body.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from custos.audit.events import AuditEvent
 from custos.audit.store import AuditStore
 from custos.flows.errors import PermissionDenied, RequestError, ResourceExhausted, Unauthenticated
 from custos.flows.types import Caller
-from custos.security.limits import CapacityLimiter
+from custos.security.denials import DenialAggregator, denied_event
+from custos.security.limits import CapacityLimiter, FailureLimiter
+from custos.security.peers import FORWARDED_FOR, ClientAddresses, peer_host
 from custos.security.tls import certificate_fingerprint
-from custos.security.tokens import TokenError, TokenStore
+from custos.security.tokens import TokenError, TokenStore, token_id_of
 
 T = TypeVar("T")
 
@@ -89,7 +91,6 @@ PUBLIC_SERVICES = frozenset(
         "grpc.reflection.v1.ServerReflection",
     }
 )
-UNAUTHENTICATED_ACTOR = "unauthenticated"
 
 assert all(p in PERMISSIONS for perms in ROLES.values() for p in perms)
 assert all(p in PERMISSIONS for p in (*RPC_PERMISSIONS.values(), *FIELD_PERMISSIONS.values()))
@@ -198,8 +199,33 @@ class _Refusal(Unauthenticated):
 GuardedFieldsSet = Callable[[], Sequence[tuple[str, str]]]
 
 
+def presented_token_id(metadata: Sequence[tuple[str, str | bytes]]) -> str | None:
+    """The id part of a well-formed bearer token in ``metadata`` (no lookup); ``None`` without one."""
+    for key, value in metadata:
+        if key != "authorization":
+            continue
+        text = value.decode(errors="replace") if isinstance(value, bytes) else value
+        scheme, _, token = text.partition(" ")
+        if scheme.lower() == "bearer":
+            return token_id_of(token.strip())
+    return None
+
+
+def forwarded_for(metadata: Sequence[tuple[str, str | bytes]]) -> list[str]:
+    """The ``x-forwarded-for`` values of ``metadata``, in order."""
+    return [
+        v.decode(errors="replace") if isinstance(v, bytes) else v for k, v in metadata if k == FORWARDED_FOR
+    ]
+
+
 class AccessControl:
-    """Authenticate -> authorize (method and fields) -> capacity limits; refusals are ``denied`` events."""
+    """Authenticate (before the body is read) -> authorize (method and fields) -> capacity limits.
+
+    Refusals are ``denied`` events: those of unauthenticated callers through the :class:`DenialAggregator`
+    (one record per client address, status and interval), those of authenticated callers one each. Failed
+    attempts are limited per client address and per presented token id (:class:`FailureLimiter`); a
+    throttled attempt is refused with RESOURCE_EXHAUSTED before its credentials are looked up.
+    """
 
     def __init__(
         self,
@@ -208,11 +234,17 @@ class AccessControl:
         limiter: CapacityLimiter,
         audit: AuditStore,
         executor: Executor,
+        failures: FailureLimiter,
+        denials: DenialAggregator,
+        addresses: ClientAddresses | None = None,
     ) -> None:
         self._authenticator = authenticator
         self._limiter = limiter
         self._audit = audit
         self._executor = executor
+        self._failures = failures
+        self._denials = denials
+        self._addresses = addresses or ClientAddresses(())
 
     async def admit(
         self,
@@ -223,66 +255,99 @@ class AccessControl:
         auth_context: Mapping[str, Any],
         fields_set: GuardedFieldsSet,
     ) -> tuple[Caller, Callable[[], None]]:
-        """The admitted caller and the release of its capacity slot; a refusal is audited, then raised."""
-        rpc = method.rsplit("/", 1)[-1]
+        """:meth:`authenticate`, then :meth:`authorize`: the caller and the release of its capacity slot."""
+        caller = await self.authenticate(
+            method=method, peer=peer, metadata=metadata, auth_context=auth_context
+        )
+        return caller, await self.authorize(caller, method=method, fields_set=fields_set)
+
+    async def authenticate(
+        self,
+        *,
+        method: str,
+        peer: str,
+        metadata: Sequence[tuple[str, str | bytes]],
+        auth_context: Mapping[str, Any],
+    ) -> Caller:
+        """Who is calling, from the call's metadata and transport alone (the edges call it before the body).
+
+        ``peer`` is the transport's; the caller's peer is the client address behind trusted proxies.
+        """
+        client = self._addresses.resolve(peer, forwarded_for(metadata))
+        keys = [f"peer:{peer_host(client)}"]
+        token_id = presented_token_id(metadata)
+        if token_id is not None:
+            keys.append(f"token:{token_id}")
+        try:
+            self._failures.check(keys)
+        except ResourceExhausted as exc:
+            await self._denials.denied(peer=client, method=method, status=exc.status, reason=exc.reason)
+            raise
         try:
             identity = await self._run(self._authenticator.authenticate, metadata, auth_context)
-        except _Refusal as exc:
-            await self._deny(None, peer, method, rpc, exc, reason=exc.reason)
-            raise
         except Unauthenticated as exc:
-            await self._deny(None, peer, method, rpc, exc, reason="malformed header")
+            self._failures.failed(keys)
+            reason = exc.reason if isinstance(exc, _Refusal) else "malformed header"
+            await self._denials.denied(peer=client, method=method, status=exc.status, reason=reason)
             raise
-        caller = Caller(
+        return Caller(
             principal=identity.principal,
-            peer=peer,
+            peer=client,
             role=",".join(identity.roles) or "none",
             roles=identity.roles,
             permissions=permissions_of(identity.roles),
             fingerprint=identity.fingerprint,
         )
+
+    async def authorize(
+        self, caller: Caller, *, method: str, fields_set: GuardedFieldsSet
+    ) -> Callable[[], None]:
+        """The permission for ``method`` and the guarded fields, then a capacity slot (its release)."""
+        rpc = method.rsplit("/", 1)[-1]
         needed = required_permission(method)
         if needed is None or needed not in caller.permissions:
             denied = PermissionDenied(f"the caller lacks the permission for {rpc}")
-            await self._deny(caller, peer, method, rpc, denied, reason="rpc", permission=needed)
+            await self._deny(caller, method, denied, reason="rpc", permission=needed)
             raise denied
         for field, permission in fields_set():
             if permission not in caller.permissions:
                 refused = PermissionDenied(f"{field}: requires the {permission} permission")
-                await self._deny(caller, peer, method, rpc, refused, reason="field", permission=permission)
+                await self._deny(caller, method, refused, reason="field", permission=permission)
                 raise refused
         try:
-            release = self._limiter.acquire(caller.principal)
+            return self._limiter.acquire(caller.principal)
         except ResourceExhausted as exc:
-            await self._deny(caller, peer, method, rpc, exc, reason=exc.reason)
+            await self._deny(caller, method, exc, reason=exc.reason)
             raise
-        return caller, release
+
+    async def flush_denials(self) -> int:
+        """Write the aggregated refusals held so far (tests, shutdown)."""
+        return await self._denials.flush()
 
     async def _deny(
         self,
-        caller: Caller | None,
-        peer: str,
-        name: str,
-        rpc: str,
+        caller: Caller,
+        method: str,
         exc: RequestError,
         *,
         reason: str,
         permission: str | None = None,
     ) -> None:
-        now = datetime.now(UTC)
-        principal = caller.principal if caller else UNAUTHENTICATED_ACTOR
-        actor: dict[str, object] = {"principal": principal, "peer": peer}
-        if caller is not None:
-            actor.update(role=caller.role, fingerprint=caller.fingerprint)
-        event = AuditEvent(
-            event_type="denied",
-            phase="event",
-            start_time=now,
-            end_time=now,
-            actor=principal,
-            rpc=rpc,
+        actor: dict[str, object] = {
+            "principal": caller.principal,
+            "peer": caller.peer,
+            "role": caller.role,
+            "fingerprint": caller.fingerprint,
+        }
+        event = denied_event(
+            peer=caller.peer,
+            method=method,
             status=exc.status,
-            details={"method": name, "reason": reason, "permission": permission, "actor": actor},
+            reason=reason,
+            at=datetime.now(UTC),
+            actor=actor,
+            principal=caller.principal,
+            permission=permission,
         )
         await self._run(self._audit.append, event)
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, insert, select, update
 
-from custos.audit.db import translate_db_errors
+from custos.audit.db import read_only, translate_db_errors
 from custos.audit.events import AuditEvent
 from custos.audit.models import AccessTokenRow
 from custos.audit.store import AuditStore
@@ -47,6 +47,14 @@ class TokenInfo:
         if self.expires_at is not None and self.expires_at <= now:
             return "expired"
         return "active"
+
+
+def token_id_of(token: str) -> str | None:
+    """The id part of ``token`` when it has the form ``id.secret`` (nothing is looked up); else ``None``."""
+    token_id, sep, secret = token.partition(".")
+    if not sep or not _TOKEN_ID.match(token_id) or not _SECRET.match(secret):
+        return None
+    return token_id
 
 
 def _digest(secret: str) -> str:
@@ -107,7 +115,7 @@ class TokenStore:
 
     def get(self, token_id: str) -> TokenInfo:
         """One token by id; KeyError when there is none."""
-        with translate_db_errors(), self._engine.connect() as conn:
+        with read_only(self._engine) as conn:
             row = conn.execute(select(AccessTokenRow.__table__).where(AccessTokenRow.id == token_id)).first()
         if row is None:
             raise KeyError(token_id)
@@ -115,7 +123,7 @@ class TokenStore:
 
     def list(self) -> list[TokenInfo]:
         """Every token, oldest first."""
-        with translate_db_errors(), self._engine.connect() as conn:
+        with read_only(self._engine) as conn:
             rows = conn.execute(select(AccessTokenRow.__table__).order_by(AccessTokenRow.created_at)).all()
         return [_info(_row(r)) for r in rows]
 
@@ -138,7 +146,7 @@ class TokenStore:
         token_id, sep, secret = token.partition(".")
         if not sep or not _TOKEN_ID.match(token_id) or not _SECRET.match(secret):
             raise TokenError("malformed")
-        with translate_db_errors(), self._engine.connect() as conn:
+        with read_only(self._engine) as conn:
             row = conn.execute(select(AccessTokenRow.__table__).where(AccessTokenRow.id == token_id)).first()
         presented = _digest(secret)
         # Compare even when the id is unknown, so timing does not tell which ids exist.

@@ -61,7 +61,9 @@ from custos.privacy.replies import purge_expired_replies, purge_replies_before
 from custos.privacy.subject_keys import SubjectKeyStore
 from custos.privacy.vault import ConversationVault
 from custos.security.auth import AccessControl, Authenticator
-from custos.security.limits import CapacityLimiter
+from custos.security.denials import DenialAggregator
+from custos.security.limits import CapacityLimiter, FailureLimiter
+from custos.security.peers import ClientAddresses
 from custos.security.tokens import TokenStore
 from custos.server.bootstrap import (
     SecuritySetup,
@@ -159,6 +161,8 @@ class CustosServer:
         self.vault_purge: VaultPurgeTask | None = None
         #: Deletes idempotency replies past ``idempotency_ttl_s`` (the same housekeeping as the vault's).
         self.reply_purge: VaultPurgeTask | None = None
+        #: Refusals of unauthenticated callers, aggregated per client address and interval, once started.
+        self.denials: DenialAggregator | None = None
         #: Who may have placeholders restored: holders of the ``reidentify`` permission.
         self.may_reidentify: ReidentifyCheck = holds_reidentify_permission
 
@@ -262,6 +266,9 @@ class CustosServer:
             max_messages=settings.max_messages,
         )
         core_limit = settings.max_request_bytes + CORE_SIZE_HEADROOM_BYTES
+        self.denials = DenialAggregator(
+            self.audit, self._executor, interval_s=settings.denied_aggregate_interval_s
+        )
         # One access decision for both edges: the same permission table, tokens and per-principal limits.
         access_control = AccessControl(
             authenticator=Authenticator(self.tokens, settings.client_cert_roles),
@@ -272,14 +279,23 @@ class CustosServer:
             ),
             audit=self.audit,
             executor=self._executor,
+            # Authentication and load: failed attempts per client address and token id, aggregated denials.
+            failures=FailureLimiter(rate=settings.auth_failure_rate_per_s, burst=settings.auth_failure_burst),
+            denials=self.denials,
+            addresses=ClientAddresses(settings.trusted_proxies),
         )
+        self.denials.start()
         server = grpc.aio.server(
             interceptors=[
                 ObservingInterceptor(self.metrics),
                 self._availability,
                 AccessInterceptor(services=SERVICES, access=access_control),
             ],
-            options=[("grpc.max_receive_message_length", core_limit)],
+            options=[
+                ("grpc.max_receive_message_length", core_limit),
+                ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+            ],
+            maximum_concurrent_rpcs=settings.max_calls_in_flight,
         )
         access = SubjectAccess(
             audit=self.audit,
@@ -452,6 +468,8 @@ class CustosServer:
         if self._health_server is not None:
             await self._health_server.stop(0)
             self._health_server = None
+        if self.denials is not None:
+            await self.denials.stop()  # every tallied refusal is written before the workers stop
         if self.watchdog is not None:
             await self.watchdog.stop()
         # The checkpoint timer runs until cancelled: stop it before waiting for the audit writes to settle.

@@ -180,6 +180,11 @@ class ServerHarness:
             row["payload"] = json.loads(row["payload"])
         return found
 
+    def flush_denials(self) -> int:
+        """Write the server's aggregated ``denied`` tallies now (as its interval timer or shutdown would)."""
+        assert self.server.denials is not None
+        return asyncio.run_coroutine_threadsafe(self.server.denials.flush(), self.loop).result(timeout=30)
+
     def create_token(self, *roles: str, principal: str | None = None) -> str:
         """A new token ``id.secret`` for a principal holding ``roles``."""
         assert self.server.tokens is not None
