@@ -1,8 +1,10 @@
 """Fail closed and drain: health follows the audit database and the server's lifecycle.
 
 A :class:`DatabaseWatchdog` probes the audit database periodically and flips every health status to
-NOT_SERVING the moment the database is unreachable (a failed probe, or an ``AuditUnavailable`` raised by any
-call), and back to SERVING when a probe succeeds again, so service resumes without a restart. The
+NOT_SERVING the moment the database is unreachable (a failed probe, or a call that lost the connection; a
+call that only timed out waiting for a lock triggers a probe instead), and back to SERVING when a probe
+succeeds again, so service resumes without a restart. Health is per service: Inference also follows the
+model engine, the other services the database alone. The
 :class:`AvailabilityInterceptor` refuses API calls with UNAVAILABLE while the database is down or the server
 is draining, before any work is done, and reports ``AuditUnavailable`` from calls to the watchdog.
 """
@@ -21,7 +23,7 @@ from grpc_health.v1 import health_pb2
 from sqlalchemy import Engine, text
 
 from custos.audit.db import DEFERRED_READ, translate_db_errors
-from custos.audit.errors import AuditUnavailable
+from custos.audit.errors import AuditBusy, AuditUnavailable
 from custos.flows.errors import Unavailable
 
 log = logging.getLogger("custos.availability")
@@ -40,34 +42,58 @@ class ServerDraining(Unavailable):
 
 
 class HealthReporter:
-    """What the health service says, for the overall server and each API service."""
+    """What the health service says, per API service, from the dependencies each needs.
 
-    def __init__(self, health: Any, services: Iterable[str]) -> None:
+    Every service (and the server as a whole, name ``""``) follows the audit database; the services in
+    ``engine_services`` (Inference) follow the engine too.
+    """
+
+    def __init__(self, health: Any, services: Iterable[str], *, engine_services: Iterable[str] = ()) -> None:
         self._health = health
         self._names = ["", *services]
+        self._engine_services = frozenset(engine_services)
 
     async def set_all(self, status: int) -> None:
         """Set every name to ``status`` (ignored by the health service once it is shutting down)."""
         for name in self._names:
             await self._health.set(name, status)
 
+    async def report(self, *, database: bool, engine: bool) -> None:
+        """Set each name from the state of the dependencies it needs."""
+        for name in self._names:
+            serving = database and (engine or name not in self._engine_services)
+            await self._health.set(name, SERVING if serving else NOT_SERVING)
+
 
 class DatabaseWatchdog:
-    """Probes the audit database and keeps health and admission in step with it.
+    """Probes the audit database (and asks the engine) and keeps health and admission in step with them.
 
-    ``available`` is False from the first failure (probe or call) until a probe succeeds again. Probes run on
-    their own thread, so a busy worker pool cannot delay noticing an outage or a recovery.
+    ``available`` is False from the first failure (probe, or a call that lost the database) until a probe
+    succeeds again. A call that only waited too long for a lock (:class:`AuditBusy`: the database answered)
+    wakes a probe instead, and health changes only if the probe fails. Probes run on their own thread, so
+    a busy worker pool cannot delay noticing an outage or a recovery.
     """
 
-    def __init__(self, engine: Engine, reporter: HealthReporter, *, interval_s: float) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        reporter: HealthReporter,
+        *,
+        interval_s: float,
+        engine_available: Callable[[], bool] = lambda: True,
+    ) -> None:
         self._engine = engine
         self._reporter = reporter
         self._interval_s = interval_s
+        self._engine_available = engine_available
         self._probe_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="custos-db-probe")
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self.available = True
+        #: Whether the model engine can take work (Inference's health follows it).
+        self.engine_ok = True
         self.draining = False
+        self._stopping = False
 
     def probe_once(self) -> None:
         """One cheap round trip (``SELECT 1``); raises AuditUnavailable when the database cannot answer."""
@@ -77,11 +103,16 @@ class DatabaseWatchdog:
 
     async def start(self) -> None:
         """Report SERVING and start probing."""
-        await self._reporter.set_all(SERVING)
+        self.engine_ok = self._engine_ok()
+        await self._reporter.report(database=True, engine=self.engine_ok)
         self._task = asyncio.create_task(self._run(), name="custos-db-watchdog")
 
     async def stop(self) -> None:
         """Stop probing (health stays as it is)."""
+        # The flag as well as the cancel: on Python 3.11 a wait_for whose wait has just finished can swallow
+        # a cancellation (a wake-up right before stopping), and the loop must end all the same.
+        self._stopping = True
+        self._wake.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -89,35 +120,52 @@ class DatabaseWatchdog:
             self._task = None
         self._probe_executor.shutdown(wait=False, cancel_futures=True)
 
-    async def report_unavailable(self) -> None:
-        """A call could not reach the database: flip to NOT_SERVING now and probe again soon."""
-        await self._set(available=False)
+    async def report_unavailable(self, error: BaseException | None = None) -> None:
+        """A call failed to reach the database: flip to NOT_SERVING now and probe again soon.
+
+        A lock wait that timed out (``error`` is :class:`AuditBusy`) is not an outage: it only wakes the
+        probe, which flips health if the database really does not answer.
+        """
+        if not isinstance(error, AuditBusy):
+            await self._set(available=False, engine_ok=self.engine_ok)
         self._wake.set()
+
+    def _engine_ok(self) -> bool:
+        try:
+            return bool(self._engine_available())
+        except Exception:  # a failing check says the engine cannot take work
+            log.warning("engine availability check failed", exc_info=True)
+            return False
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._stopping:
             try:
                 await loop.run_in_executor(self._probe_executor, self.probe_once)
             except AuditUnavailable:
-                await self._set(available=False)
+                available = False
             except Exception:  # an unexpected probe error is an outage too; never stop probing
                 log.warning("database probe failed unexpectedly", exc_info=True)
-                await self._set(available=False)
+                available = False
             else:
-                await self._set(available=True)
+                available = True
+            await self._set(available=available, engine_ok=self._engine_ok())
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._interval_s)
 
-    async def _set(self, *, available: bool) -> None:
-        if available == self.available:
+    async def _set(self, *, available: bool, engine_ok: bool) -> None:
+        if available == self.available and engine_ok == self.engine_ok:
             return
+        if available != self.available:
+            log.warning("audit database reachable again" if available else "audit database unreachable")
+        if engine_ok != self.engine_ok:
+            log.warning("engine available again" if engine_ok else "engine unavailable")
         self.available = available
+        self.engine_ok = engine_ok
         if self.draining:
             return
-        log.warning("audit database reachable again" if available else "audit database unreachable")
-        await self._reporter.set_all(SERVING if available else NOT_SERVING)
+        await self._reporter.report(database=available, engine=engine_ok)
 
 
 class AvailabilityInterceptor(grpc.aio.ServerInterceptor):
@@ -179,8 +227,8 @@ class AvailabilityInterceptor(grpc.aio.ServerInterceptor):
             self._enter()
             try:
                 return await behaviour(request, context)
-            except AuditUnavailable:
-                await self._watchdog.report_unavailable()
+            except AuditUnavailable as exc:
+                await self._watchdog.report_unavailable(exc)
                 raise
             finally:
                 self._leave()
@@ -196,8 +244,8 @@ class AvailabilityInterceptor(grpc.aio.ServerInterceptor):
             try:
                 async for response in behaviour(request, context):
                     yield response
-            except AuditUnavailable:
-                await self._watchdog.report_unavailable()
+            except AuditUnavailable as exc:
+                await self._watchdog.report_unavailable(exc)
                 raise
             finally:
                 self._leave()

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, exc, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from custos.audit.errors import AuditUnavailable
+from custos.audit.errors import AuditBusy, AuditUnavailable
 
 __all__ = [
     "DEFERRED_READ",
@@ -49,12 +49,17 @@ def translate_db_errors() -> Iterator[None]:
     """Turn "cannot reach or lock the database" errors into :class:`AuditUnavailable`.
 
     Covers connection failures and drops, SQLite "database is locked" after ``busy_timeout``, PostgreSQL
-    ``lock_timeout`` and an exhausted connection pool. Other database errors (constraint violations, SQL bugs)
+    ``lock_timeout`` and an exhausted connection pool; the two lock timeouts raise :class:`AuditBusy` (the
+    database answered, it is not down). Other database errors (constraint violations, SQL bugs)
     pass through unchanged: they are not outages and must not be retried as such.
     """
     try:
         yield
-    except (exc.OperationalError, exc.InterfaceError, exc.TimeoutError, exc.DisconnectionError) as err:
+    except exc.OperationalError as err:
+        if _is_lock_timeout(err):
+            raise AuditBusy("audit database unavailable") from err
+        raise AuditUnavailable("audit database unavailable") from err
+    except (exc.InterfaceError, exc.TimeoutError, exc.DisconnectionError) as err:
         raise AuditUnavailable("audit database unavailable") from err
     except exc.DBAPIError as err:
         if err.connection_invalidated:
@@ -73,6 +78,20 @@ def read_only(engine: Engine) -> Iterator[Connection]:
     with translate_db_errors(), engine.connect() as conn:
         conn.execution_options(**{DEFERRED_READ: True})
         yield conn
+
+
+# SQLite's "database is locked" after busy_timeout; PostgreSQL's lock_not_available (lock_timeout).
+_LOCK_TIMEOUT_SQLSTATE = "55P03"
+
+
+def _is_lock_timeout(err: exc.OperationalError) -> bool:
+    """Whether ``err`` is a lock wait that timed out (the database answered), not a lost connection."""
+    if err.connection_invalidated:
+        return False
+    original = err.orig
+    if getattr(original, "sqlstate", None) == _LOCK_TIMEOUT_SQLSTATE:
+        return True
+    return type(original).__module__.startswith("sqlite3") and "database is locked" in str(original)
 
 
 def default_sqlite_url(data_dir: Path) -> str:

@@ -18,6 +18,13 @@ class AuditUnavailable(AuditError):
     """
 
 
+class AuditBusy(AuditUnavailable):
+    """The audit database answered but stayed locked past the timeout: busy, not down.
+
+    Still fail-closed for the call; health turns NOT_SERVING only if a probe then finds the database gone.
+    """
+
+
 class RecordNotFound(AuditError):
     """No audit record (or transcript) exists with the requested id."""
 

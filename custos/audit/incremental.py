@@ -36,7 +36,7 @@ from custos.audit.checkpoints import (
     CheckpointSigner,
     effective_checkpoints,
 )
-from custos.audit.db import translate_db_errors
+from custos.audit.db import read_only
 from custos.audit.maintenance import live_start, require_checkpoint
 from custos.audit.models import AuditRecordRow
 from custos.audit.store import AuditStore
@@ -172,7 +172,7 @@ def _failed(reason: str) -> LiveVerification:
 
 
 def _still_there(store: AuditStore, head: ChainHead) -> bool:
-    with translate_db_errors(), store.engine.connect() as conn:
+    with read_only(store.engine) as conn:
         found = conn.execute(
             select(AuditRecordRow.row_hash).where(AuditRecordRow.seq == head.seq)
         ).scalar_one_or_none()

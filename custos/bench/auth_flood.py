@@ -68,7 +68,7 @@ def format_flood_report(result: FloodResult) -> str:
     codes = ", ".join(f"{code} {n}" for code, n in sorted(result.codes.items()))
     lines = [
         f"{'unauthenticated calls':<34}{result.calls:>10}",
-        f"{'answered':<34}{codes:>10}",
+        f"{'answered':<34}{codes}",
         f"{'seconds':<34}{result.seconds:>10.2f}",
         f"{'audit records written (all)':<34}{result.all_records:>10}",
         f"{'denied records written':<34}{result.denied_records:>10}",

@@ -23,6 +23,10 @@ class Engine(ABC):
     def observe(self, metrics: EngineMetrics) -> None:  # noqa: B027 - optional: most engines report nothing
         """Report engine metrics (queue, latency, throughput) into ``metrics``; the default reports none."""
 
+    def available(self) -> bool:
+        """Whether the engine can take work now; health reports Inference NOT_SERVING while it cannot."""
+        return True
+
     def close(self) -> None:  # noqa: B027 - optional: most engines hold no background work
         """Stop background work once the requests held have finished; a later call may start it again.
 

@@ -173,6 +173,11 @@ class BatchingEngine(Engine):
             self._cv.notify()
         return request
 
+    def available(self) -> bool:
+        """False while closing, or when the scheduler thread died (nothing would ever answer)."""
+        with self._cv:
+            return not self._closing and (self._thread is None or self._thread.is_alive())
+
     def close(self) -> None:
         """Stop the scheduler thread after the requests it holds have finished.
 

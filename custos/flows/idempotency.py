@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine, Table, delete, exc, insert, select, update
 
-from custos.audit.db import translate_db_errors
+from custos.audit.db import read_only, translate_db_errors
 from custos.audit.models import IdempotencyRow
 from custos.flows.errors import InvalidArgument, ResourceExhausted
 from custos.flows.types import Caller, GenerateOutcome
@@ -181,7 +181,7 @@ class IdempotencyStore:
             return _Claim(created_at=now)
         except exc.IntegrityError:
             pass
-        with translate_db_errors(), self._engine.connect() as conn:
+        with read_only(self._engine) as conn:
             row = conn.execute(select(_TABLE).where(_TABLE.c.key_ref == key_ref)).first()
         if row is None:  # released between our insert and read
             return _PENDING

@@ -74,8 +74,8 @@ class Availability(Protocol):
     draining: bool
     available: bool
 
-    async def report_unavailable(self) -> None:
-        """A call could not reach the database."""
+    async def report_unavailable(self, error: BaseException | None = None) -> None:
+        """A call could not reach the database (``error``: why; a lock timeout only wakes a probe)."""
 
 
 @dataclass(frozen=True)
@@ -363,7 +363,7 @@ class _Routes:
             return Response(status_code=499)
         except Exception as exc:
             if isinstance(exc, AuditUnavailable):
-                await self.edge.availability.report_unavailable()
+                await self.edge.availability.report_unavailable(exc)
             return call.failed(exc)
         finally:
             if not handed_over:

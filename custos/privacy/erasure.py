@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Select, delete, func, select, union, update
 
-from custos.audit.db import translate_db_errors
+from custos.audit.db import read_only, translate_db_errors
 from custos.audit.events import AuditEvent
 from custos.audit.models import AuditRecordRow, FeedbackRow, TranscriptRow
 from custos.audit.store import AuditStore
@@ -174,7 +174,7 @@ class SubjectService:
         """Destroy what is held for the subject, audit it, and append it to the ledger."""
         started = datetime.now(UTC)
         destroyed = self._destroy(subject_ref)
-        with translate_db_errors(), self._engine.connect() as conn:
+        with read_only(self._engine) as conn:
             transcripts = int(
                 conn.execute(
                     select(func.count())
@@ -294,7 +294,7 @@ def export_subject(
     """Everything held about one subject: decrypted transcripts and the audit records naming it; audited."""
     started = datetime.now(UTC)
     subject_keys = SubjectKeyStore(engine, keys)
-    with translate_db_errors(), engine.connect() as conn:
+    with read_only(engine) as conn:
         rows = conn.execute(
             select(TranscriptRow)
             .where(TranscriptRow.subject_ref == subject_ref)

@@ -17,7 +17,7 @@ from datetime import datetime
 
 from sqlalchemy import Engine, delete, func, or_, select, update
 
-from custos.audit.db import translate_db_errors
+from custos.audit.db import read_only, translate_db_errors
 from custos.audit.models import AuditRecordRow, IdempotencyRow
 from custos.privacy.envelope import (
     FORMAT_SUBJECT,
@@ -138,7 +138,7 @@ class ReplyUsage:
 
 def reply_usage(engine: Engine) -> ReplyUsage:
     """Count stored replies by envelope format (and master key version for format 1)."""
-    with translate_db_errors(), engine.connect() as conn:
+    with read_only(engine) as conn:
         rows = conn.execute(
             select(IdempotencyRow.format_version, IdempotencyRow.key_version, func.count())
             .where(IdempotencyRow.response.is_not(None))
@@ -183,7 +183,7 @@ def reseal_legacy_replies(
     after = ""
     legacy = or_(IdempotencyRow.format_version.is_(None), IdempotencyRow.format_version != FORMAT_SUBJECT)
     while True:
-        with translate_db_errors(), engine.connect() as conn:
+        with read_only(engine) as conn:
             rows = conn.execute(
                 select(IdempotencyRow.key_ref, IdempotencyRow.subject_ref, IdempotencyRow.response)
                 .where(IdempotencyRow.response.is_not(None), legacy, IdempotencyRow.key_ref > after)

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from custos.audit.db import translate_db_errors
+from custos.audit.db import read_only, translate_db_errors
 from custos.audit.models import SubjectKeyRow
 from custos.privacy.envelope import SubjectKey
 from custos.privacy.errors import SubjectKeyMissing
@@ -56,7 +56,7 @@ class SubjectKeyStore:
 
     def get(self, subject_ref: str) -> SubjectKey:
         """Return the subject's key; SubjectKeyMissing if it was erased (or never existed)."""
-        with translate_db_errors(), self._engine.connect() as conn:
+        with read_only(self._engine) as conn:
             row = conn.execute(
                 select(SubjectKeyRow).where(SubjectKeyRow.subject_ref == subject_ref)
             ).one_or_none()
@@ -68,7 +68,7 @@ class SubjectKeyStore:
 
     def get_or_create(self, subject_ref: str) -> SubjectKey:
         """Return the subject's key, creating (and storing, wrapped) a fresh one on first use."""
-        with translate_db_errors(), self._engine.connect() as conn:
+        with read_only(self._engine) as conn:
             row = conn.execute(
                 select(SubjectKeyRow).where(SubjectKeyRow.subject_ref == subject_ref)
             ).one_or_none()
@@ -107,7 +107,7 @@ class SubjectKeyStore:
 
     def usage(self) -> dict[int, int]:
         """Subject keys per master key version."""
-        with translate_db_errors(), self._engine.connect() as conn:
+        with read_only(self._engine) as conn:
             rows = conn.execute(
                 select(SubjectKeyRow.master_version, func.count()).group_by(SubjectKeyRow.master_version)
             ).all()
@@ -131,7 +131,7 @@ class SubjectKeyStore:
         moved = 0
         after = ""
         while True:
-            with translate_db_errors(), self._engine.connect() as conn:
+            with read_only(self._engine) as conn:
                 rows = conn.execute(
                     select(SubjectKeyRow)
                     .where(SubjectKeyRow.master_version != primary, SubjectKeyRow.subject_ref > after)

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine, Select, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from custos.audit.db import translate_db_errors
+from custos.audit.db import read_only, translate_db_errors
 from custos.audit.models import ConversationVaultRow
 from custos.privacy.envelope import (
     FORMAT_SUBJECT,
@@ -102,7 +102,7 @@ class ConversationVault:
 
     def load(self, conversation_ref: str) -> PlaceholderMap:
         """Return the conversation's current map (empty when there is none or it expired)."""
-        with translate_db_errors(), self._engine.connect() as conn:
+        with read_only(self._engine) as conn:
             row = conn.execute(
                 select(ConversationVaultRow).where(ConversationVaultRow.conversation_ref == conversation_ref)
             ).one_or_none()

@@ -203,8 +203,13 @@ class CustosServer:
         )
         self.watchdog = DatabaseWatchdog(
             db,
-            HealthReporter(self.health, [s.full_name for s in SERVICES]),
+            HealthReporter(
+                self.health,
+                [s.full_name for s in SERVICES],
+                engine_services=[SERVICES[0].full_name],  # Inference follows the engine as well
+            ),
             interval_s=settings.db_probe_interval_s,
+            engine_available=self.components.engine.available,
         )
         self._availability = AvailabilityInterceptor(self.watchdog)
         # Sign the head with the start's own records, so a log is covered from its first minute.

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from custos.audit.checkpoints import SIGNING_KEY_FILE
-from custos.audit.db import translate_db_errors
+from custos.audit.db import read_only
 from custos.audit.models import ConversationVaultRow, SubjectKeyRow
 from custos.privacy.errors import KeyFileError
 from custos.privacy.keys import EnvKeyProvider, FileKeyProvider, MasterKeyProvider, RetiringKeyProvider
@@ -86,7 +86,7 @@ def key_inventory(settings: Settings, keys: MasterKeyProvider, engine: Engine | 
     if engine is not None:
         usage = SubjectKeyStore(engine, keys).usage()
         replies = reply_usage(engine)
-        with translate_db_errors(), engine.connect() as conn:
+        with read_only(engine) as conn:
             subjects, oldest = conn.execute(select(func.count(), func.min(SubjectKeyRow.created_at))).one()
             vault_rows = int(
                 conn.execute(select(func.count()).select_from(ConversationVaultRow)).scalar_one()

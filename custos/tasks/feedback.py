@@ -14,6 +14,7 @@ from typing import Literal
 
 from sqlalchemy import Engine, insert, select
 
+from custos.audit.db import read_only
 from custos.audit.errors import RecordNotFound
 from custos.audit.events import StoredRecord
 from custos.audit.models import FeedbackRow
@@ -147,7 +148,7 @@ class FeedbackStore:
             query = query.where(FeedbackRow.created_at >= since)
         if until is not None:
             query = query.where(FeedbackRow.created_at < until)
-        with self._engine.connect() as conn:
+        with read_only(self._engine) as conn:
             rows = conn.execute(query).all()
         return [
             FeedbackEntry(r.id, r.request_id, r.created_at, r.rating, r.comment, r.task, r.model, r.actor)

@@ -36,6 +36,10 @@ class SpyEngine(Engine):
         self.turns: list[tuple[ChatTurn, ...]] = []
         self.prefixes: list[str] = []
 
+    def available(self) -> bool:
+        """As the real engine says."""
+        return self.inner.available()
+
     def render_prompt(self, turns: Sequence[ChatTurn]) -> str:
         """Delegate to the real engine."""
         return self.inner.render_prompt(turns)
