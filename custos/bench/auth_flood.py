@@ -44,11 +44,13 @@ def run_flood(calls: int) -> FloodResult:
         with harness:
             before = len(harness.rows("SELECT seq FROM audit_records"))
             channel = grpc.insecure_channel(harness.target)
-            method = channel.unary_unary("/custos.v1.Inference/Generate")
+            method = channel.unary_unary(
+                "/custos.v1.Inference/Generate", request_serializer=None, response_deserializer=None
+            )
             result = FloodResult(calls=calls, seconds=0.0)
             started = time.perf_counter()
             for i in range(calls):
-                metadata = [("authorization", f"Bearer {FAKE_TOKEN}")] if i % 2 else None
+                metadata = (("authorization", f"Bearer {FAKE_TOKEN}"),) if i % 2 else None
                 try:
                     method(payload, metadata=metadata, timeout=30)
                     result.codes["OK"] += 1
