@@ -36,7 +36,7 @@ class ServerDraining(Unavailable):
     """The server is shutting down and takes no new calls; the caller should retry on another replica."""
 
     def __init__(self) -> None:
-        super().__init__("server is shutting down; retry on another replica")
+        super().__init__("server is shutting down; retry on another replica", error_code="SERVER_DRAINING")
 
 
 class HealthReporter:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -47,6 +48,10 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary is not None:
             return handler._replace(unary_unary=self._wrap_unary(rpc, handler.unary_unary))
         if handler.unary_stream is not None:
+            if not inspect.isasyncgenfunction(handler.unary_stream):
+                # A stream behaviour that writes with context.write() and returns (grpc.health's Watch):
+                # awaited like a unary one.
+                return handler._replace(unary_stream=self._wrap_unary(rpc, handler.unary_stream))
             return handler._replace(unary_stream=self._wrap_stream(rpc, handler.unary_stream))
         return handler
 
@@ -104,7 +109,7 @@ class _Call:
         # Sent with every reply; an error below adds its own trailers to it.
         context.set_trailing_metadata(self.trailers())
 
-    def trailers(self, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+    def trailers(self, *extra: tuple[str, str | bytes]) -> tuple[tuple[str, str | bytes], ...]:
         """The reply's trailing metadata: the request id, then ``extra``."""
         return ((REQUEST_ID_KEY, self.request_id), *extra)
 
@@ -127,9 +132,9 @@ class _Call:
         self.code = mapped.code
         if mapped.code is grpc.StatusCode.INTERNAL:
             log.error("rpc failed", exc_info=exc, extra=self._fields())
-        extra: tuple[tuple[str, str], ...] = ()
+        extra: tuple[tuple[str, str | bytes], ...] = mapped.trailers
         if isinstance(exc, ResourceExhausted) and exc.retry_after_s is not None:
-            extra = (("retry-after-ms", str(int(exc.retry_after_s * 1000))),)
+            extra = (("retry-after-ms", str(int(exc.retry_after_s * 1000))), *extra)
         await context.abort(mapped.code, mapped.message, trailing_metadata=self.trailers(*extra))
 
     def done(self) -> None:

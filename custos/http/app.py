@@ -92,7 +92,7 @@ class HttpEdge:
 
 class _ServerDraining(Unavailable):
     def __init__(self) -> None:
-        super().__init__("server is shutting down; retry on another replica")
+        super().__init__("server is shutting down; retry on another replica", error_code="SERVER_DRAINING")
 
 
 class _Call:

@@ -243,12 +243,16 @@ class AccessControl:
         )
         needed = required_permission(method)
         if needed is None or needed not in caller.permissions:
-            denied = PermissionDenied(f"the caller lacks the permission for {rpc}")
+            denied = PermissionDenied(
+                f"the caller lacks the permission for {rpc}", error_code="RPC_NOT_PERMITTED"
+            )
             await self._deny(caller, peer, method, rpc, denied, reason="rpc", permission=needed)
             raise denied
         for field, permission in fields_set():
             if permission not in caller.permissions:
-                refused = PermissionDenied(f"{field}: requires the {permission} permission")
+                refused = PermissionDenied(
+                    f"{field}: requires the {permission} permission", error_code="FIELD_NOT_PERMITTED"
+                )
                 await self._deny(caller, peer, method, rpc, refused, reason="field", permission=permission)
                 raise refused
         try:

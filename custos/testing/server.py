@@ -196,9 +196,9 @@ class ServerHarness:
         """A channel without credentials (TLS still, unless the server is plaintext)."""
         return self._open(None)
 
-    def channel_with_token(self, token: str) -> grpc.Channel:
-        """A channel whose calls carry ``token``."""
-        return self._open(token)
+    def channel_with_token(self, token: str, *, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
+        """A channel whose calls carry ``token``, with grpc channel ``options`` (a service config, ...)."""
+        return self._open(token, options)
 
     def channel_credentials(
         self, *, certificate_chain: bytes | None = None, private_key: bytes | None = None
@@ -209,10 +209,10 @@ class ServerHarness:
             root_certificates=ca, private_key=private_key, certificate_chain=certificate_chain
         )
 
-    def _open(self, token: str | None) -> grpc.Channel:
+    def _open(self, token: str | None, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
         channel: grpc.Channel
         if self.server.settings.plaintext:
-            channel = grpc.insecure_channel(self.target)
+            channel = grpc.insecure_channel(self.target, options=options)
             if token is not None:
                 channel = grpc.intercept_channel(channel, BearerInterceptor(token))
         else:
@@ -221,7 +221,7 @@ class ServerHarness:
                 credentials = grpc.composite_channel_credentials(
                     credentials, grpc.access_token_call_credentials(token)
                 )
-            channel = grpc.secure_channel(self.target, credentials)
+            channel = grpc.secure_channel(self.target, credentials, options=options)
         self._channels.append(channel)
         return channel
 
