@@ -177,6 +177,7 @@ class GenerateFlow:
         decision = await services.privacy_step(ctx, call, event_type="generate")
         anon = decision.anon
         services.count_findings(anon.counts())
+        ctx.annotate(self._trace_attributes(ctx, call))
 
         # 2 audit: the request record is durable before any model output exists.
         request_record = await services.timed(
@@ -273,9 +274,19 @@ class GenerateFlow:
         """Steps 5 and 6: seal the transcript and commit it with the completion record."""
         services = self._services
         result = await run.settled()
-        ctx.timings.add("queue", run.queued_seconds)
-        ctx.timings.add("prefill", result.prefill_seconds)
-        ctx.timings.add("decode", result.decode_seconds)
+        # The engine's stages follow one another from the moment the run was submitted.
+        ctx.timings.add("queue", run.queued_seconds, start=run.submitted)
+        prefill_start = run.submitted + run.queued_seconds
+        ctx.timings.add("prefill", result.prefill_seconds, start=prefill_start)
+        ctx.timings.add("decode", result.decode_seconds, start=prefill_start + result.prefill_seconds)
+        ctx.annotate(
+            {
+                "gen_ai.response.model": services.engine.info.name,
+                "gen_ai.response.finish_reasons": [result.finish_reason],
+                "gen_ai.usage.input_tokens": result.prompt_tokens,
+                "gen_ai.usage.output_tokens": result.completion_tokens,
+            }
+        )
         transcript_id = str(uuid.uuid4())
         transcript = await services.timed(
             ctx, "transcript", self._seal_transcript, ctx, transcript_id, call, anon, result.text, answer
@@ -363,6 +374,20 @@ class GenerateFlow:
             ciphertext=blob,
         )
 
+    def _trace_attributes(self, ctx: RequestContext, call: GenerateCall) -> dict[str, Any]:
+        """The ``gen_ai.*`` trace attributes: names and numbers; the conversation by its blind index."""
+        params = call.params
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": self._services.engine.info.name,
+            "gen_ai.request.max_tokens": params.max_new_tokens,
+            "gen_ai.request.temperature": params.temperature,
+            "gen_ai.request.top_p": params.top_p,
+        }
+        if ctx.conversation_ref is not None:
+            attributes["gen_ai.conversation.id"] = ctx.conversation_ref
+        return attributes
+
     def _request_details(self, call: GenerateCall, anon: Pseudonymized) -> dict[str, Any]:
         params = call.params
         template = self.task_of(call)
@@ -406,6 +431,7 @@ class _EngineRun:
         self._deadline = deadline
         self.cancel = threading.Event()
         self._future: asyncio.Future[GenerationResult] | None = None
+        self.submitted = time.perf_counter()  # reset when the run is handed to the executor
         self.queued_seconds = 0.0  # submitted to the executor until the engine started
 
     def _cancelled(self) -> bool:
@@ -419,7 +445,7 @@ class _EngineRun:
         def relay(delta: str) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, delta)
 
-        submitted = time.perf_counter()
+        self.submitted = submitted = time.perf_counter()
 
         def work() -> GenerationResult:
             self.queued_seconds = time.perf_counter() - submitted

@@ -73,6 +73,7 @@ from custos.server.housekeeping import VaultPurgeTask
 from custos.server.keys import open_master_keys
 from custos.server.metrics import Metrics
 from custos.server.settings import Settings
+from custos.server.tracing import Tracing, build_tracing
 from custos.tasks.feedback import FeedbackStore
 from custos.tasks.labels import LabelSetRegistry
 from custos.tasks.templates import TemplateRegistry
@@ -80,6 +81,8 @@ from custos.v1 import admin_pb2, audit_pb2, feedback_pb2, inference_pb2, privacy
 from custos.version import custos_version
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
+
     from custos.engine.local import CacheContents
 
 log = logging.getLogger("custos.server")
@@ -120,6 +123,8 @@ class Components:
     engine: Engine
     #: Language detector of the language policy; built at start if the setting asks for one and none is given.
     language_detector: Callable[[str], tuple[str, float] | None] | None = None
+    #: Where spans go when tracing is on (``otel_endpoint``); ``None``: OTLP to that endpoint.
+    span_exporter: SpanExporter | None = None
 
 
 class CustosServer:
@@ -136,6 +141,8 @@ class CustosServer:
         #: The OpenAI-compatible HTTP listener (``http_listen``), once started.
         self.http: HttpServer | None = None
         self.http_port: int | None = None
+        #: Traces of every call (``otel_endpoint``); ``None`` when tracing is off.
+        self.tracing: Tracing | None = None
         self._server: grpc.aio.Server | None = None
         self._health_server: grpc.aio.Server | None = None
         # Each generation blocks one worker while the engine runs it; the engine says how many may wait.
@@ -203,6 +210,13 @@ class CustosServer:
             interval_s=settings.db_probe_interval_s,
         )
         self._availability = AvailabilityInterceptor(self.watchdog)
+        self.tracing = build_tracing(
+            settings.otel_endpoint,
+            service_name=settings.otel_service_name,
+            sample_ratio=settings.otel_sample_ratio,
+            ca_file=settings.otel_ca_file,
+            exporter=self.components.span_exporter,
+        )
         # Sign the head with the start's own records, so a log is covered from its first minute.
         await loop.run_in_executor(
             self._executor, functools.partial(self.trail.writer.maybe_write, force=True)
@@ -275,7 +289,7 @@ class CustosServer:
         )
         server = grpc.aio.server(
             interceptors=[
-                ObservingInterceptor(self.metrics),
+                ObservingInterceptor(self.metrics, self.tracing),
                 self._availability,
                 AccessInterceptor(services=SERVICES, access=access_control),
             ],
@@ -354,6 +368,7 @@ class CustosServer:
                     model_name=self.components.engine.info.name,
                     availability=self.watchdog,
                     metrics=self.metrics,
+                    tracing=self.tracing,
                 ),
             )
             self.http_port = await self.http.start()
@@ -474,6 +489,9 @@ class CustosServer:
             except Exception as exc:
                 log.error("final audit checkpoint failed", extra={"fields": {"error": type(exc).__name__}})
         self.metrics.stop()
+        if self.tracing is not None:
+            self.tracing.shutdown()  # exports the spans still pending
+            self.tracing = None
         self._executor.shutdown(wait=True)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from opentelemetry.sdk.trace.export import SpanExporter
 from presidio_analyzer import AnalyzerEngine
 
 from custos.cli.client import BearerInterceptor
@@ -251,12 +252,23 @@ class ServerHarness:
         return ssl.create_default_context(cafile=self.server.settings.tls_dir / "ca.pem")
 
 
-def make_server(tmp_path: Path, analyzer: AnalyzerEngine, engine: Engine, **overrides: Any) -> ServerHarness:
-    """A harness for a server with test settings (port 0, data under ``tmp_path``) and these components."""
+def make_server(
+    tmp_path: Path,
+    analyzer: AnalyzerEngine,
+    engine: Engine,
+    *,
+    span_exporter: SpanExporter | None = None,
+    **overrides: Any,
+) -> ServerHarness:
+    """A harness for a server with test settings (port 0, data under ``tmp_path``) and these components.
+
+    ``span_exporter`` (the SDK's in-memory one) receives the spans when the settings turn tracing on.
+    """
     settings = load_settings(
         data_dir=tmp_path / "data", listen="127.0.0.1:0", metrics_listen="127.0.0.1:0", **overrides
     )
-    return ServerHarness(CustosServer(settings, Components(analyzer=analyzer, engine=engine)))
+    components = Components(analyzer=analyzer, engine=engine, span_exporter=span_exporter)
+    return ServerHarness(CustosServer(settings, components))
 
 
 #: What the suite's ``scripted_server`` fixture gives: start a server on a ScriptedEngine with this reply.
