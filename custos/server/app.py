@@ -72,8 +72,9 @@ from custos.server.bootstrap import (
 from custos.server.housekeeping import VaultPurgeTask
 from custos.server.keys import open_master_keys
 from custos.server.metrics import Metrics
+from custos.server.otlp import build_tracing
 from custos.server.settings import Settings
-from custos.server.tracing import Tracing, build_tracing
+from custos.server.tracing import Tracing
 from custos.tasks.feedback import FeedbackStore
 from custos.tasks.labels import LabelSetRegistry
 from custos.tasks.templates import TemplateRegistry

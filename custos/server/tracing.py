@@ -1,9 +1,9 @@
 """OpenTelemetry traces: a server span per gRPC and HTTP call, a child span per pipeline stage, OTLP export.
 
-Off unless ``otel_endpoint`` is set: then :func:`build_tracing` returns ``None``, the edges start no span
-and flows get no observer, so nothing runs per call. When on, each call's span continues the caller's W3C
-``traceparent`` (gRPC metadata or HTTP header) and the flow reports its stages (the same timings as the
-audit record's ``latency_ms``) and its ``gen_ai.*`` attributes through :class:`CallTrace`.
+Off unless ``otel_endpoint`` is set: then ``custos.server.otlp.build_tracing`` returns ``None``, the edges
+start no span and flows get no observer, so nothing runs per call. When on, each call's span continues the
+caller's W3C ``traceparent`` (gRPC metadata or HTTP header) and the flow reports its stages (the same
+timings as the audit record's ``latency_ms``) and its ``gen_ai.*`` attributes through :class:`CallTrace`.
 
 Spans carry ids, counts, codes and durations only. Attribute values are checked here: a string attribute
 must be one of the names a span may carry (:data:`STRING_ATTRIBUTES`), so message text cannot slip in by a
@@ -16,14 +16,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -140,37 +136,3 @@ def carrier_of(pairs: Sequence[tuple[str, str | bytes]]) -> dict[str, str]:
     """The trace-context headers among metadata pairs (other keys, and binary values, are not read)."""
     wanted = _PROPAGATOR.fields
     return {key: value for key, value in pairs if key in wanted and isinstance(value, str)}
-
-
-def build_tracing(
-    endpoint: str | None,
-    *,
-    service_name: str,
-    sample_ratio: float = 1.0,
-    ca_file: Path | None = None,
-    exporter: SpanExporter | None = None,
-) -> Tracing | None:
-    """The tracing of a server, or ``None`` without an endpoint (tracing off).
-
-    ``exporter`` replaces the OTLP exporter (tests pass the SDK's in-memory exporter); it is used only when
-    tracing is on.
-    """
-    if endpoint is None:
-        return None
-    if exporter is None:
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        credentials = None
-        if endpoint.startswith("https://") and ca_file is not None:
-            import grpc
-
-            credentials = grpc.ssl_channel_credentials(root_certificates=ca_file.read_bytes())
-        exporter = OTLPSpanExporter(
-            endpoint=endpoint, insecure=endpoint.startswith("http://"), credentials=credentials
-        )
-    provider = TracerProvider(
-        resource=Resource.create({"service.name": service_name, "service.version": custos_version()}),
-        sampler=ParentBased(TraceIdRatioBased(sample_ratio)),
-    )
-    provider.add_span_processor(BatchSpanProcessor(exporter))
-    return Tracing(provider)
