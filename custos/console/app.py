@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -42,7 +42,7 @@ from custos.audit.report import processing_summary
 from custos.audit.store import AuditFilter
 from custos.audit.trail import AuditTrail
 from custos.console import explain
-from custos.console.charts import line_chart
+from custos.console.charts import bar_chart, line_chart
 from custos.console.jobs import JobRunning, JobStatus, VerificationJobs
 from custos.console.sessions import (
     SESSION_COOKIE,
@@ -368,7 +368,7 @@ class ConsoleApp:
     async def _admit(
         self,
         request: Request,
-        metadata: list[tuple[str, str | bytes]],
+        metadata: Sequence[tuple[str, str | bytes]],
         auth_context: Mapping[str, Any],
         *,
         field: str,
@@ -625,6 +625,10 @@ class ConsoleApp:
                     "summary": summary,
                     "satisfaction": satisfaction,
                     "chart": chart,
+                    "entity_chart": bar_chart(
+                        list(summary.entity_types.items()), unit="", title="Categories of personal data"
+                    ),
+                    "purpose_chart": bar_chart(list(summary.purposes.items()), unit="", title="Purposes"),
                     "period": period,
                     "periods": PERIODS,
                 },

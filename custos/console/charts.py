@@ -16,6 +16,8 @@ _VALUE_WIDTH = 80
 
 
 def _number(value: float) -> str:
+    if float(value).is_integer():
+        return f"{value:.0f}"
     return f"{value:.1f}" if value < 100 else f"{value:.0f}"
 
 

@@ -161,6 +161,7 @@ class VerificationJobs:
                 mode=result.mode,
                 checked=report.count,
                 done=report.count,
+                total=report.count,  # records appended while it ran are checked too
                 checkpoints=result.checkpoints,
                 incomplete=report.incomplete,
                 first_bad_seq=report.first_bad_seq,

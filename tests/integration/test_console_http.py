@@ -24,6 +24,7 @@ from custos.audit.export import verify_export
 from custos.security.tls import issue_cert, make_ca
 from custos.testing.builders import generate_request
 from custos.testing.server import ScriptedEngine, ScriptedServer, ServerHarness, make_server
+from custos.v1 import feedback_pb2
 
 NAME = "John Smith"
 EMAIL = "john.smith@example.com"
@@ -268,14 +269,25 @@ def test_verification_job_runs_once_at_a_time_and_the_record_shows_it(console: S
 
 
 def test_reports_page_shows_processing_and_satisfaction(console: ServerHarness) -> None:
-    generate(console)
+    request_id = generate(console)
     with signed_in(console, "compliance") as client:
         page = client.get("/reports")
         assert page.status_code == 200
         assert "Records of processing" in page.text and "support" in page.text and "PERSON" in page.text
+        assert 'id="entity-chart"' in page.text and "<svg" in page.text
         assert "No feedback has been submitted yet" in page.text
-        assert client.get("/reports", params={"period": "year"}).status_code == 400
-    assert console_reads(console)[-1]["page"] == "reports"
+        submit = console.channel.unary_unary(
+            "/custos.v1.Feedback/Submit", response_deserializer=feedback_pb2.FeedbackResponse.FromString
+        )
+        submit(feedback_pb2.FeedbackRequest(request_id=request_id, rating=5).SerializeToString(), timeout=30)
+        page = client.get("/reports", params={"period": "week"})
+        chart = re.search(r'<div class="chart-box" id="satisfaction-chart">(.*?)</div>', page.text, re.S)
+        assert chart and "<polyline" in chart.group(1) and "scripted" in chart.group(1)
+        assert ">100%</td>" in page.text  # the one rating is a satisfied one
+        refused = client.get("/reports", params={"period": "year"})
+        assert refused.status_code == 400 and "period:" in refused.text
+    reads = console_reads(console)
+    assert [r["page"] for r in reads if r.get("page") == "reports"] == ["reports", "reports"]
 
 
 def test_transcript_needs_its_permission_and_a_reason(console: ServerHarness) -> None:
