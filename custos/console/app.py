@@ -16,6 +16,7 @@ the stylesheet and the script are bundled in the package.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import threading
@@ -38,7 +39,7 @@ from custos.audit.checkpoints import Checkpoint, effective_checkpoints
 from custos.audit.errors import RecordNotFound
 from custos.audit.events import EventType, StoredRecord
 from custos.audit.incremental import VerifiedState, read_state, state_path
-from custos.audit.report import processing_summary
+from custos.audit.report import ProcessingSummary, processing_summary
 from custos.audit.store import AuditFilter
 from custos.audit.trail import AuditTrail
 from custos.console import explain
@@ -71,6 +72,8 @@ SIGNIN_METHOD = "/custos.console/SignIn"
 TRANSCRIPT_METHOD = "/custos.console/Transcript"
 SATISFACTION_METHOD = "/custos.console/Satisfaction"
 PAGE_SIZE = 50
+#: The Art. 30 summary aggregates the whole live log: computed at most this often (the page says when).
+REPORT_CACHE_S = 60.0
 CHANNEL = "console"
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
@@ -239,6 +242,8 @@ class ConsoleApp:
         self.checkpoints = _CheckpointCache(deps.trail)
         self.jobs = VerificationJobs(deps.trail, self._job_finished)
         self._jobs_started_by: dict[int, Caller] = {}
+        self._summary: tuple[float, datetime, ProcessingSummary] | None = None
+        self._summary_lock = asyncio.Lock()
         env = Environment(
             loader=PackageLoader("custos.console", "templates"),
             autoescape=select_autoescape(["html"]),
@@ -602,7 +607,7 @@ class ConsoleApp:
             period = request.query_params.get("period", "day")
             if period not in PERIODS:
                 raise InvalidArgument("period", f"must be one of {', '.join(PERIODS)}")
-            summary = await self._run(processing_summary, self.deps.trail.store)
+            summary, computed_at = await self._processing_summary()
             satisfaction = None
             if "feedback.read" in caller.permissions:
                 rows = await self._run(lambda: self.deps.feedback.satisfaction(period=period))
@@ -623,6 +628,8 @@ class ConsoleApp:
                 "reports.html",
                 {
                     "summary": summary,
+                    "computed_at": computed_at,
+                    "cache_s": int(REPORT_CACHE_S),
                     "satisfaction": satisfaction,
                     "chart": chart,
                     "entity_chart": bar_chart(
@@ -635,6 +642,16 @@ class ConsoleApp:
             )
 
         return await self.page(request, handler)
+
+    async def _processing_summary(self) -> tuple[ProcessingSummary, datetime]:
+        """The Art. 30 summary, recomputed once older than :data:`REPORT_CACHE_S`, one at a time."""
+        async with self._summary_lock:
+            cached = self._summary
+            if cached is None or time.monotonic() - cached[0] > REPORT_CACHE_S:
+                summary = await self._run(processing_summary, self.deps.trail.store)
+                cached = (time.monotonic(), datetime.now(UTC), summary)
+                self._summary = cached
+            return cached[2], cached[1]
 
     # ---- transcripts ----
 
