@@ -70,7 +70,6 @@ log = logging.getLogger("custos.console")
 
 SIGNIN_METHOD = "/custos.console/SignIn"
 TRANSCRIPT_METHOD = "/custos.console/Transcript"
-SATISFACTION_METHOD = "/custos.console/Satisfaction"
 PAGE_SIZE = 50
 #: The Art. 30 summary aggregates the whole live log: computed at most this often (the page says when).
 REPORT_CACHE_S = 60.0

@@ -78,7 +78,6 @@ RPC_PERMISSIONS: Mapping[str, str] = MappingProxyType(
         # The compliance console (custos/console): signing in, and a transcript read there.
         "/custos.console/SignIn": "audit.read",
         "/custos.console/Transcript": "transcript.read",
-        "/custos.console/Satisfaction": "feedback.read",
     }
 )
 # "message.field" -> the permission a request needs when that field is set.
