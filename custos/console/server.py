@@ -6,6 +6,8 @@ Plaintext is refused by the settings: the session cookie is ``Secure``.
 
 from __future__ import annotations
 
+import asyncio
+
 from custos.console.app import ConsoleApp, ConsoleDeps, build_console_app
 from custos.http.listener import AsgiListener
 from custos.http.tls import ReloadingSSLContext
@@ -23,8 +25,8 @@ class ConsoleServer(AsgiListener):
         self.tls = tls
 
     async def stop(self, grace: float) -> None:
-        """Cancel a running verification, then stop the listener."""
-        self.console.stop()
+        """Cancel a running verification (waited for off the event loop), then stop the listener."""
+        await asyncio.get_running_loop().run_in_executor(None, self.console.stop)
         await super().stop(grace)
 
 
