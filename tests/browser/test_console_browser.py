@@ -68,8 +68,8 @@ def served(tmp_path: Path, analyzer: AnalyzerEngine) -> Iterator[ServerHarness]:
 
 
 @pytest.fixture
-def driver(served: ServerHarness, tmp_path: Path) -> Iterator[object]:
-    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must never try to download a driver
+def driver(served: ServerHarness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must never try to download a driver
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
