@@ -21,12 +21,15 @@ install: $(BIN)/activate ## Create .venv and install Custos (CPU torch 2.13.0, s
 	$(BIN)/python -m pip install --quiet -e .
 
 .PHONY: install-test
-install-test: $(BIN)/activate ## Install Custos with the test tools (and SoftHSM2 for the PKCS#11 tests)
+install-test: $(BIN)/activate ## Install Custos with the test tools (SoftHSM2 for PKCS#11, Chromium for the console)
 	@command -v softhsm2-util >/dev/null || apt-get install -y softhsm2 || (apt-get update && apt-get install -y softhsm2)
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	@# tests/deploy: systemd-analyze, ip, unshare and setpriv (kubectl comes with the machine image).
 	@command -v systemd-analyze >/dev/null && command -v ip >/dev/null && command -v setpriv >/dev/null \
 		|| (apt-get update -qq && apt-get install -y -qq systemd iproute2 util-linux)
+	@# tests/browser: the console in headless Chromium, through Debian's chromium-driver (never a download).
+	@test -x /usr/bin/chromium && test -x /usr/bin/chromedriver \
+		|| apt-get install -y -qq chromium chromium-driver || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
 
 # llama.cpp's AMX kernels crash (SIGSEGV in ggml_backend_amx_mul_mat) on the reference host; on CPUs with
 # AMX, build for AVX-512 without it instead of -march=native.

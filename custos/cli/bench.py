@@ -1,4 +1,4 @@
-"""``custos bench``: the serve, privacy, audit and keys benchmarks, each beside a same-run baseline.
+"""``custos bench``: the serve, privacy, audit, console and keys benchmarks, each beside a same-run baseline.
 
 The measuring code is in ``custos.bench``; these commands load settings, run it and print its table.
 """
@@ -95,6 +95,40 @@ def bench_audit(
     if explain_to is not None and plans:
         explain_to.write_text("".join(f"-- {case}\n{plan}\n\n" for case, plan in plans.items()))
         notes.append(f"plans written to {explain_to}")
+    for note in notes:
+        err.print(note, soft_wrap=True)
+
+
+@bench_app.command("console")
+def bench_console(
+    records: Annotated[
+        int, typer.Option(min=1000, help="Records of the realistic log the pages read.")
+    ] = 50_000,
+    runs: Annotated[int, typer.Option(min=2, help="Requests per page case (p50/p99 over them).")] = 20,
+    postgres_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CUSTOS_TEST_POSTGRES_URL", help="PostgreSQL URL (a schema is created and dropped)."
+        ),
+    ] = None,
+) -> None:
+    """Page latency of the compliance console on a realistic log (SQLite unless --postgres-url)."""
+    from custos.bench.console import GOAL_PAGE_P50_MS, run_console_bench
+
+    rows, notes = run_console_bench(
+        records=records, runs=runs, postgres_url=postgres_url, say=lambda m: err.print(f"[dim]{m}[/dim]")
+    )
+    table = Table("console page", "p50 ms", "p99 ms", "first ms", "HTTP", f"p50 <= {GOAL_PAGE_P50_MS:.0f} ms")
+    for row in rows:
+        table.add_row(
+            row.page,
+            f"{row.p50_ms:.1f}",
+            f"{row.p99_ms:.1f}",
+            f"{row.cold_ms:.1f}",
+            str(row.status),
+            "yes" if row.met else "no",
+        )
+    (out if out.is_terminal else Console(width=160)).print(table)
     for note in notes:
         err.print(note, soft_wrap=True)
 

@@ -39,6 +39,8 @@ from custos.api.tls import ReloadingCredentials
 from custos.audit.db import make_engine, migrate
 from custos.audit.store import AuditStore, TranscriptStore
 from custos.audit.trail import AuditTrail
+from custos.console.app import ConsoleDeps
+from custos.console.server import ConsoleServer, build_console_server
 from custos.engine.base import Engine
 from custos.flows.anonymize import AnonymizeFlow
 from custos.flows.audit_read import ComplianceService
@@ -144,6 +146,9 @@ class CustosServer:
         self.http_port: int | None = None
         #: Traces of every call (``otel_endpoint``); ``None`` when tracing is off.
         self.tracing: Tracing | None = None
+        #: The compliance console (``console_listen``), once started.
+        self.console: ConsoleServer | None = None
+        self.console_port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._health_server: grpc.aio.Server | None = None
         # Each generation blocks one worker while the engine runs it; the engine says how many may wait.
@@ -373,6 +378,21 @@ class CustosServer:
                 ),
             )
             self.http_port = await self.http.start()
+        if settings.console_listen:
+            assert self.trail is not None and self.keys is not None
+            self.console = build_console_server(
+                settings,
+                ConsoleDeps(
+                    access=access_control,
+                    trail=self.trail,
+                    subjects=access,
+                    keys=self.keys,
+                    feedback=FeedbackStore(db),
+                    executor=self._executor,
+                    session_minutes=settings.console_session_minutes,
+                ),
+            )
+            self.console_port = await self.console.start()
         if settings.metrics_listen:
             host, _, port = settings.metrics_listen.rpartition(":")
             self.metrics_port = self.metrics.serve(host, int(port))
@@ -385,6 +405,7 @@ class CustosServer:
                     "metrics_port": self.metrics_port,
                     "health_port": self.health_port,
                     "http_port": self.http_port,
+                    "console_port": self.console_port,
                     "pid": os.getpid(),
                 }
             },
@@ -462,6 +483,9 @@ class CustosServer:
         if self.http is not None:
             await self.http.stop(max(grace - (time.monotonic() - started), 0.0))
             self.http = None
+        if self.console is not None:
+            await self.console.stop(max(grace - (time.monotonic() - started), 0.0))
+            self.console = None
         if self._server is not None:
             await self._server.stop(max(grace - (time.monotonic() - started), 0.0))
             self._server = None

@@ -335,6 +335,25 @@ class Settings(BaseSettings):
         description="Directory of Classify label-set TOML files (with optional calibration); same id "
         "replaces a bundled set. Unset: only the bundled label sets.",
     )
+    # ---- compliance console (custos/console, docs/console.md) ----
+    console_listen: str | None = Field(
+        None,
+        description="Compliance console (read-only web pages for audit.read holders), HOST:PORT; the same "
+        "TLS files as the API (a client certificate is optional there, and signs in when presented). Off: "
+        "empty.",
+    )
+    console_session_minutes: int = Field(
+        15, ge=1, le=720, description="Lifetime of a console sign-in; the officer signs in again after it."
+    )
+
+    @field_validator("console_listen")
+    @classmethod
+    def _console_is_host_port_with_tls(cls, value: str | None, info: Any) -> str | None:
+        if value in (None, ""):
+            return None
+        if info.data.get("plaintext"):
+            raise ValueError("the console needs TLS (its session cookie is Secure): unset plaintext")
+        return _check_host_port(value, "console_listen")
 
     # ---- OpenTelemetry traces (docs/observability.md) ----
     otel_endpoint: str | None = Field(

@@ -106,3 +106,14 @@ def test_bench_http_short_form(tmp_path: Path) -> None:
     assert re.search(
         r"^HTTP path overhead: [+-][\d.]+ % of end-to-end time \(goal <= 5 %", result.output, re.M
     )
+
+
+def test_bench_console_short_form() -> None:
+    result = CliRunner().invoke(cli_app, ["bench", "console", "--records", "1000", "--runs", "2"])
+    assert result.exit_code == 0, result.output
+    cells = [[c.strip() for c in line.split("\u2502")[1:-1]] for line in result.output.splitlines()]
+    pages = {row[0]: row for row in cells if len(row) == 6 and row[4].isdigit()}
+    assert {"search: by request id", "record page", "chain status", "reports"} <= set(pages), result.output
+    assert {row[4] for row in pages.values()} == {"200"}
+    assert all(float(row[1]) > 0 for row in pages.values())
+    assert "log: 1,000 records on SQLite; 2 runs per page" in result.output
