@@ -22,7 +22,7 @@ from custos.api.status import map_exception
 from custos.flows.context import CallIds, accept_client_request_id, bind_call, unbind_call
 from custos.flows.errors import ResourceExhausted
 from custos.server.metrics import Metrics
-from custos.server.tracing import CallTrace, Tracing, carrier_of
+from custos.telemetry.tracing import CallTrace, Tracing, carrier_of
 
 log = logging.getLogger("custos.rpc")
 Context = grpc.aio.ServicerContext[Any, Any]

@@ -51,7 +51,7 @@ def accept_client_request_id(value: object) -> str | None:
 
 
 class CallObserver(Protocol):
-    """What watches a call from the edge (its trace, ``custos.server.tracing``): stages and attributes.
+    """What watches a call from the edge (its trace, ``custos.telemetry.tracing``): stages and attributes.
 
     The flow reports the same stage timings as the audit record's ``latency_ms`` and a few safe attributes
     (ids, counts, model names); never message text.

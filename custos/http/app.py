@@ -50,7 +50,7 @@ from custos.http.schema import ChatCompletionRequest, parse_chat_request, parse_
 from custos.http.tls import CLIENT_CERT_STATE, client_auth_context
 from custos.security.auth import AccessControl, bind_caller, guarded_fields
 from custos.server.metrics import Metrics
-from custos.server.tracing import CallTrace, Tracing, carrier_of
+from custos.telemetry.tracing import CallTrace, Tracing, carrier_of
 
 T = TypeVar("T")
 log = logging.getLogger("custos.http")

@@ -74,12 +74,12 @@ from custos.server.bootstrap import (
 from custos.server.housekeeping import VaultPurgeTask
 from custos.server.keys import open_master_keys
 from custos.server.metrics import Metrics
-from custos.server.otlp import build_tracing
 from custos.server.settings import Settings
-from custos.server.tracing import Tracing
 from custos.tasks.feedback import FeedbackStore
 from custos.tasks.labels import LabelSetRegistry
 from custos.tasks.templates import TemplateRegistry
+from custos.telemetry.otlp import build_tracing
+from custos.telemetry.tracing import Tracing
 from custos.v1 import admin_pb2, audit_pb2, feedback_pb2, inference_pb2, privacy_pb2
 from custos.version import custos_version
 

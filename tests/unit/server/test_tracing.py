@@ -7,9 +7,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from custos.flows.context import CallIds, RequestContext
 from custos.flows.types import Caller
-from custos.server.otlp import build_tracing
 from custos.server.settings import SettingsError, load_settings
-from custos.server.tracing import carrier_of
+from custos.telemetry.otlp import build_tracing
+from custos.telemetry.tracing import carrier_of
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 

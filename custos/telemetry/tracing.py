@@ -1,6 +1,6 @@
 """OpenTelemetry traces: a server span per gRPC and HTTP call, a child span per pipeline stage, OTLP export.
 
-Off unless ``otel_endpoint`` is set: then ``custos.server.otlp.build_tracing`` returns ``None``, the edges
+Off unless ``otel_endpoint`` is set: then ``custos.telemetry.otlp.build_tracing`` returns ``None``, the edges
 start no span and flows get no observer, so nothing runs per call. When on, each call's span continues the
 caller's W3C ``traceparent`` (gRPC metadata or HTTP header) and the flow reports its stages (the same
 timings as the audit record's ``latency_ms``) and its ``gen_ai.*`` attributes through :class:`CallTrace`.

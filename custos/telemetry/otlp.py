@@ -1,6 +1,6 @@
 """The exporting half of tracing: this server's tracer provider, sampling and OTLP/gRPC exporter.
 
-Apart from :mod:`custos.server.tracing` so that the edges, which start spans, import no gRPC through it
+Apart from :mod:`custos.telemetry.tracing` so that the edges, which start spans, import no gRPC through it
 (the HTTP edge speaks no gRPC; the OTLP exporter does).
 """
 
@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-from custos.server.tracing import Tracing
+from custos.telemetry.tracing import Tracing
 from custos.version import custos_version
 
 
