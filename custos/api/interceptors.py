@@ -19,7 +19,6 @@ import grpc
 
 from custos.api.status import map_exception
 from custos.flows.context import CallIds, accept_client_request_id, bind_call, unbind_call
-from custos.flows.errors import ResourceExhausted
 from custos.server.metrics import Metrics
 
 log = logging.getLogger("custos.rpc")
@@ -128,8 +127,8 @@ class _Call:
         if mapped.code is grpc.StatusCode.INTERNAL:
             log.error("rpc failed", exc_info=exc, extra=self._fields())
         extra: tuple[tuple[str, str], ...] = ()
-        if isinstance(exc, ResourceExhausted) and exc.retry_after_s is not None:
-            extra = (("retry-after-ms", str(int(exc.retry_after_s * 1000))),)
+        if mapped.retry_after_s is not None:
+            extra = (("retry-after-ms", str(int(mapped.retry_after_s * 1000))),)
         await context.abort(mapped.code, mapped.message, trailing_metadata=self.trailers(*extra))
 
     def done(self) -> None:

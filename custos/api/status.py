@@ -15,6 +15,7 @@ class MappedStatus:
 
     code: grpc.StatusCode
     message: str
+    retry_after_s: float | None = None
 
 
 def status_code(name: str) -> grpc.StatusCode:
@@ -31,4 +32,4 @@ def map_exception(exc: BaseException, request_id: str) -> MappedStatus:
     request id, so neither exception text nor user text reaches the client.
     """
     mapped = map_error(exc, request_id)
-    return MappedStatus(status_code(mapped.status), mapped.message)
+    return MappedStatus(status_code(mapped.status), mapped.message, mapped.retry_after_s)
