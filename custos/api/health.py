@@ -103,7 +103,8 @@ class EngineReadiness:
             log.warning("engine readiness probe failed unexpectedly", exc_info=True)
             ready = False
         if ready != self.ready:
-            log.warning("model engine ready" if ready else "model engine not ready")
+            level = logging.INFO if ready else logging.WARNING
+            log.log(level, "model engine %s", "ready" if ready else "not ready")
         self.ready = ready
         await self._reporter.set_ready(self._service, ready)
 

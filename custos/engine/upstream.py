@@ -61,7 +61,7 @@ _POLL_S = 0.02  # how often a waiting worker checks its caller's ``cancelled``
 _RETRY_AFTER_S = 1.0
 _MAX_SEED = 2**63 - 1  # vLLM and most servers take a signed 64-bit seed
 #: What of ``/v1/models``' entry for the served model goes into the audit record (vLLM's fields).
-MODEL_CARD_FIELDS = ("id", "object", "owned_by", "root", "parent", "max_model_len", "created")
+MODEL_CARD_FIELDS = ("id", "object", "owned_by", "root", "parent", "max_model_len")
 BACKEND_SETTING = "engine_backend"
 
 
@@ -584,16 +584,21 @@ class UpstreamEngine(Engine):
         sums: list[float] = []
         counts: list[int] = []
         prefix_tokens = 0
-        for choice in by_index:
-            total, count, before = _continuation_logprob(choice, len(prefix))
+        for choice, continuation in zip(by_index, continuations, strict=True):
+            total, count, before = _continuation_logprob(choice, len(prefix), len(prefix + continuation))
             sums.append(total)
             counts.append(count)
             prefix_tokens = max(prefix_tokens, before)
         return sums, counts, prefix_tokens
 
 
-def _continuation_logprob(choice: object, prefix_chars: int) -> tuple[float, int, int]:
-    """(summed log-prob, count) of the echoed prompt's tokens ending after ``prefix_chars``; tokens before."""
+def _continuation_logprob(choice: object, prefix_chars: int, prompt_chars: int) -> tuple[float, int, int]:
+    """(summed log-prob, count) of the echoed prompt's tokens ending after ``prefix_chars``; tokens before.
+
+    The last entry is the one generated token (``max_tokens = 1``); the prompt's tokens come before it.
+    Offsets count the text of every token, a BOS token's too (vLLM's ``<bos>``), so they are shifted by
+    where the generated token starts compared with the prompt's length.
+    """
     if not isinstance(choice, dict):
         raise _malformed()
     logprobs = choice.get("logprobs")
@@ -603,15 +608,12 @@ def _continuation_logprob(choice: object, prefix_chars: int) -> tuple[float, int
     offsets = logprobs.get("text_offset")
     if not isinstance(values, list) or not isinstance(offsets, list) or len(values) != len(offsets):
         raise _no_prompt_logprobs()
-    if len(values) < 2:
+    if len(values) < 2 or not all(isinstance(o, int) for o in offsets):
         raise _no_prompt_logprobs()
-    # The last entry is the one generated token (max_tokens = 1): the prompt's tokens come before it.
+    shift = offsets[-1] - prompt_chars
     total, count, before = 0.0, 0, 0
     for i in range(len(values) - 1):
-        end = offsets[i + 1]
-        if not isinstance(end, int):
-            raise _malformed()
-        if end <= prefix_chars:
+        if offsets[i + 1] - shift <= prefix_chars:
             before += 1
             continue
         value = values[i]
