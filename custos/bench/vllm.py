@@ -173,10 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV)
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--log-file", type=Path, default=Path("vllm.log"))
+    parser.add_argument("--cpus", help="Cores to pin vLLM to, comma-separated (e.g. 1 beside Custos on 0).")
     args = parser.parse_args(argv)
+    cpus = {int(c) for c in args.cpus.split(",")} if args.cpus else None
     model_dir = bundled_model_dir(args.cache_root)
     started = time.monotonic()
-    server = start_vllm(model_dir, venv=args.venv, port=args.port, log_file=args.log_file)
+    server = start_vllm(model_dir, venv=args.venv, port=args.port, log_file=args.log_file, cpus=cpus)
     try:
         server.wait_ready()
         print(
