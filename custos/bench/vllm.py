@@ -176,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpus", help="Cores to pin vLLM to, comma-separated (e.g. 1 beside Custos on 0).")
     args = parser.parse_args(argv)
     cpus = {int(c) for c in args.cpus.split(",")} if args.cpus else None
+    # Stop vLLM on SIGINT or SIGTERM (a background job starts with SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     model_dir = bundled_model_dir(args.cache_root)
     started = time.monotonic()
     server = start_vllm(model_dir, venv=args.venv, port=args.port, log_file=args.log_file, cpus=cpus)
