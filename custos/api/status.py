@@ -36,6 +36,7 @@ class MappedStatus:
     message: str
     #: ``grpc-status-details-bin`` and, on capacity limits, ``grpc-retry-pushback-ms``.
     trailers: tuple[tuple[str, str | bytes], ...] = ()
+    retry_after_s: float | None = None
 
 
 def status_code(name: str) -> grpc.StatusCode:
@@ -101,7 +102,7 @@ def map_exception(exc: BaseException, request_id: str) -> MappedStatus:
     pushback = pushback_ms(mapped)
     if pushback is not None:
         trailers.append((PUSHBACK_KEY, pushback))
-    return MappedStatus(code, mapped.message, tuple(trailers))
+    return MappedStatus(code, mapped.message, tuple(trailers), mapped.retry_after_s)
 
 
 def service_config() -> dict[str, Any]:

@@ -21,11 +21,12 @@ from typing import Any
 from custos.audit.events import StoredRecord
 from custos.audit.store import SealedTranscript
 from custos.engine.base import Engine
-from custos.engine.types import ChatTurn, EngineBusy, GenerationResult
+from custos.engine.types import ChatTurn, EngineError, GenerationResult
 from custos.flows.context import RequestContext
 from custos.flows.errors import InvalidArgument
 from custos.flows.idempotency import IdempotencyConflict, IdempotencyStore
 from custos.flows.services import FlowServices
+from custos.flows.status import map_error
 from custos.flows.types import (
     GenerateCall,
     GenerateOutcome,
@@ -204,6 +205,7 @@ class GenerateFlow:
         run = _EngineRun(services.engine, services.executor, anon_turns, call, ctx.deadline)
         sent: list[str] = []
         status = "INTERNAL"
+        engine_error: str | None = None
         try:
             async for delta in run.deltas():
                 safe = await services.run(restorer.feed, delta)
@@ -215,8 +217,10 @@ class GenerateFlow:
                 sent.append(tail)
                 yield StreamDelta(tail)
             status = run.status()
-        except EngineBusy:
-            status = "RESOURCE_EXHAUSTED"
+        except EngineError as exc:
+            # The engine's own refusal or fault (a full queue, an upstream down, slow or broken).
+            mapped = map_error(exc, request_id)
+            status, engine_error = mapped.status, mapped.reason
             raise
         except (asyncio.CancelledError, GeneratorExit):
             # gRPC cancels the handler when the caller's deadline passes; the record says which it was.
@@ -230,7 +234,7 @@ class GenerateFlow:
             # cannot skip its own audit record.
             guard = restorer.report.to_audit()
             completion = asyncio.ensure_future(
-                self._complete(ctx, call, request_id, anon, run, "".join(sent), status, guard)
+                self._complete(ctx, call, request_id, anon, run, "".join(sent), status, guard, engine_error)
             )
             await asyncio.shield(completion)
         result = run.result()
@@ -270,6 +274,7 @@ class GenerateFlow:
         answer: str,
         status: str,
         guard: dict[str, Any],
+        engine_error: str | None = None,
     ) -> StoredRecord:
         """Steps 5 and 6: seal the transcript and commit it with the completion record."""
         services = self._services
@@ -308,6 +313,8 @@ class GenerateFlow:
             "latency_ms": ctx.timings.as_ms(),
             "retention_class": services.retention_class,
         }
+        if engine_error is not None:
+            details["engine_error"] = engine_error  # a fixed reason token, e.g. upstream_stream_cut
         event = services.event(
             ctx,
             "completion",

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from custos.audit.errors import AuditUnavailable, InvalidQuery, RecordNotFound
-from custos.engine.types import EngineBusy, InvalidSamplingParams, PromptTooLong
+from custos.engine.types import (
+    EngineBusy,
+    EngineRejected,
+    EngineTimeout,
+    EngineUnavailable,
+    EngineUnsupported,
+    InvalidSamplingParams,
+    PromptTooLong,
+)
 from custos.flows.errors import InvalidArgument, RequestError, ResourceExhausted
 
 
@@ -157,4 +165,12 @@ def map_error(exc: BaseException, request_id: str) -> MappedError:
         return MappedError("INVALID_ARGUMENT", f"messages: {exc}", field="messages")
     if isinstance(exc, EngineBusy):
         return MappedError("RESOURCE_EXHAUSTED", str(exc), reason="queue")
+    if isinstance(exc, EngineUnavailable):
+        return MappedError("UNAVAILABLE", str(exc), retry_after_s=exc.retry_after_s, reason=exc.reason)
+    if isinstance(exc, EngineTimeout):
+        return MappedError("DEADLINE_EXCEEDED", str(exc), retry_after_s=exc.retry_after_s, reason=exc.reason)
+    if isinstance(exc, EngineUnsupported):
+        return MappedError("UNIMPLEMENTED", f"{exc.setting}: {exc}")
+    if isinstance(exc, EngineRejected):
+        return MappedError("INVALID_ARGUMENT", f"messages: {exc}", field="messages")
     return MappedError("INTERNAL", f"internal error (request id {request_id})")

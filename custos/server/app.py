@@ -29,6 +29,7 @@ from custos.api.feedback import FeedbackServicer
 from custos.api.health import (
     AvailabilityInterceptor,
     DatabaseWatchdog,
+    EngineReadiness,
     HealthReporter,
     flush_pending_tasks,
 )
@@ -165,6 +166,7 @@ class CustosServer:
         self.security: SecuritySetup | None = None
         self.credentials: ReloadingCredentials | None = None
         self.watchdog: DatabaseWatchdog | None = None
+        self.engine_readiness: EngineReadiness | None = None
         self._availability: AvailabilityInterceptor | None = None
         self.trail: AuditTrail | None = None
         self._checkpoint_task: asyncio.Task[None] | None = None
@@ -210,11 +212,14 @@ class CustosServer:
             self._executor,
             functools.partial(record_config_change, self.audit, settings, index_key=self.keys.index_key()),
         )
-        self.watchdog = DatabaseWatchdog(
-            db,
-            HealthReporter(self.health, [s.full_name for s in SERVICES]),
-            interval_s=settings.db_probe_interval_s,
-        )
+        reporter = HealthReporter(self.health, [s.full_name for s in SERVICES])
+        self.watchdog = DatabaseWatchdog(db, reporter, interval_s=settings.db_probe_interval_s)
+        engine = self.components.engine
+        if engine.readiness_interval_s is not None:
+            # An engine on another server: the Inference service's health follows its readiness.
+            self.engine_readiness = EngineReadiness(
+                engine.check_ready, reporter, SERVICES[0].full_name, interval_s=engine.readiness_interval_s
+            )
         self._availability = AvailabilityInterceptor(self.watchdog)
         self.tracing = build_tracing(
             settings.otel_endpoint,
@@ -362,6 +367,8 @@ class CustosServer:
             self.health_port = self._health_server.add_insecure_port(settings.health_listen)
             await self._health_server.start()
         await self.watchdog.start()
+        if self.engine_readiness is not None:
+            await self.engine_readiness.start()
         if settings.http_listen:
             self.http = build_http_server(
                 settings,
@@ -494,6 +501,8 @@ class CustosServer:
             self._health_server = None
         if self.watchdog is not None:
             await self.watchdog.stop()
+        if self.engine_readiness is not None:
+            await self.engine_readiness.stop()
         # The checkpoint timer runs until cancelled: stop it before waiting for the audit writes to settle.
         if self._checkpoint_task is not None:
             self._checkpoint_task.cancel()
@@ -532,11 +541,13 @@ def build_components(
     without it, reading starts here and overlaps the analyzer's build.
     """
     from custos.privacy.analyzer import build_analyzer
-    from custos.server.model import finish_loading, start_reading
+    from custos.server.model import build_upstream_engine, finish_loading, start_reading
 
-    ensure_private_dir(settings.resolved_model_cache_dir)
-    if reading is None:
-        reading = start_reading(settings)
+    upstream = settings.engine_backend == "openai"
+    if not upstream:
+        ensure_private_dir(settings.resolved_model_cache_dir)
+        if reading is None:
+            reading = start_reading(settings)
     analyzer = build_analyzer(
         spacy_model=settings.spacy_model,
         languages=settings.pii_languages,
@@ -545,7 +556,9 @@ def build_components(
         deny_lists=settings.pii_deny_lists,
         crm_references=settings.pii_crm_references,
     )
-    engine = finish_loading(settings, reading, progress=progress)
+    engine: Engine = (
+        build_upstream_engine(settings) if upstream else finish_loading(settings, reading, progress=progress)
+    )
     return Components(analyzer=analyzer, engine=engine)
 
 
