@@ -138,7 +138,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
                 return []
             return _fields_set(descriptor, raw)
 
-        return await self._access.authorize(caller, method=name, fields_set=fields_set)
+        return await self._access.authorize_call(caller, method=name, fields_set=fields_set)
 
 
 async def _single_request(requests: AsyncIterator[bytes]) -> bytes:

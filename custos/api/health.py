@@ -1,12 +1,11 @@
 """Fail closed and drain: health follows the audit database and the server's lifecycle.
 
 A :class:`DatabaseWatchdog` probes the audit database periodically and flips every health status to
-NOT_SERVING the moment the database is unreachable (a failed probe, or a call that lost the connection; a
-call that only timed out waiting for a lock triggers a probe instead), and back to SERVING when a probe
-succeeds again, so service resumes without a restart. Health is per service: Inference also follows the
-model engine, the other services the database alone. The
-:class:`AvailabilityInterceptor` refuses API calls with UNAVAILABLE while the database is down or the server
-is draining, before any work is done, and reports ``AuditUnavailable`` from calls to the watchdog.
+NOT_SERVING the moment the database is unreachable (a failed probe, or an ``AuditUnavailable`` raised by any
+call; an :class:`AuditBusy`, a lock wait that timed out, only triggers a probe), and back to SERVING when a
+probe succeeds again, so service resumes without a restart. The :class:`AvailabilityInterceptor` refuses API
+calls with UNAVAILABLE while the database is down or the server is draining, before any work is done, and
+reports ``AuditUnavailable`` from calls to the watchdog.
 """
 
 from __future__ import annotations
@@ -38,60 +37,108 @@ class ServerDraining(Unavailable):
     """The server is shutting down and takes no new calls; the caller should retry on another replica."""
 
     def __init__(self) -> None:
-        super().__init__("server is shutting down; retry on another replica")
+        super().__init__("server is shutting down; retry on another replica", error_code="SERVER_DRAINING")
 
 
 class HealthReporter:
-    """What the health service says, per API service, from the dependencies each needs.
+    """What the health service says, for the overall server and each API service."""
 
-    Every service (and the server as a whole, name ``""``) follows the audit database; the services in
-    ``engine_services`` (Inference) follow the engine too.
-    """
-
-    def __init__(self, health: Any, services: Iterable[str], *, engine_services: Iterable[str] = ()) -> None:
+    def __init__(self, health: Any, services: Iterable[str]) -> None:
         self._health = health
         self._names = ["", *services]
-        self._engine_services = frozenset(engine_services)
+        self._status: int | None = None  # what the last set_all said (None: not started)
+        self._not_ready: set[str] = set()
+
+    def _effective(self, name: str, status: int) -> int:
+        return NOT_SERVING if name in self._not_ready else status
 
     async def set_all(self, status: int) -> None:
-        """Set every name to ``status`` (ignored by the health service once it is shutting down)."""
+        """Set every name to ``status`` (ignored by the health service once it is shutting down).
+
+        A service marked not ready by :meth:`set_ready` stays NOT_SERVING.
+        """
+        self._status = status
         for name in self._names:
-            await self._health.set(name, status)
+            await self._health.set(name, self._effective(name, status))
 
-    async def report(self, *, database: bool, engine: bool) -> None:
-        """Set each name from the state of the dependencies it needs."""
-        for name in self._names:
-            serving = database and (engine or name not in self._engine_services)
-            await self._health.set(name, SERVING if serving else NOT_SERVING)
+    async def set_ready(self, name: str, ready: bool) -> None:
+        """Mark one service ready or not (its own dependency, e.g. an upstream engine), beside ``set_all``."""
+        if ready == (name not in self._not_ready):
+            return
+        if ready:
+            self._not_ready.discard(name)
+        else:
+            self._not_ready.add(name)
+        if self._status is not None:
+            await self._health.set(name, self._effective(name, self._status))
 
 
-class DatabaseWatchdog:
-    """Probes the audit database (and asks the engine) and keeps health and admission in step with them.
+class EngineReadiness:
+    """Polls the engine's readiness (an upstream server's) and keeps one service's health in step with it.
 
-    ``available`` is False from the first failure (probe, or a call that lost the database) until a probe
-    succeeds again. A call that only waited too long for a lock (:class:`AuditBusy`: the database answered)
-    wakes a probe instead, and health changes only if the probe fails. Probes run on their own thread, so
-    a busy worker pool cannot delay noticing an outage or a recovery.
+    Only the Inference service follows it: the Audit service and the server's overall status do not
+    depend on the model. Probes run on their own thread, so a slow upstream cannot hold a worker.
     """
 
     def __init__(
-        self,
-        engine: Engine,
-        reporter: HealthReporter,
-        *,
-        interval_s: float,
-        engine_available: Callable[[], bool] = lambda: True,
+        self, check: Callable[[], bool], reporter: HealthReporter, service: str, *, interval_s: float
     ) -> None:
+        self._check = check
+        self._reporter = reporter
+        self._service = service
+        self._interval_s = interval_s
+        self._probe_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="custos-engine-probe")
+        self._task: asyncio.Task[None] | None = None
+        self.ready: bool | None = None
+
+    async def start(self) -> None:
+        """Probe once now (health is set before the first call is admitted), then periodically."""
+        await self._probe()
+        self._task = asyncio.create_task(self._run(), name="custos-engine-readiness")
+
+    async def _probe(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            ready = await loop.run_in_executor(self._probe_executor, self._check)
+        except Exception:  # an unexpected probe error means not ready; never stop probing
+            log.warning("engine readiness probe failed unexpectedly", exc_info=True)
+            ready = False
+        if ready != self.ready:
+            level = logging.INFO if ready else logging.WARNING
+            log.log(level, "model engine %s", "ready" if ready else "not ready")
+        self.ready = ready
+        await self._reporter.set_ready(self._service, ready)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            await self._probe()
+
+    async def stop(self) -> None:
+        """Stop probing (health stays as it is)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._probe_executor.shutdown(wait=False, cancel_futures=True)
+
+
+class DatabaseWatchdog:
+    """Probes the audit database and keeps health and admission in step with it.
+
+    ``available`` is False from the first failure (probe or call) until a probe succeeds again. Probes run on
+    their own thread, so a busy worker pool cannot delay noticing an outage or a recovery.
+    """
+
+    def __init__(self, engine: Engine, reporter: HealthReporter, *, interval_s: float) -> None:
         self._engine = engine
         self._reporter = reporter
         self._interval_s = interval_s
-        self._engine_available = engine_available
         self._probe_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="custos-db-probe")
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self.available = True
-        #: Whether the model engine can take work (Inference's health follows it).
-        self.engine_ok = True
         self.draining = False
         self._stopping = False
 
@@ -103,8 +150,7 @@ class DatabaseWatchdog:
 
     async def start(self) -> None:
         """Report SERVING and start probing."""
-        self.engine_ok = self._engine_ok()
-        await self._reporter.report(database=True, engine=self.engine_ok)
+        await self._reporter.set_all(SERVING)
         self._task = asyncio.create_task(self._run(), name="custos-db-watchdog")
 
     async def stop(self) -> None:
@@ -123,19 +169,12 @@ class DatabaseWatchdog:
     async def report_unavailable(self, error: BaseException | None = None) -> None:
         """A call failed to reach the database: flip to NOT_SERVING now and probe again soon.
 
-        A lock wait that timed out (``error`` is :class:`AuditBusy`) is not an outage: it only wakes the
-        probe, which flips health if the database really does not answer.
+        A lock wait that timed out (``error`` is :class:`AuditBusy`: the database answered) is not an
+        outage: it only wakes the probe, which flips health if the database really does not answer.
         """
         if not isinstance(error, AuditBusy):
-            await self._set(available=False, engine_ok=self.engine_ok)
+            await self._set(available=False)
         self._wake.set()
-
-    def _engine_ok(self) -> bool:
-        try:
-            return bool(self._engine_available())
-        except Exception:  # a failing check says the engine cannot take work
-            log.warning("engine availability check failed", exc_info=True)
-            return False
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -143,29 +182,24 @@ class DatabaseWatchdog:
             try:
                 await loop.run_in_executor(self._probe_executor, self.probe_once)
             except AuditUnavailable:
-                available = False
+                await self._set(available=False)
             except Exception:  # an unexpected probe error is an outage too; never stop probing
                 log.warning("database probe failed unexpectedly", exc_info=True)
-                available = False
+                await self._set(available=False)
             else:
-                available = True
-            await self._set(available=available, engine_ok=self._engine_ok())
+                await self._set(available=True)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._interval_s)
 
-    async def _set(self, *, available: bool, engine_ok: bool) -> None:
-        if available == self.available and engine_ok == self.engine_ok:
+    async def _set(self, *, available: bool) -> None:
+        if available == self.available:
             return
-        if available != self.available:
-            log.warning("audit database reachable again" if available else "audit database unreachable")
-        if engine_ok != self.engine_ok:
-            log.warning("engine available again" if engine_ok else "engine unavailable")
         self.available = available
-        self.engine_ok = engine_ok
         if self.draining:
             return
-        await self._reporter.report(database=available, engine=engine_ok)
+        log.warning("audit database reachable again" if available else "audit database unreachable")
+        await self._reporter.set_all(SERVING if available else NOT_SERVING)
 
 
 class AvailabilityInterceptor(grpc.aio.ServerInterceptor):

@@ -173,7 +173,10 @@ class BatchingEngine(Engine):
             self._cv.notify()
         return request
 
-    def available(self) -> bool:
+    #: The server asks :meth:`check_ready` this often; Inference's health follows the answer.
+    readiness_interval_s: float | None = 5.0
+
+    def check_ready(self) -> bool:
         """False while closing, or when the scheduler thread died (nothing would ever answer)."""
         with self._cv:
             return not self._closing and (self._thread is None or self._thread.is_alive())

@@ -87,7 +87,10 @@ class PrivacyStage:
         """Refuse a re-identification request of a caller without the permission."""
         if requested and not self._may_reidentify(caller):
             raise PrivacyRefusal(
-                PermissionDenied("reidentify: the caller lacks the reidentify permission"),
+                PermissionDenied(
+                    "reidentify: the caller lacks the reidentify permission",
+                    error_code="REIDENTIFY_NOT_PERMITTED",
+                ),
                 "denied",
                 {"denied_permission": "reidentify"},
             )
@@ -124,7 +127,8 @@ class PrivacyStage:
             raise PrivacyRefusal(
                 FailedPrecondition(
                     "messages: the text's language is not among the served languages (pii_languages); "
-                    "refused by the language policy"
+                    "refused by the language policy",
+                    error_code="LANGUAGE_NOT_SERVED",
                 ),
                 "generate",
                 {"privacy_policy": {**policy, "decision": "refused_language"}},
@@ -137,7 +141,9 @@ class PrivacyStage:
             present = sorted(analysis.entity_types() & set(blocked_types))
             if present:
                 raise PrivacyRefusal(
-                    FailedPrecondition(f"messages: contain blocked entity types {present}"),
+                    FailedPrecondition(
+                        f"messages: contain blocked entity types {present}", error_code="BLOCKED_ENTITY_TYPES"
+                    ),
                     "generate",
                     {
                         "privacy_policy": {**policy, "decision": "blocked", "blocked_found": present},
@@ -150,7 +156,8 @@ class PrivacyStage:
             raise PrivacyRefusal(
                 FailedPrecondition(
                     "subject_id: the conversation was started with another subject_id (or without one); "
-                    "use a new conversation_id for this subject"
+                    "use a new conversation_id for this subject",
+                    error_code="SUBJECT_MISMATCH",
                 ),
                 "generate",
                 {"privacy_policy": {**policy, "decision": "refused_subject"}},

@@ -16,7 +16,7 @@ import asyncio
 import contextvars
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -77,6 +77,9 @@ RPC_PERMISSIONS: Mapping[str, str] = MappingProxyType(
         "/custos.v1.Inference/Classify": "classify",
         "/custos.v1.Feedback/Submit": "feedback.submit",
         "/custos.v1.Feedback/Satisfaction": "feedback.read",
+        # The compliance console (custos/console): signing in, and a transcript read there.
+        "/custos.console/SignIn": "audit.read",
+        "/custos.console/Transcript": "transcript.read",
     }
 )
 # "message.field" -> the permission a request needs when that field is set.
@@ -234,16 +237,20 @@ class AccessControl:
         limiter: CapacityLimiter,
         audit: AuditStore,
         executor: Executor,
-        failures: FailureLimiter,
-        denials: DenialAggregator,
+        failures: FailureLimiter | None = None,
+        denials: DenialAggregator | None = None,
         addresses: ClientAddresses | None = None,
     ) -> None:
+        # Without ``failures``: the default limits (0.5/s, bursts of 10). Without ``denials``: every
+        # refusal is its own record, written at once (no aggregation). Without ``addresses``: no proxy
+        # is trusted.
         self._authenticator = authenticator
         self._limiter = limiter
         self._audit = audit
         self._executor = executor
-        self._failures = failures
-        self._denials = denials
+        self._failures = failures or FailureLimiter(rate=0.5, burst=10)
+        # An interval of 0: every address is quiet again at once, so each refusal is written as it happens.
+        self._denials = denials or DenialAggregator(audit, executor, interval_s=0.0)
         self._addresses = addresses or ClientAddresses(())
 
     async def admit(
@@ -255,11 +262,11 @@ class AccessControl:
         auth_context: Mapping[str, Any],
         fields_set: GuardedFieldsSet,
     ) -> tuple[Caller, Callable[[], None]]:
-        """:meth:`authenticate`, then :meth:`authorize`: the caller and the release of its capacity slot."""
+        """:meth:`authenticate`, then :meth:`authorize_call`: the caller and its capacity slot's release."""
         caller = await self.authenticate(
             method=method, peer=peer, metadata=metadata, auth_context=auth_context
         )
-        return caller, await self.authorize(caller, method=method, fields_set=fields_set)
+        return caller, await self.authorize_call(caller, method=method, fields_set=fields_set)
 
     async def authenticate(
         self,
@@ -299,19 +306,23 @@ class AccessControl:
             fingerprint=identity.fingerprint,
         )
 
-    async def authorize(
+    async def authorize_call(
         self, caller: Caller, *, method: str, fields_set: GuardedFieldsSet
     ) -> Callable[[], None]:
         """The permission for ``method`` and the guarded fields, then a capacity slot (its release)."""
         rpc = method.rsplit("/", 1)[-1]
         needed = required_permission(method)
         if needed is None or needed not in caller.permissions:
-            denied = PermissionDenied(f"the caller lacks the permission for {rpc}")
+            denied = PermissionDenied(
+                f"the caller lacks the permission for {rpc}", error_code="RPC_NOT_PERMITTED"
+            )
             await self._deny(caller, method, denied, reason="rpc", permission=needed)
             raise denied
         for field, permission in fields_set():
             if permission not in caller.permissions:
-                refused = PermissionDenied(f"{field}: requires the {permission} permission")
+                refused = PermissionDenied(
+                    f"{field}: requires the {permission} permission", error_code="FIELD_NOT_PERMITTED"
+                )
                 await self._deny(caller, method, refused, reason="field", permission=permission)
                 raise refused
         try:
@@ -323,6 +334,15 @@ class AccessControl:
     async def flush_denials(self) -> int:
         """Write the aggregated refusals held so far (tests, shutdown)."""
         return await self._denials.flush()
+
+    async def authorize(self, caller: Caller, *, method: str, peer: str) -> None:
+        """Check an already authenticated caller (a console session) for ``method``; a refusal is audited."""
+        needed = required_permission(method)
+        if needed is None or needed not in caller.permissions:
+            rpc = method.rsplit("/", 1)[-1]
+            denied = PermissionDenied(f"the caller lacks the permission for {rpc}")
+            await self._deny(replace(caller, peer=peer), method, denied, reason="rpc", permission=needed)
+            raise denied
 
     async def _deny(
         self,

@@ -18,14 +18,15 @@ class FailingEngine(ScriptedEngine):
     """A scripted engine that can be told it has stopped (as a dead scheduler thread would say)."""
 
     up = True
+    readiness_interval_s = 0.1
 
-    def available(self) -> bool:
+    def check_ready(self) -> bool:
         return self.up
 
 
 def test_inference_follows_the_engine_and_audit_does_not(tmp_path: Path, analyzer: AnalyzerEngine) -> None:
     engine = FailingEngine("Hello.")
-    with make_server(tmp_path, analyzer, engine, db_probe_interval_s=0.1) as harness:
+    with make_server(tmp_path, analyzer, engine) as harness:
         health = health_pb2_grpc.HealthStub(harness.channel)
 
         def status(service: str) -> int:

@@ -1,5 +1,6 @@
-"""Read-only lookups never wait for the SQLite write lock; a lock timeout is busy, not an outage; health is
-per service (Inference follows the database and the engine, the rest the database). Real database files.
+"""Read-only lookups never wait for the SQLite write lock; a lock timeout is busy, not an outage.
+
+Real database files, a real writer holding the lock.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from custos.api.health import NOT_SERVING, SERVING, DatabaseWatchdog, HealthReporter
+from custos.api.health import DatabaseWatchdog, HealthReporter
 from custos.audit.db import default_sqlite_url, make_engine, migrate
 from custos.audit.errors import AuditBusy, AuditUnavailable
 from custos.audit.store import AuditStore
@@ -24,7 +25,6 @@ from custos.testing.audit import event
 
 LOCK_TIMEOUT_S = 0.5
 INFERENCE = "custos.v1.Inference"
-AUDIT = "custos.v1.Audit"
 
 
 class FakeHealth:
@@ -99,31 +99,3 @@ def test_a_lock_timeout_is_busy_and_does_not_flip_health(database: tuple[Any, Pa
         return seen
 
     assert asyncio.run(scenario()) == [True, False]
-
-
-def test_health_is_per_service(database: tuple[Any, Path]) -> None:
-    engine, _ = database
-    health = FakeHealth()
-    engine_up = [True]
-
-    async def wait_for(name: str, status: int) -> None:
-        for _ in range(200):
-            if health.status.get(name) == status:
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError(f"{name or 'server'} never became {status}")
-
-    async def scenario() -> None:
-        reporter = HealthReporter(health, [INFERENCE, AUDIT], engine_services=[INFERENCE])
-        watchdog = DatabaseWatchdog(engine, reporter, interval_s=0.05, engine_available=lambda: engine_up[0])
-        await watchdog.start()
-        assert health.status == {"": SERVING, INFERENCE: SERVING, AUDIT: SERVING}
-        engine_up[0] = False
-        await wait_for(INFERENCE, NOT_SERVING)
-        assert health.status == {"": SERVING, INFERENCE: NOT_SERVING, AUDIT: SERVING}
-        engine_up[0] = True
-        await wait_for(INFERENCE, SERVING)
-        assert health.status == {"": SERVING, INFERENCE: SERVING, AUDIT: SERVING}
-        await watchdog.stop()
-
-    asyncio.run(scenario())
