@@ -5,7 +5,9 @@ concurrent streams, then runs raw transformers ``generate`` on the same model ob
 and on the same prompts, as the baseline of the same run. When the optional ``llama-cpp-python`` is
 installed and the model source is a GGUF file (the bundled one included), llama.cpp runs the same prompt
 tokens on that file with the same thread count as a second baseline. Prints tokens/s, time to first token
-and inter-token latency (p50/p99), peak RSS, the ratios, and the goals beside the measurements.
+and inter-token latency (p50/p99), peak RSS, the ratios, and the goals beside the measurements. ``forced``
+holds end-of-sequence off on every path (``min_new_tokens`` = ``max_new_tokens``), so each answer has
+exactly ``max_new_tokens`` tokens and the rows compare decoding, not how soon each path chose to stop.
 """
 
 from __future__ import annotations
@@ -102,13 +104,17 @@ class BenchReport:
     """llama.cpp on the same prompts, one sequence at a time; empty when it was not measured."""
     llamacpp_note: str = ""
     """How llama.cpp ran (file, threads), or why it was not measured."""
+    forced: bool = False
+    """Whether every path generated exactly ``max_new_tokens`` (end-of-sequence held off)."""
 
 
-def _request(index: int, max_new_tokens: int) -> inference_pb2.GenerateRequest:
+def _request(index: int, max_new_tokens: int, *, forced: bool = False) -> inference_pb2.GenerateRequest:
     return inference_pb2.GenerateRequest(
         conversation_id=f"bench-{index}",
         messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=PROMPTS[index % len(PROMPTS)])],
-        parameters=inference_pb2.GenerationParameters(max_new_tokens=max_new_tokens, temperature=0.0),
+        parameters=inference_pb2.GenerationParameters(
+            max_new_tokens=max_new_tokens, temperature=0.0, min_new_tokens=max_new_tokens if forced else 0
+        ),
     )
 
 
@@ -165,6 +171,7 @@ def drive_server(
     max_new_tokens: int,
     stages: StageSeconds | None = None,
     token: str | None = None,
+    forced: bool = False,
 ) -> LevelResult:
     """Run ``streams`` client threads, each sending ``requests_per_stream`` GenerateStream calls in turn."""
     result = LevelResult(path="custos", streams=streams)
@@ -174,7 +181,7 @@ def drive_server(
 
     def client(stream_index: int) -> None:
         for round_index in range(requests_per_stream):
-            request = _request(stream_index + round_index * streams, max_new_tokens)
+            request = _request(stream_index + round_index * streams, max_new_tokens, forced=forced)
             sent = time.perf_counter()
             first: float | None = None
             last = sent
@@ -232,6 +239,7 @@ def raw_generate(
     *,
     requests_per_stream: int,
     max_new_tokens: int,
+    forced: bool = False,
 ) -> LevelResult:
     """The baseline: transformers' greedy ``generate`` with ``streams`` prompts as one left-padded batch."""
     from transformers import LogitsProcessorList
@@ -257,6 +265,7 @@ def raw_generate(
                 input_ids=ids,
                 attention_mask=mask,
                 max_new_tokens=max_new_tokens,
+                min_new_tokens=max_new_tokens if forced else None,
                 do_sample=False,
                 pad_token_id=pad_id,
                 logits_processor=LogitsProcessorList([clock]),
@@ -318,15 +327,18 @@ def llamacpp_generate(
     requests_per_stream: int,
     max_new_tokens: int,
     stop_ids: set[int],
+    forced: bool = False,
 ) -> LevelResult:
     """llama.cpp's greedy decode of ``streams`` x ``requests_per_stream`` prompts, one sequence at a time.
 
     llama-cpp-python's ``Llama`` decodes one sequence (no batching), so ``streams`` only sets how many
     prompts run in turn; each one's TTFT is timed from its own start, not from the start of the level.
     Each starts from an empty KV cache, like the raw baseline, and stops at a token of ``stop_ids``
-    (counted, as the raw baseline counts it) or after ``max_new_tokens``.
+    (counted, as the raw baseline counts it) or after ``max_new_tokens``; ``forced`` bans the stop tokens
+    (a logits processor), so every sequence runs to ``max_new_tokens``.
     """
     result = LevelResult(path="llama.cpp", streams=streams)
+    extra: dict[str, Any] = {"logits_processor": [_banning(stop_ids)]} if forced else {}
     for round_index in range(requests_per_stream):
         for i in range(streams):
             prompt = prompts[(i + round_index * streams) % len(prompts)]
@@ -334,10 +346,10 @@ def llamacpp_generate(
             started = time.perf_counter()
             times: list[float] = []
             for token in llm.generate(
-                list(prompt), temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0
+                list(prompt), temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0, **extra
             ):
                 times.append(time.perf_counter())
-                if token in stop_ids or len(times) >= max_new_tokens:
+                if (token in stop_ids and not forced) or len(times) >= max_new_tokens:
                     break
             result.seconds += time.perf_counter() - started
             result.tokens += len(times)
@@ -346,6 +358,17 @@ def llamacpp_generate(
                 if len(times) > 1:
                     result.itl.append((times[-1] - times[0]) / (len(times) - 1))
     return result
+
+
+def _banning(ids: set[int]) -> Callable[[Any, Any], Any]:
+    """A llama-cpp-python logits processor that makes ``ids`` impossible."""
+    banned = sorted(ids)
+
+    def process(_input_ids: Any, scores: Any) -> Any:
+        scores[banned] = float("-inf")
+        return scores
+
+    return process
 
 
 def bench_prompts(tokenizer: PreTrainedTokenizerBase, prompt_format: PromptFormat) -> list[list[int]]:
@@ -361,6 +384,7 @@ def run_llamacpp_levels(
     requests_per_stream: int = 1,
     max_new_tokens: int = 64,
     stop_ids: set[int],
+    forced: bool = False,
 ) -> list[LevelResult]:
     """llama.cpp at the same levels on the same prompt tokens (after one short warm-up sequence)."""
     llamacpp_generate(llm, prompts, 1, requests_per_stream=1, max_new_tokens=4, stop_ids=stop_ids)
@@ -372,6 +396,7 @@ def run_llamacpp_levels(
             requests_per_stream=requests_per_stream,
             max_new_tokens=max_new_tokens,
             stop_ids=stop_ids,
+            forced=forced,
         )
         for n in levels
     ]
@@ -400,6 +425,7 @@ def measure_llamacpp(
     max_new_tokens: int,
     stop_ids: set[int],
     load: Callable[..., LlamaLike] = load_llamacpp,
+    forced: bool = False,
 ) -> tuple[list[LevelResult], str]:
     """llama.cpp's rows on the source's GGUF file and a note on how it ran, or no rows and why not."""
     if load is load_llamacpp and not llamacpp_available():
@@ -416,6 +442,7 @@ def measure_llamacpp(
         requests_per_stream=requests_per_stream,
         max_new_tokens=max_new_tokens,
         stop_ids=stop_ids,
+        forced=forced,
     )
     unit = "thread" if threads == 1 else "threads"
     return rows, f"llama-cpp-python on {gguf.name}, {threads} {unit}, greedy, the raw rows' prompt tokens"
@@ -455,7 +482,9 @@ def _ratio(a: float, b: float) -> str:
 def format_report(report: BenchReport) -> str:
     """The table, the ratios, and the goals next to the measurements."""
     lines = [
-        f"custos bench serve: {report.max_new_tokens} new tokens, precision {report.precision}, "
+        f"custos bench serve: {report.max_new_tokens} new tokens"
+        f"{' (forced: end-of-sequence held off on every path)' if report.forced else ''}, "
+        f"precision {report.precision}, "
         f"{report.threads} torch threads, greedy; privacy and audit on for the custos rows",
         *(
             [f"load average (1 min) {load[0]:.2f} at start, {load[1]:.2f} at end"]
@@ -558,6 +587,7 @@ def run_server_levels(
     stages: StageSeconds | None = None,
     warmup: bool = True,
     token: str | None = None,
+    forced: bool = False,
 ) -> list[LevelResult]:
     """Measure the server at each level (after a warm-up that pays its one-time costs)."""
     if warmup:
@@ -570,6 +600,7 @@ def run_server_levels(
             max_new_tokens=max_new_tokens,
             stages=stages,
             token=token,
+            forced=forced,
         )
         for n in levels
     ]
@@ -583,6 +614,7 @@ def run_raw_levels(
     levels: Sequence[int] = DEFAULT_LEVELS,
     requests_per_stream: int = 1,
     max_new_tokens: int = 64,
+    forced: bool = False,
 ) -> list[LevelResult]:
     """Raw ``generate`` at the same levels on the same prompts."""
     return [
@@ -593,6 +625,7 @@ def run_raw_levels(
             n,
             requests_per_stream=requests_per_stream,
             max_new_tokens=max_new_tokens,
+            forced=forced,
         )
         for n in levels
     ]

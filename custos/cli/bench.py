@@ -178,6 +178,14 @@ def bench_serve(
         str | None,
         typer.Option(help="Precision of the raw generate baseline (default: the server's); needs its cache."),
     ] = None,
+    forced: Annotated[
+        bool,
+        typer.Option(
+            "--forced/--not-forced",
+            help="Every path generates exactly --max-new-tokens (end-of-sequence held off), so decoding is "
+            "compared like for like.",
+        ),
+    ] = True,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -220,6 +228,7 @@ def bench_serve(
             max_new_tokens=max_new_tokens,
             stages=server.stages,
             token=server.token,
+            forced=forced,
         )
         peak_rss = server.peak_rss()
     if raw_precision is not None and raw_precision != base.precision:
@@ -236,6 +245,7 @@ def bench_serve(
         levels=counts,
         requests_per_stream=requests,
         max_new_tokens=max_new_tokens,
+        forced=forced,
     )
     with tempfile.TemporaryDirectory(prefix="custos-bench-gguf-") as gguf_scratch:
         llamacpp, llamacpp_note = measure_llamacpp(
@@ -247,6 +257,7 @@ def bench_serve(
             requests_per_stream=requests,
             max_new_tokens=max_new_tokens,
             stop_ids=set(engine.eos_token_ids),
+            forced=forced,
         )
     result = BenchReport(
         server=measured,
@@ -262,6 +273,7 @@ def bench_serve(
         weight_bytes=server_weights if server_weights is not None else _cache_weight_bytes(base),
         bandwidth_gbps=bandwidth_gbps,
         load_average=(load_at_start, os.getloadavg()[0]),
+        forced=forced,
     )
     typer.echo(format_report(result))  # plain text: a rich console would wrap the table
 

@@ -136,6 +136,10 @@ class Generation:
         if delta and self.on_text is not None:
             self.on_text(delta)
 
+    def banned(self) -> frozenset[int]:
+        """Tokens the next step may not choose: end-of-sequence while ``min_new_tokens`` is not reached."""
+        return self.eos_ids if len(self.logprobs) < self.params.min_new_tokens else frozenset()
+
     def accept(self, token: int, logprob: float) -> None:
         """Record the chosen token, stream its text, and decide whether the answer is finished."""
         self.logprobs.append(logprob)
@@ -412,7 +416,7 @@ class TransformersEngine(Engine):
         with torch.inference_mode():
             cache = DynamicCache(config=self._model.config)
             logits = self._forward(state.prompt_ids, cache)
-            token, logprob = choose_token(logits, state.params, state.generator)
+            token, logprob = choose_token(logits, state.params, state.generator, state.banned())
             first_token_at = time.perf_counter()
             state.accept(token, logprob)
             while state.finish_reason is None:
@@ -420,7 +424,7 @@ class TransformersEngine(Engine):
                     state.finish_reason = "cancelled"
                     break
                 logits = self._forward([token], cache)
-                token, logprob = choose_token(logits, state.params, state.generator)
+                token, logprob = choose_token(logits, state.params, state.generator, state.banned())
                 state.accept(token, logprob)
         state.close()
         finished = time.perf_counter()

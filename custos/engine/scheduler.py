@@ -287,7 +287,9 @@ class BatchingEngine(Engine):
         if request.prefilled < len(prompt):
             return
         self._prefilling.remove(request)
-        token, logprob = choose_token(logits[0], request.state.params, request.state.generator)
+        token, logprob = choose_token(
+            logits[0], request.state.params, request.state.generator, request.state.banned()
+        )
         now = time.perf_counter()
         request.first_token_at = request.last_token_at = now
         if self._metrics is not None:
@@ -355,7 +357,9 @@ class BatchingEngine(Engine):
         batch.mask = mask
         finished: set[int] = set()
         for i, request in enumerate(batch.rows):
-            token, logprob = choose_token(logits[i], request.state.params, request.state.generator)
+            token, logprob = choose_token(
+                logits[i], request.state.params, request.state.generator, request.state.banned()
+            )
             request.state.accept(token, logprob)
             request.last_token = token
             now = time.perf_counter()

@@ -80,10 +80,14 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    min_new_tokens: int = 0
+    """Tokens generated before an end-of-sequence token may end the answer (benchmarks force a count)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.max_new_tokens, bool) or self.max_new_tokens < 1:
             raise InvalidSamplingParams("max_new_tokens", "must be at least 1")
+        if isinstance(self.min_new_tokens, bool) or not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise InvalidSamplingParams("min_new_tokens", "must be between 0 and max_new_tokens")
         if not math.isfinite(self.temperature) or self.temperature < 0:
             raise InvalidSamplingParams("temperature", "must be a finite number >= 0")
         if not math.isfinite(self.top_p) or not 0 < self.top_p <= 1:

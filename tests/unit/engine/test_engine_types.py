@@ -32,6 +32,9 @@ from custos.engine.types import (
         ({"seed": 2**64}, "seed"),
         ({"stop": ("",)}, "stop"),
         ({"stop": ["x"]}, "stop"),
+        ({"min_new_tokens": -1}, "min_new_tokens"),
+        ({"min_new_tokens": 9, "max_new_tokens": 8}, "min_new_tokens"),
+        ({"min_new_tokens": True}, "min_new_tokens"),
     ],
 )
 def test_invalid_sampling_params_name_the_field(kwargs: dict[str, object], field: str) -> None:

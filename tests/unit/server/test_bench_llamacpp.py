@@ -77,6 +77,21 @@ def test_llamacpp_generate_stops_at_max_new_tokens() -> None:
     assert row.tokens == 7 and len(row.ttft) == 1 and len(row.itl) == 1
 
 
+def test_llamacpp_generate_forced_bans_the_stop_tokens_and_runs_to_max_new_tokens() -> None:
+    import numpy as np
+
+    llm = FakeLlama([5, STOP, 6, 7, 8, 9, 10, 11])
+    row = llamacpp_generate(
+        llm, [[1]], 1, requests_per_stream=1, max_new_tokens=6, stop_ids={STOP}, forced=True
+    )
+    assert row.tokens == 6
+    (processor,) = llm.kwargs[0]["logits_processor"]
+    scores = processor(np.array([1]), np.zeros(128, dtype=np.float32))
+    assert scores[STOP] == -np.inf and np.isfinite(np.delete(scores, STOP)).all()
+    llamacpp_generate(llm, [[1]], 1, requests_per_stream=1, max_new_tokens=6, stop_ids={STOP})
+    assert "logits_processor" not in llm.kwargs[1]
+
+
 def _row(path: str, streams: int, tokens: int, seconds: float) -> LevelResult:
     return LevelResult(path=path, streams=streams, tokens=tokens, seconds=seconds, ttft=[0.05], itl=[0.01])
 
