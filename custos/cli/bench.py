@@ -124,7 +124,9 @@ def bench_http(
     source: Annotated[
         str | None, typer.Option(help="'bundled', a GGUF file or a Hugging Face directory.")
     ] = None,
-    precision: Annotated[str | None, typer.Option(help="bf16, fp32, int8, int8-dynamic or auto.")] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="bf16, fp32, int8, int8-dynamic, int4 or auto.")
+    ] = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -173,7 +175,9 @@ def bench_serve(
     source: Annotated[
         str | None, typer.Option(help="'bundled', a GGUF file or a Hugging Face directory.")
     ] = None,
-    precision: Annotated[str | None, typer.Option(help="bf16, fp32, int8, int8-dynamic or auto.")] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="bf16, fp32, int8, int8-dynamic, int4 or auto.")
+    ] = None,
     raw_precision: Annotated[
         str | None,
         typer.Option(help="Precision of the raw generate baseline (default: the server's); needs its cache."),

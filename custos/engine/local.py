@@ -20,7 +20,13 @@ import torch
 
 from custos.engine.base import Engine
 from custos.engine.manifest import Manifest, load_manifest
-from custos.engine.precision import DYNAMIC_PRECISIONS, INT8_PRECISIONS, PRECISIONS, QUANTIZED_PRECISIONS
+from custos.engine.precision import (
+    DYNAMIC_PRECISIONS,
+    INT4_PRECISIONS,
+    INT8_PRECISIONS,
+    PRECISIONS,
+    QUANTIZED_PRECISIONS,
+)
 from custos.engine.prompt import PromptFormat, get_prompt_format
 from custos.engine.sampling import choose_token, make_generator
 from custos.engine.scoring import ContinuationScores, score_continuations
@@ -253,7 +259,8 @@ class TransformersEngine(Engine):
         configure_threads(num_threads)
         dtype = getattr(torch, PRECISIONS[manifest.precision])
         int8 = manifest.precision in INT8_PRECISIONS
-        model = weights.build_model(cache_dir, contents.tensors, dtype=dtype, int8=int8)
+        int4 = manifest.precision in INT4_PRECISIONS
+        model = weights.build_model(cache_dir, contents.tensors, dtype=dtype, int8=int8, int4=int4)
         if manifest.precision in DYNAMIC_PRECISIONS:
             from custos.engine.quant import quantize_dynamic_int8
 

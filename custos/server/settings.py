@@ -111,12 +111,13 @@ class Settings(BaseSettings):
     model_cache_dir: Path | None = Field(
         None, description="Where prepared models are cached; default: models/ in data_dir."
     )
-    precision: Literal["bf16", "fp32", "int8", "int8-dynamic", "auto"] = Field(
+    precision: Literal["bf16", "fp32", "int8", "int8-dynamic", "int4", "auto"] = Field(
         "bf16",
         description="Compute precision of the model: bf16, fp32, int8 (weight-only per-channel int8 "
         "weights, bf16 activations), int8-dynamic (torch.ao dynamic int8 linear layers, fp32 activations), "
-        "or auto (the fastest mode the quality gate admits, measured at prepare time); each must pass the "
-        "quality gate at prepare time.",
+        "int4 (weight-only group-32 int4 where the quality gate admits it per group of tensors, int8 or bf16 "
+        "elsewhere; the GGUF's Q4_K tensors mapped exactly), or auto (the fastest mode the quality gate "
+        "admits, measured at prepare time); each must pass the quality gate at prepare time.",
     )
     auto_precision_time_limit_s: float = Field(
         60.0,
