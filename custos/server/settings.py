@@ -336,6 +336,15 @@ class Settings(BaseSettings):
         description="Directory of Classify label-set TOML files (with optional calibration); same id "
         "replaces a bundled set. Unset: only the bundled label sets.",
     )
+    # ---- engine speed: the prompt cache ----
+    prompt_cache_mb: int = Field(
+        64,
+        ge=0,
+        le=16384,
+        description="Memory for reused prompt KV caches: the prompt format's constant head (shared) and each "
+        "conversation's last prompt (only for the same caller and conversation), least recently used "
+        "evicted first; 0 turns the cache off.",
+    )
 
     @field_validator("pii_languages")
     @classmethod
