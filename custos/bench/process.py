@@ -97,6 +97,7 @@ def served(
                 "metrics_listen": f"127.0.0.1:{metrics_port}",
                 "max_batch_size": settings.max_batch_size,
                 "max_queued_requests": max(settings.max_queued_requests, max_queue),
+                "prompt_cache_mb": settings.prompt_cache_mb,
                 "max_new_tokens_limit": settings.max_new_tokens_limit,
                 "log_level": "WARNING",
                 # Loopback only; the benchmark measures the pipeline, not TLS or per-caller limits.

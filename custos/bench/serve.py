@@ -106,6 +106,8 @@ class BenchReport:
     """How llama.cpp ran (file, threads), or why it was not measured."""
     forced: bool = False
     """Whether every path generated exactly ``max_new_tokens`` (end-of-sequence held off)."""
+    no_prompt_cache: list[LevelResult] = field(default_factory=list)
+    """The same server build with ``prompt_cache_mb = 0`` (one stream); empty when not measured."""
 
 
 def _request(index: int, max_new_tokens: int, *, forced: bool = False) -> inference_pb2.GenerateRequest:
@@ -496,7 +498,7 @@ def format_report(report: BenchReport) -> str:
         f"{'ITL p99':>9}{'errors':>8}{'vs raw':>8}",
     ]
     raw_by_streams = {r.streams: r for r in report.raw}
-    for row in [*report.server, *report.raw, *report.llamacpp]:
+    for row in [*report.server, *report.no_prompt_cache, *report.raw, *report.llamacpp]:
         raw = raw_by_streams.get(row.streams)
         vs_raw = (
             _ratio(row.tokens_per_second, raw.tokens_per_second) if raw and row.path != "raw generate" else ""
@@ -508,6 +510,18 @@ def format_report(report: BenchReport) -> str:
         )
     lines.append("(TTFT and ITL in ms; ITL per request = (last - first token time) / (tokens - 1))")
     server = {r.streams: r for r in report.server}
+    off = next((r for r in report.no_prompt_cache if r.streams == 1), None)
+    on = server.get(1)
+    if (
+        off is not None
+        and on is not None
+        and (t_on := _percentile(on.ttft, 50))
+        and (t_off := _percentile(off.ttft, 50))
+    ):
+        lines.append(
+            f"TTFT p50 at 1 stream, prompt cache on / off: {t_on * 1000:.1f} / {t_off * 1000:.1f} ms "
+            f"= {t_on / t_off:.2f}x (goal <= 0.2x)"
+        )
     if report.llamacpp:
         lines += [
             f"llama.cpp rows: {report.llamacpp_note};",

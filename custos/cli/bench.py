@@ -190,6 +190,13 @@ def bench_serve(
             "compared like for like.",
         ),
     ] = True,
+    prompt_cache_off_row: Annotated[
+        bool,
+        typer.Option(
+            "--prompt-cache-off-row",
+            help="Also start the same server with prompt_cache_mb = 0 and measure one stream (a TTFT row).",
+        ),
+    ] = False,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -199,6 +206,7 @@ def bench_serve(
     from custos.bench.process import served, weight_bytes
     from custos.bench.serve import (
         BenchReport,
+        LevelResult,
         bench_prompts,
         format_report,
         measure_llamacpp,
@@ -235,6 +243,24 @@ def bench_serve(
             forced=forced,
         )
         peak_rss = server.peak_rss()
+    no_cache: list[LevelResult] = []
+    if prompt_cache_off_row:
+        uncached = base.model_copy(update={"prompt_cache_mb": 0})
+        with (
+            tempfile.TemporaryDirectory(prefix="custos-bench-") as scratch,
+            served(uncached, Path(scratch), max_queue=1) as server,
+        ):
+            no_cache = run_server_levels(
+                server.target,
+                levels=(1,),
+                requests_per_stream=requests,
+                max_new_tokens=max_new_tokens,
+                stages=server.stages,
+                token=server.token,
+                forced=forced,
+            )
+        for row in no_cache:
+            row.path = "custos nocache"
     if raw_precision is not None and raw_precision != base.precision:
         raw_settings = _settings(config, data_dir=data_dir, model_source=source, precision=raw_precision)
         cache_dir = prepare_from_settings(raw_settings, None, rebuild_invalid=False)
@@ -278,6 +304,7 @@ def bench_serve(
         bandwidth_gbps=bandwidth_gbps,
         load_average=(load_at_start, os.getloadavg()[0]),
         forced=forced,
+        no_prompt_cache=no_cache,
     )
     typer.echo(format_report(result))  # plain text: a rich console would wrap the table
 

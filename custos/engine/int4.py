@@ -233,6 +233,12 @@ def _tied(model: nn.Module) -> bool:
     )
 
 
+def _weight(model: nn.Module, name: str) -> torch.Tensor:
+    weight = model.get_submodule(name).weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
+
+
 def linear_names(model: nn.Module) -> list[str]:
     """Names of the model's ``nn.Linear`` layers other than a tied output layer."""
     head = model.get_output_embeddings() if _tied(model) else None  # type: ignore[operator]
@@ -367,7 +373,7 @@ def match_exact(model: nn.Module, tensors: Mapping[str, Int4Weights]) -> dict[st
         by_shape.setdefault(tuple(weights.q.shape), []).append((key, weights))
     matched: dict[str, Int4Weights] = {}
     for name in linear_names(model):
-        weight = model.get_submodule(name).weight.detach().float()
+        weight = _weight(model, name).detach().float()
         for key, weights in by_shape.get(tuple(weight.shape), []):
             if torch.allclose(weights.dequantize(), weight, rtol=1e-5, atol=1e-6):
                 matched[name] = weights
@@ -383,7 +389,7 @@ def tensor_groups(model: nn.Module, exact: Mapping[str, Int4Weights]) -> dict[st
     """The groups the gate judges: exact (Q4_K) layers, attention and MLP projections, the embedding."""
     groups: dict[str, list[str]] = {"exact": [], "attention": [], "mlp": [], EMBEDDING: []}
     for name in linear_names(model):
-        if not eligible(model.get_submodule(name).weight):
+        if not eligible(_weight(model, name)):
             continue
         if name in exact:
             groups["exact"].append(name)
@@ -447,7 +453,7 @@ def select_layout(
 
     def trial(forms: Mapping[str, Form]) -> tuple[bool, float, dict[str, Any]]:
         candidate = apply_layout(copy.deepcopy(model), _layout(groups, forms), exact=exact)
-        report = judge(reference, measure(candidate, ids), limits, len(ids))
+        report = judge(reference, measure(candidate, ids), limits, len(ids))  # type: ignore[arg-type]
         del candidate
         trials.append({"forms": dict(forms), "quality": report.to_dict()})
         log.info("int4 layout %s: %s", dict(forms), report.describe())
