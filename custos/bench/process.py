@@ -44,6 +44,8 @@ class ServedProcess:
     token: str
     #: Base URL of the OpenAI-compatible HTTP API, when it was asked for.
     http_url: str | None = None
+    #: The server's Prometheus endpoint.
+    metrics_url: str | None = None
 
     def peak_rss(self) -> int:
         """The server process's peak resident set size so far."""
@@ -132,6 +134,7 @@ def served(
             scraped_stage_seconds(f"http://127.0.0.1:{metrics_port}/metrics"),
             (scratch / "data" / "admin.token").read_text().strip(),
             f"http://127.0.0.1:{http_port}" if http_port else None,
+            f"http://127.0.0.1:{metrics_port}/metrics",
         )
     finally:
         process.send_signal(signal.SIGTERM)

@@ -79,6 +79,11 @@ class LevelResult:
     itl: list[float] = field(default_factory=list)
     errors: int = 0
     overhead: float | None = None  # privacy + audit share of end-to-end time (server only)
+    engine_itl: float | None = None
+    """Mean seconds between a request's tokens inside the server's engine (its histogram), server only.
+
+    The client's ITL of custos rows counts deltas the streaming guard holds back a sentence at a time;
+    this is the decode step as the engine produced it."""
 
     @property
     def tokens_per_second(self) -> float:
@@ -165,6 +170,29 @@ def scraped_stage_seconds(url: str) -> StageSeconds:
     return read
 
 
+EngineItl = Callable[[], tuple[float, float]]
+"""Returns (sum of seconds, count) of the server's engine inter-token histogram so far."""
+
+
+def scraped_engine_itl(url: str) -> EngineItl:
+    """The engine inter-token histogram's sum and count, scraped from a server's Prometheus endpoint."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def read() -> tuple[float, float]:
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - a loopback URL we built
+            body = response.read().decode()
+        total = count = 0.0
+        for family in text_string_to_metric_families(body):
+            for sample in family.samples:
+                if sample.name == "custos_engine_inter_token_seconds_sum":
+                    total += sample.value
+                elif sample.name == "custos_engine_inter_token_seconds_count":
+                    count += sample.value
+        return total, count
+
+    return read
+
+
 def drive_server(
     target: str,
     streams: int,
@@ -174,6 +202,7 @@ def drive_server(
     stages: StageSeconds | None = None,
     token: str | None = None,
     forced: bool = False,
+    engine_itl: EngineItl | None = None,
 ) -> LevelResult:
     """Run ``streams`` client threads, each sending ``requests_per_stream`` GenerateStream calls in turn."""
     result = LevelResult(path="custos", streams=streams)
@@ -208,6 +237,7 @@ def drive_server(
                         result.itl.append((last - first) / (tokens - 1))
 
     before = stages() if stages is not None else (0.0, 0.0)
+    itl_before = engine_itl() if engine_itl is not None else (0.0, 0.0)
     threads = [threading.Thread(target=client, args=(i,)) for i in range(streams)]
     started = time.perf_counter()
     for thread in threads:
@@ -219,6 +249,10 @@ def drive_server(
     after = stages() if stages is not None else (0.0, 0.0)
     if after[1] > before[1]:
         result.overhead = (after[0] - before[0]) / (after[1] - before[1])
+    if engine_itl is not None:
+        itl_after = engine_itl()
+        if itl_after[1] > itl_before[1]:
+            result.engine_itl = (itl_after[0] - itl_before[0]) / (itl_after[1] - itl_before[1])
     return result
 
 
@@ -509,6 +543,13 @@ def format_report(report: BenchReport) -> str:
             f"{_ms(_percentile(row.itl, 50)):>9}{_ms(_percentile(row.itl, 99)):>9}{row.errors:>8}{vs_raw:>8}"
         )
     lines.append("(TTFT and ITL in ms; ITL per request = (last - first token time) / (tokens - 1))")
+    engine_itls = [r for r in report.server if r.engine_itl is not None]
+    if engine_itls:
+        lines.append(
+            "custos engine inter-token latency (server histogram mean; the client rows see the streaming "
+            "guard's sentence-sized deltas): "
+            + ", ".join(f"{r.streams}: {r.engine_itl * 1000:.1f} ms" for r in engine_itls if r.engine_itl)
+        )
     server = {r.streams: r for r in report.server}
     off = next((r for r in report.no_prompt_cache if r.streams == 1), None)
     on = server.get(1)
@@ -602,6 +643,7 @@ def run_server_levels(
     warmup: bool = True,
     token: str | None = None,
     forced: bool = False,
+    engine_itl: EngineItl | None = None,
 ) -> list[LevelResult]:
     """Measure the server at each level (after a warm-up that pays its one-time costs)."""
     if warmup:
@@ -615,6 +657,7 @@ def run_server_levels(
             stages=stages,
             token=token,
             forced=forced,
+            engine_itl=engine_itl,
         )
         for n in levels
     ]

@@ -212,6 +212,7 @@ def bench_serve(
         measure_llamacpp,
         run_raw_levels,
         run_server_levels,
+        scraped_engine_itl,
     )
     from custos.engine.local import TransformersEngine
     from custos.server.model import prepare_from_settings
@@ -241,6 +242,7 @@ def bench_serve(
             stages=server.stages,
             token=server.token,
             forced=forced,
+            engine_itl=scraped_engine_itl(server.metrics_url) if server.metrics_url else None,
         )
         peak_rss = server.peak_rss()
     no_cache: list[LevelResult] = []
@@ -258,6 +260,7 @@ def bench_serve(
                 stages=server.stages,
                 token=server.token,
                 forced=forced,
+                engine_itl=scraped_engine_itl(server.metrics_url) if server.metrics_url else None,
             )
         for row in no_cache:
             row.path = "custos nocache"
