@@ -84,6 +84,8 @@ class LevelResult:
 
     The client's ITL of custos rows counts deltas the streaming guard holds back a sentence at a time;
     this is the decode step as the engine produced it."""
+    engine_ttft: float | None = None
+    """Mean seconds from submission to the first token inside the engine (its histogram), server only."""
 
     @property
     def tokens_per_second(self) -> float:
@@ -170,27 +172,31 @@ def scraped_stage_seconds(url: str) -> StageSeconds:
     return read
 
 
-EngineItl = Callable[[], tuple[float, float]]
-"""Returns (sum of seconds, count) of the server's engine inter-token histogram so far."""
+EngineItl = Callable[[], dict[str, float]]
+"""Returns the sums and counts of the server's engine histograms so far (see :func:`scraped_engine_itl`)."""
+_ENGINE_HISTOGRAMS = ("custos_engine_inter_token_seconds", "custos_engine_time_to_first_token_seconds")
 
 
 def scraped_engine_itl(url: str) -> EngineItl:
-    """The engine inter-token histogram's sum and count, scraped from a server's Prometheus endpoint."""
+    """The engine's inter-token and time-to-first-token histograms' sums and counts, scraped."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    def read() -> tuple[float, float]:
+    def read() -> dict[str, float]:
         with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - a loopback URL we built
             body = response.read().decode()
-        total = count = 0.0
+        values = dict.fromkeys((f"{n}_{part}" for n in _ENGINE_HISTOGRAMS for part in ("sum", "count")), 0.0)
         for family in text_string_to_metric_families(body):
             for sample in family.samples:
-                if sample.name == "custos_engine_inter_token_seconds_sum":
-                    total += sample.value
-                elif sample.name == "custos_engine_inter_token_seconds_count":
-                    count += sample.value
-        return total, count
+                if sample.name in values:
+                    values[sample.name] += sample.value
+        return values
 
     return read
+
+
+def _mean_between(before: dict[str, float], after: dict[str, float], name: str) -> float | None:
+    count = after[f"{name}_count"] - before[f"{name}_count"]
+    return (after[f"{name}_sum"] - before[f"{name}_sum"]) / count if count > 0 else None
 
 
 def drive_server(
@@ -237,7 +243,7 @@ def drive_server(
                         result.itl.append((last - first) / (tokens - 1))
 
     before = stages() if stages is not None else (0.0, 0.0)
-    itl_before = engine_itl() if engine_itl is not None else (0.0, 0.0)
+    itl_before = engine_itl() if engine_itl is not None else {}
     threads = [threading.Thread(target=client, args=(i,)) for i in range(streams)]
     started = time.perf_counter()
     for thread in threads:
@@ -251,8 +257,8 @@ def drive_server(
         result.overhead = (after[0] - before[0]) / (after[1] - before[1])
     if engine_itl is not None:
         itl_after = engine_itl()
-        if itl_after[1] > itl_before[1]:
-            result.engine_itl = (itl_after[0] - itl_before[0]) / (itl_after[1] - itl_before[1])
+        result.engine_itl = _mean_between(itl_before, itl_after, _ENGINE_HISTOGRAMS[0])
+        result.engine_ttft = _mean_between(itl_before, itl_after, _ENGINE_HISTOGRAMS[1])
     return result
 
 
@@ -550,6 +556,12 @@ def format_report(report: BenchReport) -> str:
             "guard's sentence-sized deltas): "
             + ", ".join(f"{r.streams}: {r.engine_itl * 1000:.1f} ms" for r in engine_itls if r.engine_itl)
         )
+    for row in [*report.server, *report.no_prompt_cache]:
+        if row.engine_ttft is not None:
+            lines.append(
+                f"{row.path} at {row.streams}: engine time to first token (mean) "
+                f"{row.engine_ttft * 1000:.1f} ms"
+            )
     server = {r.streams: r for r in report.server}
     off = next((r for r in report.no_prompt_cache if r.streams == 1), None)
     on = server.get(1)
@@ -561,8 +573,14 @@ def format_report(report: BenchReport) -> str:
     ):
         lines.append(
             f"TTFT p50 at 1 stream, prompt cache on / off: {t_on * 1000:.1f} / {t_off * 1000:.1f} ms "
-            f"= {t_on / t_off:.2f}x (goal <= 0.2x)"
+            f"= {t_on / t_off:.2f}x (goal <= 0.2x; the client's TTFT includes the streaming guard's first "
+            "sentence)"
         )
+        if on.engine_ttft and off.engine_ttft:
+            lines.append(
+                f"engine TTFT at 1 stream, prompt cache on / off: {on.engine_ttft * 1000:.1f} / "
+                f"{off.engine_ttft * 1000:.1f} ms = {on.engine_ttft / off.engine_ttft:.2f}x"
+            )
     if report.llamacpp:
         lines += [
             f"llama.cpp rows: {report.llamacpp_note};",

@@ -224,10 +224,12 @@ def test_format_report_prints_engine_itl_and_the_prompt_cache_ttft_ratio() -> No
     report.no_prompt_cache = [
         LevelResult(path="custos nocache", streams=1, tokens=640, seconds=12.0, ttft=[0.8], itl=[0.01])
     ]
+    report.server[0].engine_ttft, report.no_prompt_cache[0].engine_ttft = 0.05, 0.5
     report.forced = True
     text = format_report(report)
     assert "64 new tokens (forced: end-of-sequence held off on every path)" in text
     assert "custos engine inter-token latency (server histogram mean" in text
     assert "1: 41.2 ms, 4: 90.0 ms" in text
-    assert "TTFT p50 at 1 stream, prompt cache on / off: 100.0 / 800.0 ms = 0.12x (goal <= 0.2x)" in text
+    assert "TTFT p50 at 1 stream, prompt cache on / off: 100.0 / 800.0 ms = 0.12x (goal <= 0.2x;" in text
     assert re.search(r"^custos nocache\s+1\s+53\.3\s+800\.0", text, re.MULTILINE)
+    assert "engine TTFT at 1 stream, prompt cache on / off: 50.0 / 500.0 ms = 0.10x" in text
