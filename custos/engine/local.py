@@ -327,6 +327,10 @@ class TransformersEngine(Engine):
         with self._tokenizer_lock:
             return self._format.encode(turns, self._tokenizer)
 
+    def encode_prompt(self, turns: Sequence[ChatTurn]) -> list[int]:
+        """The prompt's token ids for ``turns`` (no check against the context length)."""
+        return self._encode_prompt(turns)
+
     def count_prompt_tokens(self, turns: Sequence[ChatTurn]) -> int:
         """Tokens of the full prompt for ``turns``, as ``generate`` reports them in ``prompt_tokens``."""
         return len(self._encode_prompt(turns))

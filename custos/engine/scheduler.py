@@ -129,9 +129,7 @@ class BatchingEngine(Engine):
             (ChatTurn("system", "b"), ChatTurn("user", "c")),
             (ChatTurn("assistant", "d"), ChatTurn("user", "e")),
         ]
-        encoded = [
-            engine.new_generation(t, SamplingParams(max_new_tokens=1), None).prompt_ids for t in samples
-        ]
+        encoded = [engine.encode_prompt(t) for t in samples]
         n = min(common_prefix(encoded[0], other) for other in encoded[1:])
         return tuple(encoded[0][:n])
 
