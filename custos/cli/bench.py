@@ -403,6 +403,10 @@ def bench_privacy(
         int | None,
         typer.Option(min=0, help="Red-team messages (a balanced prefix; default the whole half, 0: none)."),
     ] = None,
+    long_rounds: Annotated[
+        int,
+        typer.Option(min=0, help="Rounds of the 32,000-character cost and stall measurements (0: none)."),
+    ] = 2,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the raw results here.")] = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
@@ -436,6 +440,7 @@ def bench_privacy(
         long_count=long_count,
         redteam_half=redteam_set,
         redteam_count=redteam_count,
+        long_rounds=long_rounds,
     )
     print(benchmark.render(results))
     if json_out is not None:
