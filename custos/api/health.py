@@ -36,7 +36,7 @@ class ServerDraining(Unavailable):
     """The server is shutting down and takes no new calls; the caller should retry on another replica."""
 
     def __init__(self) -> None:
-        super().__init__("server is shutting down; retry on another replica")
+        super().__init__("server is shutting down; retry on another replica", error_code="SERVER_DRAINING")
 
 
 class HealthReporter:
@@ -45,11 +45,82 @@ class HealthReporter:
     def __init__(self, health: Any, services: Iterable[str]) -> None:
         self._health = health
         self._names = ["", *services]
+        self._status: int | None = None  # what the last set_all said (None: not started)
+        self._not_ready: set[str] = set()
+
+    def _effective(self, name: str, status: int) -> int:
+        return NOT_SERVING if name in self._not_ready else status
 
     async def set_all(self, status: int) -> None:
-        """Set every name to ``status`` (ignored by the health service once it is shutting down)."""
+        """Set every name to ``status`` (ignored by the health service once it is shutting down).
+
+        A service marked not ready by :meth:`set_ready` stays NOT_SERVING.
+        """
+        self._status = status
         for name in self._names:
-            await self._health.set(name, status)
+            await self._health.set(name, self._effective(name, status))
+
+    async def set_ready(self, name: str, ready: bool) -> None:
+        """Mark one service ready or not (its own dependency, e.g. an upstream engine), beside ``set_all``."""
+        if ready == (name not in self._not_ready):
+            return
+        if ready:
+            self._not_ready.discard(name)
+        else:
+            self._not_ready.add(name)
+        if self._status is not None:
+            await self._health.set(name, self._effective(name, self._status))
+
+
+class EngineReadiness:
+    """Polls the engine's readiness (an upstream server's) and keeps one service's health in step with it.
+
+    Only the Inference service follows it: the Audit service and the server's overall status do not
+    depend on the model. Probes run on their own thread, so a slow upstream cannot hold a worker.
+    """
+
+    def __init__(
+        self, check: Callable[[], bool], reporter: HealthReporter, service: str, *, interval_s: float
+    ) -> None:
+        self._check = check
+        self._reporter = reporter
+        self._service = service
+        self._interval_s = interval_s
+        self._probe_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="custos-engine-probe")
+        self._task: asyncio.Task[None] | None = None
+        self.ready: bool | None = None
+
+    async def start(self) -> None:
+        """Probe once now (health is set before the first call is admitted), then periodically."""
+        await self._probe()
+        self._task = asyncio.create_task(self._run(), name="custos-engine-readiness")
+
+    async def _probe(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            ready = await loop.run_in_executor(self._probe_executor, self._check)
+        except Exception:  # an unexpected probe error means not ready; never stop probing
+            log.warning("engine readiness probe failed unexpectedly", exc_info=True)
+            ready = False
+        if ready != self.ready:
+            level = logging.INFO if ready else logging.WARNING
+            log.log(level, "model engine %s", "ready" if ready else "not ready")
+        self.ready = ready
+        await self._reporter.set_ready(self._service, ready)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            await self._probe()
+
+    async def stop(self) -> None:
+        """Stop probing (health stays as it is)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._probe_executor.shutdown(wait=False, cancel_futures=True)
 
 
 class DatabaseWatchdog:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -19,8 +20,8 @@ import grpc
 
 from custos.api.status import map_exception
 from custos.flows.context import CallIds, accept_client_request_id, bind_call, unbind_call
-from custos.flows.errors import ResourceExhausted
 from custos.server.metrics import Metrics
+from custos.telemetry.tracing import CallTrace, Tracing, carrier_of
 
 log = logging.getLogger("custos.rpc")
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -31,8 +32,10 @@ REQUEST_ID_KEY = "x-request-id"
 class ObservingInterceptor(grpc.aio.ServerInterceptor):
     """Gives every call a request id, maps exceptions to statuses, logs and counts the outcome."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, tracing: Tracing | None = None) -> None:
         self._metrics = metrics
+        #: Starts each call's span (``otel_endpoint``); ``None``: no tracing, nothing is done per call.
+        self._tracing = tracing
 
     async def intercept_service(
         self,
@@ -43,18 +46,22 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         handler: Any = await continuation(handler_call_details)
         if handler is None:  # unknown method: the core answers UNIMPLEMENTED
             return None  # type: ignore[return-value]
-        rpc = handler_call_details.method.rsplit("/", 1)[-1]
+        method = handler_call_details.method
         if handler.unary_unary is not None:
-            return handler._replace(unary_unary=self._wrap_unary(rpc, handler.unary_unary))
+            return handler._replace(unary_unary=self._wrap_unary(method, handler.unary_unary))
         if handler.unary_stream is not None:
-            return handler._replace(unary_stream=self._wrap_stream(rpc, handler.unary_stream))
+            if not inspect.isasyncgenfunction(handler.unary_stream):
+                # A stream behaviour that writes with context.write() and returns (grpc.health's Watch):
+                # awaited like a unary one.
+                return handler._replace(unary_stream=self._wrap_unary(method, handler.unary_stream))
+            return handler._replace(unary_stream=self._wrap_stream(method, handler.unary_stream))
         return handler
 
     def _wrap_unary(
-        self, rpc: str, behaviour: Callable[[Any, Context], Awaitable[Any]]
+        self, method: str, behaviour: Callable[[Any, Context], Awaitable[Any]]
     ) -> Callable[..., Any]:
         async def unary(request: Any, context: Context) -> Any:
-            call = _Call(self, rpc, context)
+            call = _Call(self, method, context)
             try:
                 return await behaviour(request, context)
             except BaseException as exc:
@@ -66,10 +73,10 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         return unary
 
     def _wrap_stream(
-        self, rpc: str, behaviour: Callable[[Any, Context], AsyncIterator[Any]]
+        self, method: str, behaviour: Callable[[Any, Context], AsyncIterator[Any]]
     ) -> Callable[..., AsyncIterator[Any]]:
         async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
-            call = _Call(self, rpc, context)
+            call = _Call(self, method, context)
             try:
                 async for response in behaviour(request, context):
                     yield response
@@ -91,20 +98,35 @@ def client_request_id(metadata: Sequence[tuple[str, str | bytes]] | None) -> str
 
 
 class _Call:
-    """Book-keeping of one RPC: request id, start time and final code."""
+    """Book-keeping of one RPC: request id, start time, final code, and its span when tracing is on."""
 
-    def __init__(self, interceptor: ObservingInterceptor, rpc: str, context: Context) -> None:
+    def __init__(self, interceptor: ObservingInterceptor, method: str, context: Context) -> None:
         self.metrics = interceptor._metrics
-        self.rpc = rpc
-        self.ids = CallIds(client_request_id=client_request_id(tuple(context.invocation_metadata() or ())))
+        service, _, self.rpc = method.lstrip("/").rpartition("/")
+        metadata = tuple(context.invocation_metadata() or ())
+        self.ids = CallIds(client_request_id=client_request_id(metadata))
         self.request_id = self.ids.request_id
+        self.trace: CallTrace | None = None
+        if interceptor._tracing is not None:
+            self.trace = interceptor._tracing.start(
+                f"{service}/{self.rpc}",
+                carrier=carrier_of(metadata),
+                attributes={
+                    "rpc.system": "grpc",
+                    "rpc.service": service,
+                    "rpc.method": self.rpc,
+                    "custos.request_id": self.request_id,
+                },
+            )
+            self.ids.trace_id = self.trace.trace_id
+            self.ids.observer = self.trace
         self.token = bind_call(self.ids)
         self.started = time.perf_counter()
         self.code = grpc.StatusCode.OK
         # Sent with every reply; an error below adds its own trailers to it.
         context.set_trailing_metadata(self.trailers())
 
-    def trailers(self, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+    def trailers(self, *extra: tuple[str, str | bytes]) -> tuple[tuple[str, str | bytes], ...]:
         """The reply's trailing metadata: the request id, then ``extra``."""
         return ((REQUEST_ID_KEY, self.request_id), *extra)
 
@@ -127,9 +149,9 @@ class _Call:
         self.code = mapped.code
         if mapped.code is grpc.StatusCode.INTERNAL:
             log.error("rpc failed", exc_info=exc, extra=self._fields())
-        extra: tuple[tuple[str, str], ...] = ()
-        if isinstance(exc, ResourceExhausted) and exc.retry_after_s is not None:
-            extra = (("retry-after-ms", str(int(exc.retry_after_s * 1000))),)
+        extra: tuple[tuple[str, str | bytes], ...] = mapped.trailers
+        if mapped.retry_after_s is not None:
+            extra = (("retry-after-ms", str(int(mapped.retry_after_s * 1000))), *extra)
         await context.abort(mapped.code, mapped.message, trailing_metadata=self.trailers(*extra))
 
     def done(self) -> None:
@@ -138,5 +160,7 @@ class _Call:
         self.metrics.requests.labels(rpc=self.rpc, code=self.code.name).inc()
         self.metrics.latency.labels(rpc=self.rpc).observe(elapsed)
         log.info("rpc", extra=self._fields(code=self.code.name, ms=round(elapsed * 1000, 2)))
+        if self.trace is not None:
+            self.trace.end(self.code.name, **{"rpc.grpc.status_code": self.code.value[0]})
         with contextlib.suppress(ValueError):  # a stream finalised from another context
             unbind_call(self.token)

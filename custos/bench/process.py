@@ -6,6 +6,7 @@ Its own interpreter, so the load generator never shares a GIL with the server it
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -76,11 +77,18 @@ def _wait_serving(process: subprocess.Popen[bytes], target: str, log: Path) -> N
 
 @contextmanager
 def served(
-    settings: Settings, scratch: Path, *, max_queue: int, http: bool = False
+    settings: Settings,
+    scratch: Path,
+    *,
+    max_queue: int,
+    http: bool = False,
+    extra: dict[str, object] | None = None,
+    cpus: set[int] | None = None,
 ) -> Iterator[ServedProcess]:
     """Run ``custos serve`` with ``settings``' model but data (audit database, keys) under ``scratch``.
 
-    With ``http``, the OpenAI-compatible API listens too (plaintext on loopback, like gRPC here).
+    With ``http``, the OpenAI-compatible API listens too (plaintext on loopback, like gRPC here). ``extra``
+    adds settings (an upstream engine's); ``cpus`` pins the server to those cores.
     """
     port, metrics_port = _free_port(), _free_port()
     http_port = _free_port() if http else None
@@ -108,6 +116,7 @@ def served(
                 "rate_limit_burst": 1_000_000,
                 "max_in_flight_per_principal": 100_000,
                 **({"http_listen": f"127.0.0.1:{http_port}"} if http_port else {}),
+                **(extra or {}),
             }
         )
     )
@@ -125,6 +134,8 @@ def served(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+    if cpus:
+        os.sched_setaffinity(process.pid, cpus)
     target = f"127.0.0.1:{port}"
     try:
         _wait_serving(process, target, log)

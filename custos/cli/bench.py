@@ -1,4 +1,4 @@
-"""``custos bench``: the serve, privacy, audit and keys benchmarks, each beside a same-run baseline.
+"""``custos bench``: the serve, privacy, audit, console and keys benchmarks, each beside a same-run baseline.
 
 The measuring code is in ``custos.bench``; these commands load settings, run it and print its table.
 """
@@ -95,6 +95,40 @@ def bench_audit(
     if explain_to is not None and plans:
         explain_to.write_text("".join(f"-- {case}\n{plan}\n\n" for case, plan in plans.items()))
         notes.append(f"plans written to {explain_to}")
+    for note in notes:
+        err.print(note, soft_wrap=True)
+
+
+@bench_app.command("console")
+def bench_console(
+    records: Annotated[
+        int, typer.Option(min=1000, help="Records of the realistic log the pages read.")
+    ] = 50_000,
+    runs: Annotated[int, typer.Option(min=2, help="Requests per page case (p50/p99 over them).")] = 20,
+    postgres_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CUSTOS_TEST_POSTGRES_URL", help="PostgreSQL URL (a schema is created and dropped)."
+        ),
+    ] = None,
+) -> None:
+    """Page latency of the compliance console on a realistic log (SQLite unless --postgres-url)."""
+    from custos.bench.console import GOAL_PAGE_P50_MS, run_console_bench
+
+    rows, notes = run_console_bench(
+        records=records, runs=runs, postgres_url=postgres_url, say=lambda m: err.print(f"[dim]{m}[/dim]")
+    )
+    table = Table("console page", "p50 ms", "p99 ms", "first ms", "HTTP", f"p50 <= {GOAL_PAGE_P50_MS:.0f} ms")
+    for row in rows:
+        table.add_row(
+            row.page,
+            f"{row.p50_ms:.1f}",
+            f"{row.p99_ms:.1f}",
+            f"{row.cold_ms:.1f}",
+            str(row.status),
+            "yes" if row.met else "no",
+        )
+    (out if out.is_terminal else Console(width=160)).print(table)
     for note in notes:
         err.print(note, soft_wrap=True)
 
@@ -199,8 +233,19 @@ def bench_serve(
     ] = False,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
+    upstream: Annotated[
+        str | None,
+        typer.Option(help="Base URL of an OpenAI-compatible server (vLLM): Custos over it vs it direct."),
+    ] = None,
+    upstream_model: Annotated[str, typer.Option(help="The model id the upstream serves.")] = "gemma-3-270m",
+    custos_cpus: Annotated[
+        str | None, typer.Option(help="With --upstream: cores to pin Custos to, comma-separated.")
+    ] = None,
 ) -> None:
-    """Start ``custos serve`` on loopback, drive it over gRPC, then compare with raw ``generate``."""
+    """Start ``custos serve`` on loopback, drive it over gRPC, then compare with raw ``generate``.
+
+    With ``--upstream``: Custos over that server (``engine_backend = "openai"``) against the server direct.
+    """
     import tempfile
 
     from custos.bench.process import served, weight_bytes
@@ -226,6 +271,9 @@ def bench_serve(
         err.print("[red]error:[/red] --levels: every level must be at least 1")
         raise typer.Exit(2)
     base = _settings(config, data_dir=data_dir, model_source=source, precision=precision)
+    if upstream is not None:
+        _bench_upstream(base, upstream, upstream_model, counts, requests, max_new_tokens, custos_cpus)
+        return
     load_at_start = os.getloadavg()[0]
     with _progress() as report:
         cache_dir = prepare_from_settings(base, report, rebuild_invalid=False)
@@ -312,6 +360,61 @@ def bench_serve(
     typer.echo(format_report(result))  # plain text: a rich console would wrap the table
 
 
+def _bench_upstream(
+    base: Settings,
+    upstream: str,
+    model: str,
+    counts: tuple[int, ...],
+    requests: int,
+    max_new_tokens: int,
+    custos_cpus: str | None,
+) -> None:
+    """``bench serve --upstream``: Custos over the upstream, then the upstream direct, same prompts."""
+    import tempfile
+
+    from custos.bench.process import served
+    from custos.bench.serve import run_server_levels
+    from custos.bench.upstream import format_upstream_report, run_direct_levels
+    from custos.engine.upstream import check_base_url
+
+    try:
+        upstream = check_base_url(upstream, "--upstream")
+        cpus = {int(c) for c in custos_cpus.split(",")} if custos_cpus else None
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc if 'upstream' in str(exc) else '--custos-cpus: expected 0,1,...'}")
+        raise typer.Exit(2) from None
+    load_at_start = os.getloadavg()[0]
+    extra: dict[str, object] = {
+        "engine_backend": "openai",
+        "upstream_base_url": upstream,
+        "upstream_model": model,
+        "upstream_max_in_flight": max(counts),
+    }
+    with (
+        tempfile.TemporaryDirectory(prefix="custos-bench-") as scratch,
+        served(base, Path(scratch), max_queue=max(counts), extra=extra, cpus=cpus) as server,
+    ):
+        custos = run_server_levels(
+            server.target,
+            levels=counts,
+            requests_per_stream=requests,
+            max_new_tokens=max_new_tokens,
+            stages=server.stages,
+            token=server.token,
+        )
+    direct = run_direct_levels(
+        upstream, model, levels=counts, requests_per_stream=requests, max_new_tokens=max_new_tokens
+    )
+    note = f"load average {load_at_start:.2f} at start, {os.getloadavg()[0]:.2f} at end"
+    if cpus:
+        note += f"; Custos pinned to cores {sorted(cpus)}"
+    typer.echo(
+        format_upstream_report(
+            custos, direct, upstream=upstream, model=model, max_new_tokens=max_new_tokens, note=note
+        )
+    )
+
+
 def _cache_weight_bytes(settings: Settings) -> int:
     """Weight bytes of the server's model, read from its cache (for a baseline in another precision)."""
     from custos.bench.serve import weight_bytes
@@ -346,6 +449,10 @@ def bench_privacy(
         int | None,
         typer.Option(min=0, help="Red-team messages (a balanced prefix; default the whole half, 0: none)."),
     ] = None,
+    long_rounds: Annotated[
+        int,
+        typer.Option(min=0, help="Rounds of the 32,000-character cost and stall measurements (0: none)."),
+    ] = 2,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the raw results here.")] = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
@@ -379,6 +486,7 @@ def bench_privacy(
         long_count=long_count,
         redteam_half=redteam_set,
         redteam_count=redteam_count,
+        long_rounds=long_rounds,
     )
     print(benchmark.render(results))
     if json_out is not None:

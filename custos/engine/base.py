@@ -20,6 +20,13 @@ class Engine(ABC):
     concurrency: int = 1
     """How many ``generate`` calls may usefully block at once (running plus queued); sizes the worker pool."""
 
+    readiness_interval_s: float | None = None
+    """Seconds between the server's calls of :meth:`check_ready`; None: the engine is always ready."""
+
+    def check_ready(self) -> bool:
+        """Whether the engine can take requests now (an engine on another server asks it); blocks briefly."""
+        return True
+
     def observe(self, metrics: EngineMetrics) -> None:  # noqa: B027 - optional: most engines report nothing
         """Report engine metrics (queue, latency, throughput) into ``metrics``; the default reports none."""
 

@@ -60,6 +60,50 @@ class EngineBusy(EngineError):
         self.limit = limit
 
 
+class EngineUnavailable(EngineError):
+    """The engine cannot answer now (an upstream server unreachable, failing or sending a broken stream).
+
+    ``reason`` is a fixed token for the audit record (``upstream_unreachable``, ``upstream_http_503``, ...);
+    the message names no request text and no upstream reply text. The caller may retry after
+    ``retry_after_s``.
+    """
+
+    def __init__(self, message: str, *, reason: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(f"{message}; retry after {retry_after_s:g} s")
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
+class EngineTimeout(EngineError):
+    """The engine did not answer within its own time limit (an upstream's ``upstream_timeout_s``)."""
+
+    def __init__(self, message: str, *, reason: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(f"{message}; retry after {retry_after_s:g} s")
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
+class EngineUnsupported(EngineError):
+    """The configured engine cannot do what the call needs; ``setting`` names the setting that chose it."""
+
+    def __init__(self, message: str, *, setting: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+class EngineRejected(EngineError):
+    """An upstream engine refused the request as invalid (HTTP 400/413/422): most often, a prompt too long."""
+
+    def __init__(self, status: int, context_tokens: int | None) -> None:
+        limit = f" of {context_tokens} tokens" if context_tokens else ""
+        super().__init__(
+            f"the upstream engine refused the request (HTTP {status}); the prompt plus max_new_tokens may "
+            f"exceed its context{limit}"
+        )
+        self.status = status
+        self.reason = f"upstream_http_{status}"
+
+
 @dataclass(frozen=True)
 class ChatTurn:
     """One message of a conversation, already anonymized when it reaches the engine."""
@@ -123,9 +167,28 @@ class ModelInfo:
     prompt_format: str
     prompt_format_version: int
     prompt_format_sha256: str
+    upstream: dict[str, object] | None = None
+    """For an engine served by another server: its URL, served model and what it says of the model.
+
+    Such weights were never hashed here: ``source_sha256`` and ``cache_digest`` are empty, and the audit
+    record says so in ``weights_hashed_locally``.
+    """
 
     def to_audit(self) -> dict[str, object]:
         """The audit record's model fields (plain JSON types, stable keys)."""
+        if self.upstream is not None:
+            return {
+                "name": self.name,
+                "weights_hashed_locally": False,
+                "weights": "served by the upstream server; not hashed or verified by Custos",
+                "source_sha256": self.source_sha256,
+                "cache_digest": self.cache_digest,
+                "device": self.device,
+                "prompt_format": self.prompt_format,
+                "prompt_format_version": self.prompt_format_version,
+                "prompt_format_sha256": self.prompt_format_sha256,
+                "upstream": dict(self.upstream),
+            }
         return {
             "name": self.name,
             "source_sha256": self.source_sha256,

@@ -26,7 +26,11 @@ EXPORT_LINES_PER_CHUNK = 256
 class ComplianceService:
     """Query, get, verify and export, run off the event loop and recorded in the trail they read."""
 
-    def __init__(self, audit: AuditStore | AuditTrail, executor: Executor) -> None:
+    def __init__(
+        self, audit: AuditStore | AuditTrail, executor: Executor, *, channel: str | None = None
+    ) -> None:
+        # ``channel`` (the console's "console"): the records' kind, the read's own kind kept as ``read``.
+        self._channel = channel
         self._trail = audit if isinstance(audit, AuditTrail) else None
         self._audit = audit.store if isinstance(audit, AuditTrail) else audit
         self._executor = executor
@@ -122,7 +126,9 @@ class ComplianceService:
             rpc,
             event_type="audit_read",
             status=status,
-            details={"kind": kind, **details},
+            details={"kind": kind, **details}
+            if self._channel is None
+            else {"kind": self._channel, "read": kind, **details},
             actor=actor_of(caller, fingerprint=False),
         )
         await self._run(lambda: self._audit.append(event))

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from custos.engine.types import EngineBusy
+from custos.engine.types import EngineError
 from custos.flows.context import RequestContext
 from custos.flows.errors import InvalidArgument
 from custos.flows.services import FlowServices
+from custos.flows.status import map_error
 from custos.flows.types import ClassifyCall, ClassifyOutcome, LabelScore
 from custos.tasks.labels import LabelSet, LabelSetRegistry, distribution
 from custos.tasks.templates import TemplateError
@@ -73,6 +74,7 @@ class ClassifyFlow:
         status = "INTERNAL"
         outcome: ClassifyOutcome | None = None
         classification: dict[str, Any] = {}
+        engine_error: str | None = None
         try:
             scores = await services.timed(
                 ctx, "score", services.engine.score_continuations, prefix, label_set.continuations()
@@ -100,8 +102,10 @@ class ClassifyFlow:
             }
             status = "OK"
             usage = {"prompt_tokens": scores.prefix_tokens, "label_tokens": sum(scores.tokens)}
-        except EngineBusy:
-            status = "RESOURCE_EXHAUSTED"
+        except EngineError as exc:
+            # The engine's own refusal or fault (a full queue, an upstream down or without prompt log-probs).
+            mapped = map_error(exc, request_record.id)
+            status, engine_error = mapped.status, mapped.reason
             raise
         finally:
             completion = services.event(
@@ -117,6 +121,7 @@ class ClassifyFlow:
                     "usage": usage if status == "OK" else {},
                     "latency_ms": ctx.timings.as_ms(),
                     "retention_class": services.retention_class,
+                    **({"engine_error": engine_error} if engine_error is not None else {}),
                 },
                 **ctx.refs(),
             )

@@ -15,16 +15,19 @@ import asyncio
 import contextvars
 import functools
 import threading
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from custos.flows.types import Caller
 
 T = TypeVar("T")
+#: A trace attribute's value, as OpenTelemetry takes them.
+AttributeValue = str | bool | int | float | Sequence[str] | Sequence[int] | Sequence[float]
 #: The longest ``x-request-id`` of a caller that is recorded (longer ones are ignored).
 MAX_CLIENT_REQUEST_ID = 128
 
@@ -47,12 +50,30 @@ def accept_client_request_id(value: object) -> str | None:
     return value
 
 
+class CallObserver(Protocol):
+    """What watches a call from the edge (its trace, ``custos.telemetry.tracing``): stages and attributes.
+
+    The flow reports the same stage timings as the audit record's ``latency_ms`` and a few safe attributes
+    (ids, counts, model names); never message text.
+    """
+
+    def stage(self, name: str, start: float, end: float) -> None:
+        """Stage ``name`` ran from ``start`` to ``end`` (``time.perf_counter`` seconds)."""
+
+    def annotate(self, attributes: Mapping[str, AttributeValue]) -> None:
+        """Attributes of the call (``gen_ai.*`` names)."""
+
+
 @dataclass
 class CallIds:
     """The ids of one call: ours (the audit record's) and the caller's own, if it sent a valid one."""
 
     request_id: str = field(default_factory=new_request_id)
     client_request_id: str | None = None
+    #: The call's trace id (32 hex digits) when tracing is on: log lines carry it.
+    trace_id: str | None = None
+    #: The call's trace when tracing is on; ``None`` (tracing off): nothing observes the call.
+    observer: CallObserver | None = field(default=None, repr=False, compare=False)
     _claimed: bool = field(default=False, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
@@ -101,10 +122,15 @@ class Timings:
     """Seconds per stage, reported in the completion record and in metrics."""
 
     stages: dict[str, float] = field(default_factory=dict)
+    #: Told of every stage interval (the call's trace); ``None`` when tracing is off.
+    observer: CallObserver | None = field(default=None, repr=False, compare=False)
 
-    def add(self, stage: str, seconds: float) -> None:
-        """Add ``seconds`` to ``stage``."""
+    def add(self, stage: str, seconds: float, *, start: float | None = None) -> None:
+        """Add ``seconds`` to ``stage``; it started at ``start`` (``time.perf_counter``), else just ended."""
         self.stages[stage] = self.stages.get(stage, 0.0) + seconds
+        if self.observer is not None:
+            end = time.perf_counter() if start is None else start + seconds
+            self.observer.stage(stage, end - seconds, end)
 
     def as_ms(self) -> dict[str, float]:
         """Milliseconds per stage, as the audit record keeps them."""
@@ -131,6 +157,13 @@ class RequestContext:
 
     def __post_init__(self) -> None:
         self.start_time = self.clock()
+        if self.timings.observer is None:
+            self.timings.observer = self.ids.observer
+
+    def annotate(self, attributes: Mapping[str, AttributeValue]) -> None:
+        """Tell the call's observer (its trace, if tracing is on) these attributes; ids and counts only."""
+        if self.ids.observer is not None:
+            self.ids.observer.annotate(attributes)
 
     @property
     def request_id(self) -> str:

@@ -13,9 +13,12 @@ class RequestError(Exception):
     #: The status name (gRPC's code names): written into audit records and mapped by every edge.
     status: str = "INTERNAL"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, error_code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        #: A stable machine-readable code of this failure (gRPC's ``ErrorInfo.reason``, domain ``custos``);
+        #: ``None``: the status's default of :func:`custos.flows.status.error_code`.
+        self.error_code = error_code
 
 
 class InvalidArgument(RequestError):
@@ -23,8 +26,8 @@ class InvalidArgument(RequestError):
 
     status = "INVALID_ARGUMENT"
 
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
+    def __init__(self, field: str, problem: str, *, error_code: str | None = None) -> None:
+        super().__init__(f"{field}: {problem}", error_code=error_code)
         self.field = field
         self.problem = problem
 
@@ -66,6 +69,12 @@ class PermissionDenied(RequestError):
     """The caller is known but lacks a permission the call (or one of its fields) needs."""
 
     status = "PERMISSION_DENIED"
+
+
+class DeadlineExceeded(RequestError):
+    """The caller's deadline passed before the work it asked for was done; nothing was returned."""
+
+    status = "DEADLINE_EXCEEDED"
 
 
 class Unavailable(RequestError):

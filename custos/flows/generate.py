@@ -24,11 +24,12 @@ from typing import Any
 from custos.audit.events import StoredRecord
 from custos.audit.store import SealedTranscript
 from custos.engine.base import Engine
-from custos.engine.types import ChatTurn, EngineBusy, GenerationResult
+from custos.engine.types import ChatTurn, EngineError, GenerationResult
 from custos.flows.context import RequestContext
 from custos.flows.errors import InvalidArgument
 from custos.flows.idempotency import IdempotencyConflict, IdempotencyStore
 from custos.flows.services import FlowServices
+from custos.flows.status import map_error
 from custos.flows.types import (
     GenerateCall,
     GenerateOutcome,
@@ -195,6 +196,7 @@ class GenerateFlow:
         decision = await services.privacy_step(ctx, call, event_type="generate")
         anon = decision.anon
         services.count_findings(anon.counts())
+        ctx.annotate(self._trace_attributes(ctx, call))
 
         # 2 audit: the request record is durable before any model output exists.
         request_record = await services.timed(
@@ -222,6 +224,7 @@ class GenerateFlow:
         run = _EngineRun(services.engine, services.executor, anon_turns, scoped, ctx.deadline)
         sent: list[str] = []
         status = "INTERNAL"
+        engine_error: str | None = None
         try:
             async for delta in run.deltas():
                 safe = await services.run(restorer.feed, delta)
@@ -233,8 +236,10 @@ class GenerateFlow:
                 sent.append(tail)
                 yield StreamDelta(tail)
             status = run.status()
-        except EngineBusy:
-            status = "RESOURCE_EXHAUSTED"
+        except EngineError as exc:
+            # The engine's own refusal or fault (a full queue, an upstream down, slow or broken).
+            mapped = map_error(exc, request_id)
+            status, engine_error = mapped.status, mapped.reason
             raise
         except (asyncio.CancelledError, GeneratorExit):
             # gRPC cancels the handler when the caller's deadline passes; the record says which it was.
@@ -248,7 +253,7 @@ class GenerateFlow:
             # cannot skip its own audit record.
             guard = restorer.report.to_audit()
             completion = asyncio.ensure_future(
-                self._complete(ctx, call, request_id, anon, run, "".join(sent), status, guard)
+                self._complete(ctx, call, request_id, anon, run, "".join(sent), status, guard, engine_error)
             )
             await asyncio.shield(completion)
         result = run.result()
@@ -288,13 +293,24 @@ class GenerateFlow:
         answer: str,
         status: str,
         guard: dict[str, Any],
+        engine_error: str | None = None,
     ) -> StoredRecord:
         """Steps 5 and 6: seal the transcript and commit it with the completion record."""
         services = self._services
         result = await run.settled()
-        ctx.timings.add("queue", run.queued_seconds)
-        ctx.timings.add("prefill", result.prefill_seconds)
-        ctx.timings.add("decode", result.decode_seconds)
+        # The engine's stages follow one another from the moment the run was submitted.
+        ctx.timings.add("queue", run.queued_seconds, start=run.submitted)
+        prefill_start = run.submitted + run.queued_seconds
+        ctx.timings.add("prefill", result.prefill_seconds, start=prefill_start)
+        ctx.timings.add("decode", result.decode_seconds, start=prefill_start + result.prefill_seconds)
+        ctx.annotate(
+            {
+                "gen_ai.response.model": services.engine.info.name,
+                "gen_ai.response.finish_reasons": [result.finish_reason],
+                "gen_ai.usage.input_tokens": result.prompt_tokens,
+                "gen_ai.usage.output_tokens": result.completion_tokens,
+            }
+        )
         transcript_id = str(uuid.uuid4())
         transcript = await services.timed(
             ctx, "transcript", self._seal_transcript, ctx, transcript_id, call, anon, result.text, answer
@@ -316,6 +332,8 @@ class GenerateFlow:
             "latency_ms": ctx.timings.as_ms(),
             "retention_class": services.retention_class,
         }
+        if engine_error is not None:
+            details["engine_error"] = engine_error  # a fixed reason token, e.g. upstream_stream_cut
         event = services.event(
             ctx,
             "completion",
@@ -382,6 +400,20 @@ class GenerateFlow:
             ciphertext=blob,
         )
 
+    def _trace_attributes(self, ctx: RequestContext, call: GenerateCall) -> dict[str, Any]:
+        """The ``gen_ai.*`` trace attributes: names and numbers; the conversation by its blind index."""
+        params = call.params
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": self._services.engine.info.name,
+            "gen_ai.request.max_tokens": params.max_new_tokens,
+            "gen_ai.request.temperature": params.temperature,
+            "gen_ai.request.top_p": params.top_p,
+        }
+        if ctx.conversation_ref is not None:
+            attributes["gen_ai.conversation.id"] = ctx.conversation_ref
+        return attributes
+
     def _request_details(self, call: GenerateCall, anon: Pseudonymized) -> dict[str, Any]:
         params = call.params
         template = self.task_of(call)
@@ -425,6 +457,7 @@ class _EngineRun:
         self._deadline = deadline
         self.cancel = threading.Event()
         self._future: asyncio.Future[GenerationResult] | None = None
+        self.submitted = time.perf_counter()  # reset when the run is handed to the executor
         self.queued_seconds = 0.0  # submitted to the executor until the engine started
 
     def _cancelled(self) -> bool:
@@ -438,7 +471,7 @@ class _EngineRun:
         def relay(delta: str) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, delta)
 
-        submitted = time.perf_counter()
+        self.submitted = submitted = time.perf_counter()
 
         def work() -> GenerationResult:
             self.queued_seconds = time.perf_counter() - submitted

@@ -32,6 +32,12 @@ class PurposePolicy:
         if allowed is None:
             return
         if purpose is None:
-            raise InvalidArgument("purpose", "required: this caller must declare a configured purpose")
+            raise InvalidArgument(
+                "purpose",
+                "required: this caller must declare a configured purpose",
+                error_code="PURPOSE_REQUIRED",
+            )
         if purpose not in allowed:
-            raise InvalidArgument("purpose", "is not a purpose configured for this caller")
+            raise InvalidArgument(
+                "purpose", "is not a purpose configured for this caller", error_code="PURPOSE_NOT_ALLOWED"
+            )

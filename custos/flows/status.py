@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from custos.audit.errors import AuditUnavailable, InvalidQuery, RecordNotFound
-from custos.engine.types import EngineBusy, InvalidSamplingParams, PromptTooLong
+from custos.engine.types import (
+    EngineBusy,
+    EngineRejected,
+    EngineTimeout,
+    EngineUnavailable,
+    EngineUnsupported,
+    InvalidSamplingParams,
+    PromptTooLong,
+)
 from custos.flows.errors import InvalidArgument, RequestError, ResourceExhausted
 
 
@@ -53,6 +61,23 @@ STATUSES: Mapping[str, Status] = MappingProxyType(
 #: Capacity refusals whose HTTP status is more precise than 429: a body too large is 413 on HTTP.
 HTTP_STATUS_BY_REASON: Mapping[str, int] = MappingProxyType({"request_too_large": 413})
 
+#: The domain of every error code (gRPC's ``ErrorInfo.domain``).
+ERROR_DOMAIN = "custos"
+#: Error codes of capacity refusals, by the limit that refused (``ResourceExhausted.reason``).
+ERROR_CODE_BY_LIMIT: Mapping[str, str] = MappingProxyType(
+    {
+        "rate": "RATE_LIMITED",
+        "concurrency": "TOO_MANY_IN_FLIGHT",
+        "queue": "ENGINE_BUSY",
+        "request_too_large": "REQUEST_TOO_LARGE",
+        "idempotency_pending": "IDEMPOTENCY_PENDING",
+    }
+)
+#: Error codes that differ from their status name when an error names none of its own.
+ERROR_CODE_BY_STATUS: Mapping[str, str] = MappingProxyType({"INVALID_ARGUMENT": "INVALID_FIELD"})
+#: Capacity refusals that a retry of the same request cannot pass: the client is told not to retry.
+NOT_RETRYABLE_LIMITS = frozenset({"request_too_large"})
+
 
 @dataclass(frozen=True)
 class MappedError:
@@ -66,6 +91,28 @@ class MappedError:
     retry_after_s: float | None = None
     #: Why a capacity limit refused the call (``rate``, ``concurrency``, ``request_too_large``, ...).
     reason: str | None = None
+    #: The stable machine-readable code (``RATE_LIMITED``, ``INVALID_FIELD``, ``PURPOSE_NOT_ALLOWED``, ...);
+    #: empty: that of its limit or its status (:attr:`error_code`).
+    code: str = ""
+
+    @property
+    def error_code(self) -> str:
+        """The failure's code in :data:`ERROR_DOMAIN`: its own, that of its limit, or its status's."""
+        if self.code:
+            return self.code
+        if self.reason is not None and self.reason in ERROR_CODE_BY_LIMIT:
+            return ERROR_CODE_BY_LIMIT[self.reason]
+        return ERROR_CODE_BY_STATUS.get(self.status, self.status)
+
+    @property
+    def retryable(self) -> bool | None:
+        """Whether retrying the same call may succeed.
+
+        True with a retry hint, False for a limit no retry passes, None when unknown (the client decides).
+        """
+        if self.reason is not None and self.reason in NOT_RETRYABLE_LIMITS:
+            return False
+        return True if self.retry_after_s is not None else None
 
     @property
     def codes(self) -> Status:
@@ -93,15 +140,20 @@ def map_error(exc: BaseException, request_id: str) -> MappedError:
     Known errors keep their safe message; everything else becomes a fixed "internal error" with the
     request id, so neither exception text nor user text reaches the client.
     """
+    code = (exc.error_code or "") if isinstance(exc, RequestError) else ""
     if isinstance(exc, InvalidArgument):
-        return MappedError(exc.status, exc.message, field=exc.field)
+        return MappedError(exc.status, exc.message, field=exc.field, code=code)
     if isinstance(exc, ResourceExhausted):
-        return MappedError(exc.status, exc.message, retry_after_s=exc.retry_after_s, reason=exc.reason)
+        return MappedError(
+            exc.status, exc.message, retry_after_s=exc.retry_after_s, reason=exc.reason, code=code
+        )
     if isinstance(exc, RequestError):
-        return MappedError(exc.status, exc.message)
+        return MappedError(exc.status, exc.message, code=code)
     if isinstance(exc, AuditUnavailable):
         return MappedError(
-            "UNAVAILABLE", f"audit database unavailable, nothing was processed (request id {request_id})"
+            "UNAVAILABLE",
+            f"audit database unavailable, nothing was processed (request id {request_id})",
+            code="AUDIT_UNAVAILABLE",
         )
     if isinstance(exc, InvalidQuery):
         return MappedError("INVALID_ARGUMENT", f"{exc.field}: {exc}", field=exc.field)
@@ -113,4 +165,12 @@ def map_error(exc: BaseException, request_id: str) -> MappedError:
         return MappedError("INVALID_ARGUMENT", f"messages: {exc}", field="messages")
     if isinstance(exc, EngineBusy):
         return MappedError("RESOURCE_EXHAUSTED", str(exc), reason="queue")
+    if isinstance(exc, EngineUnavailable):
+        return MappedError("UNAVAILABLE", str(exc), retry_after_s=exc.retry_after_s, reason=exc.reason)
+    if isinstance(exc, EngineTimeout):
+        return MappedError("DEADLINE_EXCEEDED", str(exc), retry_after_s=exc.retry_after_s, reason=exc.reason)
+    if isinstance(exc, EngineUnsupported):
+        return MappedError("UNIMPLEMENTED", f"{exc.setting}: {exc}")
+    if isinstance(exc, EngineRejected):
+        return MappedError("INVALID_ARGUMENT", f"messages: {exc}", field="messages")
     return MappedError("INTERNAL", f"internal error (request id {request_id})")

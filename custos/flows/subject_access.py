@@ -122,7 +122,9 @@ class SubjectAccess:
                 subject_keys=self._subjects.subject_keys,
             )
         except SubjectKeyMissing:
-            problem = FailedPrecondition("transcript_id: the subject of this transcript was erased")
+            problem = FailedPrecondition(
+                "transcript_id: the subject of this transcript was erased", error_code="SUBJECT_ERASED"
+            )
         except KeyNotFound:
             problem = FailedPrecondition(
                 "transcript_id: sealed under a master key version not held or retired"

@@ -50,6 +50,7 @@ from custos.http.schema import ChatCompletionRequest, parse_chat_request, parse_
 from custos.http.tls import CLIENT_CERT_STATE, client_auth_context
 from custos.security.auth import AccessControl, bind_caller, guarded_fields
 from custos.server.metrics import Metrics
+from custos.telemetry.tracing import CallTrace, Tracing, carrier_of
 
 T = TypeVar("T")
 log = logging.getLogger("custos.http")
@@ -88,31 +89,49 @@ class HttpEdge:
     model_name: str
     availability: Availability
     metrics: Metrics
+    #: Starts each call's span (``otel_endpoint``); ``None``: no tracing.
+    tracing: Tracing | None = None
 
 
 class _ServerDraining(Unavailable):
     def __init__(self) -> None:
-        super().__init__("server is shutting down; retry on another replica")
+        super().__init__("server is shutting down; retry on another replica", error_code="SERVER_DRAINING")
 
 
 class _Call:
     """Book-keeping of one HTTP call: request id, start time, final status; counted and logged once."""
 
-    def __init__(self, metrics: Metrics, route: str, *, client_request_id: str | None = None) -> None:
-        self.metrics = metrics
+    def __init__(self, edge: HttpEdge, route: str, request: Request) -> None:
+        self.metrics = edge.metrics
         self.route = route
         # One id everywhere, as on gRPC: the call's first audit record takes it (custos.flows.context).
-        self.ids = CallIds(client_request_id=accept_client_request_id(client_request_id))
+        self.ids = CallIds(client_request_id=accept_client_request_id(request.headers.get(REQUEST_ID_HEADER)))
         self.request_id = self.ids.request_id
+        self.trace: CallTrace | None = None
+        if edge.tracing is not None:
+            _, _, path = route.rpartition(" ")
+            self.trace = edge.tracing.start(
+                route,
+                carrier=carrier_of(list(request.headers.items())),
+                attributes={
+                    "http.request.method": request.method,
+                    "http.route": path,
+                    "custos.request_id": self.request_id,
+                },
+            )
+            self.ids.trace_id = self.trace.trace_id
+            self.ids.observer = self.trace
         self.token = bind_call(self.ids)
         self.started = time.perf_counter()
         self.status = "OK"
+        self.http_status = 200
         self._done = False
 
     def mapped(self, exc: BaseException) -> MappedError:
         """How ``exc`` reaches the client; unknown errors are logged by type only, never by their text."""
         mapped = map_error(exc, self.request_id)
         self.status = mapped.status
+        self.http_status = mapped.http_status
         if mapped.status == "INTERNAL":
             log.error("http call failed", exc_info=exc, extra={"fields": {"route": self.route}})
         return mapped
@@ -133,6 +152,9 @@ class _Call:
             "http",
             extra={"fields": {"route": self.route, "code": self.status, "ms": round(elapsed * 1000, 2)}},
         )
+        if self.trace is not None:
+            http_status = 499 if self.status == "CANCELLED" else self.http_status
+            self.trace.end(self.status, **{"http.response.status_code": http_status})
         with contextlib.suppress(ValueError):  # a stream finished in another context
             unbind_call(self.token)
 
@@ -271,7 +293,7 @@ class _Routes:
         return await self._simple(request, MODELS_ROUTE, body)
 
     async def _simple(self, request: Request, route: str, body: Callable[[], dict[str, Any]]) -> Response:
-        call = _Call(self.edge.metrics, route, client_request_id=request.headers.get("x-request-id"))
+        call = _Call(self.edge, route, request)
         try:
             self._check_available()
             _, release = await self._admit(request, GENERATE_METHOD, None)
@@ -284,9 +306,7 @@ class _Routes:
 
     async def unimplemented(self, request: Request) -> Response:
         """OpenAI endpoints this server does not offer: 501 in the error shape."""
-        call = _Call(
-            self.edge.metrics, "unimplemented", client_request_id=request.headers.get("x-request-id")
-        )
+        call = _Call(self.edge, "unimplemented", request)
         try:
             return call.failed(Unimplemented("this endpoint is not implemented by this server"))
         finally:
@@ -302,7 +322,7 @@ class _Routes:
 
     async def chat_completions(self, request: Request) -> Response:
         """``POST /v1/chat/completions``."""
-        call = _Call(self.edge.metrics, CHAT_ROUTE, client_request_id=request.headers.get("x-request-id"))
+        call = _Call(self.edge, CHAT_ROUTE, request)
         release: Callable[[], None] | None = None
         handed_over = False  # a streaming response releases and counts the call when it ends
         try:

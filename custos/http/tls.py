@@ -28,7 +28,15 @@ class ReloadingSSLContext:
     certificates; a replacement that fails to load is logged and the current certificates stay.
     """
 
-    def __init__(self, cert_file: Path, key_file: Path, client_ca_file: Path | None) -> None:
+    def __init__(
+        self,
+        cert_file: Path,
+        key_file: Path,
+        client_ca_file: Path | None,
+        *,
+        client_cert_optional: bool = False,
+    ) -> None:
+        self._client_cert_optional = client_cert_optional
         self._cert_file = cert_file
         self._key_file = key_file
         self._client_ca_file = client_ca_file
@@ -49,7 +57,9 @@ class ReloadingSSLContext:
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(self._cert_file, self._key_file)
         if self._client_ca_file is not None:
-            context.verify_mode = ssl.CERT_REQUIRED
+            # Optional (the compliance console, where a token may sign in instead): a certificate that is
+            # presented must still verify against the CA.
+            context.verify_mode = ssl.CERT_OPTIONAL if self._client_cert_optional else ssl.CERT_REQUIRED
             context.load_verify_locations(cafile=self._client_ca_file)
         context.set_alpn_protocols(["http/1.1"])
         return context

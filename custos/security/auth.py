@@ -75,6 +75,9 @@ RPC_PERMISSIONS: Mapping[str, str] = MappingProxyType(
         "/custos.v1.Inference/Classify": "classify",
         "/custos.v1.Feedback/Submit": "feedback.submit",
         "/custos.v1.Feedback/Satisfaction": "feedback.read",
+        # The compliance console (custos/console): signing in, and a transcript read there.
+        "/custos.console/SignIn": "audit.read",
+        "/custos.console/Transcript": "transcript.read",
     }
 )
 # "message.field" -> the permission a request needs when that field is set.
@@ -243,12 +246,16 @@ class AccessControl:
         )
         needed = required_permission(method)
         if needed is None or needed not in caller.permissions:
-            denied = PermissionDenied(f"the caller lacks the permission for {rpc}")
+            denied = PermissionDenied(
+                f"the caller lacks the permission for {rpc}", error_code="RPC_NOT_PERMITTED"
+            )
             await self._deny(caller, peer, method, rpc, denied, reason="rpc", permission=needed)
             raise denied
         for field, permission in fields_set():
             if permission not in caller.permissions:
-                refused = PermissionDenied(f"{field}: requires the {permission} permission")
+                refused = PermissionDenied(
+                    f"{field}: requires the {permission} permission", error_code="FIELD_NOT_PERMITTED"
+                )
                 await self._deny(caller, peer, method, rpc, refused, reason="field", permission=permission)
                 raise refused
         try:
@@ -257,6 +264,15 @@ class AccessControl:
             await self._deny(caller, peer, method, rpc, exc, reason=exc.reason)
             raise
         return caller, release
+
+    async def authorize(self, caller: Caller, *, method: str, peer: str) -> None:
+        """Check an already authenticated caller (a console session) for ``method``; a refusal is audited."""
+        needed = required_permission(method)
+        if needed is None or needed not in caller.permissions:
+            rpc = method.rsplit("/", 1)[-1]
+            denied = PermissionDenied(f"the caller lacks the permission for {rpc}")
+            await self._deny(caller, peer, method, rpc, denied, reason="rpc", permission=needed)
+            raise denied
 
     async def _deny(
         self,

@@ -29,6 +29,7 @@ from custos.api.feedback import FeedbackServicer
 from custos.api.health import (
     AvailabilityInterceptor,
     DatabaseWatchdog,
+    EngineReadiness,
     HealthReporter,
     flush_pending_tasks,
 )
@@ -39,6 +40,8 @@ from custos.api.tls import ReloadingCredentials
 from custos.audit.db import make_engine, migrate
 from custos.audit.store import AuditStore, TranscriptStore
 from custos.audit.trail import AuditTrail
+from custos.console.app import ConsoleDeps
+from custos.console.server import ConsoleServer, build_console_server
 from custos.engine.base import Engine
 from custos.flows.anonymize import AnonymizeFlow
 from custos.flows.audit_read import ComplianceService
@@ -76,10 +79,14 @@ from custos.server.settings import Settings
 from custos.tasks.feedback import FeedbackStore
 from custos.tasks.labels import LabelSetRegistry
 from custos.tasks.templates import TemplateRegistry
+from custos.telemetry.otlp import build_tracing
+from custos.telemetry.tracing import Tracing
 from custos.v1 import admin_pb2, audit_pb2, feedback_pb2, inference_pb2, privacy_pb2
 from custos.version import custos_version
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
+
     from custos.engine.local import CacheContents
 
 log = logging.getLogger("custos.server")
@@ -120,6 +127,8 @@ class Components:
     engine: Engine
     #: Language detector of the language policy; built at start if the setting asks for one and none is given.
     language_detector: Callable[[str], tuple[str, float] | None] | None = None
+    #: Where spans go when tracing is on (``otel_endpoint``); ``None``: OTLP to that endpoint.
+    span_exporter: SpanExporter | None = None
 
 
 class CustosServer:
@@ -136,6 +145,11 @@ class CustosServer:
         #: The OpenAI-compatible HTTP listener (``http_listen``), once started.
         self.http: HttpServer | None = None
         self.http_port: int | None = None
+        #: Traces of every call (``otel_endpoint``); ``None`` when tracing is off.
+        self.tracing: Tracing | None = None
+        #: The compliance console (``console_listen``), once started.
+        self.console: ConsoleServer | None = None
+        self.console_port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._health_server: grpc.aio.Server | None = None
         # Each generation blocks one worker while the engine runs it; the engine says how many may wait.
@@ -152,6 +166,7 @@ class CustosServer:
         self.security: SecuritySetup | None = None
         self.credentials: ReloadingCredentials | None = None
         self.watchdog: DatabaseWatchdog | None = None
+        self.engine_readiness: EngineReadiness | None = None
         self._availability: AvailabilityInterceptor | None = None
         self.trail: AuditTrail | None = None
         self._checkpoint_task: asyncio.Task[None] | None = None
@@ -197,12 +212,22 @@ class CustosServer:
             self._executor,
             functools.partial(record_config_change, self.audit, settings, index_key=self.keys.index_key()),
         )
-        self.watchdog = DatabaseWatchdog(
-            db,
-            HealthReporter(self.health, [s.full_name for s in SERVICES]),
-            interval_s=settings.db_probe_interval_s,
-        )
+        reporter = HealthReporter(self.health, [s.full_name for s in SERVICES])
+        self.watchdog = DatabaseWatchdog(db, reporter, interval_s=settings.db_probe_interval_s)
+        engine = self.components.engine
+        if engine.readiness_interval_s is not None:
+            # An engine on another server: the Inference service's health follows its readiness.
+            self.engine_readiness = EngineReadiness(
+                engine.check_ready, reporter, SERVICES[0].full_name, interval_s=engine.readiness_interval_s
+            )
         self._availability = AvailabilityInterceptor(self.watchdog)
+        self.tracing = build_tracing(
+            settings.otel_endpoint,
+            service_name=settings.otel_service_name,
+            sample_ratio=settings.otel_sample_ratio,
+            ca_file=settings.otel_ca_file,
+            exporter=self.components.span_exporter,
+        )
         # Sign the head with the start's own records, so a log is covered from its first minute.
         await loop.run_in_executor(
             self._executor, functools.partial(self.trail.writer.maybe_write, force=True)
@@ -275,7 +300,7 @@ class CustosServer:
         )
         server = grpc.aio.server(
             interceptors=[
-                ObservingInterceptor(self.metrics),
+                ObservingInterceptor(self.metrics, self.tracing),
                 self._availability,
                 AccessInterceptor(services=SERVICES, access=access_control),
             ],
@@ -342,6 +367,8 @@ class CustosServer:
             self.health_port = self._health_server.add_insecure_port(settings.health_listen)
             await self._health_server.start()
         await self.watchdog.start()
+        if self.engine_readiness is not None:
+            await self.engine_readiness.start()
         if settings.http_listen:
             self.http = build_http_server(
                 settings,
@@ -354,9 +381,25 @@ class CustosServer:
                     model_name=self.components.engine.info.name,
                     availability=self.watchdog,
                     metrics=self.metrics,
+                    tracing=self.tracing,
                 ),
             )
             self.http_port = await self.http.start()
+        if settings.console_listen:
+            assert self.trail is not None and self.keys is not None
+            self.console = build_console_server(
+                settings,
+                ConsoleDeps(
+                    access=access_control,
+                    trail=self.trail,
+                    subjects=access,
+                    keys=self.keys,
+                    feedback=FeedbackStore(db),
+                    executor=self._executor,
+                    session_minutes=settings.console_session_minutes,
+                ),
+            )
+            self.console_port = await self.console.start()
         if settings.metrics_listen:
             host, _, port = settings.metrics_listen.rpartition(":")
             self.metrics_port = self.metrics.serve(host, int(port))
@@ -369,6 +412,7 @@ class CustosServer:
                     "metrics_port": self.metrics_port,
                     "health_port": self.health_port,
                     "http_port": self.http_port,
+                    "console_port": self.console_port,
                     "pid": os.getpid(),
                 }
             },
@@ -446,6 +490,9 @@ class CustosServer:
         if self.http is not None:
             await self.http.stop(max(grace - (time.monotonic() - started), 0.0))
             self.http = None
+        if self.console is not None:
+            await self.console.stop(max(grace - (time.monotonic() - started), 0.0))
+            self.console = None
         if self._server is not None:
             await self._server.stop(max(grace - (time.monotonic() - started), 0.0))
             self._server = None
@@ -454,6 +501,8 @@ class CustosServer:
             self._health_server = None
         if self.watchdog is not None:
             await self.watchdog.stop()
+        if self.engine_readiness is not None:
+            await self.engine_readiness.stop()
         # The checkpoint timer runs until cancelled: stop it before waiting for the audit writes to settle.
         if self._checkpoint_task is not None:
             self._checkpoint_task.cancel()
@@ -474,6 +523,9 @@ class CustosServer:
             except Exception as exc:
                 log.error("final audit checkpoint failed", extra={"fields": {"error": type(exc).__name__}})
         self.metrics.stop()
+        if self.tracing is not None:
+            self.tracing.shutdown()  # exports the spans still pending
+            self.tracing = None
         self._executor.shutdown(wait=True)
 
 
@@ -489,11 +541,13 @@ def build_components(
     without it, reading starts here and overlaps the analyzer's build.
     """
     from custos.privacy.analyzer import build_analyzer
-    from custos.server.model import finish_loading, start_reading
+    from custos.server.model import build_upstream_engine, finish_loading, start_reading
 
-    ensure_private_dir(settings.resolved_model_cache_dir)
-    if reading is None:
-        reading = start_reading(settings)
+    upstream = settings.engine_backend == "openai"
+    if not upstream:
+        ensure_private_dir(settings.resolved_model_cache_dir)
+        if reading is None:
+            reading = start_reading(settings)
     analyzer = build_analyzer(
         spacy_model=settings.spacy_model,
         languages=settings.pii_languages,
@@ -502,7 +556,9 @@ def build_components(
         deny_lists=settings.pii_deny_lists,
         crm_references=settings.pii_crm_references,
     )
-    engine = finish_loading(settings, reading, progress=progress)
+    engine: Engine = (
+        build_upstream_engine(settings) if upstream else finish_loading(settings, reading, progress=progress)
+    )
     return Components(analyzer=analyzer, engine=engine)
 
 

@@ -2,7 +2,8 @@
 
 The request id of a line is the call's (``custos.flows.context.CallIds``): the id of the call's audit record,
 the one in its error message and ``x-request-id`` trailer. A line may name it itself in its fields (lines
-formatted away from the call's context); otherwise the call bound to the logging context supplies it.
+formatted away from the call's context); otherwise the call bound to the logging context supplies it, with
+the call's OpenTelemetry ``trace_id`` when tracing is on.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class JsonFormatter(logging.Formatter):
         call = current_call()
         if call is not None:
             entry["request_id"] = call.request_id
+            if call.trace_id is not None:
+                entry["trace_id"] = call.trace_id
         fields = getattr(record, _FIELDS, None)
         if isinstance(fields, dict):
             entry.update(fields)

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 from pathlib import Path
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from custos.engine import startup
 from custos.engine.cache import ProgressFn, prepare_model
 from custos.engine.local import CacheContents
 from custos.engine.quality import QualityLimits
 from custos.engine.scheduler import BatchingEngine
-from custos.server.settings import Settings
+from custos.server.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from custos.engine.upstream import UpstreamEngine
 
 
 class _ModelOptions(TypedDict):
@@ -83,3 +86,34 @@ def finish_loading(
         prompt_cache_bytes=settings.prompt_cache_mb << 20,
         progress=progress,
     )
+
+
+def build_upstream_engine(settings: Settings) -> UpstreamEngine:
+    """The engine over the configured OpenAI-compatible upstream (``engine_backend = "openai"``).
+
+    Reads the API key file (refusing one readable by others); probes the upstream once so the first
+    audit records carry what it says of the model, but starts even while it is down (health says so).
+    """
+    from custos.engine.upstream import UpstreamEngine
+
+    assert settings.upstream_base_url is not None and settings.upstream_model is not None
+    api_key: str | None = None
+    key_file = settings.upstream_api_key_file
+    if key_file is not None:
+        if key_file.stat().st_mode & 0o077:
+            raise SettingsError(f"upstream_api_key_file: {key_file} is readable by others; chmod 600 it")
+        api_key = key_file.read_text(encoding="utf-8").strip()
+        if not api_key:
+            raise SettingsError(f"upstream_api_key_file: {key_file} is empty")
+    engine = UpstreamEngine(
+        settings.upstream_base_url,
+        settings.upstream_model,
+        api_key=api_key,
+        ca_file=settings.upstream_ca_file,
+        timeout_s=settings.upstream_timeout_s,
+        max_in_flight=settings.upstream_max_in_flight,
+        max_queue=settings.max_queued_requests,
+        readiness_interval_s=settings.upstream_probe_interval_s,
+    )
+    engine.check_ready()
+    return engine

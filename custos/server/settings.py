@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -336,6 +336,130 @@ class Settings(BaseSettings):
         description="Directory of Classify label-set TOML files (with optional calibration); same id "
         "replaces a bundled set. Unset: only the bundled label sets.",
     )
+    # ---- compliance console (custos/console, docs/console.md) ----
+    console_listen: str | None = Field(
+        None,
+        description="Compliance console (read-only web pages for audit.read holders), HOST:PORT; the same "
+        "TLS files as the API (a client certificate is optional there, and signs in when presented). Off: "
+        "empty.",
+    )
+    console_session_minutes: int = Field(
+        15, ge=1, le=720, description="Lifetime of a console sign-in; the officer signs in again after it."
+    )
+
+    @field_validator("console_listen")
+    @classmethod
+    def _console_is_host_port_with_tls(cls, value: str | None, info: Any) -> str | None:
+        if value in (None, ""):
+            return None
+        if info.data.get("plaintext"):
+            raise ValueError("the console needs TLS (its session cookie is Secure): unset plaintext")
+        return _check_host_port(value, "console_listen")
+
+    # ---- OpenTelemetry traces (docs/observability.md) ----
+    otel_endpoint: str | None = Field(
+        None,
+        description="OTLP/gRPC endpoint of the on-prem trace collector, e.g. 'http://otel-collector:4317' "
+        "('https://' verifies it with otel_ca_file or the system roots). Unset: no traces are made.",
+    )
+    otel_service_name: str = Field(
+        "custos", min_length=1, max_length=128, description="service.name of the traces."
+    )
+    otel_sample_ratio: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of new traces recorded; a caller's sampled traceparent is followed.",
+    )
+    otel_ca_file: Path | None = Field(
+        None, description="CA bundle (PEM) that signs an 'https://' otel_endpoint's certificate."
+    )
+
+    @field_validator("otel_endpoint")
+    @classmethod
+    def _otel_endpoint_is_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        assert value is not None
+        scheme, sep, rest = value.partition("://")
+        if not sep or scheme not in ("http", "https") or not rest or "/" in rest.rstrip("/"):
+            raise ValueError("must be http://HOST:PORT or https://HOST:PORT (the collector's OTLP/gRPC port)")
+        return value
+
+    # Upstream engine (issue #17): an OpenAI-compatible server (vLLM, TGI, Ollama, ...) runs the model.
+    engine_backend: Literal["local", "openai"] = Field(
+        "local",
+        description="Who runs the model: 'local' (the transformers engine in this process) or 'openai' (an "
+        "OpenAI-compatible server at upstream_base_url; it only ever sees anonymized prompts).",
+    )
+    upstream_base_url: str | None = Field(
+        None,
+        description="engine_backend = 'openai': the upstream's API base URL, e.g. http://vllm:8000/v1 "
+        "(http or https, no credentials in it).",
+    )
+    upstream_model: str | None = Field(
+        None,
+        min_length=1,
+        max_length=512,
+        description="engine_backend = 'openai': the model name the upstream serves (its /v1/models id).",
+    )
+    upstream_api_key_file: Path | None = Field(
+        None,
+        description="File (mode 0600) holding the upstream's API key, sent as a Bearer token; unset: none.",
+    )
+    upstream_ca_file: Path | None = Field(
+        None,
+        description="CA bundle (PEM) the upstream's TLS certificate is verified with; default: system CAs.",
+    )
+    upstream_timeout_s: float = Field(
+        60.0,
+        gt=0.0,
+        le=3600.0,
+        description="Seconds the upstream may stay silent (connect, or between stream chunks) before the "
+        "call fails with DEADLINE_EXCEEDED.",
+    )
+    upstream_max_in_flight: int = Field(
+        16,
+        ge=1,
+        le=4096,
+        description="Requests Custos sends the upstream at once; up to max_queued_requests more wait, "
+        "beyond that RESOURCE_EXHAUSTED.",
+    )
+    upstream_probe_interval_s: float = Field(
+        5.0,
+        gt=0.0,
+        le=300.0,
+        description="Seconds between readiness probes of the upstream (/v1/models); the Inference "
+        "service's health is NOT_SERVING while the served model is not listed.",
+    )
+
+    @field_validator("upstream_base_url")
+    @classmethod
+    def _upstream_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        from custos.engine.upstream import check_base_url
+
+        return check_base_url(value)
+
+    @model_validator(mode="after")
+    def _upstream_complete(self) -> Settings:
+        if self.engine_backend != "openai":
+            return self
+        for name in ("upstream_base_url", "upstream_model"):
+            if not getattr(self, name):
+                raise ValueError(f"{name}: required when engine_backend = 'openai'")
+        if self.prompt_format not in ("auto", "plain-customer-service"):
+            raise ValueError(
+                "prompt_format: engine_backend = 'openai' sends the plain-customer-service prompt; "
+                f"{self.prompt_format!r} is not available there"
+            )
+        for name in ("upstream_api_key_file", "upstream_ca_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: {path} does not exist or is not a file")
+        return self
+
     # ---- engine speed: the prompt cache ----
     prompt_cache_mb: int = Field(
         64,

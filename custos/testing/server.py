@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from opentelemetry.sdk.trace.export import SpanExporter
 from presidio_analyzer import AnalyzerEngine
 
 from custos.cli.client import BearerInterceptor
@@ -196,9 +197,9 @@ class ServerHarness:
         """A channel without credentials (TLS still, unless the server is plaintext)."""
         return self._open(None)
 
-    def channel_with_token(self, token: str) -> grpc.Channel:
-        """A channel whose calls carry ``token``."""
-        return self._open(token)
+    def channel_with_token(self, token: str, *, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
+        """A channel whose calls carry ``token``, with grpc channel ``options`` (a service config, ...)."""
+        return self._open(token, options)
 
     def channel_credentials(
         self, *, certificate_chain: bytes | None = None, private_key: bytes | None = None
@@ -209,10 +210,10 @@ class ServerHarness:
             root_certificates=ca, private_key=private_key, certificate_chain=certificate_chain
         )
 
-    def _open(self, token: str | None) -> grpc.Channel:
+    def _open(self, token: str | None, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
         channel: grpc.Channel
         if self.server.settings.plaintext:
-            channel = grpc.insecure_channel(self.target)
+            channel = grpc.insecure_channel(self.target, options=options)
             if token is not None:
                 channel = grpc.intercept_channel(channel, BearerInterceptor(token))
         else:
@@ -221,7 +222,7 @@ class ServerHarness:
                 credentials = grpc.composite_channel_credentials(
                     credentials, grpc.access_token_call_credentials(token)
                 )
-            channel = grpc.secure_channel(self.target, credentials)
+            channel = grpc.secure_channel(self.target, credentials, options=options)
         self._channels.append(channel)
         return channel
 
@@ -251,12 +252,23 @@ class ServerHarness:
         return ssl.create_default_context(cafile=self.server.settings.tls_dir / "ca.pem")
 
 
-def make_server(tmp_path: Path, analyzer: AnalyzerEngine, engine: Engine, **overrides: Any) -> ServerHarness:
-    """A harness for a server with test settings (port 0, data under ``tmp_path``) and these components."""
+def make_server(
+    tmp_path: Path,
+    analyzer: AnalyzerEngine,
+    engine: Engine,
+    *,
+    span_exporter: SpanExporter | None = None,
+    **overrides: Any,
+) -> ServerHarness:
+    """A harness for a server with test settings (port 0, data under ``tmp_path``) and these components.
+
+    ``span_exporter`` (the SDK's in-memory one) receives the spans when the settings turn tracing on.
+    """
     settings = load_settings(
         data_dir=tmp_path / "data", listen="127.0.0.1:0", metrics_listen="127.0.0.1:0", **overrides
     )
-    return ServerHarness(CustosServer(settings, Components(analyzer=analyzer, engine=engine)))
+    components = Components(analyzer=analyzer, engine=engine, span_exporter=span_exporter)
+    return ServerHarness(CustosServer(settings, components))
 
 
 #: What the suite's ``scripted_server`` fixture gives: start a server on a ScriptedEngine with this reply.

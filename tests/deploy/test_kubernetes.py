@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from custos.server.settings import Settings
+from custos.server.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 KUSTOMIZE = ROOT / "deploy" / "kubernetes"
@@ -44,9 +44,9 @@ def objects(overlay: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(rendered(overlay)) if doc]
 
 
-def one(overlay: str, kind: str) -> dict[str, Any]:
-    found = [o for o in objects(overlay) if o["kind"] == kind]
-    assert len(found) == 1, (kind, len(found))
+def one(overlay: str, kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [o for o in objects(overlay) if o["kind"] == kind and name in (None, o["metadata"]["name"])]
+    assert len(found) == 1, (kind, name, len(found))
     return found[0]
 
 
@@ -85,7 +85,7 @@ def test_rendered_objects_validate(overlay: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_pod_security(overlay: str) -> None:
-    pod = one(overlay, "Deployment")["spec"]["template"]["spec"]
+    pod = one(overlay, "Deployment", "custos")["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == 10001
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -116,7 +116,7 @@ def test_pod_security(overlay: str) -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_secrets_are_referenced_never_inlined(overlay: str) -> None:
     assert not [o for o in objects(overlay) if o["kind"] == "Secret"]
-    pod = one(overlay, "Deployment")["spec"]["template"]["spec"]
+    pod = one(overlay, "Deployment", "custos")["spec"]["template"]["spec"]
     secret_volumes = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
     assert secret_volumes == {"custos-master-key", "custos-tls"}
     settings = one(overlay, "ConfigMap")["data"]
@@ -136,12 +136,12 @@ def test_secrets_are_referenced_never_inlined(overlay: str) -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_service_and_network_policy(overlay: str) -> None:
-    deployment = one(overlay, "Deployment")
+    deployment = one(overlay, "Deployment", "custos")
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
-    service = one(overlay, "Service")
+    service = one(overlay, "Service", "custos")
     assert matches(service["spec"]["selector"], pod_labels)
     assert {p["name"] for p in service["spec"]["ports"]} >= {"grpc"}
-    policy = one(overlay, "NetworkPolicy")["spec"]
+    policy = one(overlay, "NetworkPolicy", "custos")["spec"]
     assert matches(policy["podSelector"]["matchLabels"], pod_labels)
     assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
     grpc_rule = next(r for r in policy["ingress"] if {"port": "grpc", "protocol": "TCP"} in r["ports"])
@@ -154,11 +154,11 @@ def test_service_and_network_policy(overlay: str) -> None:
     if overlay == "trial":
         assert egress_ports == {(53, "UDP"), (53, "TCP")}
     else:
-        assert egress_ports == {(53, "UDP"), (53, "TCP"), (5432, "TCP")}
+        assert egress_ports == {(53, "UDP"), (53, "TCP"), (5432, "TCP"), (8000, "TCP")}
 
 
 def test_trial_overlay() -> None:
-    deployment = one("trial", "Deployment")
+    deployment = one("trial", "Deployment", "custos")
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"]["type"] == "Recreate"
     pod = deployment["spec"]["template"]["spec"]
@@ -171,7 +171,7 @@ def test_trial_overlay() -> None:
 
 
 def test_production_overlay() -> None:
-    deployment = one("production", "Deployment")
+    deployment = one("production", "Deployment", "custos")
     assert deployment["spec"]["replicas"] > 1
     pod = deployment["spec"]["template"]["spec"]
     env = {e["name"]: e for e in pod["containers"][0]["env"]}
@@ -184,6 +184,51 @@ def test_production_overlay() -> None:
     )
     assert pdb["spec"]["minAvailable"] < deployment["spec"]["replicas"]
     assert pod_labels
-    claim = one("production", "PersistentVolumeClaim")
+    claim = one("production", "PersistentVolumeClaim", "custos-shared")
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
     assert all(o["metadata"].get("namespace") == "custos" for o in objects("production"))
+
+
+def test_production_engine_is_a_vllm_only_custos_reaches() -> None:
+    """The vLLM Deployment, its Service, NetworkPolicy and weights claim, and the settings that use them."""
+    engine = one("production", "Deployment", "custos-vllm")
+    pod = engine["spec"]["template"]["spec"]
+    pod_labels = engine["spec"]["template"]["metadata"]["labels"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["automountServiceAccountToken"] is False and pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {e["name"]: e["value"] for e in container["env"]}["HF_HUB_OFFLINE"] == "1"
+    assert not any("log-requests" in a for a in container["args"] if a.startswith("--enable"))
+    args = dict(a.removeprefix("--").split("=", 1) for a in container["args"] if "=" in a)
+    models = next(v for v in pod["volumes"] if v["name"] == "models")
+    claim = one("production", "PersistentVolumeClaim", models["persistentVolumeClaim"]["claimName"])
+    assert claim["spec"]["accessModes"] == ["ReadOnlyMany"]
+    # Custos is pointed at the engine's Service, by name and port, and asks for the served model.
+    service = one("production", "Service", "custos-vllm")
+    assert matches(service["spec"]["selector"], pod_labels)
+    (port,) = service["spec"]["ports"]
+    assert port["port"] == int(args["port"])
+    settings = one("production", "ConfigMap")["data"]
+    assert settings["CUSTOS_ENGINE_BACKEND"] == "openai"
+    assert settings["CUSTOS_UPSTREAM_BASE_URL"] == f"http://{service['metadata']['name']}:{port['port']}/v1"
+    assert settings["CUSTOS_UPSTREAM_MODEL"] == args["served-model-name"]
+    upstream = {
+        k.removeprefix("CUSTOS_").lower(): v for k, v in settings.items() if "UPSTREAM" in k or "ENGINE" in k
+    }
+    assert load_settings(**upstream).upstream_max_in_flight == int(settings["CUSTOS_UPSTREAM_MAX_IN_FLIGHT"])
+    # Only Custos's server pods may reach the engine; the engine may reach nothing.
+    policy = one("production", "NetworkPolicy", "custos-vllm")["spec"]
+    assert matches(policy["podSelector"]["matchLabels"], pod_labels)
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"} and policy["egress"] == []
+    (rule,) = policy["ingress"]
+    server_labels = one("production", "Deployment", "custos")["spec"]["template"]["metadata"]["labels"]
+    assert [matches(peer["podSelector"]["matchLabels"], server_labels) for peer in rule["from"]] == [True]
+    assert all("namespaceSelector" not in peer for peer in rule["from"])
+    # And Custos's own egress admits the engine on its port.
+    custos_egress = one("production", "NetworkPolicy", "custos")["spec"]["egress"]
+    to_engine = [
+        r for r in custos_egress if any(matches(p["podSelector"]["matchLabels"], pod_labels) for p in r["to"])
+    ]
+    assert [p["port"] for r in to_engine for p in r["ports"]] == [port["port"]]

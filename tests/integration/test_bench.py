@@ -108,3 +108,61 @@ def test_bench_http_short_form(tmp_path: Path) -> None:
     assert re.search(
         r"^HTTP path overhead: [+-][\d.]+ % of end-to-end time \(goal <= 5 %", result.output, re.M
     )
+
+
+def test_bench_console_short_form() -> None:
+    result = CliRunner().invoke(cli_app, ["bench", "console", "--records", "1000", "--runs", "2"])
+    assert result.exit_code == 0, result.output
+    cells = [[c.strip() for c in line.split("\u2502")[1:-1]] for line in result.output.splitlines()]
+    pages = {row[0]: row for row in cells if len(row) == 6 and row[4].isdigit()}
+    assert {"search: by request id", "record page", "chain status", "reports"} <= set(pages), result.output
+    assert {row[4] for row in pages.values()} == {"200"}
+    assert all(float(row[1]) > 0 for row in pages.values())
+    assert "log: 1,000 records on SQLite; 2 runs per page" in result.output
+
+
+def test_bench_serve_upstream_short_form(tmp_path: Path) -> None:
+    from custos.testing.upstream import FakeUpstream
+
+    with FakeUpstream() as fake:
+        result = CliRunner().invoke(
+            cli_app,
+            [
+                "bench",
+                "serve",
+                "--upstream",
+                fake.base_url,
+                "--upstream-model",
+                fake.model,
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--levels",
+                "1,2",
+                "--max-new-tokens",
+                "8",
+            ],
+        )
+        received = list(fake.received)
+    assert result.exit_code == 0, result.output
+    rows = {
+        (m["path"], int(m["streams"])): m
+        for m in re.finditer(
+            r"^(?P<path>custos|direct)\s+(?P<streams>\d+)\s+(?P<tps>[\d.]+)\s+\S*\s*\d+\s+\d+\s+\S+\s+(?P<errors>\d+)$",
+            result.output,
+            re.MULTILINE,
+        )
+    }
+    assert set(rows) == {("custos", 1), ("custos", 2), ("direct", 1), ("direct", 2)}, result.output
+    assert all(float(r["tps"]) > 0 and r["errors"] == "0" for r in rows.values()), result.output
+    assert re.search(r"^TTFT overhead at 1 stream \(p50\): -?\d+ ms$", result.output, re.MULTILINE)
+    # Both paths reached the upstream: Custos with anonymized prompts, the direct path with the raw ones.
+    assert any("<PERSON_1>" in body["prompt"] for body in received)
+    assert any("Maria Lopez" in body["prompt"] for body in received)
+
+
+def test_bench_serve_upstream_refuses_a_bad_url(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli_app, ["bench", "serve", "--upstream", "ftp://x", "--data-dir", str(tmp_path)]
+    )
+    assert result.exit_code == 2
+    assert "--upstream" in result.output

@@ -112,3 +112,37 @@ def test_framework_validation_is_400_naming_the_field_never_422() -> None:
     assert client.post("/things?limit=x", json={"count": 1}).json()["error"]["param"] == "limit"
     assert client.get("/missing").status_code == 404
     assert client.get("/things").status_code == 405
+
+
+ERROR_CODES = [
+    (InvalidArgument("max_tokens", "too many"), "INVALID_FIELD"),
+    (InvalidArgument("purpose", "not configured", error_code="PURPOSE_NOT_ALLOWED"), "PURPOSE_NOT_ALLOWED"),
+    (ResourceExhausted("rate", reason="rate", retry_after_s=0.2), "RATE_LIMITED"),
+    (ResourceExhausted("in flight", reason="concurrency", retry_after_s=0.1), "TOO_MANY_IN_FLIGHT"),
+    (ResourceExhausted("request is 5000 bytes", reason="request_too_large"), "REQUEST_TOO_LARGE"),
+    (EngineBusy(queued=3, limit=3), "ENGINE_BUSY"),
+    (AuditUnavailable("db down"), "AUDIT_UNAVAILABLE"),
+    (Unavailable("draining"), "UNAVAILABLE"),
+    (PermissionDenied("reidentify: no", error_code="REIDENTIFY_NOT_PERMITTED"), "REIDENTIFY_NOT_PERMITTED"),
+    (RuntimeError("Jane Doe's card 4111"), "INTERNAL"),
+]
+
+
+@pytest.mark.parametrize(("exc", "code"), ERROR_CODES)
+def test_every_failure_has_an_error_code(exc: Exception, code: str) -> None:
+    assert map_error(exc, "rid-1").error_code == code
+
+
+@pytest.mark.parametrize(
+    ("exc", "pushback"),
+    [
+        (ResourceExhausted("rate", reason="rate", retry_after_s=0.25), "250"),
+        (ResourceExhausted("request is 5000 bytes", reason="request_too_large"), "-1"),
+        (EngineBusy(queued=3, limit=3), None),
+        (InvalidArgument("max_tokens", "too many"), None),
+    ],
+)
+def test_capacity_refusals_push_back(exc: Exception, pushback: str | None) -> None:
+    trailers = dict(map_exception(exc, "rid-1").trailers)
+    assert trailers.get("grpc-retry-pushback-ms") == pushback
+    assert isinstance(trailers["grpc-status-details-bin"], bytes)
