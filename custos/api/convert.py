@@ -130,6 +130,11 @@ def generate_call_from_pb(request: inference_pb2.GenerateRequest, limits: Reques
             raise InvalidArgument(
                 "parameters.max_new_tokens", f"must be between 1 and {limits.max_new_tokens_limit}"
             )
+    min_new_tokens = params.min_new_tokens if params.HasField("min_new_tokens") else 0
+    if not 0 <= min_new_tokens <= max_new_tokens:
+        raise InvalidArgument(
+            "parameters.min_new_tokens", f"must be between 0 and max_new_tokens ({max_new_tokens})"
+        )
     temperature = 0.0
     if params.HasField("temperature"):
         temperature = params.temperature
@@ -172,6 +177,7 @@ def generate_call_from_pb(request: inference_pb2.GenerateRequest, limits: Reques
             top_p=top_p,
             seed=params.seed if params.HasField("seed") else None,
             stop=tuple(params.stop),
+            min_new_tokens=min_new_tokens,
         ),
         subject_id=subject_id,
         reidentify=request.reidentify,

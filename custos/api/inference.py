@@ -64,7 +64,8 @@ class InferenceServicer:
             inference_pb2.ClassifyRequest,
             lambda request: convert_tasks.classify_call_from_pb(request, self._limits),
         )
-        outcome = await self._classify.classify(RequestContext(caller, "Classify"), call)
+        ctx = RequestContext(caller, "Classify", deadline=deadline_from_context(context))
+        outcome = await self._classify.classify(ctx, call)
         return convert_tasks.classify_outcome_to_pb(outcome)
 
     def _generate_call(self, request: inference_pb2.GenerateRequest) -> convert.GenerateCall:

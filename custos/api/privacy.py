@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from custos.api import convert_privacy
-from custos.api.admit import Admission, Context, caller_from_context
+from custos.api.admit import Admission, Context, caller_from_context, deadline_from_context
 from custos.api.convert import RequestLimits
 from custos.flows.anonymize import AnonymizeFlow
 from custos.flows.context import RequestContext
@@ -28,5 +28,6 @@ class PrivacyServicer:
             privacy_pb2.AnonymizeRequest,
             lambda request: convert_privacy.anonymize_call_from_pb(request, self._limits),
         )
-        outcome = await self._anonymize.anonymize(RequestContext(caller, "Anonymize"), call)
+        ctx = RequestContext(caller, "Anonymize", deadline=deadline_from_context(context))
+        outcome = await self._anonymize.anonymize(ctx, call)
         return convert_privacy.anonymize_outcome_to_pb(call, outcome)

@@ -528,6 +528,96 @@ def stream_cost(
     }
 
 
+def _fill(unit: str, size: int) -> str:
+    return (unit * (size // len(unit) + 1))[:size]
+
+
+#: Long messages shaped to make patterns slow (they made some quadratic before), and the benign baseline.
+ADVERSARIAL_LONG: Mapping[str, Callable[[int], str]] = {
+    "repeated hyphenated words": lambda n: _fill("well-known ", n),
+    "label then spaces": lambda n: "order" + " " * (n - 5),
+    "spelled separators": lambda n: _fill("a at b dot ", n),
+    "digit words": lambda n: _fill("one two ", n),
+}
+
+
+def benign_long(size: int) -> str:
+    """Generated messages joined to ``size`` characters: ordinary text with personal data in it."""
+    return _fill(" ".join(sample.text for sample in generate_dataset(120, seed=3)) + " ", size)
+
+
+def _thread_cpu(fn: Callable[[], object]) -> float:
+    started = time.thread_time()
+    fn()
+    return time.thread_time() - started
+
+
+def long_message_cost(pseudonymizer: Any, *, chars: int = 32_000, rounds: int = 2) -> dict[str, Any]:
+    """CPU time of the analysing thread for adversarial long messages beside a benign one, and the ratios.
+
+    Best of ``rounds``, the shapes interleaved; the goal is a ratio of at most 1.5 for every shape.
+    """
+    benign = benign_long(chars)
+    texts = {"benign": benign, **{name: make(chars) for name, make in ADVERSARIAL_LONG.items()}}
+    pseudonymizer.analyze([benign])  # warm
+    best: dict[str, float] = {}
+    for _ in range(max(1, rounds)):
+        for name, text in texts.items():
+            cost = _thread_cpu(lambda text=text: pseudonymizer.analyze([text]))  # type: ignore[misc]
+            best[name] = min(best.get(name, cost), cost)
+    return {
+        "chars": chars,
+        "cpu_s": best,
+        "ratio_to_benign": {name: best[name] / best["benign"] for name in ADVERSARIAL_LONG},
+    }
+
+
+def stall_cost(pseudonymizer: Any, short: str, *, chars: int = 32_000, rounds: int = 3) -> dict[str, Any]:
+    """Latency of a ~500-character call alone and while a long pathological message is analysed.
+
+    Both through the server's privacy stage (``PrivacyStage.run``: batcher, turns at the analyzer, slices),
+    and, as the baseline, with one lock around each call's whole analysis (how calls were served before).
+    The short call is sent a moment after the long one started; medians of ``rounds``.
+    """
+    import threading
+
+    from custos.flows.privacy_step import PrivacyStage
+
+    stage = PrivacyStage(pseudonymizer)
+    long = ADVERSARIAL_LONG["spelled separators"](chars)
+    lock = threading.Lock()
+
+    def locked(texts: list[str]) -> None:
+        with lock:
+            pseudonymizer.analyze(texts)
+
+    def served(texts: list[str]) -> None:
+        stage.run(texts, "bench")
+
+    def elapsed(fn: Callable[[list[str]], None], texts: list[str]) -> float:
+        started = time.perf_counter()
+        fn(texts)
+        return time.perf_counter() - started
+
+    for _ in range(2):
+        served([short])  # warm
+    solo = statistics.median(elapsed(served, [short]) for _ in range(7))
+    long_alone = elapsed(served, [long])
+    results: dict[str, Any] = {"chars": chars, "solo_ms": 1000 * solo, "long_alone_ms": 1000 * long_alone}
+    for name, fn in (("served", served), ("one_lock", locked)):
+        latencies = []
+        for _ in range(max(1, rounds if name == "served" else 1)):
+            worker = threading.Thread(target=fn, args=([long],))
+            worker.start()
+            time.sleep(min(0.3, long_alone / 4))
+            latencies.append(elapsed(fn, [short]))
+            worker.join()
+        results[f"{name}_ms"] = 1000 * statistics.median(latencies)
+    results["ratio"] = results["served_ms"] / results["solo_ms"]
+    results["bound_ms"] = 2 * results["solo_ms"] + 50
+    return results
+
+
 def person_listing_group(lists: Any) -> Callable[[str, str], str | None]:
     """Group PERSON labels by whether any word of the name is in the recognizer's name lists."""
 
@@ -549,6 +639,7 @@ REDTEAM_GOALS = {
     "verbatim_leak_rate": 0.03,
     "precision": 0.95,
     "person_recall_per_language": 0.85,
+    "location_recall_en": 0.85,
 }
 
 
@@ -638,6 +729,8 @@ def score_redteam(samples: Iterable[RedTeamSample], analyze: Analyze) -> RedTeam
             value_keys = ["all", f"lang:{sample.language}", f"kind:{gold.kind}", f"type:{gold.entity_type}"]
             if gold.entity_type == "PERSON":
                 value_keys.append(f"person:{sample.language}")
+            if gold.entity_type == "LOCATION":
+                value_keys.append(f"location:{sample.language}")
             leaked = leaked_characters(sample.text, gold.start, gold.end, covered) > 0
             value = _squash(sample.text[gold.start : gold.end])
             verbatim = bool(value) and value in squashed_input
@@ -696,11 +789,14 @@ def run(
     long_count: int = 100,
     redteam_half: str = "heldout",
     redteam_count: int | None = None,
+    long_chars: int = 32_000,
+    long_rounds: int = 2,
 ) -> dict[str, Any]:
     """Score both detectors on the generated, hand-written, ~500-character and red-team messages.
 
     ``redteam_count`` messages of the red-team half ``redteam_half`` are scored (the whole half by default;
-    0 leaves the red-team set out).
+    0 leaves the red-team set out). Messages of ``long_chars`` characters measure the adversarial/benign
+    cost ratio and how long a ~500-character call waits behind one (``long_rounds`` rounds; 0: neither).
     """
     import os
 
@@ -723,6 +819,10 @@ def run(
         "batch_calls": 8,
         "ms_per_message": 1000 * (time.perf_counter() - started) / max(1, len(longs)),
     }
+    if long_rounds:
+        results["long_message"] = long_message_cost(pseudonymizer, chars=long_chars, rounds=long_rounds)
+        short = long_messages(generated, count=1)[0].text
+        results["stall"] = stall_cost(pseudonymizer, short, chars=long_chars, rounds=long_rounds + 1)
     if redteam_count != 0:
         results["redteam"] = run_redteam(detectors, half=redteam_half, count=redteam_count)
     answers = [sample.text for sample in HAND_WRITTEN]
@@ -834,6 +934,34 @@ def render(results: dict[str, Any]) -> str:
             f"Load average (1 min) {load['before']:.1f} before and {load['after']:.1f} after the run, "
             f"on {load['cpus']} CPUs.",
         ]
+    if "long_message" in results:
+        cost = results["long_message"]
+        lines += [
+            "",
+            f"| {cost['chars']:,}-character message (CPU time of the thread, best of rounds) | Custos | "
+            "vs benign | goal ≤ 1.5 |",
+            "|---|---|---|---|",
+            f"| benign (generated messages joined) | {cost['cpu_s']['benign']:.2f} s | 1.00 | - |",
+        ]
+        for name, ratio in cost["ratio_to_benign"].items():
+            lines.append(
+                f"| {name} | {cost['cpu_s'][name]:.2f} s | {ratio:.2f} | {'yes' if ratio <= 1.5 else 'NO'} |"
+            )
+    if "stall" in results:
+        stall = results["stall"]
+        met = stall["served_ms"] <= stall["bound_ms"]
+        lines += [
+            "",
+            f"| ~500-char call while a {stall['chars']:,}-char pathological one is analysed | latency | "
+            "vs alone |",
+            "|---|---|---|",
+            f"| alone (median) | {stall['solo_ms']:.0f} ms | 1.00 |",
+            f"| concurrent, privacy stage (median) | {stall['served_ms']:.0f} ms | {stall['ratio']:.2f} "
+            f"(goal ≤ 2 x alone + 50 ms = {stall['bound_ms']:.0f} ms: {'yes' if met else 'NO'}) |",
+            f"| concurrent, one lock per call (before) | {stall['one_lock_ms']:.0f} ms | "
+            f"{stall['one_lock_ms'] / stall['solo_ms']:.2f} |",
+            f"| the long message alone | {stall['long_alone_ms']:.0f} ms | - |",
+        ]
     lines += [
         "",
         "| streaming guard (hand-written answers, 4-char tokens) | first text after (p50 / max tokens) | "
@@ -887,6 +1015,12 @@ def render_redteam(results: Mapping[str, Any]) -> str:
         met = recall is not None and recall >= REDTEAM_GOALS["person_recall_per_language"]
         verdict = "yes" if met else "NO"
         lines.append(f"| PERSON recall, {language} | ≥ 0.85 | {_fmt(recall)} | {_fmt(other)} | {verdict} |")
+    recall = custos.get("location:en", {}).get("recall")
+    met = recall is not None and recall >= REDTEAM_GOALS["location_recall_en"]
+    lines.append(
+        f"| LOCATION recall, en | ≥ 0.85 | {_fmt(recall)} | "
+        f"{_fmt(presidio.get('location:en', {}).get('recall'))} | {'yes' if met else 'NO'} |"
+    )
     lines += [
         "",
         "| kind | values | Custos leak | Presidio leak | Custos verbatim | Presidio verbatim "

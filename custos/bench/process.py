@@ -45,6 +45,8 @@ class ServedProcess:
     token: str
     #: Base URL of the OpenAI-compatible HTTP API, when it was asked for.
     http_url: str | None = None
+    #: The server's Prometheus endpoint.
+    metrics_url: str | None = None
 
     def peak_rss(self) -> int:
         """The server process's peak resident set size so far."""
@@ -105,6 +107,7 @@ def served(
                 "metrics_listen": f"127.0.0.1:{metrics_port}",
                 "max_batch_size": settings.max_batch_size,
                 "max_queued_requests": max(settings.max_queued_requests, max_queue),
+                "prompt_cache_mb": settings.prompt_cache_mb,
                 "max_new_tokens_limit": settings.max_new_tokens_limit,
                 "log_level": "WARNING",
                 # Loopback only; the benchmark measures the pipeline, not TLS or per-caller limits.
@@ -142,6 +145,7 @@ def served(
             scraped_stage_seconds(f"http://127.0.0.1:{metrics_port}/metrics"),
             (scratch / "data" / "admin.token").read_text().strip(),
             f"http://127.0.0.1:{http_port}" if http_port else None,
+            f"http://127.0.0.1:{metrics_port}/metrics",
         )
     finally:
         process.send_signal(signal.SIGTERM)

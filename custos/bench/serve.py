@@ -5,7 +5,9 @@ concurrent streams, then runs raw transformers ``generate`` on the same model ob
 and on the same prompts, as the baseline of the same run. When the optional ``llama-cpp-python`` is
 installed and the model source is a GGUF file (the bundled one included), llama.cpp runs the same prompt
 tokens on that file with the same thread count as a second baseline. Prints tokens/s, time to first token
-and inter-token latency (p50/p99), peak RSS, the ratios, and the goals beside the measurements.
+and inter-token latency (p50/p99), peak RSS, the ratios, and the goals beside the measurements. ``forced``
+holds end-of-sequence off on every path (``min_new_tokens`` = ``max_new_tokens``), so each answer has
+exactly ``max_new_tokens`` tokens and the rows compare decoding, not how soon each path chose to stop.
 """
 
 from __future__ import annotations
@@ -77,6 +79,13 @@ class LevelResult:
     itl: list[float] = field(default_factory=list)
     errors: int = 0
     overhead: float | None = None  # privacy + audit share of end-to-end time (server only)
+    engine_itl: float | None = None
+    """Mean seconds between a request's tokens inside the server's engine (its histogram), server only.
+
+    The client's ITL of custos rows counts deltas the streaming guard holds back a sentence at a time;
+    this is the decode step as the engine produced it."""
+    engine_ttft: float | None = None
+    """Mean seconds from submission to the first token inside the engine (its histogram), server only."""
 
     @property
     def tokens_per_second(self) -> float:
@@ -102,13 +111,19 @@ class BenchReport:
     """llama.cpp on the same prompts, one sequence at a time; empty when it was not measured."""
     llamacpp_note: str = ""
     """How llama.cpp ran (file, threads), or why it was not measured."""
+    forced: bool = False
+    """Whether every path generated exactly ``max_new_tokens`` (end-of-sequence held off)."""
+    no_prompt_cache: list[LevelResult] = field(default_factory=list)
+    """The same server build with ``prompt_cache_mb = 0`` (one stream); empty when not measured."""
 
 
-def _request(index: int, max_new_tokens: int) -> inference_pb2.GenerateRequest:
+def _request(index: int, max_new_tokens: int, *, forced: bool = False) -> inference_pb2.GenerateRequest:
     return inference_pb2.GenerateRequest(
         conversation_id=f"bench-{index}",
         messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=PROMPTS[index % len(PROMPTS)])],
-        parameters=inference_pb2.GenerationParameters(max_new_tokens=max_new_tokens, temperature=0.0),
+        parameters=inference_pb2.GenerationParameters(
+            max_new_tokens=max_new_tokens, temperature=0.0, min_new_tokens=max_new_tokens if forced else 0
+        ),
     )
 
 
@@ -157,6 +172,33 @@ def scraped_stage_seconds(url: str) -> StageSeconds:
     return read
 
 
+EngineItl = Callable[[], dict[str, float]]
+"""Returns the sums and counts of the server's engine histograms so far (see :func:`scraped_engine_itl`)."""
+_ENGINE_HISTOGRAMS = ("custos_engine_inter_token_seconds", "custos_engine_time_to_first_token_seconds")
+
+
+def scraped_engine_itl(url: str) -> EngineItl:
+    """The engine's inter-token and time-to-first-token histograms' sums and counts, scraped."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def read() -> dict[str, float]:
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - a loopback URL we built
+            body = response.read().decode()
+        values = dict.fromkeys((f"{n}_{part}" for n in _ENGINE_HISTOGRAMS for part in ("sum", "count")), 0.0)
+        for family in text_string_to_metric_families(body):
+            for sample in family.samples:
+                if sample.name in values:
+                    values[sample.name] += sample.value
+        return values
+
+    return read
+
+
+def _mean_between(before: dict[str, float], after: dict[str, float], name: str) -> float | None:
+    count = after[f"{name}_count"] - before[f"{name}_count"]
+    return (after[f"{name}_sum"] - before[f"{name}_sum"]) / count if count > 0 else None
+
+
 def drive_server(
     target: str,
     streams: int,
@@ -165,6 +207,8 @@ def drive_server(
     max_new_tokens: int,
     stages: StageSeconds | None = None,
     token: str | None = None,
+    forced: bool = False,
+    engine_itl: EngineItl | None = None,
 ) -> LevelResult:
     """Run ``streams`` client threads, each sending ``requests_per_stream`` GenerateStream calls in turn."""
     result = LevelResult(path="custos", streams=streams)
@@ -174,7 +218,7 @@ def drive_server(
 
     def client(stream_index: int) -> None:
         for round_index in range(requests_per_stream):
-            request = _request(stream_index + round_index * streams, max_new_tokens)
+            request = _request(stream_index + round_index * streams, max_new_tokens, forced=forced)
             sent = time.perf_counter()
             first: float | None = None
             last = sent
@@ -199,6 +243,7 @@ def drive_server(
                         result.itl.append((last - first) / (tokens - 1))
 
     before = stages() if stages is not None else (0.0, 0.0)
+    itl_before = engine_itl() if engine_itl is not None else {}
     threads = [threading.Thread(target=client, args=(i,)) for i in range(streams)]
     started = time.perf_counter()
     for thread in threads:
@@ -210,6 +255,10 @@ def drive_server(
     after = stages() if stages is not None else (0.0, 0.0)
     if after[1] > before[1]:
         result.overhead = (after[0] - before[0]) / (after[1] - before[1])
+    if engine_itl is not None:
+        itl_after = engine_itl()
+        result.engine_itl = _mean_between(itl_before, itl_after, _ENGINE_HISTOGRAMS[0])
+        result.engine_ttft = _mean_between(itl_before, itl_after, _ENGINE_HISTOGRAMS[1])
     return result
 
 
@@ -232,6 +281,7 @@ def raw_generate(
     *,
     requests_per_stream: int,
     max_new_tokens: int,
+    forced: bool = False,
 ) -> LevelResult:
     """The baseline: transformers' greedy ``generate`` with ``streams`` prompts as one left-padded batch."""
     from transformers import LogitsProcessorList
@@ -257,6 +307,7 @@ def raw_generate(
                 input_ids=ids,
                 attention_mask=mask,
                 max_new_tokens=max_new_tokens,
+                min_new_tokens=max_new_tokens if forced else None,
                 do_sample=False,
                 pad_token_id=pad_id,
                 logits_processor=LogitsProcessorList([clock]),
@@ -318,15 +369,18 @@ def llamacpp_generate(
     requests_per_stream: int,
     max_new_tokens: int,
     stop_ids: set[int],
+    forced: bool = False,
 ) -> LevelResult:
     """llama.cpp's greedy decode of ``streams`` x ``requests_per_stream`` prompts, one sequence at a time.
 
     llama-cpp-python's ``Llama`` decodes one sequence (no batching), so ``streams`` only sets how many
     prompts run in turn; each one's TTFT is timed from its own start, not from the start of the level.
     Each starts from an empty KV cache, like the raw baseline, and stops at a token of ``stop_ids``
-    (counted, as the raw baseline counts it) or after ``max_new_tokens``.
+    (counted, as the raw baseline counts it) or after ``max_new_tokens``; ``forced`` bans the stop tokens
+    (a logits processor), so every sequence runs to ``max_new_tokens``.
     """
     result = LevelResult(path="llama.cpp", streams=streams)
+    extra: dict[str, Any] = {"logits_processor": [_banning(stop_ids)]} if forced else {}
     for round_index in range(requests_per_stream):
         for i in range(streams):
             prompt = prompts[(i + round_index * streams) % len(prompts)]
@@ -334,10 +388,10 @@ def llamacpp_generate(
             started = time.perf_counter()
             times: list[float] = []
             for token in llm.generate(
-                list(prompt), temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0
+                list(prompt), temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0, **extra
             ):
                 times.append(time.perf_counter())
-                if token in stop_ids or len(times) >= max_new_tokens:
+                if (token in stop_ids and not forced) or len(times) >= max_new_tokens:
                     break
             result.seconds += time.perf_counter() - started
             result.tokens += len(times)
@@ -346,6 +400,17 @@ def llamacpp_generate(
                 if len(times) > 1:
                     result.itl.append((times[-1] - times[0]) / (len(times) - 1))
     return result
+
+
+def _banning(ids: set[int]) -> Callable[[Any, Any], Any]:
+    """A llama-cpp-python logits processor that makes ``ids`` impossible."""
+    banned = sorted(ids)
+
+    def process(_input_ids: Any, scores: Any) -> Any:
+        scores[banned] = float("-inf")
+        return scores
+
+    return process
 
 
 def bench_prompts(tokenizer: PreTrainedTokenizerBase, prompt_format: PromptFormat) -> list[list[int]]:
@@ -361,6 +426,7 @@ def run_llamacpp_levels(
     requests_per_stream: int = 1,
     max_new_tokens: int = 64,
     stop_ids: set[int],
+    forced: bool = False,
 ) -> list[LevelResult]:
     """llama.cpp at the same levels on the same prompt tokens (after one short warm-up sequence)."""
     llamacpp_generate(llm, prompts, 1, requests_per_stream=1, max_new_tokens=4, stop_ids=stop_ids)
@@ -372,6 +438,7 @@ def run_llamacpp_levels(
             requests_per_stream=requests_per_stream,
             max_new_tokens=max_new_tokens,
             stop_ids=stop_ids,
+            forced=forced,
         )
         for n in levels
     ]
@@ -400,6 +467,7 @@ def measure_llamacpp(
     max_new_tokens: int,
     stop_ids: set[int],
     load: Callable[..., LlamaLike] = load_llamacpp,
+    forced: bool = False,
 ) -> tuple[list[LevelResult], str]:
     """llama.cpp's rows on the source's GGUF file and a note on how it ran, or no rows and why not."""
     if load is load_llamacpp and not llamacpp_available():
@@ -416,6 +484,7 @@ def measure_llamacpp(
         requests_per_stream=requests_per_stream,
         max_new_tokens=max_new_tokens,
         stop_ids=stop_ids,
+        forced=forced,
     )
     unit = "thread" if threads == 1 else "threads"
     return rows, f"llama-cpp-python on {gguf.name}, {threads} {unit}, greedy, the raw rows' prompt tokens"
@@ -455,7 +524,9 @@ def _ratio(a: float, b: float) -> str:
 def format_report(report: BenchReport) -> str:
     """The table, the ratios, and the goals next to the measurements."""
     lines = [
-        f"custos bench serve: {report.max_new_tokens} new tokens, precision {report.precision}, "
+        f"custos bench serve: {report.max_new_tokens} new tokens"
+        f"{' (forced: end-of-sequence held off on every path)' if report.forced else ''}, "
+        f"precision {report.precision}, "
         f"{report.threads} torch threads, greedy; privacy and audit on for the custos rows",
         *(
             [f"load average (1 min) {load[0]:.2f} at start, {load[1]:.2f} at end"]
@@ -467,7 +538,7 @@ def format_report(report: BenchReport) -> str:
         f"{'ITL p99':>9}{'errors':>8}{'vs raw':>8}",
     ]
     raw_by_streams = {r.streams: r for r in report.raw}
-    for row in [*report.server, *report.raw, *report.llamacpp]:
+    for row in [*report.server, *report.no_prompt_cache, *report.raw, *report.llamacpp]:
         raw = raw_by_streams.get(row.streams)
         vs_raw = (
             _ratio(row.tokens_per_second, raw.tokens_per_second) if raw and row.path != "raw generate" else ""
@@ -478,7 +549,38 @@ def format_report(report: BenchReport) -> str:
             f"{_ms(_percentile(row.itl, 50)):>9}{_ms(_percentile(row.itl, 99)):>9}{row.errors:>8}{vs_raw:>8}"
         )
     lines.append("(TTFT and ITL in ms; ITL per request = (last - first token time) / (tokens - 1))")
+    engine_itls = [r for r in report.server if r.engine_itl is not None]
+    if engine_itls:
+        lines.append(
+            "custos engine inter-token latency (server histogram mean; the client rows see the streaming "
+            "guard's sentence-sized deltas): "
+            + ", ".join(f"{r.streams}: {r.engine_itl * 1000:.1f} ms" for r in engine_itls if r.engine_itl)
+        )
+    for row in [*report.server, *report.no_prompt_cache]:
+        if row.engine_ttft is not None:
+            lines.append(
+                f"{row.path} at {row.streams}: engine time to first token (mean) "
+                f"{row.engine_ttft * 1000:.1f} ms"
+            )
     server = {r.streams: r for r in report.server}
+    off = next((r for r in report.no_prompt_cache if r.streams == 1), None)
+    on = server.get(1)
+    if (
+        off is not None
+        and on is not None
+        and (t_on := _percentile(on.ttft, 50))
+        and (t_off := _percentile(off.ttft, 50))
+    ):
+        lines.append(
+            f"TTFT p50 at 1 stream, prompt cache on / off: {t_on * 1000:.1f} / {t_off * 1000:.1f} ms "
+            f"= {t_on / t_off:.2f}x (goal <= 0.2x; the client's TTFT includes the streaming guard's first "
+            "sentence)"
+        )
+        if on.engine_ttft and off.engine_ttft:
+            lines.append(
+                f"engine TTFT at 1 stream, prompt cache on / off: {on.engine_ttft * 1000:.1f} / "
+                f"{off.engine_ttft * 1000:.1f} ms = {on.engine_ttft / off.engine_ttft:.2f}x"
+            )
     if report.llamacpp:
         lines += [
             f"llama.cpp rows: {report.llamacpp_note};",
@@ -558,6 +660,8 @@ def run_server_levels(
     stages: StageSeconds | None = None,
     warmup: bool = True,
     token: str | None = None,
+    forced: bool = False,
+    engine_itl: EngineItl | None = None,
 ) -> list[LevelResult]:
     """Measure the server at each level (after a warm-up that pays its one-time costs)."""
     if warmup:
@@ -570,6 +674,8 @@ def run_server_levels(
             max_new_tokens=max_new_tokens,
             stages=stages,
             token=token,
+            forced=forced,
+            engine_itl=engine_itl,
         )
         for n in levels
     ]
@@ -583,6 +689,7 @@ def run_raw_levels(
     levels: Sequence[int] = DEFAULT_LEVELS,
     requests_per_stream: int = 1,
     max_new_tokens: int = 64,
+    forced: bool = False,
 ) -> list[LevelResult]:
     """Raw ``generate`` at the same levels on the same prompts."""
     return [
@@ -593,6 +700,7 @@ def run_raw_levels(
             n,
             requests_per_stream=requests_per_stream,
             max_new_tokens=max_new_tokens,
+            forced=forced,
         )
         for n in levels
     ]

@@ -168,7 +168,9 @@ def bench_http(
     source: Annotated[
         str | None, typer.Option(help="'bundled', a GGUF file or a Hugging Face directory.")
     ] = None,
-    precision: Annotated[str | None, typer.Option(help="bf16, fp32, int8, int8-dynamic or auto.")] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="bf16, fp32, int8, int8-dynamic, int4 or auto.")
+    ] = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -217,11 +219,28 @@ def bench_serve(
     source: Annotated[
         str | None, typer.Option(help="'bundled', a GGUF file or a Hugging Face directory.")
     ] = None,
-    precision: Annotated[str | None, typer.Option(help="bf16, fp32, int8, int8-dynamic or auto.")] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="bf16, fp32, int8, int8-dynamic, int4 or auto.")
+    ] = None,
     raw_precision: Annotated[
         str | None,
         typer.Option(help="Precision of the raw generate baseline (default: the server's); needs its cache."),
     ] = None,
+    forced: Annotated[
+        bool,
+        typer.Option(
+            "--forced/--not-forced",
+            help="Every path generates exactly --max-new-tokens (end-of-sequence held off), so decoding is "
+            "compared like for like.",
+        ),
+    ] = True,
+    prompt_cache_off_row: Annotated[
+        bool,
+        typer.Option(
+            "--prompt-cache-off-row",
+            help="Also start the same server with prompt_cache_mb = 0 and measure one stream (a TTFT row).",
+        ),
+    ] = False,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
     upstream: Annotated[
@@ -242,11 +261,13 @@ def bench_serve(
     from custos.bench.process import served, weight_bytes
     from custos.bench.serve import (
         BenchReport,
+        LevelResult,
         bench_prompts,
         format_report,
         measure_llamacpp,
         run_raw_levels,
         run_server_levels,
+        scraped_engine_itl,
     )
     from custos.engine.local import TransformersEngine
     from custos.server.model import prepare_from_settings
@@ -278,8 +299,29 @@ def bench_serve(
             max_new_tokens=max_new_tokens,
             stages=server.stages,
             token=server.token,
+            forced=forced,
+            engine_itl=scraped_engine_itl(server.metrics_url) if server.metrics_url else None,
         )
         peak_rss = server.peak_rss()
+    no_cache: list[LevelResult] = []
+    if prompt_cache_off_row:
+        uncached = base.model_copy(update={"prompt_cache_mb": 0})
+        with (
+            tempfile.TemporaryDirectory(prefix="custos-bench-") as scratch,
+            served(uncached, Path(scratch), max_queue=1) as server,
+        ):
+            no_cache = run_server_levels(
+                server.target,
+                levels=(1,),
+                requests_per_stream=requests,
+                max_new_tokens=max_new_tokens,
+                stages=server.stages,
+                token=server.token,
+                forced=forced,
+                engine_itl=scraped_engine_itl(server.metrics_url) if server.metrics_url else None,
+            )
+        for row in no_cache:
+            row.path = "custos nocache"
     if raw_precision is not None and raw_precision != base.precision:
         raw_settings = _settings(config, data_dir=data_dir, model_source=source, precision=raw_precision)
         cache_dir = prepare_from_settings(raw_settings, None, rebuild_invalid=False)
@@ -294,6 +336,7 @@ def bench_serve(
         levels=counts,
         requests_per_stream=requests,
         max_new_tokens=max_new_tokens,
+        forced=forced,
     )
     with tempfile.TemporaryDirectory(prefix="custos-bench-gguf-") as gguf_scratch:
         llamacpp, llamacpp_note = measure_llamacpp(
@@ -305,6 +348,7 @@ def bench_serve(
             requests_per_stream=requests,
             max_new_tokens=max_new_tokens,
             stop_ids=set(engine.eos_token_ids),
+            forced=forced,
         )
     result = BenchReport(
         server=measured,
@@ -320,6 +364,8 @@ def bench_serve(
         weight_bytes=server_weights if server_weights is not None else _cache_weight_bytes(base),
         bandwidth_gbps=bandwidth_gbps,
         load_average=(load_at_start, os.getloadavg()[0]),
+        forced=forced,
+        no_prompt_cache=no_cache,
     )
     typer.echo(format_report(result))  # plain text: a rich console would wrap the table
 
@@ -413,6 +459,10 @@ def bench_privacy(
         int | None,
         typer.Option(min=0, help="Red-team messages (a balanced prefix; default the whole half, 0: none)."),
     ] = None,
+    long_rounds: Annotated[
+        int,
+        typer.Option(min=0, help="Rounds of the 32,000-character cost and stall measurements (0: none)."),
+    ] = 2,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the raw results here.")] = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
@@ -446,6 +496,7 @@ def bench_privacy(
         long_count=long_count,
         redteam_half=redteam_set,
         redteam_count=redteam_count,
+        long_rounds=long_rounds,
     )
     print(benchmark.render(results))
     if json_out is not None:

@@ -123,7 +123,7 @@ def model_prepare(
         str | None, typer.Option(help="'bundled', a GGUF file or a Hugging Face directory.")
     ] = None,
     precision: Annotated[
-        str | None, typer.Option(help="bf16, fp32, int8, int8-dynamic or auto (fastest admitted).")
+        str | None, typer.Option(help="bf16, fp32, int8, int8-dynamic, int4 or auto (fastest admitted).")
     ] = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,

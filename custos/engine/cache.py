@@ -40,6 +40,7 @@ from custos.engine.precision import (
     AUTO_PRECISION,
     DEFAULT_AUTO_TIME_LIMIT_S,
     DYNAMIC_PRECISIONS,
+    INT4_PRECISIONS,
     INT8_PRECISIONS,
     check_precision,
     convert_precision,
@@ -286,19 +287,47 @@ def _build(
         model, tokenizer, quantization = _load_source(src.kind, source_path, "float32")
     log.info("loaded %s in %.1f s", src.description, time.perf_counter() - started)
     fmt = select_prompt_format(tokenizer, prompt_format)
+    exact = (
+        _exact_int4(src.kind, source_path, model) if precision in (AUTO_PRECISION, *INT4_PRECISIONS) else {}
+    )
 
     selection: dict[str, Any] | None = None
     if precision == AUTO_PRECISION:
         report(f"Measuring {', '.join(AUTO_CANDIDATES)} (speed and quality gate)", 0.3)
         chosen = select_precision(
-            model, tokenizer, candidates=AUTO_CANDIDATES, limits=limits, time_limit_s=auto_time_limit_s
+            model,
+            tokenizer,
+            candidates=AUTO_CANDIDATES,
+            limits=limits,
+            time_limit_s=auto_time_limit_s,
+            int4_exact=exact,
         )
         selection = chosen.to_dict()
         for line in chosen.describe():
             log.info("auto precision: %s", line)
         precision = chosen.chosen
         quality_dict = chosen.result(precision).quality
-        saved = model if precision in DYNAMIC_PRECISIONS else convert_precision(model, precision)
+        groups = chosen.result(precision).int4_groups
+        if precision in DYNAMIC_PRECISIONS:
+            saved = model
+        elif groups is not None:
+            from custos.engine.int4 import layout_for
+
+            layout = layout_for(model, groups, exact)  # type: ignore[arg-type]
+            saved = convert_precision(model, precision, int4_layout=layout, int4_exact=exact)
+        else:
+            saved = convert_precision(model, precision)
+    elif precision in INT4_PRECISIONS:
+        from custos.engine.int4 import select_layout
+
+        report("Measuring int4 layouts against float32 (quality gate, group by group)", 0.3)
+        ids = support_ids(tokenizer)
+        choice = select_layout(model, ids, measure(model, ids), limits, exact=exact)
+        if not choice.admitted:
+            raise QualityGateError(f"precision {precision}: no layout passes the quality gate")
+        log.info("int4 layout: %s", choice.groups)
+        quality_dict = {**choice.quality, "int4_layout": choice.summary()}
+        saved = convert_precision(model, precision, int4_layout=choice.layout, int4_exact=exact)
     else:
         report(f"Measuring {precision} against float32 (quality gate)", 0.6)
         ids = support_ids(tokenizer)
@@ -323,7 +352,7 @@ def _build(
 
     report("Saving the converted model", 0.8)
     out.mkdir(parents=True)
-    if precision in INT8_PRECISIONS:
+    if precision in INT8_PRECISIONS | INT4_PRECISIONS:
         save_quantized(saved, out)
     else:
         saved.save_pretrained(out)
@@ -356,6 +385,17 @@ def _build(
         selection=selection,
     )
     _write_atomic(out / MANIFEST_NAME, manifest.to_json())
+
+
+def _exact_int4(kind: SourceKind, path: Path, model: PreTrainedModel) -> dict[str, Any]:
+    """A GGUF source's Q4_K tensors that reproduce a linear layer exactly, by module name (else none)."""
+    if kind == "hf-dir":
+        return {}
+    from custos.engine.int4 import match_exact, q4k_tensors
+
+    exact = match_exact(model, q4k_tensors(path))
+    log.info("int4: %d linear layers map exactly from the GGUF's Q4_K tensors", len(exact))
+    return exact
 
 
 def save_quantized(model: PreTrainedModel, out: Path) -> None:

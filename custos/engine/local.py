@@ -20,7 +20,13 @@ import torch
 
 from custos.engine.base import Engine
 from custos.engine.manifest import Manifest, load_manifest
-from custos.engine.precision import DYNAMIC_PRECISIONS, INT8_PRECISIONS, PRECISIONS, QUANTIZED_PRECISIONS
+from custos.engine.precision import (
+    DYNAMIC_PRECISIONS,
+    INT4_PRECISIONS,
+    INT8_PRECISIONS,
+    PRECISIONS,
+    QUANTIZED_PRECISIONS,
+)
 from custos.engine.prompt import PromptFormat, get_prompt_format
 from custos.engine.sampling import choose_token, make_generator
 from custos.engine.scoring import ContinuationScores, score_continuations
@@ -136,6 +142,10 @@ class Generation:
         if delta and self.on_text is not None:
             self.on_text(delta)
 
+    def banned(self) -> frozenset[int]:
+        """Tokens the next step may not choose: end-of-sequence while ``min_new_tokens`` is not reached."""
+        return self.eos_ids if len(self.logprobs) < self.params.min_new_tokens else frozenset()
+
     def accept(self, token: int, logprob: float) -> None:
         """Record the chosen token, stream its text, and decide whether the answer is finished."""
         self.logprobs.append(logprob)
@@ -249,7 +259,8 @@ class TransformersEngine(Engine):
         configure_threads(num_threads)
         dtype = getattr(torch, PRECISIONS[manifest.precision])
         int8 = manifest.precision in INT8_PRECISIONS
-        model = weights.build_model(cache_dir, contents.tensors, dtype=dtype, int8=int8)
+        int4 = manifest.precision in INT4_PRECISIONS
+        model = weights.build_model(cache_dir, contents.tensors, dtype=dtype, int8=int8, int4=int4)
         if manifest.precision in DYNAMIC_PRECISIONS:
             from custos.engine.quant import quantize_dynamic_int8
 
@@ -315,6 +326,10 @@ class TransformersEngine(Engine):
     def _encode_prompt(self, turns: Sequence[ChatTurn]) -> list[int]:
         with self._tokenizer_lock:
             return self._format.encode(turns, self._tokenizer)
+
+    def encode_prompt(self, turns: Sequence[ChatTurn]) -> list[int]:
+        """The prompt's token ids for ``turns`` (no check against the context length)."""
+        return self._encode_prompt(turns)
 
     def count_prompt_tokens(self, turns: Sequence[ChatTurn]) -> int:
         """Tokens of the full prompt for ``turns``, as ``generate`` reports them in ``prompt_tokens``."""
@@ -412,7 +427,7 @@ class TransformersEngine(Engine):
         with torch.inference_mode():
             cache = DynamicCache(config=self._model.config)
             logits = self._forward(state.prompt_ids, cache)
-            token, logprob = choose_token(logits, state.params, state.generator)
+            token, logprob = choose_token(logits, state.params, state.generator, state.banned())
             first_token_at = time.perf_counter()
             state.accept(token, logprob)
             while state.finish_reason is None:
@@ -420,7 +435,7 @@ class TransformersEngine(Engine):
                     state.finish_reason = "cancelled"
                     break
                 logits = self._forward([token], cache)
-                token, logprob = choose_token(logits, state.params, state.generator)
+                token, logprob = choose_token(logits, state.params, state.generator, state.banned())
                 state.accept(token, logprob)
         state.close()
         finished = time.perf_counter()

@@ -19,15 +19,22 @@ def make_generator(params: SamplingParams, device: torch.device) -> torch.Genera
 
 
 def choose_token(
-    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+    logits: torch.Tensor,
+    params: SamplingParams,
+    generator: torch.Generator | None,
+    banned: frozenset[int] = frozenset(),
 ) -> tuple[int, float]:
     """Pick the next token from one row of logits; return it with its log-prob under the raw distribution.
 
-    The log-prob is taken before temperature and top-p, so it measures the model's own confidence in the
-    chosen token whatever the sampling settings.
+    The log-prob is taken before temperature, top-p and ``banned`` (tokens that may not be chosen now, such
+    as end-of-sequence before ``min_new_tokens``), so it measures the model's own confidence in the chosen
+    token whatever the sampling settings.
     """
     logits = logits.float()
     logprobs = torch.log_softmax(logits, dim=-1)
+    if banned:
+        logits = logits.clone()
+        logits[list(banned)] = float("-inf")
     if params.greedy:
         token = int(torch.argmax(logits).item())
     else:

@@ -28,6 +28,7 @@ import torch
 
 from custos.engine.base import Engine
 from custos.engine.local import Generation, TransformersEngine
+from custos.engine.prefix import HEAD_SCOPE, PrefixCache, common_prefix, snapshot
 from custos.engine.sampling import choose_token
 from custos.engine.types import (
     ChatTurn,
@@ -58,6 +59,7 @@ class _Request:
     first_token_at: float | None = None
     last_token_at: float | None = None
     last_token: int = 0
+    head_stop: int = 0  # prefill pauses here to keep the format head's cache (0: no pause)
 
 
 @dataclass
@@ -82,7 +84,9 @@ class BatchingEngine(Engine):
 
     ``max_batch`` sequences decode together; up to ``max_queue`` more wait, and a request beyond that
     raises :class:`EngineBusy` at once. ``prefill_chunk`` bounds the prompt tokens run between two decode
-    steps of the running batch.
+    steps of the running batch. ``prompt_cache_bytes`` > 0 keeps the prompt format's head and, per
+    ``SamplingParams.cache_scope``, each conversation's last prompt as KV caches to start from (an LRU
+    of that many bytes, see :mod:`.prefix`).
     """
 
     def __init__(
@@ -92,9 +96,14 @@ class BatchingEngine(Engine):
         max_batch: int = 8,
         max_queue: int = 32,
         prefill_chunk: int = 256,
+        prompt_cache_bytes: int = 0,
     ) -> None:
         if max_batch < 1 or max_queue < 0 or prefill_chunk < 1:
             raise EngineError("max_batch and prefill_chunk must be at least 1, max_queue at least 0")
+        if prompt_cache_bytes < 0:
+            raise EngineError("prompt_cache_bytes must not be negative")
+        self.prompt_cache = PrefixCache(prompt_cache_bytes) if prompt_cache_bytes else None
+        self.head_ids: tuple[int, ...] = self._format_head(engine) if self.prompt_cache is not None else ()
         self.inner = engine
         self.info = engine.info
         self.max_batch = max_batch
@@ -110,6 +119,19 @@ class BatchingEngine(Engine):
         self._closing = False
         self.steps = 0
         """Decode steps run so far (for tests and benchmarks)."""
+
+    @staticmethod
+    def _format_head(engine: TransformersEngine) -> tuple[int, ...]:
+        """The tokens every prompt of the format starts with (common to unlike conversations)."""
+        samples = [
+            (ChatTurn("user", "a"),),
+            (ChatTurn("user", "Zz 9"),),
+            (ChatTurn("system", "b"), ChatTurn("user", "c")),
+            (ChatTurn("assistant", "d"), ChatTurn("user", "e")),
+        ]
+        encoded = [engine.encode_prompt(t) for t in samples]
+        n = min(common_prefix(encoded[0], other) for other in encoded[1:])
+        return tuple(encoded[0][:n])
 
     # ---- the Engine interface -------------------------------------------------------------------
 
@@ -282,20 +304,42 @@ class BatchingEngine(Engine):
         """Run the next chunk of a newcomer's prompt; after the last, take its first token and let it join."""
         from transformers import DynamicCache
 
+        prompt = request.state.prompt_ids
+        store = self.prompt_cache
         if request.started is None:
             request.started = time.perf_counter()
             request.cache = DynamicCache()  # full-attention layers: the batch mask applies the sliding window
+            if store is not None:
+                reused, entry = store.lookup(prompt, request.state.params.cache_scope)
+                if entry is not None:
+                    request.cache, request.prefilled = entry.restore(reused), reused
+                head = len(self.head_ids)
+                if (
+                    HEAD_SCOPE not in store
+                    and reused < head < len(prompt)
+                    and tuple(prompt[:head]) == self.head_ids
+                ):
+                    request.head_stop = head
             if self._metrics is not None:
                 self._metrics.engine_queue_wait.observe(request.started - request.submitted)
-        prompt = request.state.prompt_ids
-        chunk = prompt[request.prefilled : request.prefilled + self.prefill_chunk]
+        end = request.prefilled + self.prefill_chunk
+        if request.prefilled < request.head_stop < end:
+            end = request.head_stop
+        chunk = prompt[request.prefilled : end]
         ids = torch.tensor([chunk], dtype=torch.long, device=self.inner.model.device)
         logits = self._forward(ids, request.cache)
         request.prefilled += len(chunk)
+        if store is not None and request.prefilled == request.head_stop:
+            store.store(HEAD_SCOPE, snapshot(self.head_ids, request.cache))
         if request.prefilled < len(prompt):
             return
+        scope = request.state.params.cache_scope
+        if store is not None and scope is not None:
+            store.store(scope, snapshot(prompt, request.cache))
         self._prefilling.remove(request)
-        token, logprob = choose_token(logits[0], request.state.params, request.state.generator)
+        token, logprob = choose_token(
+            logits[0], request.state.params, request.state.generator, request.state.banned()
+        )
         now = time.perf_counter()
         request.first_token_at = request.last_token_at = now
         if self._metrics is not None:
@@ -363,7 +407,9 @@ class BatchingEngine(Engine):
         batch.mask = mask
         finished: set[int] = set()
         for i, request in enumerate(batch.rows):
-            token, logprob = choose_token(logits[i], request.state.params, request.state.generator)
+            token, logprob = choose_token(
+                logits[i], request.state.params, request.state.generator, request.state.banned()
+            )
             request.state.accept(token, logprob)
             request.last_token = token
             now = time.perf_counter()

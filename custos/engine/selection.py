@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,8 @@ from custos.engine.types import EngineError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from custos.engine.int4 import Int4Weights
 
 SPEED_PROMPT_TOKENS = 32
 """Tokens of the support text prefilled before the timed decode steps."""
@@ -38,6 +40,8 @@ class CandidateResult:
     decode_steps: int
     speed_seconds: float
     """Wall time of the speed measurement: prefill, one untimed warm-up step and the timed steps."""
+    int4_groups: dict[str, str] | None = None
+    """For ``int4``: the form the gate admitted for each group of tensors (see ``int4.select_layout``)."""
 
 
 @dataclass(frozen=True)
@@ -133,9 +137,14 @@ def select_precision(
     candidates: Sequence[str],
     limits: QualityLimits,
     time_limit_s: float,
+    int4_exact: Mapping[str, Int4Weights] | None = None,
 ) -> Selection:
-    """Measure every candidate from the float32 ``model`` (left unchanged) and choose (see the module)."""
-    from custos.engine.precision import convert_precision
+    """Measure every candidate from the float32 ``model`` (left unchanged) and choose (see the module).
+
+    ``int4`` first chooses its layout group by group through the gate (``int4.select_layout``, with the
+    source's exactly mapped ``int4_exact`` weights); the layout it admits is the candidate.
+    """
+    from custos.engine.precision import INT4_PRECISIONS, convert_precision
 
     if time_limit_s <= 0:
         raise EngineError("the auto precision time limit must be positive")
@@ -144,19 +153,31 @@ def select_precision(
     share = time_limit_s / len(candidates)
     results = []
     for precision in candidates:
-        converted = model if precision == "fp32" else convert_precision(copy.deepcopy(model), precision)
-        report: QualityReport = judge(
-            reference, reference if converted is model else measure(converted, ids), limits, len(ids)
-        )
+        groups: dict[str, str] | None = None
+        if precision in INT4_PRECISIONS:
+            from custos.engine.int4 import select_layout
+
+            choice = select_layout(model, ids, reference, limits, exact=int4_exact)
+            converted = convert_precision(
+                copy.deepcopy(model), precision, int4_layout=choice.layout, int4_exact=int4_exact
+            )
+            quality, admitted, groups = choice.quality, choice.admitted, dict(choice.groups)
+        else:
+            converted = model if precision == "fp32" else convert_precision(copy.deepcopy(model), precision)
+            report: QualityReport = judge(
+                reference, reference if converted is model else measure(converted, ids), limits, len(ids)
+            )
+            quality, admitted = report.to_dict(), report.admitted
         speed, steps, seconds = decode_speed(converted, ids[:SPEED_PROMPT_TOKENS], budget_s=share)
         results.append(
             CandidateResult(
                 precision=precision,
-                quality=report.to_dict(),
-                admitted=report.admitted,
+                quality=quality,
+                admitted=admitted,
                 decode_tokens_per_s=round(speed, 3),
                 decode_steps=steps,
                 speed_seconds=round(seconds, 4),
+                int4_groups=groups,
             )
         )
         del converted

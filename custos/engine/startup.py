@@ -124,12 +124,14 @@ def finish_loading(
     num_threads: int | None = None,
     max_batch: int,
     max_queue: int,
+    prompt_cache_bytes: int = 0,
     progress: ProgressFn | None = None,
 ) -> BatchingEngine:
     """The batching engine of this model, from ``reading`` or (when None) read here.
 
     ``device`` and ``num_threads`` go to ``TransformersEngine.from_contents``, ``max_batch`` and
-    ``max_queue`` to the :class:`BatchingEngine`; the other options are those of ``prepare_model``.
+    ``max_queue`` and ``prompt_cache_bytes`` to the :class:`BatchingEngine`; the other options are those
+    of ``prepare_model``.
     """
     contents = reading.result() if reading is not None else None
     if contents is None:
@@ -143,4 +145,6 @@ def finish_loading(
             auto_time_limit_s=auto_time_limit_s,
         )
     model = TransformersEngine.from_contents(contents, device=device, num_threads=num_threads)
-    return BatchingEngine(model, max_batch=max_batch, max_queue=max_queue)
+    return BatchingEngine(
+        model, max_batch=max_batch, max_queue=max_queue, prompt_cache_bytes=prompt_cache_bytes
+    )

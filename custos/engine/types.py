@@ -124,10 +124,19 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    min_new_tokens: int = 0
+    """Tokens generated before an end-of-sequence token may end the answer (benchmarks force a count)."""
+    cache_scope: str | None = None
+    """Who may reuse this prompt's KV cache: a keyed digest of the caller and the conversation, computed
+    by the flow (see ``engine.prefix``); None: the prompt is not kept for a next turn."""
 
     def __post_init__(self) -> None:
         if isinstance(self.max_new_tokens, bool) or self.max_new_tokens < 1:
             raise InvalidSamplingParams("max_new_tokens", "must be at least 1")
+        if isinstance(self.min_new_tokens, bool) or not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise InvalidSamplingParams("min_new_tokens", "must be between 0 and max_new_tokens")
+        if self.cache_scope is not None and not (isinstance(self.cache_scope, str) and self.cache_scope):
+            raise InvalidSamplingParams("cache_scope", "must be a non-empty string or None")
         if not math.isfinite(self.temperature) or self.temperature < 0:
             raise InvalidSamplingParams("temperature", "must be a finite number >= 0")
         if not math.isfinite(self.top_p) or not 0 < self.top_p <= 1:

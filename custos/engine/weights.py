@@ -120,11 +120,18 @@ def read_cache(cache_dir: Path, manifest: Manifest, *, verify: bool) -> dict[str
 
 
 def build_model(
-    cache_dir: Path, tensors: dict[str, torch.Tensor], *, dtype: torch.dtype, int8: bool = False
+    cache_dir: Path,
+    tensors: dict[str, torch.Tensor],
+    *,
+    dtype: torch.dtype,
+    int8: bool = False,
+    int4: bool = False,
 ) -> PreTrainedModel:
     """The model of ``cache_dir/config.json`` with ``tensors`` assigned (no random initialisation).
 
-    ``int8`` first swaps the linear and embedding layers for the int8 forms the tensors were saved in.
+    ``int8`` first swaps the linear and embedding layers for the int8 forms the tensors were saved in;
+    ``int4`` swaps each layer for the form its tensor names show (int4, int8 or kept), then packs the int4
+    weights for the kernel.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
     from transformers.initialization import no_init_weights
@@ -141,18 +148,29 @@ def build_model(
         from custos.engine.quant import int8_structure
 
         int8_structure(model, dtype=dtype)
+    quantized_table = int8
+    if int4:
+        from custos.engine.int4 import EMBEDDING, apply_layout, layout_from_tensors
+
+        layout = layout_from_tensors(list(tensors))
+        apply_layout(model, layout, dtype=dtype, empty=True)
+        quantized_table = EMBEDDING in layout
     result = model.load_state_dict(tensors, strict=False, assign=True)
     tied = getattr(config, "tie_word_embeddings", False) or getattr(
         config.get_text_config(), "tie_word_embeddings", False
     )
-    missing = [k for k in result.missing_keys if not (tied and not int8 and k == "lm_head.weight")]
+    missing = [k for k in result.missing_keys if not (tied and not quantized_table and k == "lm_head.weight")]
     if missing or result.unexpected_keys:
         first = (missing or result.unexpected_keys)[0]
         raise ModelCacheError(
             f"model cache {cache_dir} does not fit its config (tensor {first}); {PREPARE_HINT}"
         )
-    if tied and not int8:
+    if tied and not quantized_table:
         model.lm_head.weight = model.get_input_embeddings().weight
+    if int4:
+        from custos.engine.int4 import prepack
+
+        prepack(model)
     if (Path(cache_dir) / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(cache_dir, local_files_only=True)
     model.eval()

@@ -71,6 +71,12 @@ class PermissionDenied(RequestError):
     status = "PERMISSION_DENIED"
 
 
+class DeadlineExceeded(RequestError):
+    """The caller's deadline passed before the work it asked for was done; nothing was returned."""
+
+    status = "DEADLINE_EXCEEDED"
+
+
 class Unavailable(RequestError):
     """The server cannot take the call now; the caller should retry (elsewhere)."""
 

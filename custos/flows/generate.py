@@ -8,7 +8,10 @@ Blocking work (analysis, database, the model) runs on the executor, never on the
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
+import secrets
 import threading
 import time
 import uuid
@@ -53,6 +56,15 @@ _DEADLINE_SLACK_S = 0.05  # the caller's and our clock reading of one deadline d
 _STREAM_RPC = "GenerateStream"
 
 
+def cache_scope(key: bytes, principal: str, conversation_id: str) -> str:
+    """A keyed digest of caller and conversation: the engine reuses a prompt's cache only within it.
+
+    Neither identifier can be read back from it, and without the key no one can compute another caller's.
+    """
+    message = f"{len(principal)}:{principal}\x00{conversation_id}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
 class GenerateFlow:
     """Answer a conversation, or a task's template filled with its variables; audited and fail-closed."""
 
@@ -70,6 +82,12 @@ class GenerateFlow:
         self.templates = templates
         self._label_sets = label_sets
         self._idempotency = idempotency
+        # Keys the engine's prompt cache per caller and conversation; random per process, as the cache is.
+        self._cache_scope_key = secrets.token_bytes(32)
+
+    def cache_scope(self, ctx: RequestContext, call: GenerateCall) -> str:
+        """The engine's prompt-cache scope of this caller's conversation (see :func:`cache_scope`)."""
+        return cache_scope(self._cache_scope_key, ctx.caller.principal, call.conversation_id)
 
     async def generate(
         self, ctx: RequestContext, call: GenerateCall, *, request_bytes: bytes = b""
@@ -201,7 +219,8 @@ class GenerateFlow:
         restorer = services.privacy.restorer(
             anon.mapping, reidentify=call.reidentify, language=decision.audit["privacy_policy"]["language"]
         )
-        run = _EngineRun(services.engine, services.executor, anon_turns, call, ctx.deadline)
+        scoped = replace(call, params=replace(call.params, cache_scope=self.cache_scope(ctx, call)))
+        run = _EngineRun(services.engine, services.executor, anon_turns, scoped, ctx.deadline)
         sent: list[str] = []
         status = "INTERNAL"
         engine_error: str | None = None

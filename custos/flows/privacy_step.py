@@ -10,17 +10,23 @@ is returned as an audit-ready dict so the request record says why the text looke
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from custos.flows.errors import FailedPrecondition, InvalidArgument, PermissionDenied, RequestError
+from custos.flows.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    RequestError,
+)
 from custos.flows.types import Caller, PrivacyMode
 from custos.privacy.batching import AnalysisBatcher
 from custos.privacy.errors import UnsupportedLanguage
 from custos.privacy.guard import Detection, OutputGuard
 from custos.privacy.pseudonymize import Analysis, PlaceholderMap, Pseudonymized, Pseudonymizer
+from custos.privacy.scheduling import AnalysisGate, TurnDeadline
 from custos.privacy.streaming import StreamRestorer
 from custos.privacy.vault import ConversationVault, SubjectMismatch
 
@@ -52,7 +58,11 @@ class PrivacyDecision:
 
 
 class PrivacyStage:
-    """Analysis, policy and vault for one call; thread-safe (analysis is serialised)."""
+    """Analysis, policy and vault for one call; thread-safe.
+
+    Analyses take turns at the shared analyzer (``custos.privacy.scheduling``): short calls, batched, go
+    before the next slice of a long message, so one long message never stalls the others.
+    """
 
     def __init__(
         self,
@@ -73,8 +83,9 @@ class PrivacyStage:
             raise ValueError(f"pii_block_entities names entity types that are not detected: {unknown}")
         self._ner_window = ner_window_chars
         self._language_policy = language_policy
-        self._lock = threading.Lock()
-        # Calls waiting while one is analysed are analysed together, as one spaCy batch.
+        #: Turns at the analyzer, shared by the calls, the long messages' slices and the output guard.
+        self.gate = AnalysisGate()
+        # Short calls waiting while one is analysed are analysed together, as one spaCy batch.
         self.batcher = AnalysisBatcher(self._analyze_many)
         self.guard = OutputGuard(pseudonymizer.entities, self._detect)
 
@@ -104,8 +115,14 @@ class PrivacyStage:
         block_entities: Sequence[str] | None = None,
         reidentify: bool = False,
         subject_ref: str | None = None,
+        deadline: float | None = None,
     ) -> PrivacyDecision:
-        """Analyse, apply the policy, and pseudonymize with the conversation's vault."""
+        """Analyse, apply the policy, and pseudonymize with the conversation's vault.
+
+        A call with a message longer than the pseudonymizer's slice is analysed slice by slice in turns of
+        its own, not in the batch; ``deadline`` (``time.monotonic``, the caller's) ends such an analysis
+        with DEADLINE_EXCEEDED at the first turn after it has passed.
+        """
         blocked_types = tuple(block_entities) if block_entities else self._block_entities
         unknown = sorted(set(blocked_types) - set(self.entity_types))
         if unknown:
@@ -122,7 +139,13 @@ class PrivacyStage:
             "language_policy": self._language_policy,
         }
         try:
-            analysis = self.batcher.analyze(list(texts))
+            analysis = self._analyze(list(texts), deadline)
+        except TurnDeadline:
+            raise PrivacyRefusal(
+                DeadlineExceeded("messages: the deadline passed while the messages were analysed"),
+                "generate",
+                {"privacy_policy": {**policy, "decision": "deadline_exceeded"}},
+            ) from None
         except UnsupportedLanguage:
             raise PrivacyRefusal(
                 FailedPrecondition(
@@ -182,9 +205,16 @@ class PrivacyStage:
             "entries": update.entries,
         }
 
+    def _analyze(self, texts: list[str], deadline: float | None) -> Analysis:
+        if all(len(text) <= self._pseudonymizer.CHUNK_CHARS for text in texts):
+            return self.batcher.analyze(texts)
+        outcome = self._pseudonymizer.analyze_many([texts], gate=self.gate, deadline=deadline)[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
     def _analyze_many(self, calls: Sequence[Sequence[str]]) -> list[Analysis | Exception]:
-        with self._lock:  # the output guard shares the analyzer
-            return self._pseudonymizer.analyze_many(calls)
+        return self._pseudonymizer.analyze_many(calls, gate=self.gate)
 
     def restorer(
         self, mapping: PlaceholderMap, *, reidentify: bool, language: str | None = None
@@ -198,8 +228,7 @@ class PrivacyStage:
         return StreamRestorer(mapping, guard=guard, reidentify=reidentify, ner_window_chars=self._ner_window)
 
     def _detect(self, text: str, *, language: str | None = None) -> list[Detection]:
-        with self._lock:
-            spans = self._pseudonymizer.detect(text, language=language)
+        spans = self._pseudonymizer.detect(text, language=language, gate=self.gate)
         return [
             Detection(
                 entity_type=span.winner.entity_type,

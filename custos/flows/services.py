@@ -140,6 +140,7 @@ class FlowServices:
                     block_entities=call.block_entities,
                     reidentify=call.reidentify,
                     subject_ref=subject_ref,
+                    deadline=ctx.deadline,
                 ),
             )
         except PrivacyRefusal as refusal:

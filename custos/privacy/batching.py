@@ -1,11 +1,13 @@
 """Batch analysis of concurrent requests: calls that wait while another is analysed go through spaCy together.
 
-Analysis is serialised (one spaCy pipeline, one interpreter), so requests arriving while one is being analysed
-would otherwise queue and run one by one. ``AnalysisBatcher`` lets the first caller lead: it analyses every
-call waiting at that moment (up to ``max_batch``) in one ``analyze_many`` (one ``nlp.pipe`` over all their
-messages), hands each caller its own result, and passes the lead to the next waiting caller, so no caller
-works for others after its own answer is ready. A lone request is analysed at once, without waiting for
-company.
+Analyses take turns at the shared analyzer (one spaCy pipeline, one interpreter:
+``custos.privacy.scheduling``), so short requests arriving while one is being analysed would otherwise queue
+and run one by one. ``AnalysisBatcher`` lets the first caller lead: it analyses every call waiting at that
+moment (up to ``max_batch``) in one ``analyze_many`` (one ``nlp.pipe`` over all their messages), hands each
+caller its own result, and passes the lead to the next waiting caller, so no caller works for others after its
+own answer is ready. A lone request is analysed at once, without waiting for company. Only calls whose
+messages are all short come here; a long message is analysed in slices with turns of its own, and these
+batches go before its next slice (``PrivacyStage``).
 """
 
 from __future__ import annotations

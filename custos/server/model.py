@@ -83,6 +83,7 @@ def finish_loading(
         num_threads=settings.torch_threads,
         max_batch=settings.max_batch_size,
         max_queue=settings.max_queued_requests,
+        prompt_cache_bytes=settings.prompt_cache_mb << 20,
         progress=progress,
     )
 

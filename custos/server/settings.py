@@ -112,12 +112,13 @@ class Settings(BaseSettings):
     model_cache_dir: Path | None = Field(
         None, description="Where prepared models are cached; default: models/ in data_dir."
     )
-    precision: Literal["bf16", "fp32", "int8", "int8-dynamic", "auto"] = Field(
+    precision: Literal["bf16", "fp32", "int8", "int8-dynamic", "int4", "auto"] = Field(
         "bf16",
         description="Compute precision of the model: bf16, fp32, int8 (weight-only per-channel int8 "
         "weights, bf16 activations), int8-dynamic (torch.ao dynamic int8 linear layers, fp32 activations), "
-        "or auto (the fastest mode the quality gate admits, measured at prepare time); each must pass the "
-        "quality gate at prepare time.",
+        "int4 (weight-only group-32 int4 where the quality gate admits it per group of tensors, int8 or bf16 "
+        "elsewhere; the GGUF's Q4_K tensors mapped exactly), or auto (the fastest mode the quality gate "
+        "admits, measured at prepare time); each must pass the quality gate at prepare time.",
     )
     auto_precision_time_limit_s: float = Field(
         60.0,
@@ -459,6 +460,16 @@ class Settings(BaseSettings):
             if path is not None and not path.is_file():
                 raise ValueError(f"{name}: {path} does not exist or is not a file")
         return self
+
+    # ---- engine speed: the prompt cache ----
+    prompt_cache_mb: int = Field(
+        64,
+        ge=0,
+        le=16384,
+        description="Memory for reused prompt KV caches: the prompt format's constant head (shared) and each "
+        "conversation's last prompt (only for the same caller and conversation), least recently used "
+        "evicted first; 0 turns the cache off.",
+    )
 
     # ---- authentication and load (failed attempts, proxies, server-wide caps) -------------------------
     auth_failure_rate_per_s: float = Field(

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from custos.engine.local import TransformersEngine
-from custos.engine.precision import INT8_PRECISIONS, PRECISIONS, convert_precision
+from custos.engine.precision import INT4_PRECISIONS, INT8_PRECISIONS, PRECISIONS, convert_precision
 from custos.engine.prompt import PLAIN_CUSTOMER_SERVICE, get_prompt_format
 from custos.engine.types import ModelInfo
 
@@ -132,7 +132,7 @@ def build_tiny_engine(
     """
     tokenizer = build_tiny_tokenizer(chat_template=chat_template)
     model = build_tiny_model(seed=seed, vocab_size=len(tokenizer))
-    if precision in INT8_PRECISIONS:
+    if precision in INT8_PRECISIONS | INT4_PRECISIONS:
         convert_precision(model, precision)
     else:
         model.to(getattr(torch, PRECISIONS[precision]))

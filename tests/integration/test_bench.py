@@ -59,6 +59,8 @@ def test_bench_serve_short_form(tmp_path: Path) -> None:
     assert re.search(
         r"^single stream vs llama\.cpp \(stretch\)\s+>= 1\.0x\s+-\s+not measured$", result.output, re.M
     )
+    # Forced by default: every answer on every path has exactly --max-new-tokens tokens.
+    assert "8 new tokens (forced: end-of-sequence held off on every path)" in result.output
     assert re.search(r"^load average \(1 min\) [\d.]+ at start, [\d.]+ at end$", result.output, re.MULTILINE)
     # Nothing of the benchmark lands in the operator's data directory but the model cache.
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["models"]

@@ -62,6 +62,11 @@ class LanguageProfile:
     postcodes: tuple[str, ...] = ()
     #: Words near an address ("wohne", "Lieferadresse").
     address_context: tuple[str, ...] = ()
+    #: Prepositions before a town named without a postcode ("nach Lüneburg", "em Coimbra"), and the
+    #: Faker address providers whose town lists name this language's towns: (locale, attribute). Used where
+    #: the language has no NER model (``LocalTownRecognizer``).
+    place_prepositions: tuple[str, ...] = ()
+    town_sources: tuple[tuple[str, str], ...] = ()
     #: Endings of verbs that the language's small NER model takes for a name when they open a sentence.
     ner_verb_endings: tuple[str, ...] = ()
     #: Whether function words are capitalised mid-sentence (German "Sie"), so never a name in any case;

@@ -198,6 +198,8 @@ PROFILE = LanguageProfile(
     postcodes=(r"(?:D-|A-|CH-)?\d{5}", r"(?:A-|CH-)\d{4}"),
     capitalised_function_words=True,
     stop_words_that_are_names=frozenset({"anders", "lange", "lang", "gross"}),
+    place_prepositions=("nach", "in", "aus", "bei"),
+    town_sources=(("de_DE", "cities"), ("de_AT", "cities"), ("de_CH", "cities")),
     address_context=(
         "adresse",
         "anschrift",

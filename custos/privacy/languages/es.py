@@ -157,5 +157,7 @@ PROFILE = LanguageProfile(
         r"pasaje",
     ),
     postcodes=(r"\d{5}",),
+    place_prepositions=("a", "en", "de", "desde", "hasta", "para"),
+    town_sources=(("es_ES", "states"),),
     address_context=("dirección", "domicilio", "vivo", "envío", "enviar", "entrega", "mudado", "calle"),
 )

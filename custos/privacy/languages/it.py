@@ -160,6 +160,8 @@ PROFILE = LanguageProfile(
         r"galleria",
     ),
     postcodes=(r"(?:I-)?\d{5}",),
+    place_prepositions=("a", "in", "da", "di", "per"),
+    town_sources=(("it_IT", "cities"), ("it_IT", "states")),
     address_context=(
         "indirizzo",
         "abito",

@@ -158,6 +158,8 @@ PROFILE = LanguageProfile(
         r"lei",
     ),
     postcodes=(r"\d{4}[ \t]?(?!SA|SD|SS)[A-Z]{2}", r"(?:B-)?\d{4}"),
+    place_prepositions=("in", "naar", "uit", "te", "bij"),
+    town_sources=(("nl_NL", "cities"), ("nl_BE", "cities")),
     address_context=(
         "adres",
         "woon",

@@ -177,5 +177,7 @@ PROFILE = LanguageProfile(
         r"rodovia",
     ),
     postcodes=(r"\d{4}-\d{3}", r"\d{5}-\d{3}"),
+    place_prepositions=("em", "para", "de", "a", "até", "no", "na"),
+    town_sources=(("pt_PT", "cities"),),
     address_context=("morada", "endereço", "moro", "resido", "entrega", "entregar", "enviar", "mudei"),
 )

@@ -13,11 +13,21 @@ tried backwards at every position).
 
 from __future__ import annotations
 
+import functools
+import importlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer, RecognizerResult
+import regex
+from presidio_analyzer import (
+    AnalysisExplanation,
+    EntityRecognizer,
+    LocalRecognizer,
+    Pattern,
+    PatternRecognizer,
+    RecognizerResult,
+)
 from presidio_analyzer.nlp_engine import NlpArtifacts
 from presidio_analyzer.predefined_recognizers import SpacyRecognizer
 
@@ -178,6 +188,87 @@ class LocalDateOfBirthRecognizer(PatternRecognizer):
         )
 
 
+#: A word of a town name after its first one ("Frankfurt am Main", "Bergen op Zoom", "Reggio nell'Emilia").
+_TOWN_NAME_WORD = r"[\p{L}][\p{L}'\u2019\-]{0,40}"
+_MAX_TOWN_WORDS = 5
+
+
+@functools.cache
+def faker_towns(sources: tuple[tuple[str, str], ...]) -> frozenset[str]:
+    """Case-folded town names from Faker's address providers (bundled, offline): (locale, attribute)."""
+    towns: set[str] = set()
+    for locale, attribute in sources:
+        provider = importlib.import_module(f"faker.providers.address.{locale}").Provider
+        for town in getattr(provider, attribute, ()):
+            towns.add(" ".join(town.split()).casefold())
+    return frozenset(towns)
+
+
+class LocalTownRecognizer(LocalRecognizer):
+    """A listed town after a place preposition, where the language has no NER model: "nach Lüneburg".
+
+    The towns are the language's Faker town (or province) lists; a town counts only capitalised and right
+    after one of the profile's ``place_prepositions``, the longest listed name of up to five words, so a
+    town that is also a word ("Ora", "Best") is masked only where the sentence names a place. Words that
+    are function words of the language are never a town on their own. Linear: one bounded look-ahead at
+    each preposition.
+    """
+
+    SCORE = 0.6
+
+    def __init__(self, profile: LanguageProfile) -> None:
+        from custos.privacy.language import language_stop_words
+
+        self._towns = faker_towns(profile.town_sources) - frozenset(language_stop_words(profile.code))
+        prepositions = _alternation(regex.escape(word) for word in profile.place_prepositions)
+        self._pattern = regex.compile(
+            rf"\b(?i:{prepositions})[ \t]+(?=(\p{{Lu}}[\p{{L}}'\u2019\-]{{0,40}}"
+            rf"(?:[ \t]+{_TOWN_NAME_WORD}){{0,{_MAX_TOWN_WORDS - 1}}}))"
+        )
+        self._name = f"LocalTownRecognizer[{profile.code}]"
+        super().__init__(
+            supported_entities=["LOCATION"],
+            supported_language=profile.code,
+            name=self._name,
+            context=[],
+        )
+
+    def load(self) -> None:
+        """Nothing to load: the lists are read when the recognizer is built."""
+
+    def analyze(
+        self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
+    ) -> list[RecognizerResult]:
+        """One result per listed town after a place preposition."""
+        results = []
+        for match in self._pattern.finditer(text):
+            start = match.start(1)
+            words = list(regex.finditer(r"\S+", match.group(1)))
+            for count in range(len(words), 0, -1):
+                end = words[count - 1].end()
+                if " ".join(word.group() for word in words[:count]).casefold() in self._towns:
+                    results.append(self._result(start, start + end))
+                    break
+        return results
+
+    def _result(self, start: int, end: int) -> RecognizerResult:
+        return RecognizerResult(
+            entity_type="LOCATION",
+            start=start,
+            end=end,
+            score=self.SCORE,
+            analysis_explanation=AnalysisExplanation(
+                recognizer=self._name,
+                original_score=self.SCORE,
+                textual_explanation="listed town after a place preposition",
+            ),
+            recognition_metadata={
+                RecognizerResult.RECOGNIZER_NAME_KEY: self._name,
+                RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
+            },
+        )
+
+
 def localized_crm_specs(
     profile: LanguageProfile, specs: Mapping[str, CrmReferenceSpec]
 ) -> dict[str, CrmReferenceSpec]:
@@ -209,6 +300,8 @@ def profile_recognizers(profile: LanguageProfile, entities: Iterable[str]) -> li
         added.append(LocalStreetAddressRecognizer(profile))
     if "DATE_OF_BIRTH" in wanted and profile.birth_labels:
         added.append(LocalDateOfBirthRecognizer(profile))
+    if "LOCATION" in wanted and profile.town_sources and profile.place_prepositions and not profile.has_ner:
+        added.append(LocalTownRecognizer(profile))
     return added
 
 

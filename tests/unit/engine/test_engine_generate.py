@@ -325,3 +325,36 @@ def test_tiny_engine_builds_fast() -> None:
     started = time.perf_counter()
     build_tiny_engine(seed=4)
     assert time.perf_counter() - started < 0.5
+
+
+def _greedy_first_token(engine: TransformersEngine, turns: Turns) -> int:
+    prompt = engine.prompt_format.encode(turns, engine.tokenizer)
+    with torch.inference_mode():
+        return int(engine.model(input_ids=torch.tensor([prompt])).logits[0, -1].argmax())
+
+
+@pytest.mark.parametrize("batching", [False, True])
+def test_min_new_tokens_keeps_end_of_sequence_away_until_reached(turns: Turns, batching: bool) -> None:
+    """With the greedy first token declared end-of-sequence, an answer ends after one token unless
+    min_new_tokens holds it off; then exactly the forced count comes out, and none of it is that token."""
+    from custos.engine.scheduler import BatchingEngine
+
+    inner = build_tiny_engine(seed=0)
+    eos = _greedy_first_token(inner, turns)
+    inner.eos_token_ids = frozenset({eos})
+    engine: Engine = BatchingEngine(inner) if batching else inner
+    try:
+        free, _ = run(engine, turns, SamplingParams(max_new_tokens=12))
+        assert (free.finish_reason, free.completion_tokens, free.text) == ("stop", 1, "")
+
+        forced, _ = run(engine, turns, SamplingParams(max_new_tokens=12, min_new_tokens=12))
+        assert (forced.finish_reason, forced.completion_tokens) == ("length", 12)
+        assert eos not in inner.tokenizer(forced.text, add_special_tokens=False)["input_ids"]
+        # The log-probs stay those of the model's own distribution: the banned token was its favourite,
+        # so every chosen token (the first, at least) has probability below one half.
+        assert forced.min_logprob is not None and forced.min_logprob < -0.69
+
+        partly, _ = run(engine, turns, SamplingParams(max_new_tokens=40, min_new_tokens=5))
+        assert partly.completion_tokens >= 5
+    finally:
+        engine.close()

@@ -71,7 +71,7 @@ def source_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 DYNAMIC_LINEAR_MODULE = "torch.ao.nn.quantized.dynamic.modules.linear"
-SPEEDS = {"fp32": 10.0, "bf16": 20.0, "int8": 30.0, "int8-dynamic": 40.0}
+SPEEDS = {"fp32": 10.0, "bf16": 20.0, "int8": 30.0, "int4": 35.0, "int8-dynamic": 40.0}
 
 
 @pytest.fixture
@@ -85,6 +85,8 @@ def fixed_speeds(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, float]]:
             name = "int8-dynamic"
         elif head.__name__ == "TiedInt8Head":
             name = "int8"
+        elif head.__name__ == "TiedInt4Head":
+            name = "int4"
         else:
             name = "bf16" if next(model.parameters()).dtype == torch.bfloat16 else "fp32"
         budgets.append((name, budget_s))
@@ -135,6 +137,27 @@ def test_auto_prepare_chooses_a_quantized_mode_when_it_is_admitted(
     engine = TransformersEngine.from_cache(cache_dir)
     assert type(engine.model.get_output_embeddings()).__module__ == DYNAMIC_LINEAR_MODULE
     assert engine.info.precision == "int8-dynamic"
+    assert engine.generate(TURNS, SamplingParams(max_new_tokens=2)).completion_tokens == 2
+
+
+def test_auto_prepare_keeps_an_int4_layout_when_it_is_fastest_and_admitted(
+    source_dir: Path, tmp_path: Path, fixed_speeds: list[tuple[str, float]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(SPEEDS, "int4", 50.0)
+    lenient = QualityLimits(max_perplexity_increase=0.05, min_agreement=0.5)
+    cache_dir = prepare_model(source=source_dir, cache_root=tmp_path, precision="auto", limits=lenient)
+    manifest = load_manifest(cache_dir)
+    assert manifest.precision == "int4"
+    assert manifest.selection is not None
+    (recorded,) = [c for c in manifest.selection["candidates"] if c["precision"] == "int4"]
+    assert recorded["admitted"] and recorded["int4_groups"] == {
+        "attention": "int4",
+        "mlp": "int4",
+        "embedding": "int4",
+    }
+    engine = TransformersEngine.from_cache(cache_dir)
+    assert type(engine.model.get_output_embeddings()).__name__ == "TiedInt4Head"
+    assert engine.info.precision == "int4"
     assert engine.generate(TURNS, SamplingParams(max_new_tokens=2)).completion_tokens == 2
 
 

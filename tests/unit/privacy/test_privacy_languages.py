@@ -392,3 +392,42 @@ def test_french_ner_spans_of_titles_or_opening_verbs_are_dropped(
     ]
     assert [value for value in found if value not in kept] == []
     assert all(any(value in f for f in found) for value in kept), found
+
+
+#: Towns named without a postcode in the languages without a NER model: (language, text, town).
+TOWNS_AFTER_A_PREPOSITION = [
+    ("de", "Wir ziehen im Mai nach Graz, bitte ändern Sie die Lieferadresse.", "Graz"),
+    ("de", "Die Ware kam aus Basel und war beschädigt.", "Basel"),
+    ("es", "Me mudo a Zaragoza el mes que viene, cambien la dirección.", "Zaragoza"),
+    ("es", "El paquete salió desde Cádiz hace una semana.", "Cádiz"),
+    ("it", "Mi sono trasferita a Bologna, aggiornate l'indirizzo per favore.", "Bologna"),
+    ("pt", "Mudei-me para Setúbal e o pacote ainda vai para a morada antiga.", "Setúbal"),
+    ("nl", "Ik ben verhuisd naar Zwolle, willen jullie het adres aanpassen?", "Zwolle"),
+]
+
+#: A listed town name that is a word, or a capitalised word after a preposition that is no listed town.
+NO_TOWNS = [
+    ("de", "Bitte schicken Sie die Rechnung nach Hause, alles ist in Ordnung."),
+    ("it", "Non è ora di cambiare, scrivo in Breve per dirvi grazie."),
+    ("nl", "Ik doe mijn best, de bestelling is in Orde en komt naar Boven."),
+    ("es", "Gracias a Dios el pedido llegó en Perfecto estado."),
+]
+
+
+@pytest.mark.parametrize(("language", "text", "town"), TOWNS_AFTER_A_PREPOSITION)
+def test_a_listed_town_after_a_place_preposition_is_a_location(
+    served: Pseudonymizer, language: str, text: str, town: str
+) -> None:
+    analysis = served.analyze([text])
+    assert analysis.language == language
+    start = text.index(town)
+    assert [(s.start, s.end) for s in analysis.spans[0] if s.winner.entity_type == "LOCATION"] == [
+        (start, start + len(town))
+    ]
+
+
+@pytest.mark.parametrize(("language", "text"), NO_TOWNS)
+def test_words_after_a_preposition_are_no_town(served: Pseudonymizer, language: str, text: str) -> None:
+    analysis = served.analyze([text])
+    assert analysis.language == language
+    assert [s for s in analysis.spans[0] if s.winner.entity_type == "LOCATION"] == []

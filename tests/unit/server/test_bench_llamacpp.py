@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -75,6 +76,21 @@ def test_llamacpp_generate_stops_at_max_new_tokens() -> None:
     llm = FakeLlama(range(1000))
     row = llamacpp_generate(llm, [[1]], 1, requests_per_stream=1, max_new_tokens=7, stop_ids={STOP})
     assert row.tokens == 7 and len(row.ttft) == 1 and len(row.itl) == 1
+
+
+def test_llamacpp_generate_forced_bans_the_stop_tokens_and_runs_to_max_new_tokens() -> None:
+    import numpy as np
+
+    llm = FakeLlama([5, STOP, 6, 7, 8, 9, 10, 11])
+    row = llamacpp_generate(
+        llm, [[1]], 1, requests_per_stream=1, max_new_tokens=6, stop_ids={STOP}, forced=True
+    )
+    assert row.tokens == 6
+    (processor,) = llm.kwargs[0]["logits_processor"]
+    scores = processor(np.array([1]), np.zeros(128, dtype=np.float32))
+    assert scores[STOP] == -np.inf and np.isfinite(np.delete(scores, STOP)).all()
+    llamacpp_generate(llm, [[1]], 1, requests_per_stream=1, max_new_tokens=6, stop_ids={STOP})
+    assert "logits_processor" not in llm.kwargs[1]
 
 
 def _row(path: str, streams: int, tokens: int, seconds: float) -> LevelResult:
@@ -199,3 +215,21 @@ def test_llamacpp_on_the_bundled_gguf(tmp_path: Path) -> None:
     )
     assert 0 < row.tokens <= 8
     assert row.seconds > 0 and row.ttft and row.ttft[0] > 0
+
+
+def test_format_report_prints_engine_itl_and_the_prompt_cache_ttft_ratio() -> None:
+    report = _report([], "not installed")
+    report.server[0].engine_itl, report.server[1].engine_itl = 0.0412, 0.09
+    report.server[0].ttft = [0.1]
+    report.no_prompt_cache = [
+        LevelResult(path="custos nocache", streams=1, tokens=640, seconds=12.0, ttft=[0.8], itl=[0.01])
+    ]
+    report.server[0].engine_ttft, report.no_prompt_cache[0].engine_ttft = 0.05, 0.5
+    report.forced = True
+    text = format_report(report)
+    assert "64 new tokens (forced: end-of-sequence held off on every path)" in text
+    assert "custos engine inter-token latency (server histogram mean" in text
+    assert "1: 41.2 ms, 4: 90.0 ms" in text
+    assert "TTFT p50 at 1 stream, prompt cache on / off: 100.0 / 800.0 ms = 0.12x (goal <= 0.2x;" in text
+    assert re.search(r"^custos nocache\s+1\s+53\.3\s+800\.0", text, re.MULTILINE)
+    assert "engine TTFT at 1 stream, prompt cache on / off: 50.0 / 500.0 ms = 0.10x" in text

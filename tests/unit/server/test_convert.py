@@ -52,6 +52,8 @@ def _msg(role: int, content: str) -> common_pb2.ChatMessage:
         ({"params": {"max_new_tokens": 65}}, "parameters.max_new_tokens"),
         ({"params": {"max_new_tokens": 0}}, "parameters.max_new_tokens"),
         ({"params": {"max_new_tokens": -3}}, "parameters.max_new_tokens"),
+        ({"params": {"max_new_tokens": 8, "min_new_tokens": 9}}, "parameters.min_new_tokens"),
+        ({"params": {"min_new_tokens": -1}}, "parameters.min_new_tokens"),
         ({"params": {"temperature": -0.1}}, "parameters.temperature"),
         ({"params": {"temperature": float("nan")}}, "parameters.temperature"),
         ({"params": {"top_p": 0.0}}, "parameters.top_p"),
@@ -76,13 +78,21 @@ def test_invalid_requests_name_the_field(overrides: dict[str, object], field: st
 def test_valid_request_takes_defaults_and_values() -> None:
     call = generate_call_from_pb(_request(), LIMITS)
     assert call.params.max_new_tokens == 16
+    assert call.params.min_new_tokens == 0
     assert call.params.temperature == 0.0
     assert call.turns[0].role == "user"
     assert call.subject_id is None and call.purpose is None and call.reidentify is False
 
     call = generate_call_from_pb(
         _request(
-            params={"max_new_tokens": 64, "temperature": 0.7, "top_p": 0.9, "seed": 7, "stop": ["\n"]},
+            params={
+                "max_new_tokens": 64,
+                "temperature": 0.7,
+                "top_p": 0.9,
+                "seed": 7,
+                "stop": ["\n"],
+                "min_new_tokens": 32,
+            },
             subject_id="cust-9",
             reidentify=True,
             purpose="support",
@@ -90,6 +100,7 @@ def test_valid_request_takes_defaults_and_values() -> None:
         LIMITS,
     )
     assert (call.params.max_new_tokens, call.params.seed, call.params.stop) == (64, 7, ("\n",))
+    assert call.params.min_new_tokens == 32
     assert call.params.temperature == pytest.approx(0.7)
     assert (call.subject_id, call.reidentify, call.purpose) == ("cust-9", True, "support")
 
