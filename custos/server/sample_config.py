@@ -7,6 +7,7 @@ Every line is commented out: a copy starts from the defaults, and a default that
 
 from __future__ import annotations
 
+import inspect
 import json
 import textwrap
 from pathlib import Path
@@ -34,14 +35,21 @@ def toml_value(value: Any) -> str:
 
 
 def render_sample_config() -> str:
-    """The sample file's text, one commented block per setting in the model's order."""
+    """The sample file's text, one commented block per setting.
+
+    The core settings come first in the model's order, then the groups declared beside their features.
+    """
     lines = [
         "# Custos settings: every setting with its default. Generated from custos/server/settings.py by",
         "# `make sample-config`; do not edit by hand. Drop the '#' before a setting to change it.",
         f"# Environment variables {ENV_PREFIX}<NAME> override this file, command-line flags override both.",
         "",
     ]
-    for name, field in Settings.model_fields.items():
+    own = inspect.get_annotations(Settings)
+    fields = Settings.model_fields
+    names = [n for n in fields if n in own] + [n for n in fields if n not in own]
+    for name in names:
+        field = Settings.model_fields[name]
         description = field.description or ""
         lines.extend(f"# {line}" for line in textwrap.wrap(description, _WIDTH - 2))
         default = field.get_default(call_default_factory=True)

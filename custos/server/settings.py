@@ -6,17 +6,20 @@ message that names the field.
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from custos.engine.upstream_settings import UpstreamSettings
+from custos.security.settings import AuthLoadSettings, check_host_port
+from custos.telemetry.settings import TelemetrySettings
 
 ENV_PREFIX = "CUSTOS_"
 
@@ -25,15 +28,13 @@ class SettingsError(Exception):
     """A setting is missing or invalid; the message names it and is safe to print."""
 
 
-def _check_host_port(value: str, field: str) -> str:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{field} must be HOST:PORT (port 0..65535), got {value!r}")
-    return value
+class Settings(BaseSettings, AuthLoadSettings, UpstreamSettings, TelemetrySettings):
+    """Custos server settings. Paths left unset are derived from ``data_dir``.
 
-
-class Settings(BaseSettings):
-    """Custos server settings. Paths left unset are derived from ``data_dir``."""
+    The groups of a feature that is off by default or lives in one package are declared beside it and
+    composed here: authentication and load (custos/security), the upstream engine (custos/engine),
+    and traces (custos/telemetry).
+    """
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, extra="forbid", validate_default=True, frozen=True
@@ -348,117 +349,12 @@ class Settings(BaseSettings):
         15, ge=1, le=720, description="Lifetime of a console sign-in; the officer signs in again after it."
     )
 
-    @field_validator("console_listen")
-    @classmethod
-    def _console_is_host_port_with_tls(cls, value: str | None, info: Any) -> str | None:
-        if value in (None, ""):
-            return None
-        if info.data.get("plaintext"):
-            raise ValueError("the console needs TLS (its session cookie is Secure): unset plaintext")
-        return _check_host_port(value, "console_listen")
-
-    # ---- OpenTelemetry traces (docs/observability.md) ----
-    otel_endpoint: str | None = Field(
-        None,
-        description="OTLP/gRPC endpoint of the on-prem trace collector, e.g. 'http://otel-collector:4317' "
-        "('https://' verifies it with otel_ca_file or the system roots). Unset: no traces are made.",
-    )
-    otel_service_name: str = Field(
-        "custos", min_length=1, max_length=128, description="service.name of the traces."
-    )
-    otel_sample_ratio: float = Field(
-        1.0,
-        ge=0.0,
-        le=1.0,
-        description="Share of new traces recorded; a caller's sampled traceparent is followed.",
-    )
-    otel_ca_file: Path | None = Field(
-        None, description="CA bundle (PEM) that signs an 'https://' otel_endpoint's certificate."
-    )
-
-    @field_validator("otel_endpoint")
-    @classmethod
-    def _otel_endpoint_is_url(cls, value: str | None) -> str | None:
-        if value in (None, ""):
-            return None
-        assert value is not None
-        scheme, sep, rest = value.partition("://")
-        if not sep or scheme not in ("http", "https") or not rest or "/" in rest.rstrip("/"):
-            raise ValueError("must be http://HOST:PORT or https://HOST:PORT (the collector's OTLP/gRPC port)")
-        return value
-
-    # Upstream engine (issue #17): an OpenAI-compatible server (vLLM, TGI, Ollama, ...) runs the model.
-    engine_backend: Literal["local", "openai"] = Field(
-        "local",
-        description="Who runs the model: 'local' (the transformers engine in this process) or 'openai' (an "
-        "OpenAI-compatible server at upstream_base_url; it only ever sees anonymized prompts).",
-    )
-    upstream_base_url: str | None = Field(
-        None,
-        description="engine_backend = 'openai': the upstream's API base URL, e.g. http://vllm:8000/v1 "
-        "(http or https, no credentials in it).",
-    )
-    upstream_model: str | None = Field(
-        None,
-        min_length=1,
-        max_length=512,
-        description="engine_backend = 'openai': the model name the upstream serves (its /v1/models id).",
-    )
-    upstream_api_key_file: Path | None = Field(
-        None,
-        description="File (mode 0600) holding the upstream's API key, sent as a Bearer token; unset: none.",
-    )
-    upstream_ca_file: Path | None = Field(
-        None,
-        description="CA bundle (PEM) the upstream's TLS certificate is verified with; default: system CAs.",
-    )
-    upstream_timeout_s: float = Field(
-        60.0,
-        gt=0.0,
-        le=3600.0,
-        description="Seconds the upstream may stay silent (connect, or between stream chunks) before the "
-        "call fails with DEADLINE_EXCEEDED.",
-    )
-    upstream_max_in_flight: int = Field(
-        16,
-        ge=1,
-        le=4096,
-        description="Requests Custos sends the upstream at once; up to max_queued_requests more wait, "
-        "beyond that RESOURCE_EXHAUSTED.",
-    )
-    upstream_probe_interval_s: float = Field(
-        5.0,
-        gt=0.0,
-        le=300.0,
-        description="Seconds between readiness probes of the upstream (/v1/models); the Inference "
-        "service's health is NOT_SERVING while the served model is not listed.",
-    )
-
-    @field_validator("upstream_base_url")
-    @classmethod
-    def _upstream_url(cls, value: str | None) -> str | None:
-        if value in (None, ""):
-            return None
-        from custos.engine.upstream import check_base_url
-
-        return check_base_url(value)
-
     @model_validator(mode="after")
-    def _upstream_complete(self) -> Settings:
-        if self.engine_backend != "openai":
-            return self
-        for name in ("upstream_base_url", "upstream_model"):
-            if not getattr(self, name):
-                raise ValueError(f"{name}: required when engine_backend = 'openai'")
-        if self.prompt_format not in ("auto", "plain-customer-service"):
+    def _console_needs_tls(self) -> Settings:
+        if self.console_listen is not None and self.plaintext:
             raise ValueError(
-                "prompt_format: engine_backend = 'openai' sends the plain-customer-service prompt; "
-                f"{self.prompt_format!r} is not available there"
+                "console_listen: the console needs TLS (its session cookie is Secure); unset plaintext"
             )
-        for name in ("upstream_api_key_file", "upstream_ca_file"):
-            path = getattr(self, name)
-            if path is not None and not path.is_file():
-                raise ValueError(f"{name}: {path} does not exist or is not a file")
         return self
 
     # ---- engine speed: the prompt cache ----
@@ -470,50 +366,6 @@ class Settings(BaseSettings):
         "conversation's last prompt (only for the same caller and conversation), least recently used "
         "evicted first; 0 turns the cache off.",
     )
-
-    # ---- authentication and load (failed attempts, proxies, server-wide caps) -------------------------
-    auth_failure_rate_per_s: float = Field(
-        0.5,
-        gt=0,
-        le=1_000_000,
-        description="Failed authentication attempts allowed per second, per client address and per "
-        "presented token id (token bucket); past it a caller gets RESOURCE_EXHAUSTED without a lookup.",
-    )
-    auth_failure_burst: int = Field(
-        10, ge=1, le=1_000_000, description="Failed attempts a client address or token id may make at once."
-    )
-    trusted_proxies: list[str] = Field(
-        default_factory=list,
-        description="CIDRs of proxies (e.g. the Kubernetes Service / ingress range) whose X-Forwarded-For "
-        "names the client; from any other peer the header is ignored.",
-    )
-    max_concurrent_streams: int = Field(
-        100, ge=1, le=1_000_000, description="HTTP/2 streams one gRPC connection may have open at once."
-    )
-    max_calls_in_flight: int = Field(
-        512,
-        ge=1,
-        le=1_000_000,
-        description="Calls the server runs at once, per listener (gRPC and HTTP); past it new calls are "
-        "refused (RESOURCE_EXHAUSTED / 503) before any work.",
-    )
-    denied_aggregate_interval_s: float = Field(
-        10.0,
-        gt=0,
-        le=86_400,
-        description="Refusals of unauthenticated callers are audited as one 'denied' record per client "
-        "address, status and interval, with a count; the first of an interval is written at once.",
-    )
-
-    @field_validator("trusted_proxies")
-    @classmethod
-    def _proxies_are_networks(cls, value: list[str]) -> list[str]:
-        for cidr in value:
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError:
-                raise ValueError(f"trusted_proxies: {cidr!r} is not an IP network (CIDR)") from None
-        return value
 
     @field_validator("pii_languages")
     @classmethod
@@ -527,24 +379,12 @@ class Settings(BaseSettings):
             raise ValueError("pii_languages lists a language twice")
         return value
 
-    @field_validator("listen")
+    @field_validator("listen", "metrics_listen", "health_listen", "http_listen", "console_listen")
     @classmethod
-    def _listen_is_host_port(cls, value: str) -> str:
-        return _check_host_port(value, "listen")
-
-    @field_validator("metrics_listen")
-    @classmethod
-    def _metrics_is_host_port(cls, value: str | None) -> str | None:
-        if value in (None, ""):
+    def _listen_is_host_port(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value in (None, "") and info.field_name != "listen":
             return None
-        return _check_host_port(value, "metrics_listen")
-
-    @field_validator("health_listen")
-    @classmethod
-    def _health_is_host_port(cls, value: str | None) -> str | None:
-        if value in (None, ""):
-            return None
-        return _check_host_port(value, "health_listen")
+        return check_host_port(value or "", info.field_name or "listen")
 
     @field_validator("pii_phone_regions")
     @classmethod
@@ -560,13 +400,6 @@ class Settings(BaseSettings):
                 "of phonenumbers.SUPPORTED_REGIONS"
             )
         return value
-
-    @field_validator("http_listen")
-    @classmethod
-    def _http_is_host_port(cls, value: str | None) -> str | None:
-        if value in (None, ""):
-            return None
-        return _check_host_port(value, "http_listen")
 
     @field_validator("client_cert_roles")
     @classmethod
