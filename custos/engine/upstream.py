@@ -27,10 +27,8 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -46,11 +44,47 @@ from custos.engine.types import (
     EngineTimeout,
     EngineUnavailable,
     EngineUnsupported,
-    FinishReason,
     GenerationResult,
     InvalidSamplingParams,
     ModelInfo,
     SamplingParams,
+)
+from custos.engine.upstream_wire import (
+    BACKEND_SETTING,
+    check_base_url,
+)
+from custos.engine.upstream_wire import (
+    Chunks as _Chunks,
+)
+from custos.engine.upstream_wire import (
+    Progress as _Progress,
+)
+from custos.engine.upstream_wire import (
+    continuation_logprob as _continuation_logprob,
+)
+from custos.engine.upstream_wire import (
+    finish_reason as _finish_reason,
+)
+from custos.engine.upstream_wire import (
+    json_body as _json_body,
+)
+from custos.engine.upstream_wire import (
+    malformed as _malformed,
+)
+from custos.engine.upstream_wire import (
+    no_prompt_logprobs as _no_prompt_logprobs,
+)
+from custos.engine.upstream_wire import (
+    reason_of as _reason,
+)
+from custos.engine.upstream_wire import (
+    retry_after as _retry_after,
+)
+from custos.engine.upstream_wire import (
+    timeout_error as _timeout,
+)
+from custos.engine.upstream_wire import (
+    unreachable as _unreachable,
 )
 
 log = logging.getLogger(__name__)
@@ -58,69 +92,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _POLL_S = 0.02  # how often a waiting worker checks its caller's ``cancelled``
-_RETRY_AFTER_S = 1.0
 _MAX_SEED = 2**63 - 1  # vLLM and most servers take a signed 64-bit seed
 #: What of ``/v1/models``' entry for the served model goes into the audit record (vLLM's fields).
 MODEL_CARD_FIELDS = ("id", "object", "owned_by", "root", "parent", "max_model_len")
-BACKEND_SETTING = "engine_backend"
-
-
-def check_base_url(value: str, field: str = "upstream_base_url") -> str:
-    """``http(s)://host[:port][/path]``, no credentials, query or fragment; ValueError naming ``field``."""
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{field} must be an http:// or https:// URL with a host, got {value!r}")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError(f"{field} must not carry credentials; put the API key in upstream_api_key_file")
-    if parts.query or parts.fragment:
-        raise ValueError(f"{field} must not have a query or fragment")
-    try:
-        parts.port  # noqa: B018 - raises ValueError for a port out of range
-    except ValueError:
-        raise ValueError(f"{field} has an invalid port") from None
-    return value.rstrip("/")
-
-
-@dataclass
-class _Progress:
-    """What one generation produced so far (kept outside the request task, so a cancel keeps it)."""
-
-    stream: TextStream
-    on_text: Callable[[str], None] | None
-    user_stops: tuple[str, ...]
-    logprobs: list[float] = field(default_factory=list)
-    tokens: int = 0
-    prompt_tokens: int = 0
-    finish_reason: FinishReason | None = None
-    started: float = field(default_factory=time.perf_counter)
-    first_at: float | None = None
-    closed: threading.Event = field(default_factory=threading.Event)
-
-    def result(self, reason: FinishReason) -> GenerationResult:
-        if self.finish_reason is None:
-            self.finish_reason = reason
-        now = time.perf_counter()
-        first = self.first_at if self.first_at is not None else now
-        return GenerationResult(
-            text=self.stream.text,
-            finish_reason=self.finish_reason,
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=max(self.tokens, len(self.logprobs)),
-            mean_logprob=sum(self.logprobs) / len(self.logprobs) if self.logprobs else None,
-            min_logprob=min(self.logprobs) if self.logprobs else None,
-            prefill_seconds=first - self.started,
-            decode_seconds=now - first,
-        )
-
-
-class _Chunks:
-    """The raw text received, as the ``decode`` of a :class:`TextStream` (one "token" per SSE chunk)."""
-
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-
-    def decode(self, ids: list[int]) -> str:
-        return "".join(self.parts[: len(ids)])
 
 
 class UpstreamEngine(Engine):
@@ -590,93 +564,3 @@ class UpstreamEngine(Engine):
             counts.append(count)
             prefix_tokens = max(prefix_tokens, before)
         return sums, counts, prefix_tokens
-
-
-def _continuation_logprob(choice: object, prefix_chars: int, prompt_chars: int) -> tuple[float, int, int]:
-    """(summed log-prob, count) of the echoed prompt's tokens ending after ``prefix_chars``; tokens before.
-
-    The last entry is the one generated token (``max_tokens = 1``); the prompt's tokens come before it.
-    Offsets count the text of every token, a BOS token's too (vLLM's ``<bos>``), so they are shifted by
-    where the generated token starts compared with the prompt's length.
-    """
-    if not isinstance(choice, dict):
-        raise _malformed()
-    logprobs = choice.get("logprobs")
-    if not isinstance(logprobs, dict):
-        raise _no_prompt_logprobs()
-    values = logprobs.get("token_logprobs")
-    offsets = logprobs.get("text_offset")
-    if not isinstance(values, list) or not isinstance(offsets, list) or len(values) != len(offsets):
-        raise _no_prompt_logprobs()
-    if len(values) < 2 or not all(isinstance(o, int) for o in offsets):
-        raise _no_prompt_logprobs()
-    shift = offsets[-1] - prompt_chars
-    total, count, before = 0.0, 0, 0
-    for i in range(len(values) - 1):
-        if offsets[i + 1] - shift <= prefix_chars:
-            before += 1
-            continue
-        value = values[i]
-        if not isinstance(value, int | float) or not math.isfinite(value):
-            raise _no_prompt_logprobs()
-        total += float(value)
-        count += 1
-    if count == 0:
-        raise _malformed()
-    return total, count, before
-
-
-def _finish_reason(upstream: str | None) -> FinishReason:
-    if upstream == "length":
-        return "length"
-    if upstream == "stop_sequence":
-        return "stop_sequence"
-    return "stop"
-
-
-def _json_body(response: httpx.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        raise _malformed() from None
-    if not isinstance(body, dict):
-        raise _malformed()
-    return body
-
-
-def _reason(exc: BaseException) -> str:
-    return str(getattr(exc, "reason", type(exc).__name__))
-
-
-def _retry_after(response: httpx.Response) -> float:
-    try:
-        return max(0.1, min(300.0, float(response.headers.get("retry-after", _RETRY_AFTER_S))))
-    except ValueError:
-        return _RETRY_AFTER_S
-
-
-def _malformed() -> EngineUnavailable:
-    log.warning("upstream engine sent a malformed reply")
-    return EngineUnavailable("the upstream engine sent a malformed reply", reason="upstream_malformed_stream")
-
-
-def _no_prompt_logprobs() -> EngineUnsupported:
-    return EngineUnsupported(
-        f"Classify needs prompt log-probs (echo with logprobs), which the upstream engine does not offer "
-        f"({BACKEND_SETTING} = 'openai')",
-        setting=BACKEND_SETTING,
-    )
-
-
-def _timeout(exc: httpx.TimeoutException) -> EngineError:
-    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
-        return EngineUnavailable("the upstream engine is unreachable", reason="upstream_unreachable")
-    log.warning("upstream engine timed out", extra={"fields": {"error": type(exc).__name__}})
-    return EngineTimeout("the upstream engine did not answer in time", reason="upstream_timeout")
-
-
-def _unreachable(exc: httpx.HTTPError, *, cut: bool = False) -> EngineUnavailable:
-    log.warning("upstream engine connection failed", extra={"fields": {"error": type(exc).__name__}})
-    if cut or isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
-        return EngineUnavailable("the upstream engine's stream ended early", reason="upstream_stream_cut")
-    return EngineUnavailable("the upstream engine is unreachable", reason="upstream_unreachable")
