@@ -74,7 +74,7 @@ from custos.server.bootstrap import (
     prepare_security,
     record_config_change,
 )
-from custos.server.housekeeping import VaultPurgeTask
+from custos.server.housekeeping import VaultPurgeTask, checkpoint_timer, retention_timer
 from custos.server.keys import open_master_keys
 from custos.server.metrics import Metrics
 from custos.server.settings import Settings
@@ -236,9 +236,17 @@ class CustosServer:
         await loop.run_in_executor(
             self._executor, functools.partial(self.trail.writer.maybe_write, force=True)
         )
-        self._checkpoint_task = asyncio.create_task(self._checkpoint_timer())
+        self._checkpoint_task = asyncio.create_task(
+            checkpoint_timer(
+                self.trail.writer.maybe_write,
+                every_s=min(1.0, self.settings.checkpoint_every_seconds),
+                executor=self._executor,
+            )
+        )
         if settings.transcript_retention_days:
-            self._retention_task = asyncio.create_task(self._retention_timer())
+            self._retention_task = asyncio.create_task(
+                retention_timer(self.purge_expired_transcripts, every_s=RETENTION_INTERVAL_S)
+            )
 
         pseudonymizer = build_pseudonymizer(
             settings, self.components.analyzer, self.components.language_detector
@@ -438,18 +446,6 @@ class CustosServer:
         self.metrics.vault_purge_runs.labels("ok").inc()
         self.metrics.vault_rows_purged.inc(rows)
 
-    async def _checkpoint_timer(self) -> None:
-        """Write a signed checkpoint every ``checkpoint_every_seconds`` while the chain grows."""
-        assert self.trail is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(min(1.0, self.settings.checkpoint_every_seconds))
-            try:
-                await loop.run_in_executor(self._executor, self.trail.writer.maybe_write)
-            except Exception as exc:  # keep serving; the next tick retries
-                fields = {"error": type(exc).__name__}
-                log.error("writing an audit checkpoint failed", extra={"fields": fields})
-
     async def purge_expired_transcripts(self) -> int:
         """Destroy transcripts past ``transcript_retention_days`` (audited, counted in metrics).
 
@@ -470,17 +466,6 @@ class CustosServer:
         )
         self.metrics.transcripts_purged.inc(deleted)
         return deleted
-
-    async def _retention_timer(self) -> None:
-        """Purge expired transcripts at start and then every ``RETENTION_INTERVAL_S``."""
-        while True:
-            try:
-                await self.purge_expired_transcripts()
-            except Exception as exc:  # keep serving; the next round retries
-                log.error(
-                    "transcript retention purge failed", extra={"fields": {"error": type(exc).__name__}}
-                )
-            await asyncio.sleep(RETENTION_INTERVAL_S)
 
     async def wait(self) -> None:
         """Block until the server stops."""

@@ -1,9 +1,10 @@
-"""Periodic housekeeping of the server: expired conversation-vault rows and idempotency replies are deleted.
+"""Periodic housekeeping of the server: expired rows deleted, checkpoints signed, transcripts purged.
 
 An expired vault row or reply is never read (``ConversationVault`` treats it as empty, a retry past
 ``idempotency_ttl_s`` is a new call), but it still holds sealed personal data until it is deleted; the purge
 makes "forgotten after ``vault_ttl_seconds``" and "kept for ``idempotency_ttl_s``" true on disk too, within
-``vault_purge_interval_s``.
+``vault_purge_interval_s``. Signed audit checkpoints and the transcript retention purge run on timers here
+too.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 
 log = logging.getLogger("custos.housekeeping")
@@ -81,3 +82,24 @@ class VaultPurgeTask:
         while True:
             await self.run_once()
             await asyncio.sleep(self._interval_s)
+
+
+async def checkpoint_timer(maybe_write: Callable[[], object], *, every_s: float, executor: Executor) -> None:
+    """Call ``maybe_write`` (writes a signed checkpoint when one is due) every ``every_s`` on ``executor``."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await loop.run_in_executor(executor, maybe_write)
+        except Exception as exc:  # keep serving; the next tick retries
+            log.error("writing an audit checkpoint failed", extra={"fields": {"error": type(exc).__name__}})
+
+
+async def retention_timer(purge: Callable[[], Awaitable[int]], *, every_s: float) -> None:
+    """Run the transcript retention ``purge`` at start and then every ``every_s`` seconds."""
+    while True:
+        try:
+            await purge()
+        except Exception as exc:  # keep serving; the next round retries
+            log.error("transcript retention purge failed", extra={"fields": {"error": type(exc).__name__}})
+        await asyncio.sleep(every_s)
