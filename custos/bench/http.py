@@ -74,11 +74,7 @@ def drive_http(
                     result.errors += 1
                 continue
             with lock:
-                result.tokens += tokens
-                if first is not None:
-                    result.ttft.append(first - sent)
-                    if tokens > 1:
-                        result.itl.append((last - first) / (tokens - 1))
+                result.add_request(tokens, sent, first, last)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
     started = time.perf_counter()

@@ -87,6 +87,14 @@ class LevelResult:
     engine_ttft: float | None = None
     """Mean seconds from submission to the first token inside the engine (its histogram), server only."""
 
+    def add_request(self, tokens: int, sent: float, first: float | None, last: float) -> None:
+        """Count one finished request: its tokens, time to first token and mean inter-token latency."""
+        self.tokens += tokens
+        if first is not None:
+            self.ttft.append(first - sent)
+            if tokens > 1:
+                self.itl.append((last - first) / (tokens - 1))
+
     @property
     def tokens_per_second(self) -> float:
         """Generated tokens per wall-clock second, all streams together."""
@@ -236,11 +244,7 @@ def drive_server(
                     result.errors += 1
                 continue
             with lock:
-                result.tokens += tokens
-                if first is not None:
-                    result.ttft.append(first - sent)
-                    if tokens > 1:
-                        result.itl.append((last - first) / (tokens - 1))
+                result.add_request(tokens, sent, first, last)
 
     before = stages() if stages is not None else (0.0, 0.0)
     itl_before = engine_itl() if engine_itl is not None else {}
