@@ -512,7 +512,9 @@ class ConsoleApp:
 
     # ---- chain status and the verification job ----
 
-    def _chain_context(self, checkpoints: list[Checkpoint], state: VerifiedState | None) -> dict[str, Any]:
+    def _chain_context(
+        self, checkpoints: list[Checkpoint], state: VerifiedState | None, job: JobStatus | None
+    ) -> dict[str, Any]:
         through = None
         if state is not None:
             through = next((n for n, c in enumerate(checkpoints, start=1) if c.seq == state.seq), None)
@@ -521,18 +523,21 @@ class ConsoleApp:
             "checkpoint_count": len(checkpoints),
             "state": state,
             "verified_through": through,
-            "job": self.jobs.status(),
+            "job": job,
         }
 
     async def chain(self, request: Request) -> Response:
         """``GET /chain``: last verification, signed checkpoints, the verification job."""
 
         async def handler(session: Session, caller: Caller) -> Response:
+            # The job first: a job seen finished has already recorded its verified state, which is read
+            # next; the other order could show a passed job beside "no passed verification".
+            job = self.jobs.status()
             checkpoints, state = await self._run(self.checkpoints.read)
             head = await self._run(self.deps.trail.store.head)
             await self._audit(caller, "Chain", {"page": "chain", "checkpoints": len(checkpoints)})
             return self.render(
-                request, "chain.html", {**self._chain_context(checkpoints, state), "head_seq": head.seq}
+                request, "chain.html", {**self._chain_context(checkpoints, state, job), "head_seq": head.seq}
             )
 
         return await self.page(request, handler)
