@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from custos.bench.serve import PROMPTS, LevelResult, _percentile, drive_server
+from custos.bench.serve import PROMPTS, LevelResult, _percentile, drive_server, run_streams
 
 GOAL_OVERHEAD = 0.05  # HTTP path overhead <= 5 % of end-to-end time at 8 streams (issue 19)
 
@@ -76,13 +76,7 @@ def drive_http(
             with lock:
                 result.add_request(tokens, sent, first, last)
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    result.seconds = time.perf_counter() - started
+    result.seconds = run_streams(one, streams)
     client.close()
     return result
 

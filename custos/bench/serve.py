@@ -59,6 +59,17 @@ DEFAULT_BANDWIDTH_GBPS = 30.0
 """Memory bandwidth of the reference 2-core machine (a 2 GB tensor sum reads at about 30-32 GB/s)."""
 
 
+def run_streams(target: Callable[[int], None], streams: int) -> float:
+    """Run ``target(i)`` on ``streams`` threads at once; the wall-clock seconds until the last ended."""
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(streams)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
+
+
 def _percentile(values: Sequence[float], q: float) -> float | None:
     if not values:
         return None
@@ -248,13 +259,7 @@ def drive_server(
 
     before = stages() if stages is not None else (0.0, 0.0)
     itl_before = engine_itl() if engine_itl is not None else {}
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(streams)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    result.seconds = time.perf_counter() - started
+    result.seconds = run_streams(client, streams)
     channel.close()
     after = stages() if stages is not None else (0.0, 0.0)
     if after[1] > before[1]:

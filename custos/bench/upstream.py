@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import httpx
 
-from custos.bench.serve import PROMPTS, LevelResult, _percentile
+from custos.bench.serve import PROMPTS, LevelResult, _percentile, run_streams
 from custos.engine.prompt import PLAIN_CUSTOMER_SERVICE_FORMAT
 from custos.engine.types import ChatTurn
 
@@ -75,13 +75,7 @@ def drive_upstream(
             with lock:
                 result.add_request(tokens, sent, first, last)
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(streams)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    result.seconds = time.perf_counter() - started
+    result.seconds = run_streams(run, streams)
     client.close()
     return result
 
